@@ -1,0 +1,102 @@
+"""The backend extension point: an ABC that owns the job lifecycle, and the registry.
+
+The base class does what every backend shares (checking a spec before anything is submitted,
+following logs, recording the end of a job); subclasses fill in ``check``, ``launch``,
+``cancel`` and ``refresh``. Backends are traitlets configurables, so
+``c.LocalBackend.max_concurrent_jobs = 4`` in a config file reaches them.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABCMeta, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+from traitlets import MetaHasTraits
+from traitlets.config import LoggingConfigurable
+
+from ..models import JobRecord, JobSpec
+from ..records import JobStore
+from ..registry import Registry
+
+
+class _ConfigurableABCMeta(MetaHasTraits, ABCMeta):
+    """Lets a traitlets configurable have abstract methods."""
+
+
+class Backend(LoggingConfigurable, metaclass=_ConfigurableABCMeta):
+    """Runs jobs somewhere and keeps their records current."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, store: JobStore, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.store = store
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def check(self, spec: JobSpec) -> None:
+        """Raise :class:`JMKUsageError` if this backend cannot run ``spec`` (before staging)."""
+
+    @abstractmethod
+    def launch(self, record: JobRecord) -> JobRecord:
+        """Start the job whose payload is staged; return the updated record."""
+
+    @abstractmethod
+    def cancel(self, record: JobRecord) -> None:
+        """Ask the job to stop; its record ends CANCELLED."""
+
+    def refresh(self, record: JobRecord) -> JobRecord:
+        """Reconcile the record with reality (a vanished process, a deleted pod)."""
+        return record
+
+    # -- shared lifecycle -------------------------------------------------------------------
+
+    def read_log(self, record: JobRecord, offset: int = 0) -> bytes:
+        """Log bytes from ``offset`` on (empty when there are none yet)."""
+        if not record.log_path:
+            return b""
+        try:
+            with open(record.log_path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read()
+        except FileNotFoundError:
+            return b""
+
+    def follow_log(self, job_id: str, offset: int = 0, poll: float = 0.02) -> Iterator[bytes | JobRecord]:
+        """Yield log chunks as they arrive, then the final record once the job has ended.
+
+        Polls quickly while output flows and backs off to 0.25 s when quiet; subclasses with a
+        push stream (Kubernetes) override this.
+        """
+        delay = poll
+        while True:
+            record = self.refresh(self.store.load(job_id))
+            chunk = self.read_log(record, offset)
+            if chunk:
+                offset += len(chunk)
+                delay = poll
+                yield chunk
+                continue
+            if record.state.terminal:
+                yield record
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    def log_exists(self, record: JobRecord) -> bool:
+        """Whether the job's log is still kept."""
+        return bool(record.log_path) and Path(str(record.log_path)).exists()
+
+
+backends: Registry[type[Backend]] = Registry("backend", "jupyter_mlflow_k8s.backends")
+
+
+def get_backend(name: str, store: JobStore, **kwargs: object) -> Backend:
+    """An instance of the backend registered as ``name``."""
+    if name == "local" and "local" not in backends.names():
+        from . import local  # noqa: F401  (registers itself)
+    return backends.get(name)(store, **kwargs)

@@ -1,0 +1,265 @@
+"""The local backend: each job is a detached supervisor process that runs the shared runner.
+
+``launch`` starts ``python -m jupyter_mlflow_k8s.backends.local JOB_DIR`` in its own session,
+so the job outlives the kernel. The supervisor waits for a slot (at most
+``max_concurrent_jobs`` run at once; slots and GPUs are ``flock``-ed files, released by the
+kernel even if the holder dies), starts the runner with the job's environment and
+``CUDA_VISIBLE_DEVICES``, sends its output to the job's log file (so a killed runner keeps
+its log), enforces the timeout, records how the job ended and closes its MLflow run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+from traitlets import Float, Int, List, Unicode, default
+
+from ..exceptions import JMKUsageError
+from ..gpus import detect_gpus
+from ..models import JobRecord, JobSpec, JobState
+from ..records import JobStore
+from .base import Backend, backends
+
+GRACE_SECONDS = 5.0
+
+
+def _process_alive(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` is still the process we started (pids get reused)."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+class LocalBackend(Backend):
+    """Runs jobs as processes on this machine."""
+
+    name = "local"
+
+    max_concurrent_jobs = Int(
+        help="How many local jobs run at once; the rest wait in the queue. "
+        "Example: c.LocalBackend.max_concurrent_jobs = 4",
+    ).tag(config=True)
+
+    gpu_ids = List(
+        Unicode(), allow_none=True, default_value=None,
+        help="GPU indices jobs may use; default: those nvidia-smi lists (and CUDA_VISIBLE_DEVICES "
+        "allows). Example: c.LocalBackend.gpu_ids = ['0', '1']",
+    ).tag(config=True)
+
+    python = Unicode(
+        sys.executable,
+        help="Python interpreter that runs the supervisor and the runner. "
+        "Example: c.LocalBackend.python = '/opt/conda/envs/train/bin/python'",
+    ).tag(config=True)
+
+    kill_grace_seconds = Float(
+        GRACE_SECONDS,
+        help="Seconds between SIGTERM and SIGKILL when a job is cancelled. "
+        "Example: c.LocalBackend.kill_grace_seconds = 30",
+    ).tag(config=True)
+
+    @default("max_concurrent_jobs")
+    def _default_slots(self) -> int:
+        return max(2, os.cpu_count() or 2)
+
+    def available_gpus(self) -> list[str]:
+        """GPU ids this backend hands out."""
+        return list(self.gpu_ids) if self.gpu_ids is not None else list(detect_gpus())
+
+    def check(self, spec: JobSpec) -> None:
+        """Refuse GPU requests this machine can never satisfy."""
+        wanted = spec.resources.gpus
+        have = self.available_gpus()
+        if wanted > len(have):
+            raise JMKUsageError(
+                f"--gpus {wanted} asks for more GPUs than this machine has ({len(have)}"
+                f"{': ' + ', '.join(have) if have else ''}). Ask for at most {len(have)}, or run on a "
+                "cluster with --backend kubernetes. Nothing was submitted."
+            )
+
+    def launch(self, record: JobRecord) -> JobRecord:
+        """Start the supervisor, detached from this process."""
+        folder = self.store.job_dir(record.job_id)
+        options = {
+            "slots": self.max_concurrent_jobs,
+            "gpus": self.available_gpus(),
+            "python": self.python,
+            "grace": self.kill_grace_seconds,
+            "locks": str(self.store.root.parent / "locks"),
+        }
+        (folder / "launch.json").write_text(json.dumps(options))
+        with open(folder / "supervisor.log", "ab") as errors:
+            proc = subprocess.Popen(
+                [self.python, "-m", "jupyter_mlflow_k8s.backends.local", str(folder)],
+                stdin=subprocess.DEVNULL, stdout=errors, stderr=errors,
+                start_new_session=True, close_fds=True,
+            )
+        try:
+            started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            started = None
+        return self.store.update(record.job_id, pid=proc.pid, pid_start=started)
+
+    def cancel(self, record: JobRecord) -> None:
+        """Ask the supervisor to stop the job (it records CANCELLED and closes the run)."""
+        (self.store.job_dir(record.job_id) / "cancel").touch()
+        if _process_alive(record.pid, record.pid_start):
+            os.kill(int(record.pid or 0), signal.SIGTERM)
+
+    def refresh(self, record: JobRecord) -> JobRecord:
+        """Mark a job FAILED when its supervisor vanished without recording an end."""
+        if record.state.terminal or record.pid is None or _process_alive(record.pid, record.pid_start):
+            return record
+        with self.store.locked(record.job_id):
+            record = self.store.load(record.job_id)
+            if record.state.terminal:
+                return record
+            record.state = JobState.FAILED
+            record.finished = time.time()
+            record.message = "the job's supervisor process exited without recording an end (killed?)"
+            self.store.save(record)
+        return record
+
+
+backends.register("local", LocalBackend)
+
+
+# ------------------------------------------------------------------------------ supervisor
+
+
+class _Supervisor:
+    """Runs one job to its end. Lives in its own process and session."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.store = JobStore(folder.parent.parent)
+        self.job_id = folder.name
+        self.options: dict[str, Any] = json.loads((folder / "launch.json").read_text())
+        self.locks = Path(self.options["locks"])
+        self.locks.mkdir(parents=True, exist_ok=True)
+        self.held: list[IO[str]] = []
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stop_reason: str | None = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stop_reason = self.stop_reason or "cancelled"
+        if self.child is not None and self.child.poll() is None:
+            self.child.terminate()
+
+    def _try_lock(self, name: str) -> bool:
+        handle = open(self.locks / name, "a")  # noqa: SIM115 - held for the job's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self.held.append(handle)
+        return True
+
+    def _release(self) -> None:
+        for handle in self.held:
+            handle.close()
+        self.held.clear()
+
+    def _acquire(self, gpus_wanted: int) -> list[str] | None:
+        """Wait for a slot and the GPUs; None if cancelled while waiting."""
+        delay = 0.05
+        while True:
+            if self.stop_reason or (self.folder / "cancel").exists():
+                return None
+            if any(self._try_lock(f"slot-{i}") for i in range(int(self.options["slots"]))):
+                gpu_ids: list[str] = []
+                for gpu in self.options["gpus"]:
+                    if len(gpu_ids) < gpus_wanted and self._try_lock(f"gpu-{gpu}"):
+                        gpu_ids.append(gpu)
+                if len(gpu_ids) == gpus_wanted:
+                    return gpu_ids
+                self._release()
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        record = self.store.load(self.job_id)
+        spec = record.spec
+        gpu_ids = self._acquire(spec.resources.gpus)
+        if gpu_ids is None:
+            self._finish(JobState.CANCELLED, None, "cancelled while queued")
+            return
+        env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1", "JMK_JOB_ID": self.job_id}
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        with open(self.folder / "output.log", "ab") as log:
+            self.child = subprocess.Popen(
+                [self.options["python"], "-m", "jupyter_mlflow_k8s.runner", str(record.payload_uri)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, cwd=spec.workdir or None,
+            )
+        self.store.update(
+            self.job_id, state=JobState.RUNNING, started=time.time(), runner_pid=self.child.pid, gpu_ids=gpu_ids
+        )
+        code = self._wait(spec.timeout)
+        self._release()
+        state, message = self._outcome(code)
+        self._finish(state, code, message)
+
+    def _wait(self, timeout: float | None) -> int:
+        assert self.child is not None
+        deadline = time.time() + timeout if timeout else None
+        while True:
+            try:
+                return self.child.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
+            if deadline and time.time() > deadline and not self.stop_reason:
+                self.stop_reason = f"timed out after {timeout:g} s (--timeout)"
+                self.child.terminate()
+            if self.stop_reason:
+                try:
+                    return self.child.wait(timeout=float(self.options["grace"]))
+                except subprocess.TimeoutExpired:
+                    self.child.kill()
+
+    def _outcome(self, code: int) -> tuple[JobState, str]:
+        if self.stop_reason == "cancelled":
+            return JobState.CANCELLED, "cancelled"
+        if self.stop_reason:
+            return JobState.FAILED, self.stop_reason
+        if code == 0:
+            return JobState.SUCCEEDED, ""
+        if code == 1:
+            return JobState.FAILED, "the cell raised an exception"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (the machine may have run out of memory)" if name == "SIGKILL" else ""
+            return JobState.FAILED, f"the job's process was killed by {name}{hint}"
+        return JobState.FAILED, f"the runner exited with status {code}; see the log"
+
+    def _finish(self, state: JobState, code: int | None, message: str) -> None:
+        record = self.store.update(self.job_id, state=state, exit_code=code, message=message, finished=time.time())
+        from ..jobs import finalize_tracking
+
+        finalize_tracking(self.store, record, defer_to_watcher=True)
+
+
+def main() -> None:
+    """Entry point of the supervisor process."""
+    _Supervisor(Path(sys.argv[1])).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Configuration: traitlets configurables and the embedded defaults.
+
+With nothing configured, jobs run locally, MLflow tracks into a SQLite file under the state
+directory and payloads are stored under it too. Environment variables are read here and
+nowhere else; traitlets config (``ipython_config.py``, ``jupyter_server_config.py``) wins over
+them when both are given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from traitlets import Unicode, default
+from traitlets.config import Config, Configurable
+
+ENV_STATE_DIR = "JMK_STATE_DIR"
+ENV_STORAGE_URL = "JMK_STORAGE_URL"
+ENV_BACKEND = "JMK_BACKEND"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+class JMKSettings(Configurable):
+    """Where state, payloads and tracking live, and which backend runs jobs by default."""
+
+    state_dir = Unicode(
+        help=(
+            "Directory for job records, logs, the default payload store and the default MLflow "
+            "database. Env: JMK_STATE_DIR. Example: c.JMKSettings.state_dir = '/home/jovyan/.jmk'"
+        ),
+    ).tag(config=True)
+
+    storage_url = Unicode(
+        help=(
+            "fsspec URL where payloads and results are staged, content-addressed. Default: "
+            "file:// under the state directory. Env: JMK_STORAGE_URL. "
+            "Example: c.JMKSettings.storage_url = 's3://team-bucket/jmk'"
+        ),
+    ).tag(config=True)
+
+    tracking_uri = Unicode(
+        help=(
+            "MLflow tracking URI for job runs. Default: MLFLOW_TRACKING_URI, else a SQLite file "
+            "under the state directory. Example: c.JMKSettings.tracking_uri = 'http://mlflow:5000'"
+        ),
+    ).tag(config=True)
+
+    default_backend = Unicode(
+        help="Backend for jobs that do not name one. Env: JMK_BACKEND. Example: 'kubernetes'",
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        if _env(ENV_STATE_DIR):
+            return str(Path(_env(ENV_STATE_DIR)).expanduser().resolve())
+        from platformdirs import user_data_dir
+
+        return user_data_dir("jupyter_mlflow_k8s", appauthor=False)
+
+    @default("storage_url")
+    def _default_storage_url(self) -> str:
+        return _env(ENV_STORAGE_URL) or Path(self.state_dir, "storage").as_uri()
+
+    @default("tracking_uri")
+    def _default_tracking_uri(self) -> str:
+        return _env(ENV_TRACKING_URI) or f"sqlite:///{Path(self.state_dir, 'mlflow.db')}"
+
+    @default("default_backend")
+    def _default_backend(self) -> str:
+        return _env(ENV_BACKEND) or "local"
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory, created on first use."""
+        path = Path(self.state_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def artifact_root(self) -> str:
+        """Artifact location for experiments created on the embedded SQLite store."""
+        return Path(self.state_dir, "mlartifacts").as_uri()
+
+
+def load_settings(config: Config | None = None, **overrides: Any) -> JMKSettings:
+    """Settings from traitlets config (if any), the environment and the embedded defaults."""
+    return JMKSettings(config=config or Config(), **overrides)

@@ -1,0 +1,52 @@
+"""Errors raised by jupyter_mlflow_k8s.
+
+One root, ``JMKError``. ``JMKUsageError`` is a mistake the user can fix: its message says
+what was wrong and what to type instead, and the magics turn it into IPython's ``UsageError``.
+Nothing here imports IPython.
+"""
+
+from __future__ import annotations
+
+
+class JMKError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class JMKUsageError(JMKError, ValueError):
+    """Bad input from the user: a flag, a value, a cell. Raised before anything is submitted."""
+
+
+class JobNotFound(JMKError, LookupError):
+    """No job record with this id under the state directory."""
+
+    def __init__(self, job_id: str, known: list[str] | None = None) -> None:
+        hint = f" Recent jobs: {', '.join(known[:5])}." if known else ""
+        super().__init__(f"No job {job_id!r}. Run %jobs (or `jmk jobs`) to list jobs.{hint}")
+        self.job_id = job_id
+
+
+class JobFailed(JMKError):
+    """A job ended without success; carries the job id and the remote traceback."""
+
+    def __init__(self, job_id: str, message: str, remote_traceback: str = "") -> None:
+        text = f"Job {job_id} failed: {message}"
+        if remote_traceback:
+            text += f"\n\nRemote traceback (job {job_id}):\n{remote_traceback.rstrip()}"
+        super().__init__(text)
+        self.job_id = job_id
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+
+class JobCancelled(JobFailed):
+    """A job was cancelled (by the user, an interrupt, or a timeout)."""
+
+
+class UnknownPlugin(JMKError, KeyError):
+    """A backend, storage scheme or engine name that no registry knows."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        super().__init__(f"Unknown {kind} {name!r}; known: {', '.join(sorted(known)) or 'none'}.")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

@@ -1,0 +1,228 @@
+"""The job service: submit, list, follow, cancel and collect jobs, whatever the backend.
+
+Front doors (magics, CLI, REST handlers) call this and render; nothing here imports IPython.
+Submission checks everything it can before anything starts: the backend can run the spec,
+every input pickles. Then it opens the MLflow run, stages the payload and launches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import tracking
+from .backends import Backend, get_backend
+from .config import JMKSettings, load_settings
+from .exceptions import JobCancelled, JobFailed
+from .models import JobRecord, JobSpec, JobState
+from .payload import Payload, load_value, stage_inputs, write_payload
+from .records import JobStore
+from .storage import Storage, get_storage
+
+# How long a supervisor leaves closing the MLflow run to a kernel that is watching the job.
+WATCHER_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class JobResult:
+    """What a finished job gives back."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    display: Any = None
+    has_display: bool = False
+
+
+class JobService:
+    """Jobs under one state directory, on any registered backend."""
+
+    def __init__(self, settings: JMKSettings | None = None, backend_config: Any = None) -> None:
+        self.settings = settings or load_settings()
+        self.store = JobStore(self.settings.state_path)
+        self._backend_config = backend_config
+        self._backends: dict[str, Backend] = {}
+        self._storage: Storage | None = None
+
+    @property
+    def storage(self) -> Storage:
+        """Where payloads and results are staged."""
+        if self._storage is None:
+            self._storage = get_storage(self.settings.storage_url)
+        return self._storage
+
+    def backend(self, name: str | None = None) -> Backend:
+        """The backend instance for ``name`` (default: the configured one)."""
+        name = name or self.settings.default_backend
+        if name not in self._backends:
+            kwargs = {"config": self._backend_config} if self._backend_config is not None else {}
+            self._backends[name] = get_backend(name, self.store, **kwargs)
+        return self._backends[name]
+
+    # -- submit -------------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, values: Mapping[str, Any]) -> JobRecord:
+        """Check, stage and launch one job; returns its record (QUEUED or later)."""
+        backend = self.backend(spec.backend)
+        backend.check(spec)
+        record = self.store.create(spec)
+        try:
+            entries = stage_inputs(self.storage, values)
+        except Exception:
+            self._discard(record)
+            raise
+        experiment_id, run_id = tracking.start_run(
+            self.settings.tracking_uri, self._artifact_root(), record.job_id, spec
+        )
+        tracking_env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri, "MLFLOW_RUN_ID": run_id}
+        payload = Payload(
+            record.job_id, spec.code, self.storage.url, entries, dict(spec.params), list(spec.outputs), tracking_env
+        )
+        payload_uri = write_payload(self.storage, payload)
+        record = self.store.update(
+            record.job_id,
+            payload_uri=payload_uri,
+            result_uri=self.storage.url_of(payload.result_key),
+            run_id=run_id,
+            experiment_id=experiment_id,
+            tracking_uri=self.settings.tracking_uri,
+        )
+        try:
+            return backend.launch(record)
+        except Exception as exc:
+            record = self.store.update(record.job_id, state=JobState.FAILED, message=f"could not start: {exc}")
+            finalize_tracking(self.store, record)
+            raise
+
+    def _artifact_root(self) -> str | None:
+        uri = self.settings.tracking_uri
+        return self.settings.artifact_root if uri.startswith("sqlite:") else None
+
+    def _discard(self, record: JobRecord) -> None:
+        folder = self.store.job_dir(record.job_id)
+        for path in sorted(folder.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        folder.rmdir()
+
+    # -- look -----------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        """The current record of a job (a unique id prefix is enough)."""
+        record = self.store.load(job_id)
+        return self.backend(record.spec.backend).refresh(record)
+
+    def list(self) -> list[JobRecord]:
+        """Every job, newest first, reconciled with its backend."""
+        return [self.backend(r.spec.backend).refresh(r) for r in self.store.list()]
+
+    def read_log(self, job_id: str) -> str:
+        """The whole log so far."""
+        record = self.get(job_id)
+        return self.backend(record.spec.backend).read_log(record).decode(errors="replace")
+
+    def follow(self, job_id: str, offset: int = 0) -> Iterator[bytes | JobRecord]:
+        """Log chunks as they arrive, then the final record. Registers this process as watcher."""
+        record = self.get(job_id)
+        self.store.update(record.job_id, watcher_pid=os.getpid())
+        try:
+            for item in self.backend(record.spec.backend).follow_log(record.job_id, offset):
+                if isinstance(item, JobRecord):
+                    item = finalize_tracking(self.store, item)
+                yield item
+        finally:
+            self.store.update(record.job_id, watcher_pid=None)
+
+    # -- act ------------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Ask a job to stop; returns its record (terminal jobs are left alone)."""
+        record = self.get(job_id)
+        if not record.state.terminal:
+            self.backend(record.spec.backend).cancel(record)
+        return record
+
+    def wait_terminal(self, job_id: str, timeout: float = 30.0) -> JobRecord:
+        """Block until the job's record is terminal (used after a cancel)."""
+        deadline = time.time() + timeout
+        record = self.get(job_id)
+        while not record.state.terminal and time.time() < deadline:
+            time.sleep(0.05)
+            record = self.get(job_id)
+        return finalize_tracking(self.store, record)
+
+    def result(self, record: JobRecord) -> JobResult:
+        """The values a succeeded job returned; raises :class:`JobFailed` otherwise."""
+        document = self._result_document(record)
+        if record.state is JobState.CANCELLED:
+            raise JobCancelled(record.job_id, record.message or "cancelled")
+        if record.state is not JobState.SUCCEEDED:
+            error = (document or {}).get("error") or {}
+            message = f"{error['type']}: {error['message']}" if error else record.message
+            raise JobFailed(record.job_id, message or "unknown failure; see %job logs", error.get("traceback", ""))
+        if document is None:
+            raise JobFailed(record.job_id, "the job succeeded but stored no result document")
+        storage = get_storage(self._storage_url_of(record))
+        result = JobResult(
+            values={e["name"]: load_value(storage, e) for e in document["outputs"]},
+            skipped=dict(document.get("skipped", {})),
+        )
+        display = document.get("display")
+        if display:
+            result.has_display = True
+            result.display = load_value(storage, display) if "key" in display else _Repr(display["repr"])
+        return result
+
+    def _storage_url_of(self, record: JobRecord) -> str:
+        suffix = f"/jobs/{record.job_id}/payload.json"
+        uri = str(record.payload_uri or "")
+        return uri[: -len(suffix)] if uri.endswith(suffix) else self.settings.storage_url
+
+    def _result_document(self, record: JobRecord) -> dict[str, Any] | None:
+        if not record.result_uri:
+            return None
+        try:
+            from .storage import read_url
+
+            return json.loads(read_url(record.result_uri))  # type: ignore[no-any-return]
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+
+class _Repr:
+    """Stands for a final value that could not be pickled: shows its repr."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool = False) -> JobRecord:
+    """Close the job's MLflow run exactly once, by whichever process gets there first.
+
+    A kernel that is watching the job has MLflow imported already and closes the run in
+    milliseconds; the supervisor (``defer_to_watcher``) gives it a few seconds before doing it
+    itself, so that a job nobody watches (kernel gone) still ends with the right status.
+    """
+    if not record.state.terminal or record.tracking_final:
+        return record
+    if defer_to_watcher and record.watcher_pid and record.watcher_pid != os.getpid():
+        deadline = time.time() + WATCHER_GRACE_SECONDS
+        while time.time() < deadline:
+            record = store.load(record.job_id)
+            if record.tracking_final or not record.watcher_pid:
+                break
+            time.sleep(0.05)
+        if record.tracking_final:
+            return record
+    if not store.claim(record.job_id, "close-run"):
+        return record
+    try:
+        tracking.close_run(record)
+    finally:
+        record = store.update(record.job_id, tracking_final=True)
+    return record

@@ -1,0 +1,126 @@
+"""What the magics share: the job service of this kernel, flag parsing, error translation."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from IPython.core.error import UsageError
+
+from ..exceptions import JMKUsageError, JobNotFound, UnknownPlugin
+from ..jobs import JobService
+
+F = TypeVar("F", bound=Callable[..., Any])
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DURATION_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>s|m|h|d)?$")
+
+
+def service_for(shell: Any) -> JobService:
+    """One job service per shell, configured from the shell's traitlets config."""
+    service = getattr(shell, "_jmk_service", None)
+    if service is None:
+        from ..config import load_settings
+
+        service = JobService(load_settings(shell.config), backend_config=shell.config)
+        shell._jmk_service = service
+    return service
+
+
+def user_errors(func: F) -> F:
+    """Turn our user errors into IPython's ``UsageError`` (a short message, no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+        try:
+            return func(*args, **kwargs)
+        except (JMKUsageError, JobNotFound, UnknownPlugin) as exc:
+            raise UsageError(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_pairs(items: list[str] | None, flag: str, identifiers: bool = False) -> dict[str, str]:
+    """``["A=1", "B=x"]`` from a repeatable ``--flag K=V`` into a dict, with clear errors."""
+    pairs: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise JMKUsageError(f"{flag} {item!r} is not KEY=VALUE. Write it as {flag} lr=0.01.")
+        if identifiers and not _KEY_RE.match(key):
+            raise JMKUsageError(f"{flag} {key!r}: the name must be a Python identifier, such as learning_rate.")
+        pairs[key] = value
+    return pairs
+
+
+def literal(text: str) -> Any:
+    """A ``--param`` value as the cell sees it: a Python literal when it is one, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
+    if text is None:
+        return None
+    match = _DURATION_RE.match(text.strip())
+    if not match or float(match["num"]) <= 0:
+        raise JMKUsageError(f"--timeout {text!r} is not a duration. Use seconds (900) or 15m, 2h, 1d.")
+    return float(match["num"]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[match["unit"]]
+
+
+def notebook_path(shell: Any) -> str | None:
+    """The notebook this kernel belongs to, when the server told the kernel."""
+    return shell.user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME") or None
+
+
+@contextlib.contextmanager
+def cancel_on_interrupt(service: JobService, job_id: str) -> Iterator[None]:
+    """Interrupting the kernel while waiting cancels the job and says so."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        service.cancel(job_id)
+        record = service.wait_terminal(job_id)
+        print(f"Interrupted: cancelled job {job_id} ({record.state.value}; MLflow run {record.run_id} KILLED).")
+        raise
+
+
+def stream_to_cell(service: JobService, job_id: str, view: Any = None, offset: int = 0) -> Any:
+    """Print a job's output into the cell as it arrives; return the final record.
+
+    Whole lines go to stdout at once; a progress bar's redraws update ``view`` instead.
+    """
+    import sys
+
+    from ..logstream import ProgressLines
+    from ..models import JobRecord
+
+    lines = ProgressLines()
+    record = None
+    with cancel_on_interrupt(service, job_id):
+        for item in service.follow(job_id, offset):
+            if isinstance(item, JobRecord):
+                record = item
+                break
+            text = lines.feed(item)
+            if text:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            if view is not None:
+                view.update(service.store.load(job_id), progress=lines.current)
+    rest = lines.flush()
+    if rest:
+        sys.stdout.write(rest)
+        sys.stdout.flush()
+    if view is not None and record is not None:
+        view.update(record, progress="", force=True)
+    return record

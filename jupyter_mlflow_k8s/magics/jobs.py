@@ -1,0 +1,121 @@
+"""``%jobs`` and ``%job logs|attach|cancel``: find jobs again, from any kernel."""
+
+from __future__ import annotations
+
+import html
+import shlex
+from typing import Any
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from ..exceptions import JMKUsageError
+from ..models import JobRecord
+from ..widgets import JobStatusView
+from .common import service_for, stream_to_cell, user_errors
+from .train import attach
+
+JOB_USAGE = """Usage:
+  %job logs ID [--follow]   print the job's log (and keep following it)
+  %job attach ID            wait for the job, stream the rest of its log, collect its results
+  %job cancel ID            stop the job (its MLflow run ends KILLED)
+  %job status ID            one line about the job"""
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+class JobTable:
+    """``%jobs`` output: text in terminals and logs, an HTML table in notebooks."""
+
+    columns = ("job", "state", "backend", "age", "resources", "MLflow run", "notebook", "message")
+
+    def __init__(self, records: list[JobRecord]) -> None:
+        self.rows = [
+            (
+                r.job_id, r.state.value, r.spec.backend, _age(r.age), r.spec.resources.describe(),
+                r.run_id or "", r.spec.notebook or "", r.message,
+            )
+            for r in records
+        ]
+
+    def __repr__(self) -> str:
+        if not self.rows:
+            return "No jobs yet. Run a cell with %%train to start one."
+        widths = [max(len(str(row[i])) for row in [self.columns, *self.rows]) for i in range(len(self.columns))]
+        lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [self.columns, *self.rows]]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            return f"<p>{html.escape(repr(self))}</p>"
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in self.rows)
+        return f"<table class='jmk-JobTable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+@magics_class
+class JobMagics(Magics):
+    """``%jobs`` and ``%job``."""
+
+    @line_magic
+    @user_errors
+    def jobs(self, line: str = "") -> JobTable:
+        """List jobs under this state directory, including those of earlier kernels.
+
+        Examples
+        --------
+        ::
+
+            %jobs
+        """
+        records = service_for(self.shell).list()
+        limit = int(line) if line.strip().isdigit() else 50
+        return JobTable(records[:limit])
+
+    @line_magic
+    @user_errors
+    def job(self, line: str) -> Any:
+        """Look at or act on one job: ``logs ID [--follow]``, ``attach ID``, ``cancel ID``, ``status ID``.
+
+        Examples
+        --------
+        ::
+
+            %job logs 1a2b3c4d --follow
+            %job attach 1a2b3c4d
+            %job cancel 1a2b3c4d
+        """
+        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+        words = shlex.split(line)
+        if len(words) < 2 or words[0] not in ("logs", "attach", "cancel", "status"):
+            raise JMKUsageError(JOB_USAGE)
+        action, job_id, *rest = words
+        allowed = {"logs": {"--follow", "-f"}}.get(action, set())
+        unknown = [w for w in rest if w not in allowed]
+        if unknown:
+            raise JMKUsageError(f"%job {action} does not take {' '.join(unknown)}.\n{JOB_USAGE}")
+        service = service_for(self.shell)
+        record = service.get(job_id)
+        if action == "status":
+            from ..widgets.status import describe
+
+            print(describe(record))
+        elif action == "logs":
+            if rest:
+                stream_to_cell(service, record.job_id)
+            else:
+                print(service.read_log(record.job_id), end="")
+        elif action == "cancel":
+            service.cancel(record.job_id)
+            record = service.wait_terminal(record.job_id)
+            print(f"[jmk] job {record.job_id}: {record.state.value}" + (f" ({record.message})" if record.message else ""))
+        else:
+            view = JobStatusView(record, on_cancel=lambda: service.cancel(record.job_id))
+            view.show()
+            result = attach(self.shell, service, record.job_id, view)
+            return result.display if result.has_display else None
+        return None

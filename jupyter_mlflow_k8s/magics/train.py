@@ -1,0 +1,174 @@
+"""``%%train``: run a cell as a job and bring its results back."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ..exceptions import JMKUsageError
+from ..jobs import JobService
+from ..models import JobRecord, JobSpec, Resources, parse_gpus
+from ..payload import analyze_cell
+from ..tracking import run_url
+from ..widgets import JobStatusView
+from .common import literal, notebook_path, parse_duration, parse_pairs, service_for, stream_to_cell, user_errors
+
+
+class JobHandle:
+    """What ``%%train --async`` returns: the job, to wait for, collect, or cancel later."""
+
+    def __init__(self, service: JobService, job_id: str, shell: Any) -> None:
+        self._service = service
+        self._shell = shell
+        self.job_id = job_id
+
+    @property
+    def record(self) -> JobRecord:
+        """The job's current record."""
+        return self._service.get(self.job_id)
+
+    @property
+    def state(self) -> str:
+        """queued, running, succeeded, failed or cancelled."""
+        return self.record.state.value
+
+    def cancel(self) -> None:
+        """Ask the job to stop."""
+        self._service.cancel(self.job_id)
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the job, stream the rest of its log, put its results in the namespace."""
+        return attach(self._shell, self._service, self.job_id)
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.job_id}: {self.state}; %job attach {self.job_id} to collect>"
+
+
+def attach(shell: Any, service: JobService, job_id: str, view: JobStatusView | None = None) -> Any:
+    """Follow a job to its end, then put what it returned into the user namespace."""
+    __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+    record = stream_to_cell(service, job_id, view)
+    result = service.result(record)
+    shell.user_ns.update(result.values)
+    names = ", ".join(result.values) or "nothing"
+    print(f"[jmk] job {record.job_id} {record.state.value} in {record.elapsed:.2f} s; returned {names}")
+    for name, why in result.skipped.items():
+        print(f"[jmk] {name} was not returned: {why}")
+    return result
+
+
+@magics_class
+class TrainMagics(Magics):
+    """The ``%%train`` cell magic."""
+
+    @magic_arguments()
+    @argument("--backend", help="where to run: local (default) or kubernetes")
+    @argument("--gpus", default="0", help="number of GPUs, e.g. --gpus 1")
+    @argument("--cpu", help="CPU cores, e.g. --cpu 4 or --cpu 500m")
+    @argument("--memory", help="memory, e.g. --memory 16Gi")
+    @argument("--image", help="container image (Kubernetes); default: the configured one")
+    @argument("--env", action="append", metavar="K=V", help="environment variable for the job (repeatable)")
+    @argument("--param", action="append", metavar="K=V", help="a variable the cell sees and MLflow records (repeatable)")
+    @argument("--tag", action="append", metavar="K=V", help="an MLflow tag for the run (repeatable)")
+    @argument("--experiment", help="MLflow experiment; default: the notebook's name")
+    @argument("--run-name", help="MLflow run name")
+    @argument("--out", help="comma-separated names to bring back; default: every name the cell assigns")
+    @argument("--no-out", action="store_true", help="bring no names back")
+    @argument("--timeout", help="stop the job after this long: 900, 15m, 2h")
+    @argument("--async", dest="run_async", action="store_true", help="return at once with a job handle")
+    @cell_magic
+    @user_errors
+    def train(self, line: str, cell: str) -> Any:
+        """Run this cell as a job: local process or Kubernetes Job, tracked in MLflow.
+
+        The cell's free variables (names it reads that earlier cells defined) are sent to the
+        job; the names it assigns come back; its output streams into the cell as it runs; an
+        exception in the job is raised here with the job id and the remote traceback. Every
+        job is an MLflow run: ``mlflow.log_metric(...)`` inside the cell logs to it.
+        Interrupting the kernel while waiting cancels the job.
+
+        Examples
+        --------
+        Train on one GPU and bring ``model`` and ``losses`` back::
+
+            %%train --gpus 1 --memory 16Gi --experiment mnist
+            model = Net().to("cuda")
+            losses = fit(model, train_loader, epochs=epochs)
+
+        Parameters become variables in the cell and MLflow params::
+
+            %%train --param lr=0.01 --param epochs=5 --out model
+            model = fit(lr=lr, epochs=epochs)
+
+        Fire and forget, collect later (also after a kernel restart)::
+
+            %%train --async --timeout 2h
+            result = long_experiment()
+
+            %jobs
+            %job attach 1a2b3c4d
+        """
+        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+        args = parse_argstring(self.train, line)
+        service = service_for(self.shell)
+        spec = self._spec(args, cell)
+        values = {name: self.shell.user_ns[name] for name in spec.inputs}
+        record = service.submit(spec, values)
+        view = JobStatusView(record, on_cancel=lambda: service.cancel(record.job_id))
+        view.show()
+        print(f"[jmk] job {record.job_id} submitted ({spec.backend}); MLflow: {run_url(record)}")
+        if args.run_async:
+            return JobHandle(service, record.job_id, self.shell)
+        result = attach(self.shell, service, record.job_id, view)
+        return result.display if result.has_display else None
+
+    def _spec(self, args: Any, cell: str) -> JobSpec:
+        """Validate every flag and the cell; build the job spec (nothing submitted yet)."""
+        assert self.shell is not None
+        code = self.shell.transform_cell(cell)
+        if "get_ipython()" in code and "get_ipython()" not in cell:
+            raise JMKUsageError(
+                "Magics (%...) and shell commands (!...) do not run inside a %%train job. "
+                "Run them in a cell of their own before this one."
+            )
+        if not code.strip():
+            raise JMKUsageError("The %%train cell is empty: put the code to run below the %%train line.")
+        analysis = analyze_cell(code)
+        params = {k: literal(v) for k, v in parse_pairs(args.param, "--param", identifiers=True).items()}
+        if args.out and args.no_out:
+            raise JMKUsageError("--out and --no-out contradict each other: use one.")
+        outputs: tuple[str, ...] = analysis.assigns
+        if args.no_out:
+            outputs = ()
+        elif args.out:
+            outputs = tuple(n.strip() for n in args.out.split(",") if n.strip())
+            missing = [n for n in outputs if n not in analysis.assigns]
+            if missing:
+                raise JMKUsageError(
+                    f"--out names {', '.join(missing)}, which the cell never assigns. "
+                    f"It assigns: {', '.join(analysis.assigns) or 'nothing'}."
+                )
+        service = service_for(self.shell)
+        return JobSpec(
+            code=code,
+            inputs=analysis.inputs(self.shell.user_ns, exclude=params),
+            outputs=outputs,
+            resources=Resources(cpu=args.cpu, memory=args.memory, gpus=parse_gpus(args.gpus)),
+            backend=args.backend or service.settings.default_backend,
+            image=args.image,
+            env=parse_pairs(args.env, "--env"),
+            params=params,
+            timeout=parse_duration(args.timeout),
+            experiment=args.experiment,
+            run_name=args.run_name,
+            tags=parse_pairs(args.tag, "--tag"),
+            notebook=notebook_path(self.shell),
+            workdir=os.getcwd(),
+        )
+
+
+__all__ = ["JobHandle", "TrainMagics", "UsageError", "attach"]

@@ -1,0 +1,181 @@
+"""Data shapes shared by every front door and backend: resources, job specs, job records.
+
+Pure data and validation only: no I/O, no IPython, no MLflow. Records serialize to plain JSON
+(``to_dict``/``from_dict``) because the job record on disk (or a Kubernetes Job's labels and
+annotations) is the truth that kernels, the CLI and the server extension share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import JMKUsageError
+
+_MEMORY_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E)?$")
+_MEMORY_FACTORS = {
+    None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+_CPU_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<milli>m)?$")
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from a Kubernetes memory quantity such as ``16Gi``, ``512Mi`` or ``2G``."""
+    match = _MEMORY_RE.match(str(text).strip())
+    if not match or float(match["num"]) <= 0:
+        raise JMKUsageError(
+            f"--memory {text!r} is not a memory size. Use a Kubernetes quantity such as "
+            "512Mi, 16Gi or 2G."
+        )
+    return int(float(match["num"]) * _MEMORY_FACTORS[match["unit"]])
+
+
+def parse_cpu(text: str) -> float:
+    """Cores from a Kubernetes CPU quantity such as ``2``, ``0.5`` or ``500m``."""
+    match = _CPU_RE.match(str(text).strip())
+    value = float(match["num"]) / (1000 if match["milli"] else 1) if match else 0.0
+    if value <= 0:
+        raise JMKUsageError(f"--cpu {text!r} is not a CPU amount. Use cores (2, 0.5) or millicores (500m).")
+    return value
+
+
+def parse_gpus(text: str | int) -> int:
+    """A whole, non-negative number of GPUs."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise JMKUsageError(f"--gpus {text!r} is not a number of GPUs. Use a whole number: --gpus 1.")
+    return value
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks for. Quantities keep the user's spelling (Kubernetes wants strings)."""
+
+    cpu: str | None = None
+    memory: str | None = None
+    gpus: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cpu is not None:
+            parse_cpu(self.cpu)
+        if self.memory is not None:
+            parse_memory(self.memory)
+        parse_gpus(self.gpus)
+
+    def describe(self) -> str:
+        """Short human form: ``2 CPU, 16Gi, 1 GPU``."""
+        parts = [f"{self.cpu} CPU" if self.cpu else "", self.memory or ""]
+        if self.gpus:
+            parts.append(f"{self.gpus} GPU" + ("s" if self.gpus > 1 else ""))
+        return ", ".join(p for p in parts if p) or "default resources"
+
+
+class JobState(str, enum.Enum):
+    """Lifecycle of a job. Terminal states never change again."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True for states a job never leaves."""
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    @property
+    def mlflow_status(self) -> str:
+        """The MLflow run status this state ends in."""
+        return {"succeeded": "FINISHED", "cancelled": "KILLED"}.get(self.value, "FAILED")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a backend needs to run one job. Built by a front door, never mutated."""
+
+    code: str
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    backend: str = "local"
+    image: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    experiment: str | None = None
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    notebook: str | None = None
+    workdir: str | None = None
+
+    def with_changes(self, **changes: Any) -> JobSpec:
+        """A copy with some fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class JobRecord:
+    """The persistent record of one job: what was asked, where it stands, where things are."""
+
+    job_id: str
+    spec: JobSpec
+    state: JobState = JobState.QUEUED
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    payload_uri: str | None = None
+    result_uri: str | None = None
+    log_path: str | None = None
+    run_id: str | None = None
+    experiment_id: str | None = None
+    tracking_uri: str | None = None
+    exit_code: int | None = None
+    message: str = ""
+    pid: int | None = None
+    pid_start: float | None = None
+    runner_pid: int | None = None
+    gpu_ids: list[str] = field(default_factory=list)
+    tracking_final: bool = False
+    watcher_pid: int | None = None
+
+    @property
+    def age(self) -> float:
+        """Seconds since the job was created."""
+        return time.time() - self.created
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds the job has been (or was) running."""
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.time()) - self.started
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        data["spec"]["inputs"] = list(self.spec.inputs)
+        data["spec"]["outputs"] = list(self.spec.outputs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        """Inverse of :meth:`to_dict`; ignores keys it does not know (newer writers)."""
+        spec_data = dict(data["spec"])
+        spec_data["resources"] = Resources(**spec_data.get("resources") or {})
+        spec_data["inputs"] = tuple(spec_data.get("inputs", ()))
+        spec_data["outputs"] = tuple(spec_data.get("outputs", ()))
+        spec_fields = {f.name for f in dataclasses.fields(JobSpec)}
+        spec = JobSpec(**{k: v for k, v in spec_data.items() if k in spec_fields})
+        known = {f.name for f in dataclasses.fields(cls)} - {"spec", "state"}
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(spec=spec, state=JobState(data["state"]), **values)

@@ -1,0 +1,140 @@
+"""The job side, the same for every backend: ``python -m jupyter_mlflow_k8s.runner PAYLOAD_URL``.
+
+Fetches the staged payload, restores the inputs, points MLflow at the job's run, executes the
+cell in a fresh ``__main__``, and stages a result document (assigned names, the final
+expression's value, or the error with its traceback). Output goes to stdout/stderr unbuffered;
+the launcher keeps the log. Exit status: 0 success, 1 the cell raised, 2 the runner itself
+failed, 143 terminated. MLflow is imported only if the cell imports it, so that a trivial cell
+pays no MLflow import.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import linecache
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
+from .storage import get_storage, read_url
+
+EXIT_OK, EXIT_CELL_ERROR, EXIT_RUNNER_ERROR, EXIT_TERMINATED = 0, 1, 2, 143
+
+
+class Terminated(BaseException):
+    """Raised inside the cell when the job is asked to stop (SIGTERM)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _cell_traceback(exc: BaseException, filename: str) -> str:
+    """The traceback from the first frame of the cell on: runner frames are noise to users."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def execute(payload: Payload, namespace: dict[str, Any]) -> tuple[Any, bool]:
+    """Run the cell; returns the final expression's value and whether there was one."""
+    filename = f"<jmk-cell {payload.job_id}>"
+    linecache.cache[filename] = (len(payload.code), None, payload.code.splitlines(True), filename)
+    tree = ast.parse(payload.code, filename=filename)
+    last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    body = ast.Module(body=tree.body[:-1] if last else tree.body, type_ignores=[])
+    exec(compile(body, filename, "exec"), namespace)  # noqa: S102 - running the user's cell is the job
+    if last is None:
+        return None, False
+    return eval(compile(ast.Expression(last.value), filename, "eval"), namespace), True  # noqa: S307
+
+
+def _finish_mlflow(status: str) -> None:
+    """Flush and close the run if the cell used MLflow; otherwise cost nothing."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    try:
+        if hasattr(mlflow, "flush_async_logging"):
+            mlflow.flush_async_logging()
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status=status)
+    except Exception as exc:  # tracking trouble must not turn a good result into a failure
+        print(f"[jmk] could not close the MLflow run cleanly: {exc}", file=sys.stderr)
+
+
+def run(payload_url: str) -> int:
+    """Execute one payload; returns the process exit status."""
+    payload = Payload.from_json(read_url(payload_url))
+    storage = get_storage(payload.storage_url)
+    os.environ.update(payload.tracking)
+    # The cell runs as ``__main__`` (like a notebook), so what it defines pickles by value.
+    main_module = new_main_module()
+    sys.modules["__main__"] = main_module
+    namespace = main_module.__dict__
+    for entry in payload.inputs:
+        namespace[entry.name] = load_value(storage, entry.__dict__)
+    namespace.update(payload.params)
+
+    result: dict[str, Any] = {"ok": False, "outputs": [], "skipped": {}, "display": None, "error": None}
+    status = EXIT_OK
+    started = time.time()
+    try:
+        value, has_value = execute(payload, namespace)
+    except (Terminated, KeyboardInterrupt):
+        print(f"[jmk] job {payload.job_id} terminated", file=sys.stderr)
+        _finish_mlflow("KILLED")
+        return EXIT_TERMINATED
+    except BaseException as exc:  # the user's exception, reported back with its traceback
+        text = _cell_traceback(exc, f"<jmk-cell {payload.job_id}>")
+        sys.stderr.write(text)
+        result["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": text}
+        status = EXIT_CELL_ERROR
+    else:
+        result["ok"] = True
+        for name in payload.outputs:
+            if name not in namespace:
+                continue
+            try:
+                result["outputs"].append(stage_value(storage, name, namespace[name]).__dict__)
+            except UnpicklableValue as exc:
+                result["skipped"][name] = str(exc)
+                print(f"[jmk] not returning {name!r}: cannot pickle it", file=sys.stderr)
+        if has_value and value is not None:
+            try:
+                result["display"] = stage_value(storage, "_", value).__dict__
+            except UnpicklableValue:
+                result["display"] = {"repr": repr(value)}
+    result["duration"] = time.time() - started
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED")
+    storage.put_bytes(payload.result_key, json.dumps(result).encode())
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m jupyter_mlflow_k8s.runner PAYLOAD_URL", file=sys.stderr)
+        return EXIT_RUNNER_ERROR
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return run(args[0])
+    except Terminated:
+        return EXIT_TERMINATED
+    except Exception:
+        print("[jmk] the runner failed before or after the cell ran:", file=sys.stderr)
+        traceback.print_exc()
+        return EXIT_RUNNER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

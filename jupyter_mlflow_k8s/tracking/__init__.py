@@ -1,0 +1,134 @@
+"""MLflow facade: one run per job, opened before the job starts and closed after it ends.
+
+MLflow is imported lazily here and nowhere on a job's critical path: the kernel (which keeps
+it imported) opens the run, and whoever sees the job end first closes it. Only this package
+talks to MLflow's client API.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..models import JobRecord, JobSpec
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+DEFAULT_EXPERIMENT = "jmk"
+_clients: dict[str, MlflowClient] = {}
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    """A cached client for ``tracking_uri`` (creating the SQLite store costs a second)."""
+    if tracking_uri not in _clients:
+        from mlflow.tracking import MlflowClient
+
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _clients[tracking_uri] = MlflowClient(tracking_uri=tracking_uri)
+    return _clients[tracking_uri]
+
+
+def experiment_name(spec: JobSpec) -> str:
+    """``--experiment``, else the notebook's name, else ``jmk``."""
+    if spec.experiment:
+        return spec.experiment
+    if spec.notebook:
+        return Path(spec.notebook).stem or DEFAULT_EXPERIMENT
+    return DEFAULT_EXPERIMENT
+
+
+def ensure_experiment(mlflow_client: MlflowClient, name: str, artifact_root: str | None) -> str:
+    """The id of experiment ``name``, created (with artifacts under ``artifact_root``) if new."""
+    from mlflow.exceptions import MlflowException
+
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
+    location = f"{artifact_root.rstrip('/')}/{slug}" if artifact_root else None
+    try:
+        return str(mlflow_client.create_experiment(name, artifact_location=location))
+    except MlflowException:  # created meanwhile by another process
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def run_tags(job_id: str, spec: JobSpec) -> dict[str, str]:
+    """Tags that say where a run came from."""
+    tags = {
+        "jmk.job_id": job_id,
+        "jmk.backend": spec.backend,
+        "jmk.cell_sha256": hashlib.sha256(spec.code.encode()).hexdigest()[:16],
+        "jmk.host": socket.gethostname(),
+        "mlflow.user": _user(),
+        "mlflow.source.type": "NOTEBOOK" if spec.notebook else "LOCAL",
+    }
+    if spec.notebook:
+        tags["mlflow.source.name"] = spec.notebook
+    if spec.image:
+        tags["jmk.image"] = spec.image
+    if spec.run_name:
+        tags["mlflow.runName"] = spec.run_name
+    return {**tags, **spec.tags}
+
+
+def run_params(spec: JobSpec) -> dict[str, str]:
+    """Params recorded for a run: the user's ``--param``s and the resources asked for."""
+    params = {key: str(value) for key, value in spec.params.items()}
+    res = spec.resources
+    flags = {"jmk.gpus": str(res.gpus), "jmk.cpu": res.cpu, "jmk.memory": res.memory, "jmk.timeout": spec.timeout}
+    params.update({k: str(v) for k, v in flags.items() if v not in (None, "")})
+    return params
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("JUPYTERHUB_USER", "unknown")
+
+
+def start_run(tracking_uri: str, artifact_root: str | None, job_id: str, spec: JobSpec) -> tuple[str, str]:
+    """Open the job's run (status RUNNING); returns ``(experiment_id, run_id)``."""
+    from mlflow.entities import Param
+
+    mlflow_client = client(tracking_uri)
+    experiment_id = ensure_experiment(mlflow_client, experiment_name(spec), artifact_root)
+    run = mlflow_client.create_run(experiment_id, tags=run_tags(job_id, spec), run_name=spec.run_name)
+    params = [Param(k, v) for k, v in run_params(spec).items()]
+    if params:
+        mlflow_client.log_batch(run.info.run_id, params=params)
+    return experiment_id, run.info.run_id
+
+
+def close_run(record: JobRecord) -> None:
+    """Set the run's final status from the job's state and keep the job's log as an artifact."""
+    if not record.run_id or not record.tracking_uri:
+        return
+    mlflow_client = client(record.tracking_uri)
+    if record.log_path and Path(record.log_path).exists():
+        try:
+            mlflow_client.log_artifact(record.run_id, record.log_path, artifact_path="jmk")
+        except Exception as exc:  # the log is still kept with the job; the status matters more
+            print(f"[jmk] could not store the log of job {record.job_id} in MLflow: {exc}")
+    end = int((record.finished or time.time()) * 1000)
+    mlflow_client.set_terminated(record.run_id, status=record.state.mlflow_status, end_time=end)
+
+
+def run_url(record: JobRecord) -> str:
+    """Where a user finds the run: the MLflow UI link for a server, else URI and run id."""
+    uri = record.tracking_uri or ""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{record.experiment_id}/runs/{record.run_id}"
+    return f"run {record.run_id} in {uri}"
+

@@ -1,0 +1,113 @@
+"""A job's status in its cell: state, elapsed time, resources, a progress line, a cancel button.
+
+With ipywidgets it is a small live widget; without (a terminal, or ipywidgets missing) the
+same facts are a text display that is updated in place when the frontend supports it.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..models import JobRecord, JobState
+
+_COLORS = {
+    JobState.QUEUED: "#888", JobState.RUNNING: "#1a73e8", JobState.SUCCEEDED: "#188038",
+    JobState.FAILED: "#d93025", JobState.CANCELLED: "#e37400",
+}
+# Redraw at most this often: a widget message per log line would be its own flood.
+MIN_REDRAW_SECONDS = 0.25
+
+
+def describe(record: JobRecord) -> str:
+    """One line: ``job 1a2b3c4d · running · 12.3 s · local · 1 GPU · run 5f6e...``."""
+    elapsed = f"{record.elapsed:.1f} s" if record.started else f"waiting {record.age:.1f} s"
+    parts = [f"job {record.job_id}", record.state.value, elapsed, record.spec.backend, record.spec.resources.describe()]
+    if record.gpu_ids:
+        parts.append(f"CUDA_VISIBLE_DEVICES={','.join(record.gpu_ids)}")
+    if record.run_id:
+        parts.append(f"MLflow run {record.run_id}")
+    if record.message and record.state.terminal:
+        parts.append(record.message)
+    return " · ".join(parts)
+
+
+class JobStatusView:
+    """Shows one job and keeps the display current; ``update`` is cheap to call often."""
+
+    def __init__(self, record: JobRecord, on_cancel: Callable[[], Any] | None = None) -> None:
+        self.record = record
+        self.progress = ""
+        self._last_draw = 0.0
+        self._widget: Any = None
+        self._handle: Any = None
+        self._on_cancel = on_cancel
+        try:
+            import ipywidgets as widgets
+            from IPython import get_ipython
+
+            shell = get_ipython()
+            if shell is None or not getattr(shell, "kernel", None):
+                raise ImportError("no kernel to render widgets")
+        except ImportError:
+            widgets = None
+        if widgets is not None:
+            self._label = widgets.HTML()
+            self._progress = widgets.HTML()
+            self._button = widgets.Button(description="Cancel", button_style="warning", icon="stop")
+            self._button.on_click(lambda _: self._cancel())
+            self._widget = widgets.VBox([widgets.HBox([self._label, self._button]), self._progress])
+
+    def _cancel(self) -> None:
+        if self._on_cancel is not None:
+            self._button.disabled = True
+            self._button.description = "Cancelling"
+            self._on_cancel()
+
+    def show(self) -> None:
+        """Put the view in the cell's output."""
+        from IPython.display import display
+
+        self._render()
+        if self._widget is not None:
+            display(self._widget)
+        else:
+            self._handle = display(_Text(self._text()), display_id=True)
+
+    def update(self, record: JobRecord | None = None, progress: str | None = None, force: bool = False) -> None:
+        """Record new facts; redraw if enough time has passed (or ``force``)."""
+        if record is not None:
+            force = force or record.state != self.record.state
+            self.record = record
+        if progress is not None:
+            self.progress = progress
+        now = time.monotonic()
+        if force or now - self._last_draw >= MIN_REDRAW_SECONDS:
+            self._last_draw = now
+            self._render()
+
+    def _text(self) -> str:
+        return describe(self.record) + (f"\n{self.progress}" if self.progress else "")
+
+    def _render(self) -> None:
+        if self._widget is not None:
+            color = _COLORS[self.record.state]
+            self._label.value = f'<span style="color:{color}">●</span> {html.escape(describe(self.record))}'
+            self._progress.value = f"<pre style='margin:0'>{html.escape(self.progress)}</pre>" if self.progress else ""
+            if self.record.state.terminal:
+                self._button.disabled = True
+                self._button.layout.display = "none"
+        elif self._handle is not None:
+            self._handle.update(_Text(self._text()))
+
+
+class _Text:
+    """A display object that is plain text everywhere."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text

@@ -21,7 +21,10 @@ def detect_gpus() -> tuple[str, ...]:
         try:
             out = subprocess.run(
                 [smi, "--query-gpu=index", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20, check=True,
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
             ).stdout
             found = [line.strip() for line in out.splitlines() if line.strip().isdigit()]
         except (OSError, subprocess.SubprocessError):

@@ -22,9 +22,7 @@ from .models import JobRecord, JobSpec, JobState
 from .payload import Payload, load_value, stage_inputs, write_payload
 from .records import JobStore
 from .storage import Storage, get_storage
-
-# How long a supervisor leaves closing the MLflow run to a kernel that is watching the job.
-WATCHER_GRACE_SECONDS = 5.0
+from .tracking import finalize_tracking
 
 
 @dataclass
@@ -199,30 +197,3 @@ class _Repr:
 
     def __repr__(self) -> str:
         return self.text
-
-
-def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool = False) -> JobRecord:
-    """Close the job's MLflow run exactly once, by whichever process gets there first.
-
-    A kernel that is watching the job has MLflow imported already and closes the run in
-    milliseconds; the supervisor (``defer_to_watcher``) gives it a few seconds before doing it
-    itself, so that a job nobody watches (kernel gone) still ends with the right status.
-    """
-    if not record.state.terminal or record.tracking_final:
-        return record
-    if defer_to_watcher and record.watcher_pid and record.watcher_pid != os.getpid():
-        deadline = time.time() + WATCHER_GRACE_SECONDS
-        while time.time() < deadline:
-            record = store.load(record.job_id)
-            if record.tracking_final or not record.watcher_pid:
-                break
-            time.sleep(0.05)
-        if record.tracking_final:
-            return record
-    if not store.claim(record.job_id, "close-run"):
-        return record
-    try:
-        tracking.close_run(record)
-    finally:
-        record = store.update(record.job_id, tracking_final=True)
-    return record

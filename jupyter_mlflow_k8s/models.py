@@ -18,8 +18,20 @@ from .exceptions import JMKUsageError
 
 _MEMORY_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E)?$")
 _MEMORY_FACTORS = {
-    None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    None: 1,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
 }
 _CPU_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<milli>m)?$")
 
@@ -29,8 +41,7 @@ def parse_memory(text: str) -> int:
     match = _MEMORY_RE.match(str(text).strip())
     if not match or float(match["num"]) <= 0:
         raise JMKUsageError(
-            f"--memory {text!r} is not a memory size. Use a Kubernetes quantity such as "
-            "512Mi, 16Gi or 2G."
+            f"--memory {text!r} is not a memory size. Use a Kubernetes quantity such as 512Mi, 16Gi or 2G."
         )
     return int(float(match["num"]) * _MEMORY_FACTORS[match["unit"]])
 

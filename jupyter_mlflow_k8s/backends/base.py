@@ -17,7 +17,7 @@ from typing import ClassVar
 from traitlets import MetaHasTraits
 from traitlets.config import LoggingConfigurable
 
-from ..models import JobRecord, JobSpec
+from ..models import JobRecord, JobSpec, JobState
 from ..records import JobStore
 from ..registry import Registry
 
@@ -90,6 +90,26 @@ class Backend(LoggingConfigurable, metaclass=_ConfigurableABCMeta):
     def log_exists(self, record: JobRecord) -> bool:
         """Whether the job's log is still kept."""
         return bool(record.log_path) and Path(str(record.log_path)).exists()
+
+
+def end_job(
+    store: JobStore,
+    job_id: str,
+    state: JobState,
+    message: str,
+    exit_code: int | None = None,
+    defer_to_watcher: bool = False,
+) -> JobRecord:
+    """Record how a job ended (once: a terminal record is never changed) and close its run."""
+    from ..tracking import finalize_tracking
+
+    with store.locked(job_id):
+        record = store.load(job_id)
+        if not record.state.terminal:
+            record.state, record.message, record.exit_code = state, message, exit_code
+            record.finished = time.time()
+            store.save(record)
+    return finalize_tracking(store, record, defer_to_watcher=defer_to_watcher)
 
 
 backends: Registry[type[Backend]] = Registry("backend", "jupyter_mlflow_k8s.backends")

@@ -27,9 +27,16 @@ from ..exceptions import JMKUsageError
 from ..gpus import detect_gpus
 from ..models import JobRecord, JobSpec, JobState
 from ..records import JobStore
-from .base import Backend, backends
+from .base import Backend, backends, end_job
 
 GRACE_SECONDS = 5.0
+# Supervisors this process started; polled now and then so that exited ones do not linger as
+# zombies in a long-lived kernel.
+_children: list[subprocess.Popen[bytes]] = []
+
+
+def _reap_children() -> None:
+    _children[:] = [child for child in _children if child.poll() is None]
 
 
 def _process_alive(pid: int | None, started: float | None) -> bool:
@@ -56,7 +63,9 @@ class LocalBackend(Backend):
     ).tag(config=True)
 
     gpu_ids = List(
-        Unicode(), allow_none=True, default_value=None,
+        Unicode(),
+        allow_none=True,
+        default_value=None,
         help="GPU indices jobs may use; default: those nvidia-smi lists (and CUDA_VISIBLE_DEVICES "
         "allows). Example: c.LocalBackend.gpu_ids = ['0', '1']",
     ).tag(config=True)
@@ -106,9 +115,14 @@ class LocalBackend(Backend):
         with open(folder / "supervisor.log", "ab") as errors:
             proc = subprocess.Popen(
                 [self.python, "-m", "jupyter_mlflow_k8s.backends.local", str(folder)],
-                stdin=subprocess.DEVNULL, stdout=errors, stderr=errors,
-                start_new_session=True, close_fds=True,
+                stdin=subprocess.DEVNULL,
+                stdout=errors,
+                stderr=errors,
+                start_new_session=True,
+                close_fds=True,
             )
+        _reap_children()
+        _children.append(proc)
         try:
             started = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -123,17 +137,33 @@ class LocalBackend(Backend):
 
     def refresh(self, record: JobRecord) -> JobRecord:
         """Mark a job FAILED when its supervisor vanished without recording an end."""
+        _reap_children()
         if record.state.terminal or record.pid is None or _process_alive(record.pid, record.pid_start):
             return record
-        with self.store.locked(record.job_id):
-            record = self.store.load(record.job_id)
-            if record.state.terminal:
-                return record
-            record.state = JobState.FAILED
-            record.finished = time.time()
-            record.message = "the job's supervisor process exited without recording an end (killed?)"
-            self.store.save(record)
+        message = "the job's supervisor process exited without recording an end (killed?)"
+        record = end_job(self.store, record.job_id, JobState.FAILED, message)
+        _stop_orphan_runner(record)
         return record
+
+
+def _stop_orphan_runner(record: JobRecord) -> None:
+    """Stop a runner whose supervisor is gone: nobody would record how it ends."""
+    if not record.runner_pid:
+        return
+    try:
+        proc = psutil.Process(record.runner_pid)
+        if "jupyter_mlflow_k8s.runner" in proc.cmdline() and str(record.payload_uri) in proc.cmdline():
+            proc.terminate()
+    except psutil.Error:
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the runner's child process: get SIGTERM when the supervisor dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 backends.register("local", LocalBackend)
@@ -206,8 +236,12 @@ class _Supervisor:
         with open(self.folder / "output.log", "ab") as log:
             self.child = subprocess.Popen(
                 [self.options["python"], "-m", "jupyter_mlflow_k8s.runner", str(record.payload_uri)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=spec.workdir or None,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=spec.workdir or None,
+                preexec_fn=_die_with_parent,
             )
         self.store.update(
             self.job_id, state=JobState.RUNNING, started=time.time(), runner_pid=self.child.pid, gpu_ids=gpu_ids
@@ -250,10 +284,7 @@ class _Supervisor:
         return JobState.FAILED, f"the runner exited with status {code}; see the log"
 
     def _finish(self, state: JobState, code: int | None, message: str) -> None:
-        record = self.store.update(self.job_id, state=state, exit_code=code, message=message, finished=time.time())
-        from ..jobs import finalize_tracking
-
-        finalize_tracking(self.store, record, defer_to_watcher=True)
+        end_job(self.store, self.job_id, state, message, code, defer_to_watcher=True)
 
 
 def main() -> None:

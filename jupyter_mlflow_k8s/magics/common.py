@@ -36,7 +36,7 @@ def user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+        __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         try:
             return func(*args, **kwargs)
         except (JMKUsageError, JobNotFound, UnknownPlugin) as exc:

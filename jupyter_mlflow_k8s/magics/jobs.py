@@ -36,8 +36,14 @@ class JobTable:
     def __init__(self, records: list[JobRecord]) -> None:
         self.rows = [
             (
-                r.job_id, r.state.value, r.spec.backend, _age(r.age), r.spec.resources.describe(),
-                r.run_id or "", r.spec.notebook or "", r.message,
+                r.job_id,
+                r.state.value,
+                r.spec.backend,
+                _age(r.age),
+                r.spec.resources.describe(),
+                r.run_id or "",
+                r.spec.notebook or "",
+                r.message,
             )
             for r in records
         ]
@@ -46,7 +52,10 @@ class JobTable:
         if not self.rows:
             return "No jobs yet. Run a cell with %%train to start one."
         widths = [max(len(str(row[i])) for row in [self.columns, *self.rows]) for i in range(len(self.columns))]
-        lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [self.columns, *self.rows]]
+        lines = [
+            "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+            for row in [self.columns, *self.rows]
+        ]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -89,7 +98,7 @@ class JobMagics(Magics):
             %job attach 1a2b3c4d
             %job cancel 1a2b3c4d
         """
-        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+        __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         words = shlex.split(line)
         if len(words) < 2 or words[0] not in ("logs", "attach", "cancel", "status"):
             raise JMKUsageError(JOB_USAGE)
@@ -112,7 +121,8 @@ class JobMagics(Magics):
         elif action == "cancel":
             service.cancel(record.job_id)
             record = service.wait_terminal(record.job_id)
-            print(f"[jmk] job {record.job_id}: {record.state.value}" + (f" ({record.message})" if record.message else ""))
+            suffix = f" ({record.message})" if record.message else ""
+            print(f"[jmk] job {record.job_id}: {record.state.value}{suffix}")
         else:
             view = JobStatusView(record, on_cancel=lambda: service.cancel(record.job_id))
             view.show()

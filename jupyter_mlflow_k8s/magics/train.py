@@ -40,9 +40,13 @@ class JobHandle:
         """Ask the job to stop."""
         self._service.cancel(self.job_id)
 
-    def result(self) -> dict[str, Any]:
-        """Wait for the job, stream the rest of its log, put its results in the namespace."""
-        return attach(self._shell, self._service, self.job_id)
+    def result(self) -> Any:
+        """Wait for the job, stream the rest of its log, put its results in the namespace.
+
+        Returns the value of the cell's final expression, if it had one.
+        """
+        result = attach(self._shell, self._service, self.job_id)
+        return result.display if result.has_display else None
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job_id}: {self.state}; %job attach {self.job_id} to collect>"
@@ -50,7 +54,7 @@ class JobHandle:
 
 def attach(shell: Any, service: JobService, job_id: str, view: JobStatusView | None = None) -> Any:
     """Follow a job to its end, then put what it returned into the user namespace."""
-    __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+    __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
     record = stream_to_cell(service, job_id, view)
     result = service.result(record)
     shell.user_ns.update(result.values)
@@ -72,7 +76,7 @@ class TrainMagics(Magics):
     @argument("--memory", help="memory, e.g. --memory 16Gi")
     @argument("--image", help="container image (Kubernetes); default: the configured one")
     @argument("--env", action="append", metavar="K=V", help="environment variable for the job (repeatable)")
-    @argument("--param", action="append", metavar="K=V", help="a variable the cell sees and MLflow records (repeatable)")
+    @argument("--param", action="append", metavar="K=V", help="a variable for the cell, an MLflow param (repeatable)")
     @argument("--tag", action="append", metavar="K=V", help="an MLflow tag for the run (repeatable)")
     @argument("--experiment", help="MLflow experiment; default: the notebook's name")
     @argument("--run-name", help="MLflow run name")
@@ -112,7 +116,8 @@ class TrainMagics(Magics):
             %jobs
             %job attach 1a2b3c4d
         """
-        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback formatter
+        __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
+        assert self.shell is not None
         args = parse_argstring(self.train, line)
         service = service_for(self.shell)
         spec = self._spec(args, cell)

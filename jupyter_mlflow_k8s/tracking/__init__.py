@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..models import JobRecord, JobSpec
+from ..records import JobStore
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "jmk"
+# How long a supervisor leaves closing the MLflow run to a kernel that is watching the job.
+WATCHER_GRACE_SECONDS = 5.0
 _clients: dict[str, MlflowClient] = {}
 
 
@@ -132,3 +135,29 @@ def run_url(record: JobRecord) -> str:
         return f"{uri.rstrip('/')}/#/experiments/{record.experiment_id}/runs/{record.run_id}"
     return f"run {record.run_id} in {uri}"
 
+
+def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool = False) -> JobRecord:
+    """Close the job's MLflow run exactly once, by whichever process gets there first.
+
+    A kernel that is watching the job has MLflow imported already and closes the run in
+    milliseconds; the supervisor (``defer_to_watcher``) gives it a few seconds before doing it
+    itself, so that a job nobody watches (kernel gone) still ends with the right status.
+    """
+    if not record.state.terminal or record.tracking_final:
+        return record
+    if defer_to_watcher and record.watcher_pid and record.watcher_pid != os.getpid():
+        deadline = time.time() + WATCHER_GRACE_SECONDS
+        while time.time() < deadline:
+            record = store.load(record.job_id)
+            if record.tracking_final or not record.watcher_pid:
+                break
+            time.sleep(0.05)
+        if record.tracking_final:
+            return record
+    if not store.claim(record.job_id, "close-run"):
+        return record
+    try:
+        close_run(record)
+    finally:
+        record = store.update(record.job_id, tracking_final=True)
+    return record

@@ -14,8 +14,11 @@ from typing import Any
 from ..models import JobRecord, JobState
 
 _COLORS = {
-    JobState.QUEUED: "#888", JobState.RUNNING: "#1a73e8", JobState.SUCCEEDED: "#188038",
-    JobState.FAILED: "#d93025", JobState.CANCELLED: "#e37400",
+    JobState.QUEUED: "#888",
+    JobState.RUNNING: "#1a73e8",
+    JobState.SUCCEEDED: "#188038",
+    JobState.FAILED: "#d93025",
+    JobState.CANCELLED: "#e37400",
 }
 # Redraw at most this often: a widget message per log line would be its own flood.
 MIN_REDRAW_SECONDS = 0.25
@@ -43,6 +46,7 @@ class JobStatusView:
         self._last_draw = 0.0
         self._widget: Any = None
         self._handle: Any = None
+        self._shown_state = record.state
         self._on_cancel = on_cancel
         try:
             import ipywidgets as widgets
@@ -74,7 +78,7 @@ class JobStatusView:
         if self._widget is not None:
             display(self._widget)
         else:
-            self._handle = display(_Text(self._text()), display_id=True)
+            self._handle = display(_Text(describe(self.record)), display_id=True)
 
     def update(self, record: JobRecord | None = None, progress: str | None = None, force: bool = False) -> None:
         """Record new facts; redraw if enough time has passed (or ``force``)."""
@@ -88,9 +92,6 @@ class JobStatusView:
             self._last_draw = now
             self._render()
 
-    def _text(self) -> str:
-        return describe(self.record) + (f"\n{self.progress}" if self.progress else "")
-
     def _render(self) -> None:
         if self._widget is not None:
             color = _COLORS[self.record.state]
@@ -99,8 +100,10 @@ class JobStatusView:
             if self.record.state.terminal:
                 self._button.disabled = True
                 self._button.layout.display = "none"
-        elif self._handle is not None:
-            self._handle.update(_Text(self._text()))
+        elif self._handle is not None and (self.record.state.terminal or self.record.state != self._shown_state):
+            # Without a widget frontend every redraw may print anew: redraw on state changes only.
+            self._shown_state = self.record.state
+            self._handle.update(_Text(describe(self.record)))
 
 
 class _Text:

@@ -1,0 +1,30 @@
+# The README's two commands: `make quickstart` and `make test`. Each builds .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: quickstart test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# Run notebooks/quickstart.ipynb headless on the embedded defaults (local backend, SQLite MLflow).
+quickstart: $(STAMP)
+	mkdir -p build
+	$(BIN)/python -m papermill --log-output --kernel python3 notebooks/quickstart.ipynb build/quickstart.ipynb
+
+# ruff, mypy, then the whole pytest suite (real kernels, real MLflow, real subprocess jobs).
+test: $(STAMP)
+	$(BIN)/ruff check jupyter_mlflow_k8s tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/dispatch.py
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,86 @@
+"""Shared fixtures: an isolated state directory, one real SQLite MLflow store per session,
+an in-process IPython shell with the extension loaded."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real SQLite tracking store, created once (its migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()
+    return uri
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str) -> Path:
+    """A fresh JMK_STATE_DIR per test, sharing the session's MLflow store."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("JMK_STATE_DIR", str(state))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.delenv("JMK_STORAGE_URL", raising=False)
+    monkeypatch.delenv("JMK_BACKEND", raising=False)
+    return state
+
+
+@pytest.fixture
+def shell(state_dir: Path) -> Iterator[object]:
+    """An in-process IPython shell with ``%load_ext jupyter_mlflow_k8s`` done."""
+    from IPython.testing.globalipapp import get_ipython, start_ipython
+
+    ip = start_ipython() or get_ipython()  # the test shell is a process-wide singleton
+    assert ip is not None
+    ip.reset(new_session=True)
+    ip.__dict__.pop("_jmk_service", None)
+    ip.run_line_magic("load_ext", "jupyter_mlflow_k8s")
+    yield ip
+    ip.__dict__.pop("_jmk_service", None)
+    _stop_jobs(state_dir)
+
+
+def _stop_jobs(state_dir: Path) -> None:
+    """Leave no job processes behind: cancel what is still running under this state dir."""
+    from jupyter_mlflow_k8s.config import load_settings
+    from jupyter_mlflow_k8s.jobs import JobService
+
+    if not (state_dir / "jobs").exists():
+        return
+    service = JobService(load_settings(state_dir=str(state_dir)))
+    for record in service.list():
+        if not record.state.terminal:
+            service.cancel(record.job_id)
+            service.wait_terminal(record.job_id, timeout=15)
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def process_gone(pid: int | None) -> bool:
+    """Whether ``pid`` has exited (zombies count as gone)."""
+    if not pid:
+        return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")

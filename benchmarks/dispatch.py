@@ -300,14 +300,29 @@ def run_train(shell: Any, stamps: Stamps, cell: str, expect_x: bool) -> TrainSam
             "kernel: close MLflow run": stamps.span("finalize.start", "finalize.end"),
             "kernel: load result, namespace, print": diff(end_wall, marks.get("finalize.end")),
         }
+        sample.details = mlflow_details(stamps)
     else:
+        printed = mtime(record.log_path)  # the cell prints one line, then only sleeps
         sample.phases = {
             "kernel: submit (analyze ... spawn supervisor)": diff(launched, start_wall),
             "supervisor: start, imports, slot, spawn runner": diff(record.started, launched),
-            "runner: start, imports, load payload, print": diff(mtime(record.log_path), record.started),
-            "kernel: see the line (log poll), print it": diff(sink.first_seen, mtime(record.log_path)),
+            "runner: start, imports, load payload, print": diff(printed, record.started),
+            "kernel: see the line (log poll), print it": diff(sink.first_seen, printed),
         }
-    sample.details = {
+        sample.details = {
+            "first line on screen (from the call)": first_line,
+            "runner: sleep 0.5 s, write result": diff(result_written, printed),
+            "supervisor: see runner exit, record the end": diff(record.finished, result_written),
+            "kernel: see the end (log/record poll)": diff(marks.get("finalize.start"), record.finished),
+            "kernel: close MLflow run": stamps.span("finalize.start", "finalize.end"),
+            "kernel: load result, namespace, print": diff(end_wall, marks.get("finalize.end")),
+        }
+    return sample
+
+
+def mlflow_details(stamps: Stamps) -> dict[str, float | None]:
+    """Parts of the phases above, and what the kernel does beside the job."""
+    return {
         "backend check (GPU detection)": stamps.span("check.start", "check.end"),
         "tracking.client (MlflowClient for the URI)": stamps.span("client.start", "client.end"),
         "tracking.ensure_experiment": stamps.span("ensure_experiment.start", "ensure_experiment.end"),
@@ -320,7 +335,6 @@ def run_train(shell: Any, stamps: Stamps, cell: str, expect_x: bool) -> TrainSam
         "kernel, beside the job: status view shown": stamps.span("show.start", "show.end"),
         "kernel: JobService.result (read result, unpickle)": stamps.span("result.start", "result.end"),
     }
-    return sample
 
 
 # ----------------------------------------------------------------------------- other samples
@@ -381,7 +395,9 @@ def phase_rows(samples: Sequence[TrainSample], attribute: str, whole: float | No
 
 def single_rows(sample: TrainSample, attribute: str) -> list[list[str]]:
     items: dict[str, float | None] = getattr(sample, attribute)
-    return [[name, ms(value), f"{100 * value / sample.total:.0f}%"] for name, value in items.items() if value is not None]
+    return [
+        [name, ms(value), f"{100 * value / sample.total:.0f}%"] for name, value in items.items() if value is not None
+    ]
 
 
 def watch_warm_thread() -> Callable[[], float | None]:
@@ -448,7 +464,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm_done = watch_warm_thread()
         cold_start = time.time()
         cold = run_train(shell, stamps, TRIVIAL_CELL, expect_x=True)
-        cold.details["MLflow background import done, after the call started"] = diff(warm_done(), cold_start)
+        imported = warm_done()
+        cold.details["MLflow background import done, after the call started"] = diff(imported, cold_start)
+        client_start, client_end = stamps.marks.get("client.start"), stamps.marks.get("client.end")
+        if imported is not None and client_start is not None and client_end is not None:
+            cold.details["MlflowClient: store creation after the import was done"] = client_end - max(
+                imported, client_start
+            )
         undo += instrument_mlflow(stamps)
 
         progress(f"warm-up: {args.warmup} x %%train on each cell")
@@ -472,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jupyter_mlflow_k8s.magics.common import service_for
 
         last = service_for(shell).store.list()
-        payload = next((r for r in last if r.spec.code == TRIVIAL_CELL and r.payload_uri), None)
+        payload = next((r for r in last if r.spec.code.strip() == TRIVIAL_CELL and r.payload_uri), None)
         commands: dict[str, list[str]] = {
             "python -c pass": ["-c", "pass"],
             "python -c 'import jupyter_mlflow_k8s.runner'": ["-c", "import jupyter_mlflow_k8s.runner"],
@@ -495,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for restore in reversed(undo):
             restore()
-        machine = machine_description(Path(os.environ["JMK_STATE_DIR"]))
+        machine = machine_description(root)
 
     peer = median(bare)
     totals = [s.total for s in trivial]
@@ -548,6 +570,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Where the first streamed line's time goes ({len(streamed)} runs)",
             ["phase", "median", "p90", "share"],
             phase_rows(streamed, "phases", median(first_lines)),
+        )
+    )
+    out.append("")
+    out.append(
+        table(
+            f"The rest of the (d) cell, from the line to the result ({len(streamed)} runs)",
+            ["phase", "median", "p90", "share"],
+            phase_rows(streamed, "details", median(streamed_totals)),
         )
     )
     out.append("")

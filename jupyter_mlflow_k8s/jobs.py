@@ -16,6 +16,7 @@ from typing import Any
 
 from . import tracking
 from .backends import Backend, get_backend
+from .backends.base import end_job
 from .config import JMKSettings, load_settings
 from .exceptions import JobCancelled, JobFailed
 from .models import JobRecord, JobSpec, JobState
@@ -69,30 +70,29 @@ class JobService:
         record = self.store.create(spec)
         try:
             entries = stage_inputs(self.storage, values)
+            experiment_id, run_id = tracking.start_run(
+                self.settings.tracking_uri, self._artifact_root(), record.job_id, spec
+            )
         except Exception:
-            self._discard(record)
+            self._discard(record)  # nothing started: leave no trace but the error
             raise
-        experiment_id, run_id = tracking.start_run(
-            self.settings.tracking_uri, self._artifact_root(), record.job_id, spec
-        )
-        tracking_env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri, "MLFLOW_RUN_ID": run_id}
-        payload = Payload(
-            record.job_id, spec.code, self.storage.url, entries, dict(spec.params), list(spec.outputs), tracking_env
-        )
-        payload_uri = write_payload(self.storage, payload)
-        record = self.store.update(
-            record.job_id,
-            payload_uri=payload_uri,
-            result_uri=self.storage.url_of(payload.result_key),
-            run_id=run_id,
-            experiment_id=experiment_id,
-            tracking_uri=self.settings.tracking_uri,
-        )
         try:
+            tracking_env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri, "MLFLOW_RUN_ID": run_id}
+            payload = Payload(
+                record.job_id, spec.code, self.storage.url, entries, dict(spec.params), list(spec.outputs), tracking_env
+            )
+            record = self.store.update(
+                record.job_id,
+                payload_uri=write_payload(self.storage, payload),
+                result_uri=self.storage.url_of(payload.result_key),
+                run_id=run_id,
+                experiment_id=experiment_id,
+                tracking_uri=self.settings.tracking_uri,
+            )
             return backend.launch(record)
         except Exception as exc:
-            record = self.store.update(record.job_id, state=JobState.FAILED, message=f"could not start: {exc}")
-            finalize_tracking(self.store, record)
+            record = self.store.update(record.job_id, run_id=run_id, tracking_uri=self.settings.tracking_uri)
+            end_job(self.store, record.job_id, JobState.FAILED, f"could not start: {exc}")
             raise
 
     def _artifact_root(self) -> str | None:

@@ -117,6 +117,5 @@ backends: Registry[type[Backend]] = Registry("backend", "jupyter_mlflow_k8s.back
 
 def get_backend(name: str, store: JobStore, **kwargs: object) -> Backend:
     """An instance of the backend registered as ``name``."""
-    if name == "local" and "local" not in backends.names():
-        from . import local  # noqa: F401  (registers itself)
+    from . import local  # noqa: F401  (the built-in registers itself)
     return backends.get(name)(store, **kwargs)

@@ -25,6 +25,7 @@ class Execution:
     reply: dict[str, Any]
     streams: list[tuple[float, str]] = field(default_factory=list)
     results: list[str] = field(default_factory=list)
+    displays: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stdout(self) -> str:
@@ -55,6 +56,8 @@ class Kernel:
                 execution.streams.append((time.time(), content["text"]))
                 if on_stream:
                     on_stream(content["text"])
+            elif kind == "display_data":
+                execution.displays.append(content["data"])
             elif kind == "execute_result":
                 execution.results.append(content["data"].get("text/plain", ""))
             elif kind == "status" and content["execution_state"] == "idle":
@@ -106,6 +109,8 @@ def test_output_streams_while_the_job_runs(kernels: Any, state_dir: Path) -> Non
     assert tick_at < record["finished"]  # seen in the notebook while the job was still running
     assert execution.stdout.index("tick") < execution.stdout.index("tock")
     assert kernel.run("print(result)").stdout == "42\n"
+    # The status widget (state, elapsed, resources, cancel button) is in the cell's output.
+    assert any("application/vnd.jupyter.widget-view+json" in data for data in execution.displays)
 
 
 def test_remote_exception_is_raised_in_the_notebook(kernels: Any, state_dir: Path) -> None:

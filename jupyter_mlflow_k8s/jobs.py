@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -100,10 +101,7 @@ class JobService:
         return self.settings.artifact_root if uri.startswith("sqlite:") else None
 
     def _discard(self, record: JobRecord) -> None:
-        folder = self.store.job_dir(record.job_id)
-        for path in sorted(folder.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        folder.rmdir()
+        shutil.rmtree(self.store.job_dir(record.job_id), ignore_errors=True)
 
     # -- look -----------------------------------------------------------------------------------
 

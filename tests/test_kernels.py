@@ -26,6 +26,7 @@ class Execution:
     streams: list[tuple[float, str]] = field(default_factory=list)
     results: list[str] = field(default_factory=list)
     displays: list[dict[str, Any]] = field(default_factory=list)
+    comms: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def stdout(self) -> str:
@@ -56,6 +57,8 @@ class Kernel:
                 execution.streams.append((time.time(), content["text"]))
                 if on_stream:
                     on_stream(content["text"])
+            elif kind == "comm_open":
+                execution.comms.append(content)
             elif kind == "display_data":
                 execution.displays.append(content["data"])
             elif kind == "execute_result":
@@ -160,3 +163,15 @@ def test_interrupt_cancels_the_job(kernels: Any, state_dir: Path) -> None:
     record = wait_for(lambda: (r := _record(state_dir, job_id))["tracking_final"] and r)
     assert record["state"] == "cancelled"
     assert MlflowClient(record["tracking_uri"]).get_run(record["run_id"]).info.status == "KILLED"
+
+
+def test_cancel_button_of_an_async_job(kernels: Any, state_dir: Path) -> None:
+    kernel = kernels()
+    execution = kernel.run("%%train --async\nimport time\ntime.sleep(120)")
+    (job_id,) = _job_ids(state_dir)
+    wait_for(lambda: _record(state_dir, job_id)["state"] == "running")
+    (button,) = [c for c in execution.comms if c["data"]["state"].get("_model_name") == "ButtonModel"]
+    click = {"comm_id": button["comm_id"], "data": {"method": "custom", "content": {"event": "click"}}}
+    kernel.kc.shell_channel.send(kernel.kc.session.msg("comm_msg", click))
+    record = wait_for(lambda: (r := _record(state_dir, job_id))["tracking_final"] and r)
+    assert record["state"] == "cancelled"

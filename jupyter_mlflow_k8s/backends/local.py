@@ -30,6 +30,8 @@ from ..records import JobStore
 from .base import Backend, backends, end_job
 
 GRACE_SECONDS = 5.0
+# A record that has had no supervisor for this long was abandoned mid-submission.
+NEVER_LAUNCHED_SECONDS = 300.0
 # Supervisors this process started; polled now and then so that exited ones do not linger as
 # zombies in a long-lived kernel.
 _children: list[subprocess.Popen[bytes]] = []
@@ -138,8 +140,12 @@ class LocalBackend(Backend):
     def refresh(self, record: JobRecord) -> JobRecord:
         """Mark a job FAILED when its supervisor vanished without recording an end."""
         _reap_children()
-        if record.state.terminal or record.pid is None or _process_alive(record.pid, record.pid_start):
+        if record.state.terminal or _process_alive(record.pid, record.pid_start):
             return record
+        if record.pid is None:
+            if record.age < NEVER_LAUNCHED_SECONDS:
+                return record  # being submitted right now
+            return end_job(self.store, record.job_id, JobState.FAILED, "never started: its submitter exited first")
         message = "the job's supervisor process exited without recording an end (killed?)"
         record = end_job(self.store, record.job_id, JobState.FAILED, message)
         _stop_orphan_runner(record)

@@ -124,7 +124,7 @@ class JobMagics(Magics):
             suffix = f" ({record.message})" if record.message else ""
             print(f"[jmk] job {record.job_id}: {record.state.value}{suffix}")
         else:
-            view = JobStatusView(record, on_cancel=lambda: service.cancel(record.job_id))
+            view = JobStatusView(record)
             view.show()
             result = attach(self.shell, service, record.job_id, view)
             return result.display if result.has_display else None

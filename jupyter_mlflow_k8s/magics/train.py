@@ -123,11 +123,14 @@ class TrainMagics(Magics):
         spec = self._spec(args, cell)
         values = {name: self.shell.user_ns[name] for name in spec.inputs}
         record = service.submit(spec, values)
-        view = JobStatusView(record, on_cancel=lambda: service.cancel(record.job_id))
-        view.show()
         print(f"[jmk] job {record.job_id} submitted ({spec.backend}); MLflow: {run_url(record)}")
         if args.run_async:
+            view = JobStatusView(record, on_cancel=lambda: service.cancel(record.job_id))
+            view.show()
+            view.follow_in_background(lambda: service.get(record.job_id))
             return JobHandle(service, record.job_id, self.shell)
+        view = JobStatusView(record)
+        view.show()
         result = attach(self.shell, service, record.job_id, view)
         return result.display if result.has_display else None
 

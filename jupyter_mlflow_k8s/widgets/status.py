@@ -7,6 +7,7 @@ same facts are a text display that is updated in place when the frontend support
 from __future__ import annotations
 
 import html
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,12 @@ def describe(record: JobRecord) -> str:
 
 
 class JobStatusView:
-    """Shows one job and keeps the display current; ``update`` is cheap to call often."""
+    """Shows one job and keeps the display current; ``update`` is cheap to call often.
+
+    With ``on_cancel`` it has a Cancel button. A cell that blocks while its job runs gets a
+    hint instead: the kernel reads no button clicks while a cell runs, but an interrupt
+    (the ■ button) cancels the job.
+    """
 
     def __init__(self, record: JobRecord, on_cancel: Callable[[], Any] | None = None) -> None:
         self.record = record
@@ -60,15 +66,31 @@ class JobStatusView:
         if widgets is not None:
             self._label = widgets.HTML()
             self._progress = widgets.HTML()
-            self._button = widgets.Button(description="Cancel", button_style="warning", icon="stop")
-            self._button.on_click(lambda _: self._cancel())
-            self._widget = widgets.VBox([widgets.HBox([self._label, self._button]), self._progress])
+            if on_cancel is not None:
+                self._action = widgets.Button(description="Cancel", button_style="warning", icon="stop")
+                self._action.on_click(lambda _: self._cancel())
+            else:
+                self._action = widgets.HTML("<small>interrupt the kernel (■) to cancel</small>")
+            self._widget = widgets.VBox([widgets.HBox([self._label, self._action]), self._progress])
 
     def _cancel(self) -> None:
         if self._on_cancel is not None:
-            self._button.disabled = True
-            self._button.description = "Cancelling"
+            self._action.disabled = True
+            self._action.description = "Cancelling"
             self._on_cancel()
+
+    def follow_in_background(self, current: Callable[[], JobRecord], interval: float = 0.5) -> None:
+        """Keep the view current from a thread until the job ends (for ``--async`` jobs)."""
+
+        def loop() -> None:
+            while True:
+                record = current()
+                self.update(record)
+                if record.state.terminal:
+                    return
+                time.sleep(interval)
+
+        threading.Thread(target=loop, name=f"jmk-view-{self.record.job_id}", daemon=True).start()
 
     def show(self) -> None:
         """Put the view in the cell's output."""
@@ -98,8 +120,7 @@ class JobStatusView:
             self._label.value = f'<span style="color:{color}">●</span> {html.escape(describe(self.record))}'
             self._progress.value = f"<pre style='margin:0'>{html.escape(self.progress)}</pre>" if self.progress else ""
             if self.record.state.terminal:
-                self._button.disabled = True
-                self._button.layout.display = "none"
+                self._action.layout.display = "none"
         elif self._handle is not None and (self.record.state.terminal or self.record.state != self._shown_state):
             # Without a widget frontend every redraw may print anew: redraw on state changes only.
             self._shown_state = self.record.state

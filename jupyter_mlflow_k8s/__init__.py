@@ -11,11 +11,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def _warm_mlflow() -> None:
-    """Import MLflow in the background so the first ``%%train`` does not wait for it."""
+def _warm_mlflow(config: Any) -> None:
+    """Import MLflow and open the tracking store in the background, off the first ``%%train``."""
     try:
-        import mlflow.tracking  # noqa: F401
-    except Exception:  # noqa: S110 - the foreground import will report the problem
+        from .config import load_settings
+        from .tracking import client
+
+        client(load_settings(config).tracking_uri)
+    except Exception:  # noqa: S110 - the foreground call will report the problem
         pass
 
 
@@ -25,7 +28,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
     ipython.register_magics(TrainMagics)
     ipython.register_magics(JobMagics)
-    threading.Thread(target=_warm_mlflow, name="jmk-warm-mlflow", daemon=True).start()
+    threading.Thread(target=_warm_mlflow, args=(ipython.config,), name="jmk-warm-mlflow", daemon=True).start()
 
 
 def unload_ipython_extension(ipython: Any) -> None:

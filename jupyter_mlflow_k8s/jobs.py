@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import tracking
-from .backends import Backend, get_backend
-from .backends.base import end_job
+from .backends.base import Backend, get_backend
 from .config import JMKSettings, load_settings
 from .exceptions import JobCancelled, JobFailed
+from .lifecycle import end_job
 from .models import JobRecord, JobSpec, JobState
 from .payload import Payload, load_value, stage_inputs, write_payload
 from .records import JobStore
@@ -71,28 +71,26 @@ class JobService:
         record = self.store.create(spec)
         try:
             entries = stage_inputs(self.storage, values)
-            experiment_id, run_id = tracking.start_run(
-                self.settings.tracking_uri, self._artifact_root(), record.job_id, spec
-            )
         except Exception:
             self._discard(record)  # nothing started: leave no trace but the error
             raise
         try:
+            record = backend.prepare(record)  # e.g. a process that starts while the run is opened
+            experiment_id, run_id = tracking.start_run(
+                self.settings.tracking_uri, self._artifact_root(), record.job_id, spec
+            )
+            record = self.store.update(
+                record.job_id, run_id=run_id, experiment_id=experiment_id, tracking_uri=self.settings.tracking_uri
+            )
             tracking_env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri, "MLFLOW_RUN_ID": run_id}
             payload = Payload(
                 record.job_id, spec.code, self.storage.url, entries, dict(spec.params), list(spec.outputs), tracking_env
             )
-            record = self.store.update(
-                record.job_id,
-                payload_uri=write_payload(self.storage, payload),
-                result_uri=self.storage.url_of(payload.result_key),
-                run_id=run_id,
-                experiment_id=experiment_id,
-                tracking_uri=self.settings.tracking_uri,
-            )
+            result_uri = self.storage.url_of(payload.result_key)
+            payload_uri = write_payload(self.storage, payload)
+            record = self.store.update(record.job_id, payload_uri=payload_uri, result_uri=result_uri)
             return backend.launch(record)
         except Exception as exc:
-            record = self.store.update(record.job_id, run_id=run_id, tracking_uri=self.settings.tracking_uri)
             end_job(self.store, record.job_id, JobState.FAILED, f"could not start: {exc}")
             raise
 

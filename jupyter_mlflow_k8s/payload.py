@@ -279,7 +279,7 @@ def stage_value(storage: Storage, name: str, value: Any) -> ValueEntry:
             tmp_key = f"{key}.{id(sink)}.partial"
             with storage.open(tmp_key, "wb") as handle:
                 cloudpickle.dump(value, handle, protocol=5)
-            storage.fs.mv(storage.path(tmp_key), storage.path(key))
+            storage.move(tmp_key, key)
         else:
             with storage.open(key, "wb") as handle:
                 cloudpickle.dump(value, handle, protocol=5)

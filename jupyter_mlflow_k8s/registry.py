@@ -7,7 +7,6 @@ name raises an error listing the known ones; a plugin that fails to load warns a
 from __future__ import annotations
 
 import warnings
-from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from .exceptions import UnknownPlugin
@@ -32,6 +31,8 @@ class Registry(Generic[T]):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
+        from importlib.metadata import entry_points  # 20 ms: only when a plugin may be needed
+
         for ep in entry_points(group=self.group):
             if ep.name in self._factories:
                 continue

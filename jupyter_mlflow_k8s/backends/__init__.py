@@ -1,7 +1,5 @@
-"""Backends run jobs: ``local`` (processes on this machine) and, later, ``kubernetes``."""
+"""Backends run jobs: ``local`` (processes on this machine) and, later, ``kubernetes``.
 
-from __future__ import annotations
-
-from .base import Backend, backends, get_backend
-
-__all__ = ["Backend", "backends", "get_backend"]
+Nothing is imported here, so that a job's supervisor process (``backends.local_supervisor``)
+starts without traitlets or psutil. Use ``backends.base`` for the ABC and the registry.
+"""

@@ -10,24 +10,20 @@ its log), enforces the timeout, records how the job ended and closes its MLflow 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
-from typing import IO, Any
 
 import psutil
 from traitlets import Float, Int, List, Unicode, default
 
 from ..exceptions import JMKUsageError
 from ..gpus import detect_gpus
+from ..lifecycle import end_job
 from ..models import JobRecord, JobSpec, JobState
-from ..records import JobStore
-from .base import Backend, backends, end_job
+from .base import Backend, backends
 
 GRACE_SECONDS = 5.0
 # A record that has had no supervisor for this long was abandoned mid-submission.
@@ -104,7 +100,11 @@ class LocalBackend(Backend):
             )
 
     def launch(self, record: JobRecord) -> JobRecord:
-        """Start the supervisor, detached from this process."""
+        """Nothing left to do: the supervisor started in :meth:`prepare` sees the payload."""
+        return record
+
+    def prepare(self, record: JobRecord) -> JobRecord:
+        """Start the supervisor, detached; it waits for the payload and a free slot."""
         folder = self.store.job_dir(record.job_id)
         options = {
             "slots": self.max_concurrent_jobs,
@@ -116,7 +116,7 @@ class LocalBackend(Backend):
         (folder / "launch.json").write_text(json.dumps(options))
         with open(folder / "supervisor.log", "ab") as errors:
             proc = subprocess.Popen(
-                [self.python, "-m", "jupyter_mlflow_k8s.backends.local", str(folder)],
+                [self.python, "-m", "jupyter_mlflow_k8s.backends.local_supervisor", str(folder)],
                 stdin=subprocess.DEVNULL,
                 stdout=errors,
                 stderr=errors,
@@ -164,139 +164,4 @@ def _stop_orphan_runner(record: JobRecord) -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """In the runner's child process: get SIGTERM when the supervisor dies (Linux only)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 backends.register("local", LocalBackend)
-
-
-# ------------------------------------------------------------------------------ supervisor
-
-
-class _Supervisor:
-    """Runs one job to its end. Lives in its own process and session."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.store = JobStore(folder.parent.parent)
-        self.job_id = folder.name
-        self.options: dict[str, Any] = json.loads((folder / "launch.json").read_text())
-        self.locks = Path(self.options["locks"])
-        self.locks.mkdir(parents=True, exist_ok=True)
-        self.held: list[IO[str]] = []
-        self.child: subprocess.Popen[bytes] | None = None
-        self.stop_reason: str | None = None
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self.stop_reason = self.stop_reason or "cancelled"
-        if self.child is not None and self.child.poll() is None:
-            self.child.terminate()
-
-    def _try_lock(self, name: str) -> bool:
-        handle = open(self.locks / name, "a")  # noqa: SIM115 - held for the job's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        self.held.append(handle)
-        return True
-
-    def _release(self) -> None:
-        for handle in self.held:
-            handle.close()
-        self.held.clear()
-
-    def _acquire(self, gpus_wanted: int) -> list[str] | None:
-        """Wait for a slot and the GPUs; None if cancelled while waiting."""
-        delay = 0.05
-        while True:
-            if self.stop_reason or (self.folder / "cancel").exists():
-                return None
-            if any(self._try_lock(f"slot-{i}") for i in range(int(self.options["slots"]))):
-                gpu_ids: list[str] = []
-                for gpu in self.options["gpus"]:
-                    if len(gpu_ids) < gpus_wanted and self._try_lock(f"gpu-{gpu}"):
-                        gpu_ids.append(gpu)
-                if len(gpu_ids) == gpus_wanted:
-                    return gpu_ids
-                self._release()
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
-
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        record = self.store.load(self.job_id)
-        spec = record.spec
-        gpu_ids = self._acquire(spec.resources.gpus)
-        if gpu_ids is None:
-            self._finish(JobState.CANCELLED, None, "cancelled while queued")
-            return
-        env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1", "JMK_JOB_ID": self.job_id}
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
-        with open(self.folder / "output.log", "ab") as log:
-            self.child = subprocess.Popen(
-                [self.options["python"], "-m", "jupyter_mlflow_k8s.runner", str(record.payload_uri)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=spec.workdir or None,
-                preexec_fn=_die_with_parent,
-            )
-        self.store.update(
-            self.job_id, state=JobState.RUNNING, started=time.time(), runner_pid=self.child.pid, gpu_ids=gpu_ids
-        )
-        code = self._wait(spec.timeout)
-        self._release()
-        state, message = self._outcome(code)
-        self._finish(state, code, message)
-
-    def _wait(self, timeout: float | None) -> int:
-        assert self.child is not None
-        deadline = time.time() + timeout if timeout else None
-        while True:
-            try:
-                return self.child.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                pass
-            if deadline and time.time() > deadline and not self.stop_reason:
-                self.stop_reason = f"timed out after {timeout:g} s (--timeout)"
-                self.child.terminate()
-            if self.stop_reason:
-                try:
-                    return self.child.wait(timeout=float(self.options["grace"]))
-                except subprocess.TimeoutExpired:
-                    self.child.kill()
-
-    def _outcome(self, code: int) -> tuple[JobState, str]:
-        if self.stop_reason == "cancelled":
-            return JobState.CANCELLED, "cancelled"
-        if self.stop_reason:
-            return JobState.FAILED, self.stop_reason
-        if code == 0:
-            return JobState.SUCCEEDED, ""
-        if code == 1:
-            return JobState.FAILED, "the cell raised an exception"
-        if code < 0:
-            name = signal.Signals(-code).name
-            hint = " (the machine may have run out of memory)" if name == "SIGKILL" else ""
-            return JobState.FAILED, f"the job's process was killed by {name}{hint}"
-        return JobState.FAILED, f"the runner exited with status {code}; see the log"
-
-    def _finish(self, state: JobState, code: int | None, message: str) -> None:
-        end_job(self.store, self.job_id, state, message, code, defer_to_watcher=True)
-
-
-def main() -> None:
-    """Entry point of the supervisor process."""
-    _Supervisor(Path(sys.argv[1])).run()
-
-
-if __name__ == "__main__":
-    main()

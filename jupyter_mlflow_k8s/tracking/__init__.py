@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,17 +27,22 @@ DEFAULT_EXPERIMENT = "jmk"
 # How long a supervisor leaves closing the MLflow run to a kernel that is watching the job.
 WATCHER_GRACE_SECONDS = 5.0
 _clients: dict[str, MlflowClient] = {}
+_clients_lock = threading.Lock()
+_experiment_ids: dict[tuple[str, str], str] = {}
 
 
 def client(tracking_uri: str) -> MlflowClient:
     """A cached client for ``tracking_uri`` (creating the SQLite store costs a second)."""
-    if tracking_uri not in _clients:
-        from mlflow.tracking import MlflowClient
+    with _clients_lock:  # the warm-up thread and the first %%train may both get here
+        if tracking_uri not in _clients:
+            from mlflow.tracking import MlflowClient
 
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        _clients[tracking_uri] = MlflowClient(tracking_uri=tracking_uri)
-    return _clients[tracking_uri]
+            if tracking_uri.startswith("sqlite:///"):
+                Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _clients[tracking_uri] = MlflowClient(tracking_uri=tracking_uri)
+            # Open the store now (a new SQLite file gets its tables here), not in the first call.
+            _clients[tracking_uri].search_experiments(max_results=1)
+        return _clients[tracking_uri]
 
 
 def experiment_name(spec: JobSpec) -> str:
@@ -106,7 +112,10 @@ def start_run(tracking_uri: str, artifact_root: str | None, job_id: str, spec: J
     from mlflow.entities import Param
 
     mlflow_client = client(tracking_uri)
-    experiment_id = ensure_experiment(mlflow_client, experiment_name(spec), artifact_root)
+    key = (tracking_uri, experiment_name(spec))
+    if key not in _experiment_ids:
+        _experiment_ids[key] = ensure_experiment(mlflow_client, key[1], artifact_root)
+    experiment_id = _experiment_ids[key]
     run = mlflow_client.create_run(experiment_id, tags=run_tags(job_id, spec), run_name=spec.run_name)
     params = [Param(k, v) for k, v in run_params(spec).items()]
     if params:
@@ -119,7 +128,7 @@ def close_run(record: JobRecord) -> None:
     if not record.run_id or not record.tracking_uri:
         return
     mlflow_client = client(record.tracking_uri)
-    if record.log_path and Path(record.log_path).exists():
+    if record.log_path and Path(record.log_path).exists() and Path(record.log_path).stat().st_size:
         try:
             mlflow_client.log_artifact(record.run_id, record.log_path, artifact_path="jmk")
         except Exception as exc:  # the log is still kept with the job; the status matters more

@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Run notebooks/quickstart.ipynb headless on the embedded defaults (local backend, SQLite MLflow).
+# On a machine with an NVIDIA GPU: make quickstart QUICKSTART_ARGS="-p gpus 1"
 quickstart: $(STAMP)
 	mkdir -p build
-	$(BIN)/python -m papermill --log-output --kernel python3 notebooks/quickstart.ipynb build/quickstart.ipynb
+	$(BIN)/python -m papermill --log-output --kernel python3 $(QUICKSTART_ARGS) notebooks/quickstart.ipynb build/quickstart.ipynb
 
 # ruff, mypy, then the whole pytest suite (real kernels, real MLflow, real subprocess jobs).
 test: $(STAMP)

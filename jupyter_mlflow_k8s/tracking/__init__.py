@@ -33,7 +33,7 @@ _experiment_ids: dict[tuple[str, str], str] = {}
 
 def client(tracking_uri: str) -> MlflowClient:
     """A cached client for ``tracking_uri`` (creating the SQLite store costs a second)."""
-    with _clients_lock:  # the warm-up thread and the first %%train may both get here
+    with _clients_lock:  # a status view's thread and the magic may both get here
         if tracking_uri not in _clients:
             from mlflow.tracking import MlflowClient
 

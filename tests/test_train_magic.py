@@ -259,3 +259,17 @@ def test_help_has_examples() -> None:
 
     doc = TrainMagics.train.__doc__ or ""
     assert "Examples" in doc and "--gpus" in doc and "%job attach" in doc
+
+
+def test_autolog_inside_the_cell_logs_to_the_job_run(shell: Any) -> None:
+    shell.run_cell("import numpy as np\nX = np.arange(20.0).reshape(10, 2)\ny = X.sum(axis=1)")
+    _run(
+        shell,
+        "--experiment autolog-tests",
+        "import mlflow\nfrom sklearn.linear_model import Ridge\nmlflow.autolog(log_models=False)\nmodel = Ridge(alpha=0.5).fit(X, y)",
+    )
+    record = _only_record(shell)
+    run = _mlflow_run(record)
+    assert run.data.params["alpha"] == "0.5" and "training_score" in run.data.metrics
+    experiment_runs = MlflowClient(record.tracking_uri).search_runs([record.experiment_id])
+    assert [r.info.run_id for r in experiment_runs] == [record.run_id]  # no second run was opened

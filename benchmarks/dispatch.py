@@ -15,9 +15,14 @@ measures, interleaved over ``--repeat`` rounds after a warm-up:
 
 then process start + imports of the runner, the supervisor and MLflow against ``python -c pass``.
 Every ``%%train`` is timestamped phase by phase (wrapped service functions, the job record's
-``started``/``finished`` written by the supervisor, the mtimes of the result document and the
-log written by the runner), which gives where the time of one job goes. The first ``%%train``
-after ``%load_ext`` is reported on its own (cold: MLflow import, database creation).
+``started``/``finished`` written by the supervisor, the creation time of the slot lock file the
+supervisor takes, the mtimes of the result document and the log written by the runner), which
+gives where the time of one job goes. The supervisor is spawned in ``LocalBackend.prepare``,
+before MLflow's ``start_run``: from the spawn until the runner starts, the kernel (opening the
+run, writing the payload) and the supervisor (starting, importing, taking a slot, waiting for the
+payload) work at once, and that stretch is shown both ways with its overlap. The first
+``%%train`` after ``%load_ext`` is reported on its own (cold: it imports MLflow and creates the
+SQLite store, in the foreground).
 
 It prints a table and ratios; it asserts nothing about timings.
 """
@@ -28,6 +33,7 @@ import argparse
 import contextlib
 import functools
 import io
+import json
 import os
 import platform
 import shutil
@@ -35,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -139,12 +144,20 @@ class Stamps:
             return self.marks[end] - self.marks[start]
         return None
 
-    def wrap(self, owner: Any, attribute: str, name: str) -> Callable[[], None]:
-        """Replace ``owner.attribute`` by a timed wrapper; returns the undo."""
+    def wrap(self, owner: Any, attribute: str, name: str, within: str | None = None) -> Callable[[], None]:
+        """Replace ``owner.attribute`` by a timed wrapper; returns the undo.
+
+        With ``within``, only calls made while the wrapped ``within`` step runs are marked.
+        """
         original = getattr(owner, attribute)
+
+        def inside() -> bool:
+            return within is None or (f"{within}.start" in self.marks and f"{within}.end" not in self.marks)
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if not inside():
+                return original(*args, **kwargs)
             self.mark(f"{name}.start")
             try:
                 result = original(*args, **kwargs)
@@ -158,8 +171,15 @@ class Stamps:
 
 
 def instrument_service(stamps: Stamps) -> list[Callable[[], None]]:
-    """Time the steps of submit, launch and collect (no MLflow import here)."""
+    """Time the steps of submit, prepare (spawn), launch and collect (no MLflow import here).
+
+    ``LocalBackend.prepare`` writes ``launch.json`` and spawns the supervisor; its first call of
+    ``_reap_children`` comes right after ``Popen`` returned (the supervisor has exec-ed): the
+    spawn. ``LocalBackend.launch`` does nothing now; it is called right after the payload's URL
+    is in the job record, which is when the supervisor can see it: "payload staged".
+    """
     from jupyter_mlflow_k8s import jobs, tracking
+    from jupyter_mlflow_k8s.backends import local
     from jupyter_mlflow_k8s.backends.local import LocalBackend
     from jupyter_mlflow_k8s.magics import train
     from jupyter_mlflow_k8s.widgets.status import JobStatusView
@@ -169,6 +189,8 @@ def instrument_service(stamps: Stamps) -> list[Callable[[], None]]:
         stamps.wrap(jobs.JobService, "submit", "submit"),
         stamps.wrap(LocalBackend, "check", "check"),
         stamps.wrap(jobs, "stage_inputs", "stage"),
+        stamps.wrap(LocalBackend, "prepare", "prepare"),
+        stamps.wrap(local, "_reap_children", "spawned", within="prepare"),
         stamps.wrap(tracking, "start_run", "start_run"),
         stamps.wrap(tracking, "client", "client"),
         stamps.wrap(tracking, "ensure_experiment", "ensure_experiment"),
@@ -221,8 +243,10 @@ class TrainSample:
     total: float
     first_line: float | None
     phases: dict[str, float | None] = field(default_factory=dict)
+    concurrent: dict[str, float | None] = field(default_factory=dict)
     details: dict[str, float | None] = field(default_factory=dict)
     after: dict[str, float | None] = field(default_factory=dict)
+    supervisor_first: bool | None = None  # had its slot before the payload was staged
 
 
 def url_path(url: str | None) -> Path | None:
@@ -243,6 +267,44 @@ def mtime(path: Path | str | None) -> float | None:
 
 def diff(later: float | None, earlier: float | None) -> float | None:
     return None if later is None or earlier is None else later - earlier
+
+
+def take_slot_stamp(job_dir: Path) -> float | None:
+    """When the supervisor took its slot: the creation time of its ``slot-N`` lock file.
+
+    The supervisor opens ``locks/slot-N`` with mode ``"a"`` and ``flock``-s it; a missing file
+    is created then, so its mtime is that moment. The files are removed here once the job's
+    supervisor has exited (the benchmark runs one job at a time, nothing holds them), so the
+    next job creates its own.
+    """
+    try:
+        locks = Path(json.loads((job_dir / "launch.json").read_text())["locks"])
+    except (OSError, ValueError, KeyError):
+        return None
+    stamps = []
+    for lock in locks.glob("slot-*"):
+        if (stamp := mtime(lock)) is not None:
+            stamps.append(stamp)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+    return max(stamps) if stamps else None
+
+
+def concurrent_phases(marks: dict[str, float], slot: float | None, started: float | None) -> dict[str, float | None]:
+    """From the supervisor's spawn until the runner's: the kernel's side, the supervisor's, the overlap."""
+    spawned, staged = marks.get("spawned.start"), marks.get("launch.start")
+    both = None if staged is None or slot is None else min(staged, slot)
+    return {
+        "kernel: note the supervisor's pid (psutil, record)": diff(marks.get("prepare.end"), spawned),
+        "kernel: MLflow start_run": diff(marks.get("start_run.end"), marks.get("start_run.start")),
+        "kernel: record the run, write payload, record it": diff(staged, marks.get("start_run.end")),
+        "= kernel: spawn until payload staged": diff(staged, spawned),
+        "supervisor: start, imports, read job, take a slot": diff(slot, spawned),
+        "supervisor: wait for the payload, spawn the runner": diff(started, slot),
+        "= supervisor: spawn until runner spawned (needs both)": diff(started, spawned),
+        "overlap: both at work": diff(both, spawned),
+        "runner spawned after the payload was staged": diff(started, staged),
+    }
 
 
 def run_train(shell: Any, stamps: Stamps, cell: str, expect_x: bool) -> TrainSample:
@@ -272,28 +334,32 @@ def run_train(shell: Any, stamps: Stamps, cell: str, expect_x: bool) -> TrainSam
     submitted = stamps.results.get("submit")
     if submitted is None:
         raise RuntimeError("%%train did not go through JobService.submit")
-    record = service_for(shell).store.load(submitted.job_id)
+    store = service_for(shell).store
+    record = store.load(submitted.job_id)
     linger = None
     if record.pid:
         with contextlib.suppress(psutil.Error):
             psutil.Process(record.pid).wait(timeout=SUPERVISOR_EXIT_TIMEOUT_S)
         linger = time.time() - end_wall
+    slot = take_slot_stamp(store.job_dir(record.job_id))
 
     marks = stamps.marks
-    launched = marks.get("launch.end")
+    spawned, staged = marks.get("spawned.start"), marks.get("launch.start")
     result_written = mtime(url_path(record.result_uri))
     first_line = diff(sink.first_seen, start_wall)
     sample = TrainSample(total=total, first_line=first_line)
     sample.after = {"supervisor exits, after the magic returned": linger}
+    sample.concurrent = concurrent_phases(marks, slot, record.started)
+    if slot is not None and staged is not None:
+        sample.supervisor_first = slot < staged
+    from_spawn = "spawn until runner spawned: kernel and supervisor at once"
     if expect_x:
         sample.phases = {
             "kernel: parse flags, analyze cell, build spec": diff(marks.get("submit.start"), start_wall),
             "kernel: check backend, create job record": stamps.span("submit.start", "stage.start"),
-            "kernel: stage inputs (cloudpickle)": stamps.span("stage.start", "stage.end"),
-            "kernel: MLflow start_run": stamps.span("start_run.start", "start_run.end"),
-            "kernel: write payload, update record": stamps.span("start_run.end", "launch.start"),
-            "kernel: spawn supervisor (Popen + psutil)": stamps.span("launch.start", "launch.end"),
-            "supervisor: start, imports, slot, spawn runner": diff(record.started, launched),
+            "kernel: stage inputs (cloudpickle)": stamps.span("stage.start", "prepare.start"),
+            "kernel: spawn supervisor (launch.json, Popen)": stamps.span("prepare.start", "spawned.start"),
+            from_spawn: diff(record.started, spawned),
             "runner: start, imports, cell, write result": diff(result_written, record.started),
             "supervisor: see runner exit, record the end": diff(record.finished, result_written),
             "kernel: see the end (log/record poll)": diff(marks.get("finalize.start"), record.finished),
@@ -304,8 +370,8 @@ def run_train(shell: Any, stamps: Stamps, cell: str, expect_x: bool) -> TrainSam
     else:
         printed = mtime(record.log_path)  # the cell prints one line, then only sleeps
         sample.phases = {
-            "kernel: submit (analyze ... spawn supervisor)": diff(launched, start_wall),
-            "supervisor: start, imports, slot, spawn runner": diff(record.started, launched),
+            "kernel: submit until the supervisor is spawned": diff(spawned, start_wall),
+            from_spawn: diff(record.started, spawned),
             "runner: start, imports, load payload, print": diff(printed, record.started),
             "kernel: see the line (log poll), print it": diff(sink.first_seen, printed),
         }
@@ -324,13 +390,18 @@ def mlflow_details(stamps: Stamps) -> dict[str, float | None]:
     """Parts of the phases above, and what the kernel does beside the job."""
     return {
         "backend check (GPU detection)": stamps.span("check.start", "check.end"),
-        "tracking.client (MlflowClient for the URI)": stamps.span("client.start", "client.end"),
-        "tracking.ensure_experiment": stamps.span("ensure_experiment.start", "ensure_experiment.end"),
-        "MLflow get_experiment_by_name": stamps.span("mlflow.get_experiment_by_name.start",
-                                                     "mlflow.get_experiment_by_name.end"),
+        "tracking.client (cached MlflowClient for the URI)": stamps.span("client.start", "client.end"),
+        "tracking.ensure_experiment (first call per URI and name)": stamps.span(
+            "ensure_experiment.start", "ensure_experiment.end"
+        ),
+        "MLflow get_experiment_by_name": stamps.span(
+            "mlflow.get_experiment_by_name.start", "mlflow.get_experiment_by_name.end"
+        ),
         "MLflow create_run": stamps.span("mlflow.create_run.start", "mlflow.create_run.end"),
         "MLflow log_batch (params)": stamps.span("mlflow.log_batch.start", "mlflow.log_batch.end"),
-        "MLflow log_artifact (job log)": stamps.span("mlflow.log_artifact.start", "mlflow.log_artifact.end"),
+        "MLflow log_artifact (job log, if not empty)": stamps.span(
+            "mlflow.log_artifact.start", "mlflow.log_artifact.end"
+        ),
         "MLflow set_terminated": stamps.span("mlflow.set_terminated.start", "mlflow.set_terminated.end"),
         "kernel, beside the job: status view shown": stamps.span("show.start", "show.end"),
         "kernel: JobService.result (read result, unpickle)": stamps.span("result.start", "result.end"),
@@ -393,26 +464,17 @@ def phase_rows(samples: Sequence[TrainSample], attribute: str, whole: float | No
     return rows
 
 
+def phase_table(title: str, samples: Sequence[TrainSample], attribute: str, whole: float | None,
+                first: str = "phase") -> str:
+    """Per-name median and p90 of one attribute of the samples, with its share of ``whole``."""
+    return table(title, [first, "median", "p90", "share"], phase_rows(samples, attribute, whole))
+
+
 def single_rows(sample: TrainSample, attribute: str) -> list[list[str]]:
     items: dict[str, float | None] = getattr(sample, attribute)
     return [
         [name, ms(value), f"{100 * value / sample.total:.0f}%"] for name, value in items.items() if value is not None
     ]
-
-
-def watch_warm_thread() -> Callable[[], float | None]:
-    """When %load_ext's background MLflow import ends: a getter for that wall time (None: not seen)."""
-    warm = next((t for t in threading.enumerate() if t.name == "jmk-warm-mlflow"), None)
-    done: list[float] = []
-    if warm is None:
-        return lambda: None
-
-    def wait() -> None:
-        warm.join()
-        done.append(time.time())
-
-    threading.Thread(target=wait, name="bench-watch-warm", daemon=True).start()
-    return lambda: done[0] if done else None
 
 
 def progress(message: str) -> None:
@@ -461,16 +523,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         shell.run_line_magic("load_ext", "jupyter_mlflow_k8s")
         load_ext = time.perf_counter() - start
         undo = instrument_service(stamps)
-        warm_done = watch_warm_thread()
-        cold_start = time.time()
         cold = run_train(shell, stamps, TRIVIAL_CELL, expect_x=True)
-        imported = warm_done()
-        cold.details["MLflow background import done, after the call started"] = diff(imported, cold_start)
-        client_start, client_end = stamps.marks.get("client.start"), stamps.marks.get("client.end")
-        if imported is not None and client_start is not None and client_end is not None:
-            cold.details["MlflowClient: store creation after the import was done"] = client_end - max(
-                imported, client_start
-            )
+        # start_run imports MLflow (``from mlflow.entities import Param``) before it asks for the client.
+        cold.details = {
+            "start_run: import MLflow (until it calls tracking.client)": stamps.span("start_run.start", "client.start"),
+            "tracking.client: MlflowClient, create the SQLite store": stamps.span("client.start", "client.end"),
+            **cold.details,
+        }
+        cold.details.pop("tracking.client (cached MlflowClient for the URI)", None)
         undo += instrument_mlflow(stamps)
 
         progress(f"warm-up: {args.warmup} x %%train on each cell")
@@ -498,8 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands: dict[str, list[str]] = {
             "python -c pass": ["-c", "pass"],
             "python -c 'import jupyter_mlflow_k8s.runner'": ["-c", "import jupyter_mlflow_k8s.runner"],
-            "python -c 'import jupyter_mlflow_k8s.backends.local' (supervisor)": [
-                "-c", "import jupyter_mlflow_k8s.backends.local"],
+            "python -c 'import jupyter_mlflow_k8s.backends.local_supervisor' (supervisor)": [
+                "-c", "import jupyter_mlflow_k8s.backends.local_supervisor"],
             "python -c 'import mlflow'": ["-c", "import mlflow"],
         }
         if payload is not None:
@@ -552,34 +612,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{ms(p90(first_lines))} ms p90   (goal < {GOAL_FIRST_LINE_S * 1000:.0f} ms: {verdict})"
     )
     out.append("")
-    out.append(
-        table(
+    both = [*trivial, *streamed]
+    out += [
+        phase_table(
             f"Where one %%train 'x = 1 + 1' goes (critical path, {repeat} runs; phases add up to the total)",
-            ["phase", "median", "p90", "share"],
-            phase_rows(trivial, "phases", median(totals)),
+            trivial, "phases", median(totals),
+        ),
+        "",
+        phase_table(
+            f"  the spawn until the runner is spawned: kernel and supervisor at once ({repeat} runs, from the spawn)",
+            trivial, "concurrent", median(totals), first="side: step",
+        ),
+    ]
+    ordered = [s.supervisor_first for s in both if s.supervisor_first is not None]
+    if ordered:
+        out.append(
+            f"  the supervisor had its slot before the payload was staged in {sum(ordered)} of {len(ordered)} "
+            "(c)+(d) runs (then it polls the record for the payload)"
         )
-    )
-    out.append("")
-    out.append(table("  of which, or beside it (ms)", ["detail", "median", "p90", "share"],
-                     phase_rows(trivial, "details", median(totals))))
-    out.append("")
-    out.append(
-        table(
-            f"Where the first streamed line's time goes ({len(streamed)} runs)",
-            ["phase", "median", "p90", "share"],
-            phase_rows(streamed, "phases", median(first_lines)),
-        )
-    )
-    out.append("")
-    out.append(
-        table(
-            f"The rest of the (d) cell, from the line to the result ({len(streamed)} runs)",
-            ["phase", "median", "p90", "share"],
-            phase_rows(streamed, "details", median(streamed_totals)),
-        )
-    )
-    out.append("")
-    lingers = [v for s in [*trivial, *streamed] if (v := s.after.get("supervisor exits, after the magic returned"))]
+    out += [
+        "",
+        phase_table("  of which, or beside it (ms)", trivial, "details", median(totals), first="detail"),
+        "",
+        phase_table(f"Where the first streamed line's time goes ({len(streamed)} runs)",
+                    streamed, "phases", median(first_lines)),
+        "",
+        phase_table(f"The rest of the (d) cell, from the line to the result ({len(streamed)} runs)",
+                    streamed, "details", median(streamed_totals)),
+        "",
+    ]
+    lingers = [v for s in both if (v := s.after.get("supervisor exits, after the magic returned"))]
     if lingers:
         out.append(
             f"After the magic returned, the supervisor exited {ms(median(lingers))} ms later (median, p90 "
@@ -588,6 +650,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.append("")
     out.append(f"Cold: %load_ext {ms(load_ext)} ms; first %%train right after it {ms(cold.total)} ms")
     out.append(table("Where the cold first %%train goes", ["phase", "ms", "share"], single_rows(cold, "phases")))
+    out.append("")
+    out.append(table("  the spawn until the runner is spawned", ["side: step", "ms", "share"],
+                     single_rows(cold, "concurrent")))
     out.append("")
     out.append(table("  of which, or beside it", ["detail", "ms", "share"], single_rows(cold, "details")))
     print("\n".join(out))

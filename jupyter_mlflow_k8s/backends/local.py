@@ -1,11 +1,10 @@
 """The local backend: each job is a detached supervisor process that runs the shared runner.
 
-``launch`` starts ``python -m jupyter_mlflow_k8s.backends.local JOB_DIR`` in its own session,
-so the job outlives the kernel. The supervisor waits for a slot (at most
-``max_concurrent_jobs`` run at once; slots and GPUs are ``flock``-ed files, released by the
-kernel even if the holder dies), starts the runner with the job's environment and
-``CUDA_VISIBLE_DEVICES``, sends its output to the job's log file (so a killed runner keeps
-its log), enforces the timeout, records how the job ended and closes its MLflow run.
+``prepare`` starts ``python -m jupyter_mlflow_k8s.backends.local_supervisor JOB_DIR`` in its
+own session, so the job outlives the kernel; the supervisor (see that module) queues for a slot
+and GPUs, runs the runner and records the end. This module holds what the notebook side needs:
+the configurable traits, the checks made before anything is submitted, cancellation, and
+noticing a supervisor that died without recording an end.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from traitlets import Unicode, default
+from traitlets import Dict, Unicode, default
 from traitlets.config import Config, Configurable
 
 ENV_STATE_DIR = "JMK_STATE_DIR"
@@ -50,6 +50,14 @@ class JMKSettings(Configurable):
         ),
     ).tag(config=True)
 
+    storage_options = Dict(
+        help=(
+            "Extra fsspec options for the storage URL (passed to s3fs for s3://). Credentials "
+            "otherwise come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...). "
+            "Example: c.JMKSettings.storage_options = {'client_kwargs': {'endpoint_url': 'http://minio:9000'}}"
+        ),
+    ).tag(config=True)
+
     default_backend = Unicode(
         help="Backend for jobs that do not name one. Env: JMK_BACKEND. Example: 'kubernetes'",
     ).tag(config=True)
@@ -83,7 +91,13 @@ class JMKSettings(Configurable):
 
     @property
     def artifact_root(self) -> str:
-        """Artifact location for experiments created on the embedded SQLite store."""
+        """Artifact location for experiments this package creates on a SQLite store.
+
+        Next to the payloads when storage is remote (``s3://bucket/prefix/mlartifacts``), so
+        that a team's artifacts land in its bucket; under the state directory otherwise.
+        """
+        if not self.storage_url.startswith("file:"):
+            return f"{self.storage_url.rstrip('/')}/mlartifacts"
         return Path(self.state_dir, "mlartifacts").as_uri()
 
 

@@ -51,7 +51,7 @@ class JobService:
     def storage(self) -> Storage:
         """Where payloads and results are staged."""
         if self._storage is None:
-            self._storage = get_storage(self.settings.storage_url)
+            self._storage = get_storage(self.settings.storage_url, **self.settings.storage_options)
         return self._storage
 
     def backend(self, name: str | None = None) -> Backend:
@@ -68,6 +68,8 @@ class JobService:
         """Check, stage and launch one job; returns its record (QUEUED or later)."""
         backend = self.backend(spec.backend)
         backend.check(spec)
+        self.storage.check()
+        tracking.check_reachable(self.settings.tracking_uri)
         record = self.store.create(spec)
         try:
             entries = stage_inputs(self.storage, values)

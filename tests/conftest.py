@@ -11,6 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+# Real servers (mlflow server, an S3 endpoint) as fixtures: tests/servers.py.
+pytest_plugins = ["servers"]
+
 
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -35,6 +35,12 @@ class Storage:
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
 
+    def check(self) -> None:
+        """Raise :class:`JMKUsageError` if the store cannot be used (credentials, bucket).
+
+        Called before a job is created, so that a bad configuration leaves nothing behind.
+        """
+
     def path(self, key: str) -> str:
         """Filesystem path of ``key`` (no scheme)."""
         return f"{self.root.rstrip('/')}/{key}"

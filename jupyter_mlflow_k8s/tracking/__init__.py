@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..exceptions import JMKUsageError
 from ..models import JobRecord, JobSpec
 from ..records import JobStore
 
@@ -43,6 +44,31 @@ def client(tracking_uri: str) -> MlflowClient:
             # Open the store now (a new SQLite file gets its tables here), not in the first call.
             _clients[tracking_uri].search_experiments(max_results=1)
         return _clients[tracking_uri]
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`JMKUsageError` naming the URI if an MLflow server does not answer.
+
+    MLflow's own client retries a dead server for minutes; this asks once, quickly.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    url = f"{tracking_uri.rstrip('/')}/health"
+    try:
+        response = requests.get(url, timeout=timeout)
+    except requests.RequestException as exc:
+        raise JMKUsageError(
+            f"The MLflow tracking server at {tracking_uri} does not answer ({type(exc).__name__}). "
+            "Start it, or point MLFLOW_TRACKING_URI (c.JMKSettings.tracking_uri) at one that runs; "
+            "unset it to use the local SQLite default. Nothing was submitted."
+        ) from None
+    if response.status_code >= 500:
+        raise JMKUsageError(
+            f"The MLflow tracking server at {tracking_uri} answered {response.status_code} to {url}. "
+            "Nothing was submitted."
+        )
 
 
 def experiment_name(spec: JobSpec) -> str:

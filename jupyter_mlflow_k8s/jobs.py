@@ -79,7 +79,7 @@ class JobService:
         try:
             record = backend.prepare(record)  # e.g. a process that starts while the run is opened
             experiment_id, run_id = tracking.start_run(
-                self.settings.tracking_uri, self._artifact_root(), record.job_id, spec
+                self.settings.tracking_uri, self._artifact_root(), record.job_id, spec, values
             )
             record = self.store.update(
                 record.job_id, run_id=run_id, experiment_id=experiment_id, tracking_uri=self.settings.tracking_uri

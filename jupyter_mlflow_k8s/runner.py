@@ -18,10 +18,12 @@ import signal
 import sys
 import time
 import traceback
+import types
 from typing import Any
 
 from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
 from .storage import get_storage, read_url
+from .tracking import fastlog
 
 EXIT_OK, EXIT_CELL_ERROR, EXIT_RUNNER_ERROR, EXIT_TERMINATED = 0, 1, 2, 143
 
@@ -61,6 +63,7 @@ def _finish_mlflow(status: str) -> None:
     if mlflow is None:
         return
     try:
+        fastlog.close()
         if hasattr(mlflow, "flush_async_logging"):
             mlflow.flush_async_logging()
         if mlflow.active_run() is not None:
@@ -74,6 +77,9 @@ def run(payload_url: str) -> int:
     payload = Payload.from_json(read_url(payload_url))
     storage = get_storage(payload.storage_url)
     os.environ.update(payload.tracking)
+    if payload.tracking.get("MLFLOW_RUN_ID"):
+        interval = float(os.environ.get("JMK_METRICS_FLUSH_SECONDS", "1"))
+        fastlog.install_on_import(payload.tracking["MLFLOW_RUN_ID"], interval)
     # The cell runs as ``__main__`` (like a notebook), so what it defines pickles by value.
     main_module = new_main_module()
     sys.modules["__main__"] = main_module
@@ -99,8 +105,8 @@ def run(payload_url: str) -> int:
     else:
         result["ok"] = True
         for name in payload.outputs:
-            if name not in namespace:
-                continue
+            if name not in namespace or isinstance(namespace[name], types.ModuleType):
+                continue  # modules the cell imported: the notebook imports its own
             try:
                 result["outputs"].append(stage_value(storage, name, namespace[name]).__dict__)
             except UnpicklableValue as exc:

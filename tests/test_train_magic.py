@@ -159,7 +159,7 @@ def test_runner_killed_with_sigkill_ends_failed_with_log(shell: Any) -> None:
     run = _mlflow_run(record)
     assert run.info.status == "FAILED"
     artifacts = [a.path for a in MlflowClient(record.tracking_uri).list_artifacts(record.run_id, "jmk")]
-    assert artifacts == ["jmk/output.log"]
+    assert artifacts == ["jmk/cell.py", "jmk/inputs.json", "jmk/output.log"]
     with pytest.raises(JobFailed, match="killed by SIGKILL"):
         shell.run_line_magic("job", f"attach {handle.job_id}")
 

@@ -14,8 +14,9 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import JMKUsageError
 from ..models import JobRecord, JobSpec
@@ -117,9 +118,41 @@ def run_tags(job_id: str, spec: JobSpec) -> dict[str, str]:
     return {**tags, **spec.tags}
 
 
-def run_params(spec: JobSpec) -> dict[str, str]:
-    """Params recorded for a run: the user's ``--param``s and the resources asked for."""
-    params = {key: str(value) for key, value in spec.params.items()}
+def git_tags(workdir: str | None) -> dict[str, str]:
+    """The commit of the notebook's git checkout and whether its tree has changes."""
+    import shutil
+    import subprocess
+
+    executable = shutil.which("git")
+    if executable is None:
+        return {}
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            [executable, *args], cwd=workdir or None, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}  # not a git checkout, or no git
+    return {"mlflow.source.git.commit": commit, "jmk.git.dirty": str(dirty).lower()}
+
+
+def scalar_params(values: Mapping[str, Any]) -> dict[str, str]:
+    """Inputs worth recording as params: numbers, booleans and short strings."""
+    return {
+        name: str(value)
+        for name, value in values.items()
+        if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) <= 250)
+    }
+
+
+def run_params(spec: JobSpec, scalars: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Params recorded for a run: scalar inputs, the ``--param``s, the flags asked for."""
+    params = dict(scalars or {})
+    params.update({key: str(value) for key, value in spec.params.items()})
     res = spec.resources
     flags = {"jmk.gpus": str(res.gpus), "jmk.cpu": res.cpu, "jmk.memory": res.memory, "jmk.timeout": spec.timeout}
     params.update({k: str(v) for k, v in flags.items() if v not in (None, "")})
@@ -133,7 +166,13 @@ def _user() -> str:
         return os.environ.get("JUPYTERHUB_USER", "unknown")
 
 
-def start_run(tracking_uri: str, artifact_root: str | None, job_id: str, spec: JobSpec) -> tuple[str, str]:
+def start_run(
+    tracking_uri: str,
+    artifact_root: str | None,
+    job_id: str,
+    spec: JobSpec,
+    inputs: Mapping[str, Any] | None = None,
+) -> tuple[str, str]:
     """Open the job's run (status RUNNING); returns ``(experiment_id, run_id)``."""
     from mlflow.entities import Param
 
@@ -142,8 +181,9 @@ def start_run(tracking_uri: str, artifact_root: str | None, job_id: str, spec: J
     if key not in _experiment_ids:
         _experiment_ids[key] = ensure_experiment(mlflow_client, key[1], artifact_root)
     experiment_id = _experiment_ids[key]
-    run = mlflow_client.create_run(experiment_id, tags=run_tags(job_id, spec), run_name=spec.run_name)
-    params = [Param(k, v) for k, v in run_params(spec).items()]
+    tags = {**run_tags(job_id, spec), **git_tags(spec.workdir)}
+    run = mlflow_client.create_run(experiment_id, tags=tags, run_name=spec.run_name)
+    params = [Param(k, v) for k, v in run_params(spec, scalar_params(inputs or {})).items()]
     if params:
         mlflow_client.log_batch(run.info.run_id, params=params)
     return experiment_id, run.info.run_id
@@ -154,13 +194,33 @@ def close_run(record: JobRecord) -> None:
     if not record.run_id or not record.tracking_uri:
         return
     mlflow_client = client(record.tracking_uri)
-    if record.log_path and Path(record.log_path).exists() and Path(record.log_path).stat().st_size:
-        try:
+    try:
+        mlflow_client.log_text(record.run_id, record.spec.code, "jmk/cell.py")
+        manifest = _input_manifest(record)
+        if manifest is not None:
+            mlflow_client.log_dict(record.run_id, manifest, "jmk/inputs.json")
+        if record.log_path and Path(record.log_path).exists() and Path(record.log_path).stat().st_size:
             mlflow_client.log_artifact(record.run_id, record.log_path, artifact_path="jmk")
-        except Exception as exc:  # the log is still kept with the job; the status matters more
-            print(f"[jmk] could not store the log of job {record.job_id} in MLflow: {exc}")
+    except Exception as exc:  # the log is still kept with the job; the status matters more
+        print(f"[jmk] could not store the artifacts of job {record.job_id} in MLflow: {exc}")
     end = int((record.finished or time.time()) * 1000)
     mlflow_client.set_terminated(record.run_id, status=record.state.mlflow_status, end_time=end)
+
+
+def _input_manifest(record: JobRecord) -> dict[str, Any] | None:
+    """Name, type, size and hash of every input, from the staged payload."""
+    if not record.payload_uri:
+        return None
+    import json
+
+    from ..storage import read_url
+
+    try:
+        payload = json.loads(read_url(record.payload_uri))
+    except (OSError, ValueError):
+        return None
+    fields = ("name", "type", "size", "sha256")
+    return {"inputs": [{f: entry[f] for f in fields} for entry in payload["inputs"]], "params": payload["params"]}
 
 
 def run_url(record: JobRecord) -> str:

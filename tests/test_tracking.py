@@ -95,3 +95,16 @@ def test_a_run_named_by_the_user_gets_mlflow_unchanged(shell: Any) -> None:
     child = client.get_run(shell.user_ns["child_id"])
     assert child.data.metrics == {"inner": 1.0} and child.data.tags["mlflow.parentRunId"] == record.run_id
     assert "inner" not in client.get_run(record.run_id).data.metrics
+
+
+def test_system_metrics_for_a_job_that_runs_a_while(shell: Any) -> None:
+    shell.config.LocalBackend.system_metrics_after = 0.5
+    shell.config.LocalBackend.system_metrics_interval = 0.5
+    try:
+        shell.run_cell_magic("train", "", "import time\ntime.sleep(4)")
+    finally:
+        del shell.config.LocalBackend["system_metrics_after"]
+        del shell.config.LocalBackend["system_metrics_interval"]
+    record = _record(shell)
+    metrics = MlflowClient(record.tracking_uri).get_run(record.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics

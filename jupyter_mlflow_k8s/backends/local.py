@@ -79,6 +79,18 @@ class LocalBackend(Backend):
         "Example: c.LocalBackend.kill_grace_seconds = 30",
     ).tag(config=True)
 
+    system_metrics_after = Float(
+        5.0,
+        help="Seconds into a job after which MLflow's system metrics (CPU, memory, disk, network; "
+        "GPU with nvidia-ml-py installed) are logged to its run; 0 turns them off. "
+        "Example: c.LocalBackend.system_metrics_after = 30",
+    ).tag(config=True)
+
+    system_metrics_interval = Float(
+        10.0,
+        help="Seconds between system-metrics samples. Example: c.LocalBackend.system_metrics_interval = 2",
+    ).tag(config=True)
+
     @default("max_concurrent_jobs")
     def _default_slots(self) -> int:
         return max(2, os.cpu_count() or 2)
@@ -110,6 +122,8 @@ class LocalBackend(Backend):
             "gpus": self.available_gpus(),
             "python": self.python,
             "grace": self.kill_grace_seconds,
+            "system_metrics_after": self.system_metrics_after,
+            "system_metrics_interval": self.system_metrics_interval,
             "locks": str(self.store.root.parent / "locks"),
         }
         (folder / "launch.json").write_text(json.dumps(options))

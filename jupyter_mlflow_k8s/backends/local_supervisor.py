@@ -53,6 +53,21 @@ def _exit_waiter(pid: int) -> Callable[[float], None]:
     return wait
 
 
+def _system_metrics(record: JobRecord, interval: float) -> Any:
+    """Start MLflow's system-metrics monitor for the job's run; None if it cannot run here."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(  # type: ignore[no-untyped-call]
+            record.run_id, sampling_interval=interval, tracking_uri=record.tracking_uri
+        )
+        monitor.start()  # type: ignore[no-untyped-call]
+        return monitor
+    except Exception as exc:  # system metrics are a bonus; the job goes on
+        print(f"[jmk] no system metrics for job {record.job_id}: {exc}", file=sys.stderr)
+        return None
+
+
 class _Supervisor:
     """Runs one job to its end. Lives in its own process and session."""
 
@@ -66,6 +81,7 @@ class _Supervisor:
         self.held: list[IO[str]] = []
         self.child: subprocess.Popen[bytes] | None = None
         self.stop_reason: str | None = None
+        self.monitor: Any = None
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_reason = self.stop_reason or "cancelled"
@@ -140,25 +156,39 @@ class _Supervisor:
         self.store.update(
             self.job_id, state=JobState.RUNNING, started=time.time(), runner_pid=self.child.pid, gpu_ids=gpu_ids
         )
-        code = self._wait(spec.timeout)
+        code = self._wait(spec.timeout, record)
+        if self.monitor is not None:
+            self.monitor.finish()
         self._release()
         state, message = self._outcome(code)
         self._finish(state, code, message)
 
-    def _wait(self, timeout: float | None) -> int:
-        """The runner's exit status; stops it on timeout or SIGTERM (SIGKILL after the grace)."""
+    def _wait(self, timeout: float | None, record: JobRecord) -> int:
+        """The runner's exit status; stops it on timeout or SIGTERM (SIGKILL after the grace).
+
+        A job still running after ``system_metrics_after`` seconds gets MLflow's system
+        metrics (CPU, memory, GPU where pynvml is installed) from here, so short jobs never
+        pay MLflow's import.
+        """
         assert self.child is not None
         sleep_until_exit = _exit_waiter(self.child.pid)
-        deadline = time.monotonic() + timeout if timeout else None
+        start = time.monotonic()
+        deadline = start + timeout if timeout else None
+        after = float(self.options.get("system_metrics_after") or 0)
+        metrics_at = start + after if after > 0 and record.run_id else None
         kill_at: float | None = None
         while True:
             now = time.monotonic()
-            wake = min(t for t in (deadline, kill_at, now + 0.5) if t is not None)
+            wake = min(t for t in (deadline, kill_at, metrics_at, now + 0.5) if t is not None)
             sleep_until_exit(wake - now)
             code = self.child.poll()
             if code is not None:
                 return code
             now = time.monotonic()
+            if metrics_at is not None and now >= metrics_at:
+                metrics_at = None
+                interval = float(self.options.get("system_metrics_interval") or 10)
+                self.monitor = _system_metrics(record, interval)
             if deadline and now >= deadline and not self.stop_reason:
                 self.stop_reason = f"timed out after {timeout:g} s (--timeout)"
                 self.child.terminate()

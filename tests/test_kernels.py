@@ -175,3 +175,31 @@ def test_cancel_button_of_an_async_job(kernels: Any, state_dir: Path) -> None:
     kernel.kc.shell_channel.send(kernel.kc.session.msg("comm_msg", click))
     record = wait_for(lambda: (r := _record(state_dir, job_id))["tracking_final"] and r)
     assert record["state"] == "cancelled"
+
+
+def test_live_metrics_in_the_status_widget(kernels: Any, state_dir: Path) -> None:
+    kernel = kernels()
+    updates: list[str] = []
+    seen_at: list[float] = []
+    cell = (
+        "%%train\nimport mlflow, time\n"
+        "for i in range(4):\n    mlflow.log_metric('loss', 1.0 / (i + 1), step=i)\n    time.sleep(0.8)\n"
+    )
+    msg_id = kernel.kc.execute(cell)
+    while True:
+        msg = kernel.kc.get_iopub_msg(timeout=120)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "comm_msg":
+            value = msg["content"]["data"].get("state", {}).get("value", "")
+            if "loss" in str(value):
+                updates.append(str(value))
+                seen_at.append(time.time())
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    (job_id,) = _job_ids(state_dir)
+    record = _record(state_dir, job_id)
+    assert updates, "the widget never showed the metric"
+    assert seen_at[0] < record["finished"]  # shown while the job was still running
+    assert "<svg" in updates[-1] and "loss <b>0.25</b>" in updates[-1]
+    assert record["state"] == "succeeded"

@@ -21,6 +21,8 @@ from ..models import JobRecord, JobSpec
 from ..records import JobStore
 from ..registry import Registry
 
+HEARTBEAT_SECONDS = 0.5
+
 
 class _ConfigurableABCMeta(MetaHasTraits, ABCMeta):
     """Lets a traitlets configurable have abstract methods."""
@@ -77,23 +79,27 @@ class Backend(LoggingConfigurable, metaclass=_ConfigurableABCMeta):
     def follow_log(self, job_id: str, offset: int = 0, poll: float = 0.02) -> Iterator[bytes | JobRecord]:
         """Yield log chunks as they arrive, then the final record once the job has ended.
 
-        Polls every ``poll`` seconds (a poll reads one small file and stats another: ~0.1 ms)
-        and only slows to 0.25 s after 10 s without output; subclasses with a push stream
-        (Kubernetes) override this.
+        While the job is quiet an empty chunk comes every half second, so that a caller can
+        refresh what it shows (elapsed time, live metrics). Polls every ``poll`` seconds (a poll
+        reads one small file and stats another: ~0.1 ms) and only slows to 0.25 s after 10 s
+        without output; subclasses with a push stream (Kubernetes) override this.
         """
-        quiet_since = time.monotonic()
+        quiet_since = last_yield = time.monotonic()
         while True:
             record = self.refresh(self.store.load(job_id))
             chunk = self.read_log(record, offset)
-            if chunk:
+            now = time.monotonic()
+            if chunk or now - last_yield >= HEARTBEAT_SECONDS:
                 offset += len(chunk)
-                quiet_since = time.monotonic()
+                if chunk:
+                    quiet_since = now
+                last_yield = now
                 yield chunk
                 continue
             if record.state.terminal:
                 yield record
                 return
-            time.sleep(poll if time.monotonic() - quiet_since < 10 else 0.25)
+            time.sleep(poll if now - quiet_since < 10 else 0.25)
 
     def log_exists(self, record: JobRecord) -> bool:
         """Whether the job's log is still kept."""

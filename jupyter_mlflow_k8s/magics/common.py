@@ -105,6 +105,7 @@ def stream_to_cell(service: JobService, job_id: str, view: Any = None, offset: i
     from ..models import JobRecord
 
     lines = ProgressLines()
+    metrics = _MetricsPoller()
     record = None
     with cancel_on_interrupt(service, job_id):
         for item in service.follow(job_id, offset):
@@ -116,11 +117,34 @@ def stream_to_cell(service: JobService, job_id: str, view: Any = None, offset: i
                 sys.stdout.write(text)
                 sys.stdout.flush()
             if view is not None:
-                view.update(service.store.load(job_id), progress=lines.current)
+                record = service.store.load(job_id)
+                view.update(record, progress=lines.current, metrics=metrics.poll(record))
     rest = lines.flush()
     if rest:
         sys.stdout.write(rest)
         sys.stdout.flush()
     if view is not None and record is not None:
-        view.update(record, progress="", force=True)
+        view.update(record, progress="", force=True, metrics=metrics.poll(record, final=True))
     return record
+
+
+class _MetricsPoller:
+    """Reads a running job's metrics from MLflow at most once per ``interval`` seconds."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.last = 0.0
+
+    def poll(self, record: Any, final: bool = False) -> Any:
+        import time
+
+        from .. import tracking
+
+        now = time.monotonic()
+        if not record.run_id or not record.tracking_uri or (not final and now - self.last < self.interval):
+            return None
+        self.last = now
+        try:
+            return tracking.live_metrics(record.tracking_uri, record.run_id)
+        except Exception:  # a slow or failing tracking server must not break the cell
+            return None

@@ -223,6 +223,17 @@ def _input_manifest(record: JobRecord) -> dict[str, Any] | None:
     return {"inputs": [{f: entry[f] for f in fields} for entry in payload["inputs"]], "params": payload["params"]}
 
 
+def live_metrics(
+    tracking_uri: str, run_id: str, plotted: int = 3
+) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
+    """A run's latest metric values, and the history of the first ``plotted`` (not ``system/``)."""
+    mlflow_client = client(tracking_uri)
+    latest = dict(sorted(mlflow_client.get_run(run_id).data.metrics.items()))
+    keys = [k for k in latest if not k.startswith("system/")][:plotted]
+    history = {k: [(float(m.step), float(m.value)) for m in mlflow_client.get_metric_history(run_id, k)] for k in keys}
+    return latest, history
+
+
 def run_url(record: JobRecord) -> str:
     """Where a user finds the run: the MLflow UI link for a server, else URI and run id."""
     uri = record.tracking_uri or ""

@@ -71,7 +71,8 @@ class JobStatusView:
                 self._action.on_click(lambda _: self._cancel())
             else:
                 self._action = widgets.HTML("<small>interrupt the kernel (■) to cancel</small>")
-            self._widget = widgets.VBox([widgets.HBox([self._label, self._action]), self._progress])
+            self._metrics = widgets.HTML()
+            self._widget = widgets.VBox([widgets.HBox([self._label, self._action]), self._progress, self._metrics])
 
     def _cancel(self) -> None:
         if self._on_cancel is not None:
@@ -102,17 +103,37 @@ class JobStatusView:
         else:
             self._handle = display(_Text(describe(self.record)), display_id=True)
 
-    def update(self, record: JobRecord | None = None, progress: str | None = None, force: bool = False) -> None:
-        """Record new facts; redraw if enough time has passed (or ``force``)."""
+    def update(
+        self,
+        record: JobRecord | None = None,
+        progress: str | None = None,
+        force: bool = False,
+        metrics: tuple[dict[str, float], dict[str, list[tuple[float, float]]]] | None = None,
+    ) -> None:
+        """Record new facts; redraw if enough time has passed (or ``force``).
+
+        ``metrics`` is ``(latest values, histories to plot)``, as :func:`tracking.live_metrics`
+        returns it.
+        """
         if record is not None:
             force = force or record.state != self.record.state
             self.record = record
         if progress is not None:
             self.progress = progress
+        if metrics is not None and self._widget is not None:
+            self._render_metrics(*metrics)
         now = time.monotonic()
         if force or now - self._last_draw >= MIN_REDRAW_SECONDS:
             self._last_draw = now
             self._render()
+
+    def _render_metrics(self, latest: dict[str, float], history: dict[str, list[tuple[float, float]]]) -> None:
+        from .plot import svg_line_plot
+
+        shown = {k: v for k, v in latest.items() if not k.startswith("system/")}
+        values = " · ".join(f"{html.escape(k)} <b>{v:.4g}</b>" for k, v in shown.items())
+        plot = svg_line_plot(history, width=360, height=110) if any(len(h) > 1 for h in history.values()) else ""
+        self._metrics.value = f"<div style='font-size:12px'>{values}</div>{plot}" if values else ""
 
     def _render(self) -> None:
         if self._widget is not None:

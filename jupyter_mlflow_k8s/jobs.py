@@ -35,6 +35,13 @@ class JobResult:
     skipped: dict[str, str] = field(default_factory=dict)
     display: Any = None
     has_display: bool = False
+    registered: dict[str, Any] | None = None
+
+
+class RegistrationFailed(JobFailed):
+    """The cell ran and its results are back, but its model was not registered."""
+
+    result: JobResult | None = None
 
 
 class JobService:
@@ -85,8 +92,16 @@ class JobService:
                 record.job_id, run_id=run_id, experiment_id=experiment_id, tracking_uri=self.settings.tracking_uri
             )
             tracking_env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri, "MLFLOW_RUN_ID": run_id}
+            register = None
+            if spec.register:
+                register = {
+                    "name": spec.register,
+                    "model_var": spec.model_var or "",
+                    "input_example": spec.input_example or "",
+                }
             payload = Payload(
-                record.job_id, spec.code, self.storage.url, entries, dict(spec.params), list(spec.outputs), tracking_env
+                record.job_id, spec.code, self.storage.url, entries, dict(spec.params), list(spec.outputs),
+                tracking_env, register, list(spec.assigns),
             )
             result_uri = self.storage.url_of(payload.result_key)
             payload_uri = write_payload(self.storage, payload)
@@ -154,16 +169,25 @@ class JobService:
         document = self._result_document(record)
         if record.state is JobState.CANCELLED:
             raise JobCancelled(record.job_id, record.message or "cancelled")
+        if document and document.get("register_error") and document.get("ok"):
+            error = document["register_error"]
+            failure = RegistrationFailed(record.job_id, error["message"], error.get("traceback", ""))
+            failure.result = self._load_result(record, document)
+            raise failure
         if record.state is not JobState.SUCCEEDED:
             error = (document or {}).get("error") or {}
             message = f"{error['type']}: {error['message']}" if error else record.message
             raise JobFailed(record.job_id, message or "unknown failure; see %job logs", error.get("traceback", ""))
         if document is None:
             raise JobFailed(record.job_id, "the job succeeded but stored no result document")
-        storage = get_storage(self._storage_url_of(record))
+        return self._load_result(record, document)
+
+    def _load_result(self, record: JobRecord, document: dict[str, Any]) -> JobResult:
+        storage = get_storage(self._storage_url_of(record), **self.settings.storage_options)
         result = JobResult(
             values={e["name"]: load_value(storage, e) for e in document["outputs"]},
             skipped=dict(document.get("skipped", {})),
+            registered=document.get("registered"),
         )
         display = document.get("display")
         if display:

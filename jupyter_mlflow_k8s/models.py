@@ -127,6 +127,10 @@ class JobSpec:
     tags: dict[str, str] = field(default_factory=dict)
     notebook: str | None = None
     workdir: str | None = None
+    register: str | None = None
+    model_var: str | None = None
+    input_example: str | None = None
+    assigns: tuple[str, ...] = ()
 
     def with_changes(self, **changes: Any) -> JobSpec:
         """A copy with some fields replaced."""
@@ -176,6 +180,7 @@ class JobRecord:
         data["state"] = self.state.value
         data["spec"]["inputs"] = list(self.spec.inputs)
         data["spec"]["outputs"] = list(self.spec.outputs)
+        data["spec"]["assigns"] = list(self.spec.assigns)
         return data
 
     @classmethod
@@ -185,6 +190,7 @@ class JobRecord:
         spec_data["resources"] = Resources(**spec_data.get("resources") or {})
         spec_data["inputs"] = tuple(spec_data.get("inputs", ()))
         spec_data["outputs"] = tuple(spec_data.get("outputs", ()))
+        spec_data["assigns"] = tuple(spec_data.get("assigns", ()))
         spec_fields = {f.name for f in dataclasses.fields(JobSpec)}
         spec = JobSpec(**{k: v for k, v in spec_data.items() if k in spec_fields})
         known = {f.name for f in dataclasses.fields(cls)} - {"spec", "state"}

@@ -105,9 +105,15 @@ class _FreeNames(ast.NodeVisitor):
     visit_For = visit_AsyncFor = _visit_loop_target
 
     def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        # Imported names are bound but not results: the notebook imports what it needs itself.
         for alias in node.names:
-            if alias.name != "*":
-                self._store(alias.asname or alias.name.split(".")[0])
+            if alias.name == "*":
+                continue
+            name = alias.asname or alias.name.split(".")[0]
+            if self.scopes:
+                self.scopes[-1].add(name)
+            else:
+                self.bound.add(name)
 
     visit_ImportFrom = visit_Import
 
@@ -318,6 +324,8 @@ class Payload:
     params: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     tracking: dict[str, str] = field(default_factory=dict)
+    register: dict[str, str] | None = None
+    assigns: list[str] = field(default_factory=list)
     version: int = PAYLOAD_VERSION
 
     @property

@@ -25,7 +25,7 @@ from .payload import Payload, UnpicklableValue, load_value, new_main_module, sta
 from .storage import get_storage, read_url
 from .tracking import fastlog
 
-EXIT_OK, EXIT_CELL_ERROR, EXIT_RUNNER_ERROR, EXIT_TERMINATED = 0, 1, 2, 143
+EXIT_OK, EXIT_CELL_ERROR, EXIT_RUNNER_ERROR, EXIT_REGISTER_ERROR, EXIT_TERMINATED = 0, 1, 2, 3, 143
 
 
 class Terminated(BaseException):
@@ -72,6 +72,19 @@ def _finish_mlflow(status: str) -> None:
         print(f"[jmk] could not close the MLflow run cleanly: {exc}", file=sys.stderr)
 
 
+def _register(payload: Payload, namespace: dict[str, Any]) -> dict[str, Any]:
+    """Log and register the cell's model (``--register``); imports MLflow."""
+    from .tracking.registry import pick_model, register
+
+    spec = payload.register or {}
+    name = spec["name"]
+    variable, model = pick_model(namespace, payload.assigns, name, spec.get("model_var") or None)
+    example = namespace.get(spec["input_example"]) if spec.get("input_example") else None
+    registered = register(name, variable, model, example, payload.tracking["MLFLOW_RUN_ID"])
+    print(f"[jmk] registered {variable} as {name} version {registered['version']} ({registered['flavor']})")
+    return registered
+
+
 def run(payload_url: str) -> int:
     """Execute one payload; returns the process exit status."""
     payload = Payload.from_json(read_url(payload_url))
@@ -112,6 +125,14 @@ def run(payload_url: str) -> int:
             except UnpicklableValue as exc:
                 result["skipped"][name] = str(exc)
                 print(f"[jmk] not returning {name!r}: cannot pickle it", file=sys.stderr)
+        if payload.register:
+            try:
+                result["registered"] = _register(payload, namespace)
+            except Exception as exc:  # the results are staged; say why the model is not registered
+                text = _cell_traceback(exc, "")
+                sys.stderr.write(text)
+                result["register_error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": text}
+                status = EXIT_REGISTER_ERROR
         if has_value and value is not None:
             try:
                 result["display"] = stage_value(storage, "_", value).__dict__

@@ -28,7 +28,7 @@ from jupyter_mlflow_k8s.storage import get_storage
             ("f", "out"),
         ),
         ("def f():\n    tmp = 1\n    return tmp\n", set(), ("f",)),
-        ("import numpy as np\narr = np.zeros(3)", set(), ("np", "arr")),
+        ("import numpy as np\narr = np.zeros(3)", set(), ("arr",)),
         ("class M(Base):\n    size = width\nm = M()", {"Base", "width"}, ("M", "m")),
         ("with open(path) as fh:\n    text = fh.read()", {"path"}, ("fh", "text")),
         ("try:\n    r = risky()\nexcept ValueError as err:\n    r = str(err)", {"risky"}, ("r", "err")),

@@ -206,6 +206,8 @@ class _Supervisor:
             return JobState.SUCCEEDED, ""
         if code == 1:
             return JobState.FAILED, "the cell raised an exception"
+        if code == 3:
+            return JobState.FAILED, "the cell ran, but its model could not be registered"
         if code < 0:
             name = signal.Signals(-code).name
             hint = " (the machine may have run out of memory)" if name == "SIGKILL" else ""

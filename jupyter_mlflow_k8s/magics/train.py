@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -10,12 +11,14 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..exceptions import JMKUsageError
-from ..jobs import JobService
+from ..jobs import JobService, RegistrationFailed
 from ..models import JobRecord, JobSpec, Resources, parse_gpus
 from ..payload import analyze_cell
 from ..tracking import run_url
 from ..widgets import JobStatusView
 from .common import literal, notebook_path, parse_duration, parse_pairs, service_for, stream_to_cell, user_errors
+
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
 
 class JobHandle:
@@ -56,12 +59,21 @@ def attach(shell: Any, service: JobService, job_id: str, view: JobStatusView | N
     """Follow a job to its end, then put what it returned into the user namespace."""
     __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
     record = stream_to_cell(service, job_id, view)
-    result = service.result(record)
+    try:
+        result = service.result(record)
+    except RegistrationFailed as failure:
+        if failure.result is not None:  # the trained model is not lost: it is in the namespace
+            shell.user_ns.update(failure.result.values)
+            print(f"[jmk] job {record.job_id} returned {', '.join(failure.result.values) or 'nothing'}")
+        raise
     shell.user_ns.update(result.values)
     names = ", ".join(result.values) or "nothing"
     print(f"[jmk] job {record.job_id} {record.state.value} in {record.elapsed:.2f} s; returned {names}")
     for name, why in result.skipped.items():
         print(f"[jmk] {name} was not returned: {why}")
+    if result.registered:
+        reg = result.registered
+        print(f"[jmk] registered {reg['variable']} as models:/{reg['name']}/{reg['version']} ({reg['flavor']})")
     return result
 
 
@@ -83,6 +95,9 @@ class TrainMagics(Magics):
     @argument("--out", help="comma-separated names to bring back; default: every name the cell assigns")
     @argument("--no-out", action="store_true", help="bring no names back")
     @argument("--timeout", help="stop the job after this long: 900, 15m, 2h")
+    @argument("--register", metavar="NAME", help="log the cell's model and register a version of NAME")
+    @argument("--model", metavar="VAR", help="with --register: the variable holding the model (default: the one model)")
+    @argument("--input-example", metavar="VAR", help="with --register: data for the signature and drift baseline")
     @argument("--async", dest="run_async", action="store_true", help="return at once with a job handle")
     @cell_magic
     @user_errors
@@ -107,6 +122,12 @@ class TrainMagics(Magics):
 
             %%train --param lr=0.01 --param epochs=5 --out model
             model = fit(lr=lr, epochs=epochs)
+
+        Register the trained model (torch, scikit-learn, or anything with ``predict``), with a
+        signature and a drift baseline from an input example::
+
+            %%train --register churn-clf --input-example X_sample
+            clf = GradientBoostingClassifier().fit(X_train, y_train)
 
         Fire and forget, collect later (also after a kernel restart)::
 
@@ -160,10 +181,12 @@ class TrainMagics(Magics):
                     f"--out names {', '.join(missing)}, which the cell never assigns. "
                     f"It assigns: {', '.join(analysis.assigns) or 'nothing'}."
                 )
+        inputs = analysis.inputs(self.shell.user_ns, exclude=params)
+        inputs = self._check_register(args, analysis.assigns, inputs)
         service = service_for(self.shell)
         return JobSpec(
             code=code,
-            inputs=analysis.inputs(self.shell.user_ns, exclude=params),
+            inputs=inputs,
             outputs=outputs,
             resources=Resources(cpu=args.cpu, memory=args.memory, gpus=parse_gpus(args.gpus)),
             backend=args.backend or service.settings.default_backend,
@@ -176,7 +199,39 @@ class TrainMagics(Magics):
             tags=parse_pairs(args.tag, "--tag"),
             notebook=notebook_path(self.shell),
             workdir=os.getcwd(),
+            register=args.register,
+            model_var=args.model,
+            input_example=args.input_example,
+            assigns=analysis.assigns,
         )
+
+    def _check_register(self, args: Any, assigns: tuple[str, ...], inputs: tuple[str, ...]) -> tuple[str, ...]:
+        """Validate --register/--model/--input-example; returns the inputs, the example added."""
+        assert self.shell is not None
+        if not args.register:
+            for flag, value in (("--model", args.model), ("--input-example", args.input_example)):
+                if value:
+                    raise JMKUsageError(f"{flag} only makes sense with --register NAME.")
+            return inputs
+        if not _MODEL_NAME_RE.match(args.register):
+            raise JMKUsageError(
+                f"--register {args.register!r} is not a usable model name: use letters, digits, '-', '_' and '.', "
+                "starting with a letter or digit (e.g. --register mnist-clf)."
+            )
+        if args.model and args.model not in assigns:
+            raise JMKUsageError(
+                f"--model {args.model}: the cell never assigns {args.model}. "
+                f"It assigns: {', '.join(assigns) or 'nothing'}."
+            )
+        example = args.input_example
+        if example and example not in assigns:
+            if example not in self.shell.user_ns:
+                raise JMKUsageError(
+                    f"--input-example {example}: no such variable in the notebook, and the cell does not assign it."
+                )
+            if example not in inputs:
+                inputs = (*inputs, example)
+        return inputs
 
 
 __all__ = ["JobHandle", "TrainMagics", "UsageError", "attach"]

@@ -14,11 +14,16 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext jupyter_mlflow_k8s``: register ``%%train``, ``%jobs`` and ``%job``."""
-    from .magics import JobMagics, TrainMagics
+    """``%load_ext jupyter_mlflow_k8s``: register the magics.
+
+    ``%%train``, ``%jobs`` and ``%job``; ``%runs``; ``%models`` and ``%model``.
+    """
+    from .magics import JobMagics, RegistryMagics, RunsMagics, TrainMagics
 
     ipython.register_magics(TrainMagics)
     ipython.register_magics(JobMagics)
+    ipython.register_magics(RunsMagics)
+    ipython.register_magics(RegistryMagics)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .jobs import JobMagics
+from .registry import RegistryMagics
+from .runs import RunsMagics
 from .train import TrainMagics
 
-__all__ = ["JobMagics", "TrainMagics"]
+__all__ = ["JobMagics", "RegistryMagics", "RunsMagics", "TrainMagics"]

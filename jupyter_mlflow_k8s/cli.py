@@ -31,8 +31,7 @@ def _cmd_logs(service: JobService, args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(service: JobService, args: argparse.Namespace) -> int:
-    service.cancel(args.job_id)
-    record = service.wait_terminal(args.job_id)
+    record = service.cancel_and_wait(args.job_id)
     print(f"job {record.job_id}: {record.state.value} {record.message}".rstrip())
     return 0
 

@@ -155,14 +155,25 @@ class JobService:
             self.backend(record.spec.backend).cancel(record)
         return record
 
-    def wait_terminal(self, job_id: str, timeout: float = 30.0) -> JobRecord:
-        """Block until the job's record is terminal (used after a cancel)."""
-        deadline = time.time() + timeout
+    def cancel_and_wait(self, job_id: str, timeout: float = 30.0) -> JobRecord:
+        """Stop a job and wait until it has ended and its MLflow run is closed (KILLED).
+
+        This process registers as the job's watcher first, so that it closes the run itself
+        (MLflow is imported here already) instead of waiting for the supervisor to import it.
+        """
         record = self.get(job_id)
-        while not record.state.terminal and time.time() < deadline:
-            time.sleep(0.05)
-            record = self.get(job_id)
-        return finalize_tracking(self.store, record)
+        if record.state.terminal:
+            return finalize_tracking(self.store, record)
+        self.store.update(record.job_id, watcher_pid=os.getpid())
+        try:
+            self.backend(record.spec.backend).cancel(record)
+            deadline = time.time() + timeout
+            while not record.state.terminal and time.time() < deadline:
+                time.sleep(0.02)
+                record = self.get(job_id)
+            return finalize_tracking(self.store, record)
+        finally:
+            self.store.update(record.job_id, watcher_pid=None)
 
     def result(self, record: JobRecord) -> JobResult:
         """The values a succeeded job returned; raises :class:`JobFailed` otherwise."""

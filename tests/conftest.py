@@ -61,8 +61,7 @@ def _stop_jobs(state_dir: Path) -> None:
     service = JobService(load_settings(state_dir=str(state_dir)))
     for record in service.list():
         if not record.state.terminal:
-            service.cancel(record.job_id)
-            service.wait_terminal(record.job_id, timeout=15)
+            service.cancel_and_wait(record.job_id, timeout=15)
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]

@@ -88,8 +88,7 @@ def cancel_on_interrupt(service: JobService, job_id: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        service.cancel(job_id)
-        record = service.wait_terminal(job_id)
+        record = service.cancel_and_wait(job_id)
         print(f"Interrupted: cancelled job {job_id} ({record.state.value}; MLflow run {record.run_id} KILLED).")
         raise
 

@@ -119,8 +119,7 @@ class JobMagics(Magics):
             else:
                 print(service.read_log(record.job_id), end="")
         elif action == "cancel":
-            service.cancel(record.job_id)
-            record = service.wait_terminal(record.job_id)
+            record = service.cancel_and_wait(record.job_id)
             suffix = f" ({record.message})" if record.message else ""
             print(f"[jmk] job {record.job_id}: {record.state.value}{suffix}")
         else:

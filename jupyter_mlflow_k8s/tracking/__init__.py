@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 DEFAULT_EXPERIMENT = "jmk"
 # How long a supervisor leaves closing the MLflow run to a kernel that is watching the job.
 WATCHER_GRACE_SECONDS = 5.0
+# How long a process that lost the race to close a run waits for the winner to finish.
+CLOSE_WAIT_SECONDS = 60.0
 _clients: dict[str, MlflowClient] = {}
 _clients_lock = threading.Lock()
 _experiment_ids: dict[tuple[str, str], str] = {}
@@ -207,6 +209,17 @@ def close_run(record: JobRecord) -> None:
     mlflow_client.set_terminated(record.run_id, status=record.state.mlflow_status, end_time=end)
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process exists (a kernel that was watching may have been restarted)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _input_manifest(record: JobRecord) -> dict[str, Any] | None:
     """Name, type, size and hash of every input, from the staged payload."""
     if not record.payload_uri:
@@ -251,7 +264,7 @@ def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool
     """
     if not record.state.terminal or record.tracking_final:
         return record
-    if defer_to_watcher and record.watcher_pid and record.watcher_pid != os.getpid():
+    if defer_to_watcher and record.watcher_pid and record.watcher_pid != os.getpid() and _alive(record.watcher_pid):
         deadline = time.time() + WATCHER_GRACE_SECONDS
         while time.time() < deadline:
             record = store.load(record.job_id)
@@ -261,6 +274,11 @@ def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool
         if record.tracking_final:
             return record
     if not store.claim(record.job_id, "close-run"):
+        # Another process is closing the run: wait for it, so that "ended" means "closed".
+        deadline = time.time() + CLOSE_WAIT_SECONDS
+        while not record.tracking_final and time.time() < deadline:
+            time.sleep(0.02)
+            record = store.load(record.job_id)
         return record
     try:
         close_run(record)

@@ -294,8 +294,10 @@ class RegistryMagics(Magics):
                 f"%model alias takes NAME VERSION ALIAS, such as %model alias iris 3 champion.\n{MODEL_USAGE}"
             )
         name, version, alias = words
-        if not version.isdigit():
-            raise JMKUsageError(f"%model alias {name} {version} {alias}: VERSION is a number, such as 3.")
+        if not (version.isdigit() or version == "latest"):
+            raise JMKUsageError(
+                f"%model alias {name} {version} {alias}: VERSION is a number, such as 3, or latest."
+            )
         check_alias(alias)
         registry = self._registry()
         model_version = registry.version(name, version)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import shlex
 from typing import Any
 
@@ -11,6 +10,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from ..exceptions import JMKUsageError
 from ..models import JobRecord
 from ..widgets import JobStatusView
+from ..widgets.table import Table
 from .common import service_for, stream_to_cell, user_errors
 from .train import attach
 
@@ -28,13 +28,15 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-class JobTable:
+class JobTable(Table):
     """``%jobs`` output: text in terminals and logs, an HTML table in notebooks."""
 
     columns = ("job", "state", "backend", "age", "resources", "MLflow run", "notebook", "message")
+    css_class = "jmk-JobTable"
+    empty_message = "No jobs yet. Run a cell with %%train to start one."
 
     def __init__(self, records: list[JobRecord]) -> None:
-        self.rows = [
+        super().__init__(
             (
                 r.job_id,
                 r.state.value,
@@ -46,24 +48,7 @@ class JobTable:
                 r.message,
             )
             for r in records
-        ]
-
-    def __repr__(self) -> str:
-        if not self.rows:
-            return "No jobs yet. Run a cell with %%train to start one."
-        widths = [max(len(str(row[i])) for row in [self.columns, *self.rows]) for i in range(len(self.columns))]
-        lines = [
-            "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-            for row in [self.columns, *self.rows]
-        ]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        if not self.rows:
-            return f"<p>{html.escape(repr(self))}</p>"
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in self.rows)
-        return f"<table class='jmk-JobTable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
 
 
 @magics_class

@@ -7,7 +7,6 @@ that name what exists and what to type instead.
 
 from __future__ import annotations
 
-import html
 import keyword
 import re
 import shlex
@@ -18,6 +17,7 @@ from typing import Any
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from ..exceptions import JMKUsageError
+from ..widgets.table import Table
 from .common import service_for, user_errors
 
 MODEL_USAGE = """Usage:
@@ -175,14 +175,15 @@ def _created(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else ""
 
 
-class ModelTable:
+class ModelTable(Table):
     """``%models`` output: one row per model version, text in terminals and an HTML table in notebooks."""
 
     columns = ("model", "version", "aliases", "run id", "created")
+    css_class = "jmk-ModelTable"
 
     def __init__(self, models: list[Any], versions: dict[str, list[Any]], empty_message: str) -> None:
+        super().__init__()
         self.empty_message = empty_message
-        self.rows: list[tuple[str, str, str, str, str]] = []
         for model in sorted(models, key=lambda m: m.name):
             aliases: dict[str, list[str]] = {}
             for alias, version in sorted(model.aliases.items()):
@@ -199,20 +200,6 @@ class ModelTable:
                 )
             if not versions.get(model.name):
                 self.rows.append((model.name, "", "", "", _created(model.creation_timestamp)))
-
-    def __repr__(self) -> str:
-        if not self.rows:
-            return self.empty_message
-        table = [self.columns, *self.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(self.columns))]
-        return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table)
-
-    def _repr_html_(self) -> str:
-        if not self.rows:
-            return f"<p>{html.escape(self.empty_message)}</p>"
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in self.rows)
-        return f"<table class='jmk-ModelTable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 @magics_class

@@ -1,10 +1,10 @@
 """Content-addressed storage for payloads and results, on any fsspec URL.
 
-``file://`` under the state directory by default; ``s3://bucket/prefix`` (s3fs) or any other
-fsspec scheme when configured. Blobs are keyed by their SHA-256, so a value is written once no
-matter how many jobs use it. ``file://`` is served with pathlib alone: a job's runner starts
-without importing fsspec (70 ms) when storage is local. This module knows nothing about jobs or
-pickles.
+``file://`` under the state directory by default; ``s3://bucket/prefix`` (s3fs, see
+:mod:`.s3`, imported only when such a URL is used) or any other fsspec scheme when configured.
+Blobs are keyed by their SHA-256, so a value is written once no matter how many jobs use it.
+``file://`` is served with pathlib alone: a job's runner starts without importing fsspec
+(70 ms) when storage is local. This module knows nothing about jobs or pickles.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
+from ..exceptions import UnknownPlugin
 from ..registry import Registry
 
 
@@ -40,6 +42,14 @@ class Storage:
 
         Called before a job is created, so that a bad configuration leaves nothing behind.
         """
+
+    def job_environment(self) -> dict[str, str]:
+        """Environment variables a job's runner needs to reach this store with these options.
+
+        The runner rebuilds its storage from the URL alone, so options given to this process
+        (``c.JMKSettings.storage_options``) reach a job only through variables like these.
+        """
+        return {}
 
     def path(self, key: str) -> str:
         """Filesystem path of ``key`` (no scheme)."""
@@ -117,8 +127,17 @@ def local_path(url: str) -> str:
     return unquote(parsed.path)
 
 
-storages: Registry[type[Storage]] = Registry("storage scheme", "jupyter_mlflow_k8s.storage")
+def _s3_storage(url: str, **storage_options: Any) -> Storage:
+    """``s3://`` storage; s3fs is imported here, not with this package."""
+    from .s3 import S3Storage
+
+    return S3Storage(url, **storage_options)
+
+
+# A scheme maps to a class or factory called as ``factory(url, **storage_options)``.
+storages: Registry[Callable[..., Storage]] = Registry("storage scheme", "jupyter_mlflow_k8s.storage")
 storages.register("file", LocalStorage)
+storages.register("s3", _s3_storage)
 
 
 def get_storage(url: str, **storage_options: Any) -> Storage:
@@ -126,15 +145,16 @@ def get_storage(url: str, **storage_options: Any) -> Storage:
     scheme = url.split("://", 1)[0] if "://" in url else "file"
     if scheme == "file":  # the common case: no entry-point scan in every job process
         return LocalStorage(url, **storage_options)
-    cls = storages.get(scheme) if scheme in storages.names() else Storage
-    return cls(url, **storage_options)
+    try:
+        factory = storages.get(scheme)  # built-ins first; plugins are scanned only for other schemes
+    except UnknownPlugin:
+        factory = Storage
+    return factory(url, **storage_options)
 
 
 def read_url(url: str) -> bytes:
-    """Bytes at a full URL such as one from :meth:`Storage.url_of`."""
+    """Bytes at a full URL such as one from :meth:`Storage.url_of`, read by that scheme's storage."""
     if url.startswith("file://") or "://" not in url:
         return Path(local_path(url)).read_bytes()
-    import fsspec
-
-    with fsspec.open(url, "rb") as handle:
-        return handle.read()  # type: ignore[no-any-return]
+    parent, _, name = url.rpartition("/")
+    return get_storage(parent).get_bytes(name)

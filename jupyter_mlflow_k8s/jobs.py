@@ -214,10 +214,9 @@ class JobService:
     def _result_document(self, record: JobRecord) -> dict[str, Any] | None:
         if not record.result_uri:
             return None
+        storage = get_storage(self._storage_url_of(record), **self.settings.storage_options)
         try:
-            from .storage import read_url
-
-            return json.loads(read_url(record.result_uri))  # type: ignore[no-any-return]
+            return json.loads(storage.get_bytes(f"jobs/{record.job_id}/result.json"))  # type: ignore[no-any-return]
         except (FileNotFoundError, OSError, ValueError):
             return None
 

@@ -76,6 +76,7 @@ class JobService:
         backend = self.backend(spec.backend)
         backend.check(spec)
         self.storage.check()
+        backend.job_environment = self.storage.job_environment()
         tracking.check_reachable(self.settings.tracking_uri)
         record = self.store.create(spec)
         try:

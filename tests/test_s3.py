@@ -276,3 +276,26 @@ def test_missing_bucket_is_refused_before_anything_is_created(
     assert service_for(shell).list() == []
     buckets = {b["Name"] for b in s3_server.client().list_buckets()["Buckets"]}
     assert missing not in buckets and _keys(s3_server, s3_bucket) == {}
+
+
+def test_storage_options_alone_reach_the_job(
+    shell: Any, s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No AWS variables in the notebook's environment: the endpoint and keys are only in config.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    shell.config.JMKSettings.storage_options = {
+        "key": s3_server.key,
+        "secret": s3_server.secret,
+        "client_kwargs": {"endpoint_url": s3_server.endpoint_url, "region_name": "us-east-1"},
+    }
+    try:
+        _use_storage(shell, monkeypatch, f"s3://{s3_bucket}/opts")
+        shell.run_cell("numbers = list(range(10))")
+        shell.run_cell_magic("train", "--experiment s3-options", "total = sum(numbers)")
+    finally:
+        del shell.config.JMKSettings["storage_options"]
+    assert shell.user_ns["total"] == 45
+    (record,) = service_for(shell).list()
+    assert f"opts/jobs/{record.job_id}/result.json" in _keys(s3_server, s3_bucket, "opts/")
+    assert "AWS_SECRET_ACCESS_KEY" not in (service_for(shell).store.job_dir(record.job_id) / "record.json").read_text()

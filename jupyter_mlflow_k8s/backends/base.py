@@ -36,6 +36,9 @@ class Backend(LoggingConfigurable, metaclass=_ConfigurableABCMeta):
     def __init__(self, store: JobStore, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.store = store
+        # Variables a job needs beyond the submitter's environment, e.g. storage credentials
+        # configured in traitlets; never written into the job record.
+        self.job_environment: dict[str, str] = {}
 
     # -- hooks ------------------------------------------------------------------------------
 

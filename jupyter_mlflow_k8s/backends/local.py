@@ -135,6 +135,7 @@ class LocalBackend(Backend):
                 stderr=errors,
                 start_new_session=True,
                 close_fds=True,
+                env={**os.environ, **self.job_environment},
             )
         _reap_children()
         _children.append(proc)

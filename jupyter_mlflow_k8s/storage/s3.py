@@ -7,8 +7,9 @@ S3 client honours as well), the shared config files, or an instance/pod role.
 ``c.JMKSettings.storage_options`` adds s3fs options (``endpoint_url``, ``key``, ``secret``,
 ``client_kwargs``, ``default_block_size``, ``max_concurrency``, ...) in the notebook's process
 only. A job's runner is another process that builds its storage from the URL alone and inherits
-the environment: **for jobs, the AWS variables are the way.** :meth:`S3Storage.job_environment`
-gives the variables that carry connection options to a job when a backend passes them on.
+the environment: :meth:`S3Storage.job_environment` turns the options into AWS variables, which
+the job service hands to the backend for each job (the local backend sets them in the job's
+processes; they are never written into the job record).
 
 Transfers are shaped for big pickles. A blob larger than one part is written as a multipart
 upload whose parts (``default_block_size``, 16 MiB by default) go up ``max_concurrency`` (8) at

@@ -16,6 +16,14 @@ class JMKUsageError(JMKError, ValueError):
     """Bad input from the user: a flag, a value, a cell. Raised before anything is submitted."""
 
 
+class InvalidManifest(JMKUsageError):
+    """A Kubernetes manifest the API server would reject; ``problems`` lists every reason, each led by its path."""
+
+    def __init__(self, subject: str, problems: list[str]) -> None:
+        super().__init__(f"{subject} is invalid:\n" + "\n".join(f"  {problem}" for problem in problems))
+        self.problems = problems
+
+
 class JobNotFound(JMKError, LookupError):
     """No job record with this id under the state directory."""
 

@@ -54,6 +54,11 @@ def pod_processes(selector: str) -> list[psutil.Process]:
     return found
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the ``k8s`` tests last, so the cluster (started by the first of them) does not load the others."""
+    items.sort(key=lambda item: item.get_closest_marker("k8s") is not None)
+
+
 @pytest.fixture(scope="session")
 def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeTarget]:
     """The session's cluster: ours (started once, stopped with a leftover-process check) or a given one."""

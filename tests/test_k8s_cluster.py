@@ -300,19 +300,17 @@ def test_cluster_script_up_and_down_leaves_no_process(node_agent: KubeTarget, tm
     assert not pod_processes("default/sleeper")
 
 
-def test_deployment_becomes_available_through_its_readiness_probe(
-    node_agent: KubeTarget, k8s_api: Any, k8s_namespace: str
-) -> None:
+def test_deployment_becomes_available_through_its_readiness_probe(k8s_api: Any, k8s_namespace: str) -> None:
     import socket
 
-    with socket.socket() as probe:  # pods share the host network here: take a free port
-        probe.bind(("127.0.0.1", 0))
+    with socket.socket() as probe:  # under the node agent pods share the host network: take a free port
+        probe.bind(("", 0))
         port = probe.getsockname()[1]
     apps, core = kubernetes.client.AppsV1Api(k8s_api), kubernetes.client.CoreV1Api(k8s_api)
     container = {
         "name": "web", "image": POD_IMAGE, "ports": [{"name": "http", "containerPort": port}],
         "command": ["python", "-c", f"import time, http.server as h; time.sleep(1.5); "
-                    f"h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler).serve_forever()"],
+                    f"h.HTTPServer(('', {port}), h.SimpleHTTPRequestHandler).serve_forever()"],
         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
     }
     apps.create_namespaced_deployment(k8s_namespace, {

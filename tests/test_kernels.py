@@ -157,7 +157,7 @@ def test_interrupt_cancels_the_job(kernels: Any, state_dir: Path) -> None:
         "%%train\nimport time\nprint('started', flush=True)\ntime.sleep(120)", on_stream=interrupt_once_started
     )
     assert interrupted and execution.reply["status"] == "error"
-    assert execution.reply["ename"] == "KeyboardInterrupt"
+    assert execution.reply["ename"] == "KeyboardInterrupt", (execution.reply, execution.stdout)
     (job_id,) = _job_ids(state_dir)
     assert f"Interrupted: cancelled job {job_id}" in execution.stdout
     record = wait_for(lambda: (r := _record(state_dir, job_id))["tracking_final"] and r)

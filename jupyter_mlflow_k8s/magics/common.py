@@ -88,8 +88,12 @@ def cancel_on_interrupt(service: JobService, job_id: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        record = service.cancel_and_wait(job_id)
-        print(f"Interrupted: cancelled job {job_id} ({record.state.value}; MLflow run {record.run_id} KILLED).")
+        try:
+            record = service.cancel_and_wait(job_id)
+        except Exception as exc:  # the interrupt must still reach the user
+            print(f"Interrupted: cancelling job {job_id} failed: {exc}. Retry with %job cancel {job_id}.")
+        else:
+            print(f"Interrupted: cancelled job {job_id} ({record.state.value}; MLflow run {record.run_id} KILLED).")
         raise
 
 

@@ -30,6 +30,8 @@ DEFAULT_EXPERIMENT = "jmk"
 WATCHER_GRACE_SECONDS = 5.0
 # How long a process that lost the race to close a run waits for the winner to finish.
 CLOSE_WAIT_SECONDS = 60.0
+# Closing a run retries transient failures: 0.2 + 0.4 + ... + 3.2 s, about 6 s in all.
+SET_TERMINATED_ATTEMPTS = 6
 _clients: dict[str, MlflowClient] = {}
 _clients_lock = threading.Lock()
 _experiment_ids: dict[tuple[str, str], str] = {}
@@ -206,7 +208,14 @@ def close_run(record: JobRecord) -> None:
     except Exception as exc:  # the log is still kept with the job; the status matters more
         print(f"[jmk] could not store the artifacts of job {record.job_id} in MLflow: {exc}")
     end = int((record.finished or time.time()) * 1000)
-    mlflow_client.set_terminated(record.run_id, status=record.state.mlflow_status, end_time=end)
+    for attempt in range(SET_TERMINATED_ATTEMPTS):
+        try:
+            mlflow_client.set_terminated(record.run_id, status=record.state.mlflow_status, end_time=end)
+            return
+        except Exception:  # SQLite says "database is locked" while other processes write; a server may blip
+            if attempt == SET_TERMINATED_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
 
 
 def _alive(pid: int) -> bool:

@@ -966,23 +966,14 @@ class NodeAgent:
         raise PodFailure("CreateContainerConfigError", f"unsupported valueFrom {sorted(source)}")
 
     def read_config(self, namespace: str, kind: str, name: str, optional: bool | None) -> dict[str, str]:
-        """A ConfigMap's or Secret's data, decoded."""
-        try:
-            if kind == "configmap":
-                obj = json.loads(self.core.read_namespaced_config_map(name, namespace, _preload_content=False).data)
-                return {**(obj.get("data") or {}),
-                        **{k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("binaryData") or {}).items()}}
-            obj = json.loads(self.core.read_namespaced_secret(name, namespace, _preload_content=False).data)
-            return {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
-        except ApiException as exc:
-            if exc.status == 404 and optional:
-                return {}
-            if exc.status == 404:
-                raise PodFailure("CreateContainerConfigError", f'{kind} "{name}" not found') from exc
-            raise
+        """A ConfigMap's or Secret's data as text, for the environment."""
+        data = self.read_data(namespace, kind, name, optional,
+                              "CreateContainerConfigError", f'{kind} "{name}" not found')
+        return {k: v.decode(errors="replace") for k, v in data.items()}
 
-    def read_binary(self, namespace: str, kind: str, name: str, optional: bool | None) -> dict[str, bytes]:
-        """A ConfigMap's or Secret's data as bytes, for volumes."""
+    def read_data(self, namespace: str, kind: str, name: str, optional: bool | None, reason: str = "ContainerCreating",
+                  missing: str = "") -> dict[str, bytes]:
+        """A ConfigMap's or Secret's data as bytes (volumes); a missing one fails with ``reason`` unless optional."""
         try:
             if kind == "configmap":
                 obj = json.loads(self.core.read_namespaced_config_map(name, namespace, _preload_content=False).data)
@@ -994,7 +985,7 @@ class NodeAgent:
             if exc.status == 404 and optional:
                 return {}
             if exc.status == 404:
-                raise PodFailure("ContainerCreating", f'MountVolume.SetUp failed: {kind} "{name}" not found') from exc
+                raise PodFailure(reason, missing or f'MountVolume.SetUp failed: {kind} "{name}" not found') from exc
             raise
 
     def materialize_volume(self, worker: PodWorker, volume: dict[str, Any]) -> Path:
@@ -1015,7 +1006,7 @@ class NodeAgent:
             kind = "configmap" if "configMap" in volume else "secret"
             source = volume["configMap"] if kind == "configmap" else volume["secret"]
             ref_name = source.get("name") or source.get("secretName", "")
-            data = self.read_binary(worker.namespace, kind, ref_name, source.get("optional"))
+            data = self.read_data(worker.namespace, kind, ref_name, source.get("optional"))
             items = source.get("items")
             files = {item["path"]: data[item["key"]] for item in items if item["key"] in data} if items else data
             mode = int(source.get("defaultMode", 0o644))

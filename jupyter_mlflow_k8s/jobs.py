@@ -75,6 +75,7 @@ class JobService:
         """Check, stage and launch one job; returns its record (QUEUED or later)."""
         backend = self.backend(spec.backend)
         backend.check(spec)
+        backend.check_environment(self.storage.url, self.settings.tracking_uri)
         self.storage.check()
         backend.job_environment = self.storage.job_environment()
         tracking.check_reachable(self.settings.tracking_uri)

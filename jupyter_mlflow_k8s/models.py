@@ -66,6 +66,17 @@ def parse_gpus(text: str | int) -> int:
     return value
 
 
+def parse_retries(text: str | int) -> int:
+    """A whole, non-negative number of retries."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise JMKUsageError(f"--retries {text!r} is not a number of retries. Use a whole number: --retries 2.")
+    return value
+
+
 @dataclass(frozen=True)
 class Resources:
     """What a job asks for. Quantities keep the user's spelling (Kubernetes wants strings)."""
@@ -131,6 +142,11 @@ class JobSpec:
     model_var: str | None = None
     input_example: str | None = None
     assigns: tuple[str, ...] = ()
+    # Kubernetes: Secret names for envFrom, "pvc:CLAIM:/path[:ro]" mounts, a configured preset, retries.
+    secrets: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    preset: str | None = None
+    retries: int = 0
 
     def with_changes(self, **changes: Any) -> JobSpec:
         """A copy with some fields replaced."""
@@ -161,6 +177,8 @@ class JobRecord:
     gpu_ids: list[str] = field(default_factory=list)
     tracking_final: bool = False
     watcher_pid: int | None = None
+    # Where the backend put the job, e.g. {"namespace": "team-a", "name": "jmk-ada-1a2b3c4d", "uid": "..."}.
+    backend_ref: dict[str, str] = field(default_factory=dict)
 
     @property
     def age(self) -> float:
@@ -181,6 +199,8 @@ class JobRecord:
         data["spec"]["inputs"] = list(self.spec.inputs)
         data["spec"]["outputs"] = list(self.spec.outputs)
         data["spec"]["assigns"] = list(self.spec.assigns)
+        data["spec"]["secrets"] = list(self.spec.secrets)
+        data["spec"]["volumes"] = list(self.spec.volumes)
         return data
 
     @classmethod
@@ -191,6 +211,8 @@ class JobRecord:
         spec_data["inputs"] = tuple(spec_data.get("inputs", ()))
         spec_data["outputs"] = tuple(spec_data.get("outputs", ()))
         spec_data["assigns"] = tuple(spec_data.get("assigns", ()))
+        spec_data["secrets"] = tuple(spec_data.get("secrets", ()))
+        spec_data["volumes"] = tuple(spec_data.get("volumes", ()))
         spec_fields = {f.name for f in dataclasses.fields(JobSpec)}
         spec = JobSpec(**{k: v for k, v in spec_data.items() if k in spec_fields})
         known = {f.name for f in dataclasses.fields(cls)} - {"spec", "state"}

@@ -53,4 +53,4 @@ class Registry(Generic[T]):
         try:
             return self._factories[name]
         except KeyError:
-            raise UnknownPlugin(self.kind, name, list(self._factories)) from None
+            raise UnknownPlugin(self.kind, name, sorted(self._factories)) from None

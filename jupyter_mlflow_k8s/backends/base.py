@@ -46,6 +46,9 @@ class Backend(LoggingConfigurable, metaclass=_ConfigurableABCMeta):
     def check(self, spec: JobSpec) -> None:
         """Raise :class:`JMKUsageError` if this backend cannot run ``spec`` (before staging)."""
 
+    def check_environment(self, storage_url: str, tracking_uri: str) -> None:
+        """Raise :class:`JMKUsageError` if jobs could not reach the storage or tracking store."""
+
     def prepare(self, record: JobRecord) -> JobRecord:
         """Start what can start before the payload is staged and the MLflow run is open.
 
@@ -114,5 +117,6 @@ backends: Registry[type[Backend]] = Registry("backend", "jupyter_mlflow_k8s.back
 
 def get_backend(name: str, store: JobStore, **kwargs: object) -> Backend:
     """An instance of the backend registered as ``name``."""
-    from . import local  # noqa: F401  (the built-in registers itself)
+    from . import kubernetes, local  # noqa: F401  (the built-ins register themselves; the client loads lazily)
+
     return backends.get(name)(store, **kwargs)

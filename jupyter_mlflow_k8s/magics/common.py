@@ -105,16 +105,22 @@ def stream_to_cell(service: JobService, job_id: str, view: Any = None, offset: i
     import sys
 
     from ..logstream import ProgressLines
-    from ..models import JobRecord
+    from ..models import JobRecord, JobState
 
     lines = ProgressLines()
     metrics = _MetricsPoller()
     record = None
+    said = ""
     with cancel_on_interrupt(service, job_id):
         for item in service.follow(job_id, offset):
             if isinstance(item, JobRecord):
                 record = item
                 break
+            if not item:  # a quiet moment: say why a job still waits (a pending pod, an image pull)
+                current = service.store.load(job_id)
+                if current.state is JobState.QUEUED and current.message and current.message != said:
+                    said = current.message
+                    print(f"[jmk] waiting: {said}", flush=True)
             text = lines.feed(item)
             if text:
                 sys.stdout.write(text)

@@ -10,9 +10,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from ..backends.kubernetes_manifests import parse_secret, parse_volume
 from ..exceptions import JMKUsageError
 from ..jobs import JobService, RegistrationFailed
-from ..models import JobRecord, JobSpec, Resources, parse_gpus
+from ..models import JobRecord, JobSpec, Resources, parse_gpus, parse_retries
 from ..payload import analyze_cell
 from ..tracking import run_url
 from ..widgets import JobStatusView
@@ -99,6 +100,10 @@ class TrainMagics(Magics):
     @argument("--model", metavar="VAR", help="with --register: the variable holding the model (default: the one model)")
     @argument("--input-example", metavar="VAR", help="with --register: data for the signature and drift baseline")
     @argument("--async", dest="run_async", action="store_true", help="return at once with a job handle")
+    @argument("--preset", help="Kubernetes: named pod settings from c.KubernetesBackend.presets, e.g. --preset a100")
+    @argument("--secret", action="append", metavar="NAME", help="Kubernetes: a Secret as environment (repeatable)")
+    @argument("--volume", action="append", metavar="pvc:CLAIM:/path[:ro]", help="Kubernetes: mount a PVC (repeatable)")
+    @argument("--retries", default="0", help="Kubernetes: run the cell again this many times if it fails")
     @cell_magic
     @user_errors
     def train(self, line: str, cell: str) -> Any:
@@ -203,6 +208,10 @@ class TrainMagics(Magics):
             model_var=args.model,
             input_example=args.input_example,
             assigns=analysis.assigns,
+            secrets=tuple(parse_secret(name) for name in args.secret or ()),
+            volumes=tuple(text for text in args.volume or () if parse_volume(text)),  # checked now, kept as given
+            preset=args.preset,
+            retries=parse_retries(args.retries),
         )
 
     def _check_register(self, args: Any, assigns: tuple[str, ...], inputs: tuple[str, ...]) -> tuple[str, ...]:

@@ -68,6 +68,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -887,7 +888,9 @@ class NodeAgent:
         mounts = {k: v for k, v in worker.mounts.items() if not k.startswith("termination")}
         mounts[worker.mounts[f"termination-path:{spec['name']}"]] = worker.mounts[f"termination:{spec['name']}"]
         env: dict[str, str] = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": os.environ.get("LANG", "C.UTF-8"),
+            # This environment's python comes first: it stands in for the image's.
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOME": str(home), "HOSTNAME": worker.name,
             "KUBERNETES_SERVICE_HOST": self.api_host, "KUBERNETES_SERVICE_PORT": self.api_port,
             "JMK_NODE_AGENT_POD": f"{worker.namespace}/{worker.name}",

@@ -1,0 +1,181 @@
+"""``%%train --backend kubernetes`` on the test cluster: real API server, scheduler, Job controller; pods
+run by the node agent (which shares this machine's filesystem, so file:// storage and SQLite MLflow work
+with ``c.KubernetesBackend.pods_share_filesystem = True``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from conftest import wait_for
+from IPython.core.error import UsageError
+from k8s_fixtures import KubeTarget, pod_processes
+from mlflow.tracking import MlflowClient
+
+from jupyter_mlflow_k8s.backends.kubernetes import ClusterWatch
+
+pytestmark = pytest.mark.k8s
+
+
+@pytest.fixture
+def k8s_shell(shell: Any, k8s_cluster: KubeTarget, k8s_namespace: str, node_agent: KubeTarget) -> Any:
+    """The IPython shell with the Kubernetes backend pointed at this test's namespace."""
+    config = shell.config.KubernetesBackend
+    config.kubeconfig = str(k8s_cluster.kubeconfig)
+    config.namespace = k8s_namespace
+    config.pods_share_filesystem = True
+    config.image_pull_failure_seconds = 3.0
+    shell.__dict__.pop("_jmk_service", None)
+    yield shell
+    for key in ("kubeconfig", "namespace", "pods_share_filesystem", "image_pull_failure_seconds", "presets"):
+        config.pop(key, None)
+    shell.__dict__.pop("_jmk_service", None)
+
+
+def service(shell: Any) -> Any:
+    from jupyter_mlflow_k8s.magics.common import service_for
+
+    return service_for(shell)
+
+
+def only_record(shell: Any) -> Any:
+    (record,) = service(shell).list()
+    return record
+
+
+def test_cell_runs_as_a_job_and_returns_its_values(k8s_shell: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    k8s_shell.user_ns["scale"] = 3
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --cpu 1 --memory 512Mi",
+                             "import os\nprint('hello from', os.environ['HOSTNAME'])\nvalues = [scale * i for i in range(4)]")
+
+    assert k8s_shell.user_ns["values"] == [0, 3, 6, 9]
+    record = only_record(k8s_shell)
+    out = capsys.readouterr().out
+    assert f"hello from {record.backend_ref['name']}" in out
+    assert record.state.value == "succeeded" and record.exit_code == 0
+    assert MlflowClient(record.tracking_uri).get_run(record.run_id).info.status == "FINISHED"
+    assert "hello from" in Path(record.log_path).read_text()
+
+
+def test_log_lines_reach_the_cell_while_the_job_runs(k8s_shell: Any) -> None:
+    svc = service(k8s_shell)
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async",
+                             "import time\nfor i in range(5):\n    print('tick', i, flush=True)\n    time.sleep(0.6)")
+    record = only_record(k8s_shell)
+    arrivals: list[tuple[float, str]] = []
+    for item in svc.follow(record.job_id):
+        if isinstance(item, bytes) and item:
+            arrivals.append((time.monotonic(), item.decode()))
+        elif not isinstance(item, bytes):
+            finished = time.monotonic()
+            break
+    text = "".join(t for _, t in arrivals)
+    assert [line for line in text.splitlines() if line.startswith("tick")] == [f"tick {i}" for i in range(5)]
+    assert arrivals[0][0] < finished - 1.5, "the first line came while the job still ran"
+
+
+def test_gpu_request_beyond_the_cluster_warns_and_says_why_it_waits(
+    k8s_shell: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.monotonic()
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --gpus 4 --async", "x = 1")
+    record = only_record(k8s_shell)
+    svc = service(k8s_shell)
+    reason = wait_for(lambda: "Insufficient nvidia.com/gpu" in (r := svc.get(record.job_id)).message and r, timeout=10)
+    assert time.monotonic() - started < 10
+    assert reason.state.value == "queued"
+    assert "No node of the cluster has 4 nvidia.com/gpu (the most on one node: 2)" in capsys.readouterr().err
+    svc.cancel_and_wait(record.job_id)
+
+
+def test_oom_killed_job_says_so_with_its_limit(k8s_shell: Any) -> None:
+    grow = "import time\nblocks = []\nwhile True:\n    blocks.append(bytearray(20 * 2**20))\n    time.sleep(0.05)"
+    with pytest.raises(Exception) as failure:
+        k8s_shell.run_cell_magic("train", "--backend kubernetes --memory 150Mi", grow)
+    record = only_record(k8s_shell)
+    assert "OOMKilled: the job used more than its memory limit (150Mi)" in str(failure.value)
+    assert record.state.value == "failed"
+    assert MlflowClient(record.tracking_uri).get_run(record.run_id).info.status == "FAILED"
+
+
+def test_failing_cell_reports_its_exception_and_last_log_lines(k8s_shell: Any) -> None:
+    with pytest.raises(Exception) as failure:
+        k8s_shell.run_cell_magic("train", "--backend kubernetes", "print('loading data')\nraise ValueError('bad batch')")
+    assert "ValueError: bad batch" in str(failure.value)
+    record = only_record(k8s_shell)
+    assert record.state.value == "failed" and record.exit_code == 1
+
+
+def test_image_pull_failure_fails_the_job_within_seconds(k8s_shell: Any) -> None:
+    with pytest.raises(Exception) as failure:
+        k8s_shell.run_cell_magic("train", "--backend kubernetes --image registry.example.invalid/team/runner:1", "x = 1")
+    assert "the image could not be pulled" in str(failure.value)
+    record = only_record(k8s_shell)
+    assert record.state.value == "failed"
+    assert MlflowClient(record.tracking_uri).get_run(record.run_id).info.status == "FAILED"
+
+
+def test_eviction_is_reported(k8s_shell: Any, k8s_api: Any, k8s_namespace: str) -> None:
+    svc = service(k8s_shell)
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", "import time\ntime.sleep(600)")
+    record = only_record(k8s_shell)
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    pod = wait_for(lambda: [p for p in core.list_namespaced_pod(k8s_namespace).items if p.status.phase == "Running"])[0]
+    core.patch_namespaced_pod(pod.metadata.name, k8s_namespace,
+                              {"metadata": {"annotations": {"node-agent.jmk.io/inject": "Evicted"}}})
+    ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=60, interval=0.2)
+    assert ended.state.value == "failed" and ended.message.startswith("evicted: The node was low on resource: memory")
+    assert MlflowClient(ended.tracking_uri).get_run(ended.run_id).info.status == "FAILED"
+
+
+def test_cancel_deletes_the_job_and_stops_the_process(k8s_shell: Any, k8s_api: Any, k8s_namespace: str) -> None:
+    svc = service(k8s_shell)
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", "import time\nprint('up', flush=True)\ntime.sleep(600)")
+    record = only_record(k8s_shell)
+    wait_for(lambda: svc.get(record.job_id).state.value == "running", timeout=30)
+    assert wait_for(lambda: pod_processes(f"{k8s_namespace}/"))
+
+    k8s_shell.run_line_magic("job", f"cancel {record.job_id}")
+
+    batch = kubernetes.client.BatchV1Api(k8s_api)
+    assert batch.list_namespaced_job(k8s_namespace).items == []
+    wait_for(lambda: not pod_processes(f"{k8s_namespace}/"), timeout=40)
+    ended = svc.get(record.job_id)
+    assert ended.state.value == "cancelled"
+    assert MlflowClient(ended.tracking_uri).get_run(ended.run_id).info.status == "KILLED"
+
+
+def test_reattach_after_a_kernel_restart(k8s_shell: Any) -> None:
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async",
+                             "import time\ntime.sleep(2)\nanswer = 42")
+    record = only_record(k8s_shell)
+    # A new kernel: a new service and no watch of ours left.
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    ClusterWatch._instances.clear()
+    k8s_shell.user_ns.pop("answer", None)
+
+    k8s_shell.run_line_magic("job", f"attach {record.job_id}")
+
+    assert k8s_shell.user_ns["answer"] == 42
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ("--secret 'My Creds'", "--secret"),
+        ("--volume data:/x", "--volume"),
+        ("--image 'my image:1'", "image"),
+        ("--gpus -1", "--gpus"),
+        ("--preset nope", "preset"),
+        ("--retries many", "--retries"),
+    ],
+)
+def test_bad_input_is_refused_before_any_api_call(k8s_shell: Any, flags: str, message: str) -> None:
+    before = ClusterWatch._instances.copy()
+    with pytest.raises(UsageError, match=message):
+        k8s_shell.run_cell_magic("train", f"--backend kubernetes {flags}", "x = 1")
+    assert service(k8s_shell).list() == []
+    assert ClusterWatch._instances == before

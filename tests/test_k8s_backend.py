@@ -179,3 +179,61 @@ def test_bad_input_is_refused_before_any_api_call(k8s_shell: Any, flags: str, me
         k8s_shell.run_cell_magic("train", f"--backend kubernetes {flags}", "x = 1")
     assert service(k8s_shell).list() == []
     assert ClusterWatch._instances == before
+
+
+def test_api_server_restart_loses_neither_the_job_nor_log_lines(k8s_shell: Any, k8s_cluster: KubeTarget) -> None:
+    svc = service(k8s_shell)
+    cell = "import time\nfor i in range(16):\n    print('line', i, flush=True)\n    time.sleep(0.5)\ndone = True"
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", cell)
+    record = only_record(k8s_shell)
+    received = b""
+    restarted = False
+    for item in svc.follow(record.job_id):
+        if not isinstance(item, bytes):
+            final = item
+            break
+        received += item
+        if not restarted and b"line 3\n" in received:
+            restarted = True
+            k8s_cluster.cluster.restart_apiserver(down_for=2)
+
+    assert restarted
+    assert [line for line in received.decode().splitlines() if line.startswith("line")] == [f"line {i}" for i in range(16)]
+    assert final.state.value == "succeeded"
+    k8s_shell.run_line_magic("job", f"attach {record.job_id}")
+    assert k8s_shell.user_ns["done"] is True
+
+
+def test_file_storage_is_refused_unless_pods_share_the_filesystem(k8s_shell: Any) -> None:
+    k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    with pytest.raises(UsageError, match=r"Kubernetes pods cannot read payloads from file://.*JMK_STORAGE_URL=s3://"):
+        k8s_shell.run_cell_magic("train", "--backend kubernetes", "x = 1")
+    assert service(k8s_shell).list() == []
+
+
+def test_object_storage_and_tracking_server_as_on_a_real_cluster(
+    k8s_shell: Any, s3_server: Any, s3_bucket: str, mlflow_server_s3: Any, monkeypatch: pytest.MonkeyPatch,
+    k8s_api: Any, k8s_namespace: str,
+) -> None:
+    """No shared filesystem: the payload and results go through S3, credentials through the job's Secret."""
+    k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server_s3.url)
+    monkeypatch.setenv("JMK_STORAGE_URL", f"s3://{s3_bucket}/jmk")
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    k8s_shell.user_ns["weights"] = list(range(10))
+
+    k8s_shell.run_cell_magic("train", "--backend kubernetes", "total = sum(weights)\nprint('summed')")
+
+    assert k8s_shell.user_ns["total"] == 45
+    record = only_record(k8s_shell)
+    assert record.payload_uri.startswith(f"s3://{s3_bucket}/jmk/")
+    assert MlflowClient(mlflow_server_s3.url).get_run(record.run_id).info.status == "FINISHED"
+    secret_value = s3_server.environment()["AWS_SECRET_ACCESS_KEY"]
+    job = kubernetes.client.BatchV1Api(k8s_api).read_namespaced_job(record.backend_ref["name"], k8s_namespace,
+                                                                     _preload_content=False).data.decode()
+    assert secret_value not in job, "credentials never appear in the Job"
+    secret = kubernetes.client.CoreV1Api(k8s_api).read_namespaced_secret(f"{record.backend_ref['name']}-env",
+                                                                         k8s_namespace)
+    assert [(o.kind, o.uid) for o in secret.metadata.owner_references] == [("Job", record.backend_ref["uid"])]
+    assert secret_value not in Path(record.log_path).read_text()

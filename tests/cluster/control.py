@@ -548,6 +548,23 @@ class Cluster:
         except (OSError, ValueError):
             return False
 
+    def restart_apiserver(self, down_for: float = 0.0) -> None:
+        """Stop kube-apiserver (SIGTERM), wait ``down_for`` seconds, start it again with the same flags.
+
+        For tests of clients that must survive an API server restart: watches and log streams break,
+        and state lives on in etcd.
+        """
+        comp = self._components["kube-apiserver"]
+        proc = comp.process()
+        if proc is not None:
+            _terminate([proc], TERM_GRACE)
+        if comp.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                comp.popen.wait(timeout=1)
+        time.sleep(down_for)
+        restarted = self._spawn("kube-apiserver", comp.argv)
+        self._wait(restarted, "ready again (/readyz)", lambda: self.ready(timeout=2), APISERVER_TIMEOUT)
+
     # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:

@@ -362,6 +362,7 @@ class PodWorker:
             self.publish()
         finally:
             self.agent.release_gpus(self.gpus)
+            self.publish_final()
             if self.delete_grace is not None:
                 self.finalize_deletion()
             self.done.set()
@@ -650,13 +651,13 @@ class PodWorker:
             status["reason"], status["message"] = self.pod_reason, self.pod_message
         return status
 
-    def publish(self) -> None:
-        """Patch the pod's status when it changed (ignoring timestamps)."""
+    def publish(self) -> bool:
+        """Patch the pod's status when it changed (ignoring timestamps); False when the API did not take it."""
         status = self.status()
         fingerprint = json.dumps({**status, "conditions": [(c["type"], c["status"]) for c in status["conditions"]]},
                                  sort_keys=True)
         if fingerprint == self._published:
-            return
+            return True
         previous = {c["type"]: c for c in self.pod.get("status", {}).get("conditions", [])}
         for condition in status["conditions"]:
             old = previous.get(condition["type"])
@@ -666,19 +667,36 @@ class PodWorker:
             self.agent.core.patch_namespaced_pod_status(self.name, self.namespace, {"status": status},
                                                         _content_type=STRATEGIC)
             self._published = fingerprint
+            return True
         except ApiException as exc:
-            if exc.status != 404:
-                log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, exc.reason)
+            if exc.status == 404:
+                return True  # the pod is gone: nothing left to report
+            log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, exc.reason)
+        except Exception as exc:  # the API server is restarting, say: the next publish retries
+            log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, exc)
+        return False
+
+    def publish_final(self) -> None:
+        """The last status must reach the API, even across an API server restart."""
+        while not self.publish() and not self.agent.stopping.wait(0.5):
+            pass
 
     def finalize_deletion(self) -> None:
-        """Remove the pod object once its processes are gone, as the kubelet does."""
-        try:
-            # With a body, the API server reads the options from it alone: the grace period goes there too.
-            self.agent.core.delete_namespaced_pod(self.name, self.namespace,
-                                                  body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}})
-        except ApiException as exc:
-            if exc.status != 404:
+        """Remove the pod object once its processes are gone, as the kubelet does (retried until it is gone)."""
+        while True:
+            try:
+                # With a body, the API server reads the options from it alone: the grace period goes there too.
+                self.agent.core.delete_namespaced_pod(
+                    self.name, self.namespace, body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}})
+                return
+            except ApiException as exc:
+                if exc.status in (404, 409):  # gone, or another pod of that name (the uid precondition)
+                    return
                 log.warning("pod %s/%s: final delete failed: %s %s", self.namespace, self.name, exc.status, exc.body)
+            except Exception as exc:
+                log.warning("pod %s/%s: final delete failed: %s", self.namespace, self.name, exc)
+            if self.agent.stopping.wait(0.5):
+                return
 
     # -- volumes ---------------------------------------------------------------------------------------
 

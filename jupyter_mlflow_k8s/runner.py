@@ -21,6 +21,7 @@ import traceback
 import types
 from typing import Any
 
+from .logchannel import PAYLOAD_ROOT_ENV, LogChannelStorage
 from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
 from .storage import get_storage, read_url
 from .tracking import fastlog
@@ -88,7 +89,8 @@ def _register(payload: Payload, namespace: dict[str, Any]) -> dict[str, Any]:
 def run(payload_url: str) -> int:
     """Execute one payload; returns the process exit status."""
     payload = Payload.from_json(read_url(payload_url))
-    storage = get_storage(payload.storage_url)
+    root = os.environ.get(PAYLOAD_ROOT_ENV)  # a mounted payload: results leave through the log
+    storage = LogChannelStorage(root) if root else get_storage(payload.storage_url)
     os.environ.update(payload.tracking)
     if payload.tracking.get("MLFLOW_RUN_ID"):
         interval = float(os.environ.get("JMK_METRICS_FLUSH_SECONDS", "1"))
@@ -143,6 +145,8 @@ def run(payload_url: str) -> int:
     sys.stderr.flush()
     _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED")
     storage.put_bytes(payload.result_key, json.dumps(result).encode())
+    if isinstance(storage, LogChannelStorage):
+        storage.emit(last=payload.result_key)
     return status
 
 

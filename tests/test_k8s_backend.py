@@ -204,10 +204,10 @@ def test_api_server_restart_loses_neither_the_job_nor_log_lines(k8s_shell: Any, 
     assert k8s_shell.user_ns["done"] is True
 
 
-def test_file_storage_is_refused_unless_pods_share_the_filesystem(k8s_shell: Any) -> None:
+def test_sqlite_tracking_is_refused_unless_pods_share_the_filesystem(k8s_shell: Any) -> None:
     k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
     k8s_shell.__dict__.pop("_jmk_service", None)
-    with pytest.raises(UsageError, match=r"Kubernetes pods cannot read payloads from file://.*JMK_STORAGE_URL=s3://"):
+    with pytest.raises(UsageError, match=r"Kubernetes pods cannot record into sqlite:.*MLflow server"):
         k8s_shell.run_cell_magic("train", "--backend kubernetes", "x = 1")
     assert service(k8s_shell).list() == []
 
@@ -237,3 +237,39 @@ def test_object_storage_and_tracking_server_as_on_a_real_cluster(
                                                                          k8s_namespace)
     assert [(o.kind, o.uid) for o in secret.metadata.owner_references] == [("Job", record.backend_ref["uid"])]
     assert secret_value not in Path(record.log_path).read_text()
+
+
+def test_without_object_storage_the_payload_goes_in_a_secret_and_results_come_back_in_the_log(
+    k8s_shell: Any, mlflow_server: str, monkeypatch: pytest.MonkeyPatch, k8s_api: Any, k8s_namespace: str
+) -> None:
+    k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    k8s_shell.user_ns["numbers"] = list(range(100))
+
+    k8s_shell.run_cell_magic("train", "--backend kubernetes", "import os\nprint('root', os.environ['JMK_PAYLOAD_ROOT'])\n"
+                             "squares = [n * n for n in numbers]\nbig = b'x' * 50000")
+
+    assert k8s_shell.user_ns["squares"][-1] == 99 * 99 and len(k8s_shell.user_ns["big"]) == 50000
+    record = only_record(k8s_shell)
+    assert record.payload_uri.startswith("file://")
+    job = kubernetes.client.BatchV1Api(k8s_api).read_namespaced_job(record.backend_ref["name"], k8s_namespace)
+    container = job.spec.template.spec.containers[0]
+    assert container.command[-1] == f"/var/run/jmk/payload/jobs/{record.job_id}/payload.json"
+    assert [v.secret.secret_name for v in job.spec.template.spec.volumes if v.secret] == [
+        f"{record.backend_ref['name']}-payload"]
+    log = Path(record.log_path).read_text()
+    assert "root /" in log  # the mount path (rewritten to its directory by the node agent)
+    assert "JMK-FRAME" not in log, "frames are taken out of the log"
+    assert MlflowClient(mlflow_server).get_run(record.run_id).info.status == "FINISHED"
+
+
+def test_a_payload_too_big_for_a_secret_asks_for_object_storage(
+    k8s_shell: Any, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    k8s_shell.user_ns["blob"] = b"x" * (2 * 2**20)
+    with pytest.raises(UsageError, match="JMK_STORAGE_URL=s3://"):
+        k8s_shell.run_cell_magic("train", "--backend kubernetes", "n = len(blob)")

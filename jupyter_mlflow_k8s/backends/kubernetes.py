@@ -35,14 +35,19 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from ..exceptions import JMKUsageError
 from ..lifecycle import end_job
+from ..logchannel import PAYLOAD_ROOT_ENV, FrameCollector
 from ..models import JobRecord, JobSpec, JobState
+from ..payload import Payload
+from ..storage import get_storage, read_url
 from .base import Backend, backends
 from .kubernetes_manifests import (
     MANAGED_BY,
+    PAYLOAD_MOUNT,
     PodSettings,
     apply_preset,
     build_env_secret,
     build_job,
+    build_payload_secret,
     check_image,
     job_name,
     parse_secret,
@@ -251,15 +256,9 @@ class KubernetesBackend(Backend):
         self.check_cluster(settings)
 
     def check_environment(self, storage_url: str, tracking_uri: str) -> None:
-        """Pods must be able to reach the payload storage and the tracking store."""
+        """Pods must be able to reach the tracking store (payloads without object storage go in a Secret)."""
         if self.pods_share_filesystem:
             return
-        if storage_url.startswith("file:") or "://" not in storage_url:
-            raise JMKUsageError(
-                f"Kubernetes pods cannot read payloads from {storage_url} on this machine. Configure object storage "
-                "the cluster can reach (JMK_STORAGE_URL=s3://bucket/prefix), or set "
-                "c.KubernetesBackend.pods_share_filesystem = True if pods mount this filesystem at the same paths."
-            )
         if tracking_uri.startswith(("sqlite:", "file:", "/")) or "://" not in tracking_uri:
             raise JMKUsageError(
                 f"Kubernetes pods cannot record into {tracking_uri} on this machine. Set MLFLOW_TRACKING_URI to an "
@@ -320,19 +319,30 @@ class KubernetesBackend(Backend):
         env = {k: v for k, v in os.environ.items() if k in CREDENTIAL_VARIABLES}
         env.update(self.job_environment)
         core, batch = kubernetes.client.CoreV1Api(self.api), kubernetes.client.BatchV1Api(self.api)
-        secret_name = f"{name}-env"
-        secret = build_env_secret(record, settings, secret_name, env, user=user)
-        manifest = build_job(record, settings, user=user, payload_url=str(record.payload_uri), env_secret=secret_name)
-        core.create_namespaced_secret(settings.namespace, secret)
+        secrets = [build_env_secret(record, settings, f"{name}-env", env, user=user)]
+        job_args: dict[str, Any] = {"payload_url": str(record.payload_uri), "env_secret": f"{name}-env"}
+        if self.payload_in_secret(record):
+            files = payload_files(record)
+            secrets.append(build_payload_secret(record, settings, f"{name}-payload", files, user=user))
+            payload_path = f"{PAYLOAD_MOUNT}/jobs/{record.job_id}/payload.json"
+            job_args.update(payload_url=payload_path, payload_secret=f"{name}-payload", payload_files=list(files))
+            settings = replace(settings, env={**settings.env, PAYLOAD_ROOT_ENV: PAYLOAD_MOUNT})
+        manifest = build_job(record, settings, user=user, **job_args)
+        created_secrets: list[str] = []
         try:
+            for secret in secrets:
+                core.create_namespaced_secret(settings.namespace, secret)
+                created_secrets.append(secret["metadata"]["name"])
             created = json.loads(batch.create_namespaced_job(settings.namespace, manifest, _preload_content=False).data)
         except Exception:
-            with contextlib.suppress(Exception):
-                core.delete_namespaced_secret(secret_name, settings.namespace)
+            for secret_name in created_secrets:
+                with contextlib.suppress(Exception):
+                    core.delete_namespaced_secret(secret_name, settings.namespace)
             raise
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created["metadata"]["uid"],
                  "blockOwnerDeletion": False}
-        core.patch_namespaced_secret(secret_name, settings.namespace, {"metadata": {"ownerReferences": [owner]}})
+        for secret_name in created_secrets:
+            core.patch_namespaced_secret(secret_name, settings.namespace, {"metadata": {"ownerReferences": [owner]}})
         log_path = str(self.store.job_dir(record.job_id) / "output.log")
         Path(log_path).touch()
         self.watch()  # start watching now: the first events come while the cell sets up its view
@@ -341,6 +351,10 @@ class KubernetesBackend(Backend):
             backend_ref={"namespace": settings.namespace, "name": name, "uid": created["metadata"]["uid"]},
             message=f"submitted Job {settings.namespace}/{name}",
         )
+
+    def payload_in_secret(self, record: JobRecord) -> bool:
+        """Whether the job's payload must travel in a Secret (local storage pods cannot see)."""
+        return str(record.payload_uri).startswith("file:") and not self.pods_share_filesystem
 
     def cancel(self, record: JobRecord) -> None:
         """Delete the Job and its pods (their processes get SIGTERM, then SIGKILL)."""
@@ -431,6 +445,23 @@ class KubernetesBackend(Backend):
         except FileNotFoundError:
             return ""
         return "\n".join(lines[-20:])
+
+
+def payload_files(record: JobRecord) -> dict[str, bytes]:
+    """The payload document and its input values, by storage key, for a payload Secret."""
+    document = read_url(str(record.payload_uri))
+    payload = Payload.from_json(document)
+    storage = get_storage(payload.storage_url)
+    files = {f"jobs/{record.job_id}/payload.json": document}
+    for entry in payload.inputs:
+        files[entry.key] = storage.get_bytes(entry.key)
+    return files
+
+
+def result_storage(record: JobRecord) -> Any:
+    """The storage the job's results belong in (where ``result_uri`` points)."""
+    suffix = f"jobs/{record.job_id}/result.json"
+    return get_storage(str(record.result_uri)[: -len(suffix)].rstrip("/"))
 
 
 class Verdict:
@@ -647,6 +678,7 @@ class LogPump:
             self.position: dict[str, str] = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             self.position = {}  # pod name -> last timestamp written
+        self.frames = FrameCollector(result_storage(record), self.path.parent / "frames") if record.result_uri else None
 
     def stop(self) -> None:
         """Stop following (closing a stream in progress)."""
@@ -712,7 +744,8 @@ class LogPump:
                     stamp, _, text = line.partition(" ")
                     if stamp <= last:
                         continue  # already written before a reconnect
-                    out.write(text.encode() + b"\n")
+                    if self.frames is None or not self.frames.feed(text):
+                        out.write(text.encode() + b"\n")
                     out.flush()
                     last = self.position[name] = stamp
         finally:

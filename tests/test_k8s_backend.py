@@ -273,3 +273,32 @@ def test_a_payload_too_big_for_a_secret_asks_for_object_storage(
     k8s_shell.user_ns["blob"] = b"x" * (2 * 2**20)
     with pytest.raises(UsageError, match="JMK_STORAGE_URL=s3://"):
         k8s_shell.run_cell_magic("train", "--backend kubernetes", "n = len(blob)")
+
+
+def test_quickstart_on_kubernetes_matches_the_local_backend(
+    state_dir: Path, tmp_path: Path, k8s_cluster: KubeTarget, k8s_namespace: str, node_agent: KubeTarget,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The quickstart notebook through papermill, once per backend: the same training, the same numbers."""
+    import papermill
+
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_config.py").write_text("c.KubernetesBackend.pods_share_filesystem = True\n")
+    monkeypatch.setenv("IPYTHONDIR", str(profile.parent))
+    monkeypatch.setenv("KUBECONFIG", str(k8s_cluster.kubeconfig))
+    monkeypatch.setenv("JMK_K8S_NAMESPACE", k8s_namespace)
+    root = Path(__file__).resolve().parent.parent
+    outputs = {}
+    for backend in ("local", "kubernetes"):
+        nb = papermill.execute_notebook(
+            str(root / "notebooks" / "quickstart.ipynb"), str(tmp_path / f"{backend}.ipynb"),
+            parameters={"epochs": 10, "backend": backend}, kernel_name="python3", cwd=str(root), progress_bar=False,
+        )
+        outputs[backend] = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+    def numbers(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(("held-out accuracy", "trained on", "epoch 9 loss"))]
+
+    assert numbers(outputs["kubernetes"]) == numbers(outputs["local"]) != []
+    assert "on kubernetes" in outputs["kubernetes"] and "run status FINISHED" in outputs["kubernetes"]

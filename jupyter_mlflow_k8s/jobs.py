@@ -11,14 +11,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import tracking
 from .backends.base import Backend, get_backend
 from .config import JMKSettings, load_settings
-from .exceptions import JobCancelled, JobFailed
+from .exceptions import JobCancelled, JobFailed, JobNotFound
 from .lifecycle import end_job
 from .models import JobRecord, JobSpec, JobState
 from .payload import Payload, load_value, stage_inputs, write_payload
@@ -124,12 +124,31 @@ class JobService:
 
     def get(self, job_id: str) -> JobRecord:
         """The current record of a job (a unique id prefix is enough)."""
-        record = self.store.load(job_id)
+        try:
+            record = self.store.load(job_id)
+        except JobNotFound:
+            if not self._discover(self.store.list()):
+                raise
+            record = self.store.load(job_id)
         return self.backend(record.spec.backend).refresh(record)
 
     def list(self) -> list[JobRecord]:
-        """Every job, newest first, reconciled with its backend."""
-        return [self.backend(r.spec.backend).refresh(r) for r in self.store.list()]
+        """Every job, newest first, reconciled with its backend (found on the cluster too, by label)."""
+        records = self.store.list()
+        if self._discover(records):
+            records = self.store.list()
+        return [self.backend(r.spec.backend).refresh(r) for r in records]
+
+    def _discover(self, records: Sequence[JobRecord]) -> Sequence[JobRecord]:
+        """Ask the cluster backend in use for jobs this state directory has no record of."""
+        in_use = {self.settings.default_backend, *(r.spec.backend for r in records)}
+        if "kubernetes" not in in_use:
+            return []
+        try:
+            return self.backend("kubernetes").discover()
+        except Exception as exc:  # no cluster configured or reachable: the records here still list
+            self.backend("kubernetes").log.warning("could not look for jobs on the cluster: %s", exc)
+            return []
 
     def read_log(self, job_id: str) -> str:
         """The whole log so far."""

@@ -48,17 +48,17 @@ def shell(state_dir: Path) -> Iterator[object]:
     ip.run_line_magic("load_ext", "jupyter_mlflow_k8s")
     yield ip
     ip.__dict__.pop("_jmk_service", None)
-    _stop_jobs(state_dir)
+    _stop_jobs(state_dir, ip.config)
 
 
-def _stop_jobs(state_dir: Path) -> None:
+def _stop_jobs(state_dir: Path, config: object = None) -> None:
     """Leave no job processes behind: cancel what is still running under this state dir."""
     from jupyter_mlflow_k8s.config import load_settings
     from jupyter_mlflow_k8s.jobs import JobService
 
     if not (state_dir / "jobs").exists():
         return
-    service = JobService(load_settings(state_dir=str(state_dir)))
+    service = JobService(load_settings(state_dir=str(state_dir)), backend_config=config)
     for record in service.list():
         if not record.state.terminal:
             service.cancel_and_wait(record.job_id, timeout=15)

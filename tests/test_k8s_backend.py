@@ -10,7 +10,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from conftest import wait_for
+from conftest import _stop_jobs, wait_for
 from IPython.core.error import UsageError
 from k8s_fixtures import KubeTarget, pod_processes
 from mlflow.tracking import MlflowClient
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.k8s
 
 
 @pytest.fixture
-def k8s_shell(shell: Any, k8s_cluster: KubeTarget, k8s_namespace: str, node_agent: KubeTarget) -> Any:
+def k8s_shell(shell: Any, state_dir: Path, k8s_cluster: KubeTarget, k8s_namespace: str, node_agent: KubeTarget) -> Any:
     """The IPython shell with the Kubernetes backend pointed at this test's namespace."""
     config = shell.config.KubernetesBackend
     config.kubeconfig = str(k8s_cluster.kubeconfig)
@@ -30,9 +30,11 @@ def k8s_shell(shell: Any, k8s_cluster: KubeTarget, k8s_namespace: str, node_agen
     config.image_pull_failure_seconds = 3.0
     shell.__dict__.pop("_jmk_service", None)
     yield shell
+    _stop_jobs(state_dir, shell.config)  # while the configuration still names the cluster
     for key in ("kubeconfig", "namespace", "pods_share_filesystem", "image_pull_failure_seconds", "presets"):
         config.pop(key, None)
     shell.__dict__.pop("_jmk_service", None)
+    ClusterWatch.stop_all()
 
 
 def service(shell: Any) -> Any:
@@ -154,7 +156,7 @@ def test_reattach_after_a_kernel_restart(k8s_shell: Any) -> None:
     record = only_record(k8s_shell)
     # A new kernel: a new service and no watch of ours left.
     k8s_shell.__dict__.pop("_jmk_service", None)
-    ClusterWatch._instances.clear()
+    ClusterWatch.stop_all()
     k8s_shell.user_ns.pop("answer", None)
 
     k8s_shell.run_line_magic("job", f"attach {record.job_id}")
@@ -302,3 +304,21 @@ def test_quickstart_on_kubernetes_matches_the_local_backend(
 
     assert numbers(outputs["kubernetes"]) == numbers(outputs["local"]) != []
     assert "on kubernetes" in outputs["kubernetes"] and "run status FINISHED" in outputs["kubernetes"]
+
+
+def test_a_new_notebook_pod_finds_the_jobs_by_label(k8s_shell: Any, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """The state directory is gone (a new JupyterHub pod): %jobs and %job attach find the Job by its labels."""
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", "import time\ntime.sleep(1)\nanswer = 42")
+    record = only_record(k8s_shell)
+    monkeypatch.setenv("JMK_STATE_DIR", str(tmp_path / "new-pod-state"))
+    monkeypatch.setenv("JMK_BACKEND", "kubernetes")
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    ClusterWatch.stop_all()
+    k8s_shell.user_ns.pop("answer", None)
+
+    (found,) = service(k8s_shell).list()
+    assert found.job_id == record.job_id and found.run_id == record.run_id
+    k8s_shell.run_line_magic("job", f"attach {record.job_id}")
+
+    assert k8s_shell.user_ns["answer"] == 42

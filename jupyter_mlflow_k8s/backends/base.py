@@ -65,6 +65,10 @@ class Backend(LoggingConfigurable, metaclass=_ConfigurableABCMeta):
     def cancel(self, record: JobRecord) -> None:
         """Ask the job to stop; its record ends CANCELLED."""
 
+    def discover(self) -> list[JobRecord]:
+        """Records for this user's jobs that run on the backend but have none here (a new notebook pod)."""
+        return []
+
     def refresh(self, record: JobRecord) -> JobRecord:
         """Reconcile the record with reality (a vanished process, a deleted pod)."""
         return record

@@ -41,8 +41,11 @@ from ..payload import Payload
 from ..storage import get_storage, read_url
 from .base import Backend, backends
 from .kubernetes_manifests import (
+    JOB_ID_LABEL,
     MANAGED_BY,
     PAYLOAD_MOUNT,
+    RECORD_ANNOTATION,
+    USER_LABEL,
     PodSettings,
     apply_preset,
     build_env_secret,
@@ -50,6 +53,7 @@ from .kubernetes_manifests import (
     build_payload_secret,
     check_image,
     job_name,
+    label_value,
     parse_secret,
     parse_volume,
 )
@@ -62,6 +66,11 @@ CREDENTIAL_VARIABLES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_INSECURE_TLS",
+)
+# What the backend does in a job's namespace, checked with SelfSubjectAccessReviews before submitting.
+NEEDED_ACCESS = (
+    ("create", "batch", "jobs", ""), ("delete", "batch", "jobs", ""), ("watch", "batch", "jobs", ""),
+    ("create", "", "secrets", ""), ("patch", "", "secrets", ""), ("watch", "", "pods", ""), ("get", "", "pods", "log"),
 )
 WAITING_FAILURES = {
     "ImagePullBackOff": "the image could not be pulled",
@@ -170,7 +179,7 @@ class KubernetesBackend(Backend):
         if os.environ.get("JMK_K8S_NAMESPACE"):
             return os.environ["JMK_K8S_NAMESPACE"]
         service_account = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and service_account.exists() and not self._kubeconfig_path():
+        if self._in_cluster() and service_account.exists():
             return service_account.read_text().strip()
         try:
             import kubernetes
@@ -196,6 +205,11 @@ class KubernetesBackend(Backend):
     def _kubeconfig_path(self) -> str:
         return self.kubeconfig or os.environ.get("KUBECONFIG", "")
 
+    def _in_cluster(self) -> bool:
+        """In a pod with no kubeconfig: the pod's service account talks to the API."""
+        no_kubeconfig = not self._kubeconfig_path() and not Path("~/.kube/config").expanduser().exists()
+        return no_kubeconfig and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
     @property
     def api(self) -> Any:
         """The official client's ``ApiClient`` (kubeconfig, else in-cluster)."""
@@ -203,19 +217,21 @@ class KubernetesBackend(Backend):
             if self._api is None:
                 import kubernetes
 
-                path = self._kubeconfig_path()
-                no_kubeconfig = not path and not Path("~/.kube/config").expanduser().exists()
-                if no_kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST"):
+                if self._in_cluster():
                     configuration = kubernetes.client.Configuration()
                     kubernetes.config.load_incluster_config(client_configuration=configuration)
                     self._api = kubernetes.client.ApiClient(configuration)
                 else:
-                    self._api = kubernetes.config.new_client_from_config(config_file=path or None)
+                    self._api = kubernetes.config.new_client_from_config(config_file=self._kubeconfig_path() or None)
             return self._api
 
     def watch(self) -> ClusterWatch:
         """The shared watch of this backend's namespace (started on first use)."""
         return ClusterWatch.for_namespace(self.api, self.namespace)
+
+    def watch_of(self, record: JobRecord) -> ClusterWatch:
+        """The shared watch of the namespace ``record``'s Job went to."""
+        return ClusterWatch.for_namespace(self.api, record.backend_ref.get("namespace") or self.namespace)
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -284,14 +300,16 @@ class KubernetesBackend(Backend):
         except Exception as exc:
             raise JMKUsageError(f"Cannot reach the Kubernetes API at {self.api.configuration.host}: {exc}") from exc
         authz = kubernetes.client.AuthorizationV1Api(self.api)
-        for group, resource in (("batch", "jobs"), ("", "secrets")):
-            review = {"spec": {"resourceAttributes": {"namespace": settings.namespace, "verb": "create",
-                                                      "group": group, "resource": resource}}}
+        for verb, group, resource, subresource in NEEDED_ACCESS:
+            attributes = {"namespace": settings.namespace, "verb": verb, "group": group, "resource": resource,
+                          "subresource": subresource}
+            review = {"spec": {"resourceAttributes": attributes}}
             answer = json.loads(authz.create_self_subject_access_review(review, _preload_content=False).data)
             if not answer.get("status", {}).get("allowed"):
+                what = f"{resource}/{subresource}" if subresource else resource
                 raise JMKUsageError(
-                    f"You may not create {resource} in namespace {settings.namespace!r}. Ask your platform team for "
-                    "the Role in docs/kubernetes.md, or use another namespace."
+                    f"You may not {verb} {what} in namespace {settings.namespace!r}, which jobs need. Ask your "
+                    "platform team for the Role in docs/kubernetes-rbac.yaml, or use another namespace."
                 )
         if settings.gpus:
             most = self.most_gpus_on_a_node(settings.gpu_resource)
@@ -352,6 +370,33 @@ class KubernetesBackend(Backend):
             message=f"submitted Job {settings.namespace}/{name}",
         )
 
+    def discover(self) -> list[JobRecord]:
+        """Rebuild the records of this user's Jobs in the namespace from their ``jmk.io/record`` annotation."""
+        watch = self.watch()
+        user = label_value(_user())
+        with watch.lock:
+            jobs = list(watch.jobs.values())
+        found = []
+        for job in jobs:
+            meta = job["metadata"]
+            labels, annotations = meta.get("labels", {}), meta.get("annotations", {})
+            job_id = labels.get(JOB_ID_LABEL, "")
+            if labels.get(USER_LABEL) != user or not job_id or RECORD_ANNOTATION not in annotations:
+                continue
+            folder = self.store.job_dir(job_id)
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # known here already
+            record = JobRecord.from_dict(json.loads(annotations[RECORD_ANNOTATION]))
+            record.log_path, record.watcher_pid = str(folder / "output.log"), None
+            record.backend_ref = {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}
+            record.message = f"found on the cluster: Job {meta['namespace']}/{meta['name']}"
+            Path(record.log_path).touch()
+            self.store.save(record)
+            found.append(record)
+        return found
+
     def payload_in_secret(self, record: JobRecord) -> bool:
         """Whether the job's payload must travel in a Secret (local storage pods cannot see)."""
         return str(record.payload_uri).startswith("file:") and not self.pods_share_filesystem
@@ -368,14 +413,17 @@ class KubernetesBackend(Backend):
         """The record, reconciled with the Job and its pods as the watch last saw them."""
         if record.state.terminal or not record.backend_ref:
             return record
-        watch = self.watch()
+        try:
+            watch = self.watch_of(record)
+        except Exception as exc:  # no cluster configured or reachable here: the record stays as it was
+            self.log.warning("cannot look at job %s on the cluster: %s", record.job_id, exc)
+            return record
         job = watch.job(record.backend_ref["name"])
         pods = watch.pods(record.backend_ref["name"])
         if job is None:
             if not watch.synced or time.time() - record.created < 5:
                 return record
-            self.save_log(record)
-            return end_job(self.store, record.job_id, JobState.CANCELLED, "the Job was deleted outside this notebook")
+            return self.gone(record)
         verdict = diagnose(job, pods, self.image_pull_failure_seconds)
         if verdict.state.terminal:
             if verdict.state is not JobState.SUCCEEDED:
@@ -393,6 +441,19 @@ class KubernetesBackend(Backend):
         if verdict.message != record.message:
             changes["message"] = verdict.message
         return self.store.update(record.job_id, **changes) if changes else record
+
+    def gone(self, record: JobRecord) -> JobRecord:
+        """The Job is not on the cluster any more: deleted, or cleaned up after it ended (its TTL)."""
+        self.save_log(record)
+        try:
+            document = json.loads(read_url(str(record.result_uri))) if record.result_uri else None
+        except (OSError, ValueError):
+            document = None
+        if document is not None:  # it ran to its end: the runner wrote its result
+            state = JobState.SUCCEEDED if document.get("ok") else JobState.FAILED
+            return end_job(self.store, record.job_id, state, "ended (its Job has since been removed from the cluster)")
+        return end_job(self.store, record.job_id, JobState.CANCELLED,
+                       "the Job is gone from the cluster (deleted outside this notebook, or removed after it ended)")
 
     def delete_job(self, record: JobRecord) -> None:
         """Delete the Job; its pods go with it (propagation Background)."""
@@ -561,6 +622,14 @@ class ClusterWatch:
         watch.wait_synced(10)
         return watch
 
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stop every watch of this process (a kernel shutting down, a test ending)."""
+        with cls._instances_lock:
+            for watch in cls._instances.values():
+                watch.stop()
+            cls._instances.clear()
+
     def __init__(self, api: Any, namespace: str) -> None:
         import kubernetes
 
@@ -701,7 +770,7 @@ class LogPump:
                 self._copy(pod, follow=False)
 
     def _pods(self) -> list[dict[str, Any]]:
-        pods = self.backend.watch().pods(self.record.backend_ref["name"])
+        pods = self.backend.watch_of(self.record).pods(self.record.backend_ref["name"])
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
 
     def _run(self) -> None:
@@ -730,8 +799,9 @@ class LogPump:
         kwargs: dict[str, Any] = {"container": CONTAINER, "follow": follow, "timestamps": True}
         if last:  # the client has no sinceTime: ask from a second before, skip what was written
             kwargs["since_seconds"] = max(1, int(time.time() - (_time(last) or time.time())) + 2)
-        self.backend.watch().requests += 1
-        response = self.backend.watch().core.read_namespaced_pod_log(
+        watch = self.backend.watch_of(self.record)
+        watch.requests += 1
+        response = watch.core.read_namespaced_pod_log(
             name, self.record.backend_ref["namespace"], _preload_content=False, **kwargs)
         self._response = response
         header = name not in self.position and len(self._pods()) > 1

@@ -89,6 +89,7 @@ def test_gpu_request_beyond_the_cluster_warns_and_says_why_it_waits(
     reason = wait_for(lambda: "Insufficient nvidia.com/gpu" in (r := svc.get(record.job_id)).message and r, timeout=10)
     assert time.monotonic() - started < 10
     assert reason.state.value == "queued"
+    assert "The cluster's nodes have at most 2 nvidia.com/gpu each." in reason.message
     assert "No node of the cluster has 4 nvidia.com/gpu (the most on one node: 2)" in capsys.readouterr().err
     svc.cancel_and_wait(record.job_id)
 
@@ -322,3 +323,15 @@ def test_a_new_notebook_pod_finds_the_jobs_by_label(k8s_shell: Any, monkeypatch:
     k8s_shell.run_line_magic("job", f"attach {record.job_id}")
 
     assert k8s_shell.user_ns["answer"] == 42
+
+
+def test_timeout_and_exhausted_retries_are_told_apart(k8s_shell: Any) -> None:
+    with pytest.raises(Exception) as timed_out:
+        k8s_shell.run_cell_magic("train", "--backend kubernetes --timeout 3", "import time\ntime.sleep(120)")
+    assert "deadline exceeded: the job ran longer than --timeout" in str(timed_out.value)
+    with pytest.raises(Exception) as retried:
+        k8s_shell.run_cell_magic("train", "--backend kubernetes --retries 1", "raise ValueError('flaky')")
+    assert "ValueError: flaky" in str(retried.value)  # the cell's own error, from its last attempt
+    newest, oldest = service(k8s_shell).list()
+    assert (oldest.state.value, newest.state.value) == ("failed", "failed")
+    assert newest.message.startswith("failed after 2 attempts: the cell's process exited with code 1")

@@ -435,6 +435,13 @@ class KubernetesBackend(Backend):
             if verdict.delete:
                 self.delete_job(record)
             return end_job(self.store, record.job_id, verdict.state, message, verdict.exit_code)
+        gpus = f"Insufficient {self.gpu_resource}"
+        if gpus in verdict.message and gpus in record.message:
+            verdict.message = record.message  # already said, with the cluster's capacity
+        elif gpus in verdict.message:
+            most = self.most_gpus_on_a_node(self.gpu_resource)
+            if most is not None:
+                verdict.message += f" The cluster's nodes have at most {most} {self.gpu_resource} each."
         changes: dict[str, Any] = {}
         if verdict.state is JobState.RUNNING and record.state is JobState.QUEUED:
             changes.update(state=JobState.RUNNING, started=verdict.started or time.time())

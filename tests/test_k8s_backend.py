@@ -31,7 +31,7 @@ def k8s_shell(shell: Any, state_dir: Path, k8s_cluster: KubeTarget, k8s_namespac
     shell.__dict__.pop("_jmk_service", None)
     yield shell
     _stop_jobs(state_dir, shell.config)  # while the configuration still names the cluster
-    for key in ("kubeconfig", "namespace", "pods_share_filesystem", "image_pull_failure_seconds", "presets"):
+    for key in ("kubeconfig", "namespace", "pods_share_filesystem", "image_pull_failure_seconds", "api_patience_seconds"):
         config.pop(key, None)
     shell.__dict__.pop("_jmk_service", None)
     ClusterWatch.stop_all()
@@ -335,3 +335,25 @@ def test_timeout_and_exhausted_retries_are_told_apart(k8s_shell: Any) -> None:
     newest, oldest = service(k8s_shell).list()
     assert (oldest.state.value, newest.state.value) == ("failed", "failed")
     assert newest.message.startswith("failed after 2 attempts: the cell's process exited with code 1")
+
+
+def test_a_silent_api_server_ends_the_wait_not_the_job(k8s_shell: Any, k8s_cluster: KubeTarget) -> None:
+    import threading
+
+    k8s_shell.config.KubernetesBackend.api_patience_seconds = 2.0
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", "import time\nprint('up', flush=True)\n"
+                             "time.sleep(25)\nanswer = 1")
+    record = only_record(k8s_shell)
+    wait_for(lambda: service(k8s_shell).get(record.job_id).state.value == "running", timeout=30)
+    outage = threading.Thread(target=k8s_cluster.cluster.restart_apiserver, kwargs={"down_for": 8})
+    outage.start()
+    try:
+        with pytest.raises(Exception, match=r"No answer from the Kubernetes API for \d+ s .*%job attach"):
+            k8s_shell.run_line_magic("job", f"attach {record.job_id}")
+    finally:
+        outage.join()
+    k8s_shell.config.KubernetesBackend.api_patience_seconds = 300.0
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    k8s_shell.run_line_magic("job", f"attach {record.job_id}")  # the job ran on meanwhile
+    assert k8s_shell.user_ns["answer"] == 1

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
-from ..exceptions import JMKUsageError
+from ..exceptions import JMKError, JMKUsageError
 from ..lifecycle import end_job
 from ..logchannel import PAYLOAD_ROOT_ENV, FrameCollector
 from ..models import JobRecord, JobSpec, JobState
@@ -168,6 +168,10 @@ class KubernetesBackend(Backend):
     pods_share_filesystem = Bool(
         False, help="Pods see this machine's filesystem at the same paths (a shared home, or the test cluster), so "
         "file:// storage and a SQLite tracking store work. Example: c.KubernetesBackend.pods_share_filesystem = True",
+    ).tag(config=True)
+    api_patience_seconds = Float(
+        300.0, help="A cell following a job stops waiting (the job keeps running) after the Kubernetes API has not "
+        "answered for this long. Example: c.KubernetesBackend.api_patience_seconds = 900",
     ).tag(config=True)
     image_pull_failure_seconds = Float(
         30.0, help="A job whose image cannot be pulled for this long fails (the kubelet would retry forever). "
@@ -478,9 +482,22 @@ class KubernetesBackend(Backend):
         if not record.state.terminal and record.backend_ref:
             self.start_pump(record)
         try:
-            yield from super().follow_log(job_id, offset, poll)
+            for item in super().follow_log(job_id, offset, poll):
+                yield item
+                if not item and record.backend_ref:
+                    self.check_contact(record)
         finally:
             self.stop_pump(job_id)
+
+    def check_contact(self, record: JobRecord) -> None:
+        """Give up following (not the job) when the API has not answered for ``api_patience_seconds``."""
+        watch = self.watch_of(record)
+        if watch.failing_since is not None and time.time() - watch.failing_since > self.api_patience_seconds:
+            raise JMKError(
+                f"No answer from the Kubernetes API for {time.time() - watch.failing_since:.0f} s "
+                f"({watch.last_error}). Job {record.job_id} may still be running: %job attach {record.job_id} "
+                "once the cluster answers again."
+            )
 
     def start_pump(self, record: JobRecord) -> LogPump:
         """Start copying the job's pod log into its log file (once per job)."""
@@ -645,6 +662,8 @@ class ClusterWatch:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pod_objects: dict[str, dict[str, Any]] = {}
         self.requests = 0  # API requests made, for benchmarks
+        self.failing_since: float | None = None  # when the API stopped answering (None: it answers)
+        self.last_error = ""
         self._synced = {"jobs": threading.Event(), "pods": threading.Event()}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -710,6 +729,7 @@ class ClusterWatch:
                     for obj in listed["items"]:
                         self._store(kind)[obj["metadata"]["name"]] = obj
                 self._synced[kind].set()
+                self.failing_since, self.last_error = None, ""
                 version = listed["metadata"]["resourceVersion"]
                 while not self._stop.is_set():
                     response = self._list(kind, watch=True, resource_version=version, timeout_seconds=60,
@@ -718,8 +738,8 @@ class ClusterWatch:
                     for line in iter_resp_lines(response):
                         event = json.loads(line)
                         obj = event["object"]
-                        if event["type"] == "ERROR":
-                            gone = obj.get("code") == 410
+                        if event["type"] == "ERROR":  # 410 Gone (too old a version), or another error
+                            gone = True
                             break
                         version = obj["metadata"].get("resourceVersion", version)
                         if event["type"] == "BOOKMARK":
@@ -733,7 +753,9 @@ class ClusterWatch:
                     backoff = 0.2
                     if gone:
                         break
-            except Exception:
+            except Exception as exc:
+                self.failing_since = self.failing_since or time.time()
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 if self._stop.wait(backoff):
                     return
                 backoff = min(backoff * 2, 10.0)

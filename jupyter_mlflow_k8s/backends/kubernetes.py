@@ -67,6 +67,8 @@ CREDENTIAL_VARIABLES = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_INSECURE_TLS",
 )
+# The namespace and permissions are reviewed again after this long (not at every submission).
+ACCESS_CHECK_SECONDS = 300.0
 # What the backend does in a job's namespace, checked with SelfSubjectAccessReviews before submitting.
 NEEDED_ACCESS = (
     ("create", "batch", "jobs", ""), ("delete", "batch", "jobs", ""), ("watch", "batch", "jobs", ""),
@@ -203,6 +205,7 @@ class KubernetesBackend(Backend):
         self._api: Any = None
         self._lock = threading.Lock()
         self._pumps: dict[str, LogPump] = {}
+        self._access_checked: dict[str, float] = {}  # namespace -> when its access was last reviewed
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -287,7 +290,15 @@ class KubernetesBackend(Backend):
             )
 
     def check_cluster(self, settings: PodSettings) -> None:
-        """The namespace exists, the user may create Jobs and Secrets there; warn if no node has the GPUs."""
+        """Access to the namespace (reviewed every few minutes, not at each job); warn if no node has the GPUs."""
+        last = self._access_checked.get(settings.namespace)
+        if last is None or time.monotonic() - last > ACCESS_CHECK_SECONDS:
+            self.check_access(settings)
+            self._access_checked[settings.namespace] = time.monotonic()
+        self.warn_about_gpus(settings)
+
+    def check_access(self, settings: PodSettings) -> None:
+        """The namespace exists and every verb jobs need is allowed there (SelfSubjectAccessReviews)."""
         import kubernetes
 
         core = kubernetes.client.CoreV1Api(self.api)
@@ -315,6 +326,9 @@ class KubernetesBackend(Backend):
                     f"You may not {verb} {what} in namespace {settings.namespace!r}, which jobs need. Ask your "
                     "platform team for the Role in docs/kubernetes-rbac.yaml, or use another namespace."
                 )
+
+    def warn_about_gpus(self, settings: PodSettings) -> None:
+        """Warn (before submitting) when no node can hold the GPUs asked for."""
         if settings.gpus:
             most = self.most_gpus_on_a_node(settings.gpu_resource)
             if most is not None and most < settings.gpus:

@@ -55,26 +55,25 @@ def parse_cpu(text: str) -> float:
     return value
 
 
-def parse_gpus(text: str | int) -> int:
-    """A whole, non-negative number of GPUs."""
+def _count(text: str | int, flag: str, what: str, example: int) -> int:
+    """A whole, non-negative number given to ``flag``."""
     try:
         value = int(str(text).strip())
     except ValueError:
         value = -1
     if value < 0:
-        raise JMKUsageError(f"--gpus {text!r} is not a number of GPUs. Use a whole number: --gpus 1.")
+        raise JMKUsageError(f"{flag} {text!r} is not a number of {what}. Use a whole number: {flag} {example}.")
     return value
+
+
+def parse_gpus(text: str | int) -> int:
+    """A whole, non-negative number of GPUs."""
+    return _count(text, "--gpus", "GPUs", 1)
 
 
 def parse_retries(text: str | int) -> int:
     """A whole, non-negative number of retries."""
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise JMKUsageError(f"--retries {text!r} is not a number of retries. Use a whole number: --retries 2.")
-    return value
+    return _count(text, "--retries", "retries", 2)
 
 
 @dataclass(frozen=True)

@@ -625,6 +625,9 @@ def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], re
     terminated = _container_state(last).get("terminated", {}) if last is not None else {}
     if last is not None and last["status"].get("reason") == "Evicted":
         return Verdict(JobState.FAILED, f"evicted: {last['status'].get('message', 'the node ran short of resources')}")
+    disruption = _disruption(last) if last is not None else None
+    if disruption is not None:
+        return Verdict(JobState.FAILED, disruption)
     if (last is not None and last["status"].get("reason") == "DeadlineExceeded") or reason == "DeadlineExceeded":
         return Verdict(JobState.FAILED, "deadline exceeded: the job ran longer than --timeout and was stopped",
                        with_log=True)
@@ -639,6 +642,17 @@ def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], re
         return Verdict(JobState.FAILED, f"{prefix}: the cell's process exited with code {exit_code}", exit_code,
                        with_log=True)
     return Verdict(JobState.FAILED, f"{prefix}: {reason}: {condition.get('message', '')}".rstrip(": "), with_log=True)
+
+
+def _disruption(pod: Mapping[str, Any]) -> str | None:
+    """Why Kubernetes stopped a pod that was fine (1.26+: the DisruptionTarget condition), in words."""
+    for condition in pod.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            reason = condition.get("reason", "")
+            if reason == "PreemptionByScheduler":
+                return f"preempted: the scheduler stopped it for a higher-priority pod ({condition.get('message', '')})"
+            return f"disrupted: {reason}: {condition.get('message', '')}".rstrip(": ")
+    return None
 
 
 class ClusterWatch:

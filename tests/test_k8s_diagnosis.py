@@ -1,0 +1,78 @@
+"""How a Job and its pods read to the user: every branch of ``diagnose`` on API-shaped objects.
+
+The cluster tests (test_k8s_backend.py) show most of these end to end; this covers what the 1.20 test
+control plane cannot produce (preemption's DisruptionTarget condition) and pins every message.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from jupyter_mlflow_k8s.backends.kubernetes import diagnose
+from jupyter_mlflow_k8s.models import JobState
+
+NOW = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+LONG_AGO = "2020-01-01T00:00:00Z"
+
+
+def job(conditions: list[dict[str, str]] | None = None, memory: str = "4Gi") -> dict[str, Any]:
+    container = {"name": "train", "resources": {"limits": {"memory": memory}}}
+    return {"metadata": {"name": "jmk-ada-1"}, "spec": {"template": {"spec": {"containers": [container]}}},
+            "status": {"conditions": conditions or []}}
+
+
+def pod(phase: str = "Pending", state: dict[str, Any] | None = None, created: str = NOW, **status: Any) -> dict[str, Any]:
+    statuses = [{"name": "train", "state": state}] if state is not None else []
+    return {"metadata": {"name": "jmk-ada-1-x", "creationTimestamp": created},
+            "status": {"phase": phase, "containerStatuses": statuses, **status}}
+
+
+FAILED = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]
+
+
+@pytest.mark.parametrize(
+    ("the_job", "pods", "state", "message"),
+    [
+        (job([{"type": "Complete", "status": "True"}]), [], JobState.SUCCEEDED, "succeeded"),
+        (job(), [], JobState.QUEUED, "waiting for the Job controller to create the pod"),
+        (job(), [pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                  "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])],
+         JobState.QUEUED, "Pending: Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+        (job(), [pod(state={"waiting": {"reason": "ErrImagePull", "message": "not found"}})],
+         JobState.QUEUED, "the image could not be pulled: ErrImagePull: not found"),
+        (job(), [pod(state={"waiting": {"reason": "ImagePullBackOff", "message": "Back-off"}}, created=LONG_AGO)],
+         JobState.FAILED, "the image could not be pulled: ImagePullBackOff: Back-off"),
+        (job(), [pod(state={"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "wandb" not found'}},
+                     created=LONG_AGO)],
+         JobState.FAILED, 'the container could not be configured: CreateContainerConfigError: secret "wandb" not found'),
+        (job(), [pod("Running", {"running": {"startedAt": NOW}})], JobState.RUNNING, "running in pod jmk-ada-1-x"),
+        (job(), [pod("Failed", {"terminated": {"exitCode": 137}}, reason="Evicted", message="The node was low on memory.")],
+         JobState.QUEUED, "pod evicted (The node was low on memory.); the Job controller may retry"),
+        (job(FAILED), [pod("Failed", {"terminated": {"exitCode": 137, "reason": "OOMKilled"}})], JobState.FAILED,
+         "OOMKilled: the job used more than its memory limit (4Gi). Ask for more with --memory, or use less (smaller batches)."),
+        (job(FAILED), [pod("Failed", {"terminated": {"exitCode": 137}}, reason="Evicted", message="Low on disk.")],
+         JobState.FAILED, "evicted: Low on disk."),
+        (job(FAILED), [pod("Failed", {"terminated": {"exitCode": 143}}, conditions=[
+            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+             "message": "Preempted in order to admit critical pod"}])],
+         JobState.FAILED, "preempted: the scheduler stopped it for a higher-priority pod (Preempted in order to admit critical pod)"),
+        (job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]), [], JobState.FAILED,
+         "deadline exceeded: the job ran longer than --timeout and was stopped"),
+        (job(FAILED), [pod("Failed", {"terminated": {"exitCode": 2}}), pod("Failed", {"terminated": {"exitCode": 2}})],
+         JobState.FAILED, "failed after 2 attempts: the cell's process exited with code 2"),
+        (job(FAILED), [], JobState.FAILED, "failed: BackoffLimitExceeded: Job has reached the specified backoff limit"),
+    ],
+)
+def test_diagnosis(the_job: dict[str, Any], pods: list[dict[str, Any]], state: JobState, message: str) -> None:
+    verdict = diagnose(the_job, pods, pull_grace=30)
+    assert (verdict.state, verdict.message) == (state, message)
+
+
+def test_failed_image_pulls_delete_the_job_and_failed_cells_show_their_log() -> None:
+    pull = diagnose(job(), [pod(state={"waiting": {"reason": "ImagePullBackOff"}}, created=LONG_AGO)], 30)
+    assert pull.delete and not pull.with_log
+    exited = diagnose(job(FAILED), [pod("Failed", {"terminated": {"exitCode": 1}})], 30)
+    assert exited.with_log and exited.exit_code == 1 and not exited.delete

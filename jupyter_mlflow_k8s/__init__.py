@@ -28,3 +28,14 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Nothing to undo beyond what IPython does."""
+
+
+def output(name: str, value: Any) -> None:
+    """Publish a step output for the later steps of a pipeline run: ``jupyter_mlflow_k8s.output("auc", 0.91)``.
+
+    See :func:`jupyter_mlflow_k8s.pipelines.outputs.output`; imported on first use, so that
+    ``%load_ext`` stays light.
+    """
+    from .pipelines.outputs import output as publish
+
+    publish(name, value)

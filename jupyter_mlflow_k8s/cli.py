@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="stop a job")
     cancel.add_argument("job_id")
     cancel.set_defaults(func=_cmd_cancel)
+    from .pipelines.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jmk``."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "pipeline":
+            return int(args.func(args))
         return int(args.func(JobService(), args))
     except JMKError as exc:
         print(f"jmk: {exc}", file=sys.stderr)

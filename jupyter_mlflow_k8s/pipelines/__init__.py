@@ -1,0 +1,1 @@
+"""Notebook pipelines: steps of parameterized notebooks run with papermill (spec, engine, cache)."""

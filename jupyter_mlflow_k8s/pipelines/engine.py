@@ -1,0 +1,382 @@
+"""Running a pipeline: steps in dependency order, independent ones in parallel, cached by content.
+
+Each local step runs its notebook with papermill in a kernel of its own. Kernels are started ahead
+of time (a small pool per working directory), so a chain of short notebooks does not pay a kernel
+start per step. A step's notebook publishes outputs with ``jupyter_mlflow_k8s.output(name, value)``;
+they reach the kernel's ``JMK_STEP_OUTPUTS`` file and then the steps downstream as papermill
+parameters.
+
+A run lives under ``<state dir>/pipelines/runs/<run id>/``: ``run.json`` (every step's state,
+parameters, outputs, cache key, why it ran or not) and the executed notebooks. A failed step stops
+the steps that need it while independent branches finish; ``resume`` continues a run from its failed
+steps. The cache (``<state dir>/pipelines/cache/``) maps a step's content key (notebook cells,
+resolved parameters, upstream outputs, image) to its outputs. MLflow gets a parent run per pipeline
+run and a child run per step.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..config import JMKSettings, load_settings
+from ..exceptions import JMKUsageError
+from .model import Pipeline, PipelineRun, Step, StepResult
+from .spec import resolve_parameters, topological_order, upstream, validate
+
+Event = Callable[[PipelineRun, StepResult], None]
+DONE = ("succeeded", "cached")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def notebook_fingerprint(path: Path) -> str:
+    """What of a notebook decides its results: cell types and sources (not outputs, not metadata)."""
+    document = json.loads(path.read_text())
+    cells = [(c.get("cell_type"), "".join(c.get("source", ""))) for c in document.get("cells", [])]
+    return hashlib.sha256(json.dumps(cells).encode()).hexdigest()
+
+
+class KernelPool:
+    """Kernels started ahead of use, one per step, per (kernel name, working directory)."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        self.size = size
+        self._ready: dict[tuple[str, str], list[tuple[Any, Path]]] = {}
+        self._lock = threading.Lock()
+
+    def _start(self, kernel_name: str, cwd: str) -> tuple[Any, Path]:
+        from jupyter_client.manager import KernelManager
+
+        outputs = self.root / f"outputs-{secrets.token_hex(6)}.jsonl"
+        manager = KernelManager(kernel_name=kernel_name)
+        manager.start_kernel(cwd=cwd, env={**os.environ, "JMK_STEP_OUTPUTS": str(outputs)})
+        return manager, outputs
+
+    def take(self, kernel_name: str, cwd: str) -> tuple[Any, Path]:
+        """A started kernel and the file its ``output()`` calls go to; the pool refills behind it."""
+        key = (kernel_name, cwd)
+        with self._lock:
+            ready = self._ready.setdefault(key, [])
+            taken = ready.pop(0) if ready else None
+        if taken is None:
+            taken = self._start(kernel_name, cwd)
+        threading.Thread(target=self._refill, args=(key,), daemon=True).start()
+        return taken
+
+    def _refill(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            if len(self._ready.get(key, [])) >= self.size:
+                return
+        kernel = self._start(*key)
+        with self._lock:
+            self._ready.setdefault(key, []).append(kernel)
+
+    def close(self) -> None:
+        """Shut down the kernels nobody took."""
+        with self._lock:
+            kernels = [k for ready in self._ready.values() for k in ready]
+            self._ready.clear()
+        for manager, _ in kernels:
+            manager.shutdown_kernel(now=True)
+
+
+class PipelineEngine:
+    """Runs pipelines under one state directory."""
+
+    def __init__(self, settings: JMKSettings | None = None, *, kernel_name: str = "python3") -> None:
+        self.settings = settings or load_settings()
+        self.root = self.settings.state_path / "pipelines"
+        self.kernel_name = kernel_name
+        self._lock = threading.Lock()
+
+    # -- runs on disk -------------------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> Path:
+        """Where a run's record and executed notebooks are kept."""
+        return self.root / "runs" / run_id
+
+    def save(self, run: PipelineRun) -> None:
+        """Write the run's record atomically."""
+        with self._lock:
+            _atomic_write(self.run_dir(run.run_id) / "run.json", json.dumps(asdict(run), indent=1, default=str))
+
+    def load(self, run_id: str) -> PipelineRun:
+        """A run's record (a unique prefix of its id is enough)."""
+        folder = self.root / "runs"
+        matches = sorted(p.name for p in folder.glob(f"{run_id}*")) if folder.exists() else []
+        if len(matches) != 1:
+            known = ", ".join(r.run_id for r in self.list()[:5]) or "none"
+            raise JMKUsageError(f"No single pipeline run matches {run_id!r}. Recent runs: {known}.")
+        data = json.loads((folder / matches[0] / "run.json").read_text())
+        data["steps"] = {name: StepResult(**step) for name, step in data["steps"].items()}
+        return PipelineRun(**data)
+
+    def list(self) -> list[PipelineRun]:
+        """Every run, newest first."""
+        folder = self.root / "runs"
+        runs = [self.load(p.name) for p in folder.iterdir() if (p / "run.json").exists()] if folder.exists() else []
+        return sorted(runs, key=lambda r: r.created, reverse=True)
+
+    # -- the cache ----------------------------------------------------------------------------
+
+    def cache_key(self, pipeline: Pipeline, step: Step, parameters: Mapping[str, Any],
+                  upstream_outputs: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
+        """The content key of a step, and what went into it (for --explain)."""
+        parts = {
+            "notebook": notebook_fingerprint(step.notebook),
+            "parameters": parameters,
+            "upstream": {name: upstream_outputs[name] for name in sorted(step.needs)},
+            "image": step.image or "",
+        }
+        text = json.dumps(parts, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest(), parts
+
+    def cached(self, key: str) -> dict[str, Any] | None:
+        """The cache entry for ``key``, if any."""
+        path = self.root / "cache" / f"{key}.json"
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def explain(self, pipeline: Pipeline, step: Step, parts: Mapping[str, Any]) -> str:
+        """Why a step runs: what changed since its last cached result."""
+        previous_path = self.root / "cache" / "last" / pipeline.name / f"{step.name}.json"
+        try:
+            previous = json.loads(previous_path.read_text())
+        except (OSError, ValueError):
+            return "ran: no earlier result of this step"
+        changes = []
+        if previous["notebook"] != parts["notebook"]:
+            changes.append("the notebook changed")
+        before, after = previous["parameters"], parts["parameters"]
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                changes.append(f"parameter {name}: {before.get(name)!r} -> {after.get(name)!r}")
+        for name in sorted(set(previous["upstream"]) | set(parts["upstream"])):
+            if previous["upstream"].get(name) != parts["upstream"].get(name):
+                changes.append(f"the outputs of {name} changed")
+        if previous["image"] != parts["image"]:
+            changes.append(f"image: {previous['image']!r} -> {parts['image']!r}")
+        return "ran: " + ("; ".join(changes) if changes else "its cached result is gone")
+
+    def remember(self, pipeline: Pipeline, step: Step, key: str, parts: Mapping[str, Any],
+                 result: StepResult, run_id: str) -> None:
+        """Keep a succeeded step's outputs under its key."""
+        entry = {"outputs": result.outputs, "run": run_id, "step": step.name,
+                 "executed_notebook": result.executed_notebook, "created": time.time()}
+        _atomic_write(self.root / "cache" / f"{key}.json", json.dumps(entry, default=str))
+        _atomic_write(self.root / "cache" / "last" / pipeline.name / f"{step.name}.json",
+                      json.dumps(parts, sort_keys=True, default=str))
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self, pipeline: Pipeline, *, resume: str | None = None, on_event: Event | None = None) -> PipelineRun:
+        """Run ``pipeline`` (or continue run ``resume``); returns the finished run's record."""
+        validate(pipeline)
+        if resume:
+            run = self._resumed(pipeline, resume)
+        else:
+            run = PipelineRun(
+                run_id=secrets.token_hex(4), pipeline=pipeline.name, parameters=dict(pipeline.parameters),
+                steps={name: StepResult(name) for name in topological_order(pipeline)}, created=time.time(),
+                source=str(pipeline.source or ""),
+            )
+        tracker = _Tracker(self.settings, pipeline, run)
+        self.save(run)
+        pool = KernelPool(self.run_dir(run.run_id), size=min(pipeline.max_parallel, 2))
+        notify = on_event or (lambda run, step: None)
+        try:
+            self._execute(pipeline, run, pool, tracker, notify)
+        finally:
+            pool.close()
+        run.state = "succeeded" if all(s.state in DONE for s in run.steps.values()) else "failed"
+        run.finished = time.time()
+        tracker.finish(run)
+        self.save(run)
+        return run
+
+    def _resumed(self, pipeline: Pipeline, run_id: str) -> PipelineRun:
+        run = self.load(run_id)
+        if run.pipeline != pipeline.name:
+            raise JMKUsageError(f"Run {run.run_id} is of pipeline {run.pipeline!r}, not {pipeline.name!r}.")
+        for step in run.steps.values():
+            if step.state not in DONE:
+                step.state, step.reason, step.attempts = "pending", "", 0
+        run.state, run.finished = "running", None
+        return run
+
+    def _execute(self, pipeline: Pipeline, run: PipelineRun, pool: KernelPool, tracker: _Tracker,
+                 notify: Event) -> None:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=pipeline.max_parallel) as executor:
+            running: dict[concurrent.futures.Future[None], str] = {}
+            while True:
+                for name in topological_order(pipeline):
+                    result = run.steps[name]
+                    if result.state != "pending" or name in running.values():
+                        continue
+                    needs = [run.steps[n] for n in pipeline.steps[name].needs]
+                    broken = [n.name for n in needs if n.state in ("failed", "skipped")]
+                    if broken:
+                        result.state, result.reason = "skipped", f"not run: {', '.join(broken)} did not succeed"
+                        self.save(run)
+                        notify(run, result)
+                        continue
+                    if all(n.state in DONE for n in needs):
+                        result.state = "running"
+                        self.save(run)
+                        notify(run, result)
+                        future = executor.submit(self._step, pipeline, run, pipeline.steps[name], pool, tracker)
+                        running[future] = name
+                if not running:
+                    return
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    error = future.exception()
+                    if error is not None:
+                        result = run.steps[name]
+                        result.state, result.reason = "failed", f"{type(error).__name__}: {error}"
+                    self.save(run)
+                    notify(run, run.steps[name])
+
+    def _step(self, pipeline: Pipeline, run: PipelineRun, step: Step, pool: KernelPool, tracker: _Tracker) -> None:
+        result = run.steps[step.name]
+        outputs = {name: run.steps[name].outputs for name in upstream(pipeline, step.name)}
+        result.parameters = resolve_parameters(step, pipeline.parameters, outputs)
+        key, parts = self.cache_key(pipeline, step, result.parameters, outputs)
+        result.cache_key = key
+        hit = self.cached(key) if step.cache else None
+        if hit is not None:
+            result.state, result.outputs = "cached", dict(hit["outputs"])
+            result.executed_notebook = hit.get("executed_notebook", "")
+            result.reason = f"cached: same notebook, parameters, upstream outputs and image as run {hit['run']}"
+            result.started = result.finished = time.time()
+            tracker.step(result, cache_hit=True)
+            return
+        result.reason = self.explain(pipeline, step, parts) if step.cache else "ran: caching is off for this step"
+        result.started = time.time()
+        for attempt in range(1, step.retries + 2):
+            result.attempts = attempt
+            try:
+                result.outputs = self._run_notebook(run, step, result.parameters, pool)
+                break
+            except Exception as exc:
+                if attempt > step.retries:
+                    result.finished = time.time()
+                    result.state = "failed"
+                    result.reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}: {_short(exc)}"
+                    tracker.step(result, cache_hit=False)
+                    return
+        result.finished = time.time()
+        result.state = "succeeded"
+        if step.cache:
+            self.remember(pipeline, step, key, parts, result, run.run_id)
+        tracker.step(result, cache_hit=False)
+
+    def _run_notebook(
+        self, run: PipelineRun, step: Step, parameters: Mapping[str, Any], pool: KernelPool
+    ) -> dict[str, Any]:
+        """Execute the step's notebook with papermill in a kernel of its own; return what it published."""
+        if step.backend != "local":
+            raise JMKUsageError(f"step {step.name}: backend {step.backend!r} is not supported for pipeline steps yet")
+        import papermill
+
+        from .outputs import read_outputs
+
+        executed = self.run_dir(run.run_id) / f"{step.name}.ipynb"
+        manager, outputs_file = pool.take(self.kernel_name, str(step.notebook.parent))
+        try:
+            papermill.execute_notebook(
+                str(step.notebook), str(executed), parameters=dict(parameters), kernel_name=self.kernel_name,
+                km=manager, progress_bar=False, execution_timeout=step.timeout,
+            )
+        finally:
+            manager.shutdown_kernel(now=True)
+            run.steps[step.name].executed_notebook = str(executed)
+        outputs = read_outputs(outputs_file) if outputs_file.exists() else {}
+        outputs_file.unlink(missing_ok=True)
+        return outputs
+
+
+def _short(exc: BaseException) -> str:
+    """The last line of an error (papermill's carry the whole traceback)."""
+    text = str(exc).strip().splitlines()
+    lines = [line for line in text if line.strip()]
+    return lines[-1][:500] if lines else type(exc).__name__
+
+
+class _Tracker:
+    """The parent MLflow run of a pipeline run and a child run per step (best effort: never fails a run)."""
+
+    def __init__(self, settings: JMKSettings, pipeline: Pipeline, run: PipelineRun) -> None:
+        self.uri = settings.tracking_uri
+        self.pipeline, self.run = pipeline, run
+        self.client: Any = None
+        self.experiment_id = ""
+        self.lock = threading.Lock()
+        try:
+            from .. import tracking
+
+            self.client = tracking.client(self.uri)
+            experiment = f"pipeline-{pipeline.name}"
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            if not run.mlflow_run_id:
+                parent = self.client.create_run(self.experiment_id, run_name=f"{pipeline.name} {run.run_id}",
+                                                tags={"jmk.pipeline": pipeline.name, "jmk.pipeline_run": run.run_id})
+                run.mlflow_run_id = parent.info.run_id
+                for name, value in pipeline.parameters.items():
+                    self.client.log_param(run.mlflow_run_id, name, str(value)[:6000])
+        except Exception as exc:
+            print(f"[jmk] pipeline {pipeline.name}: not tracked in MLflow ({exc})")
+            self.client = None
+
+    def step(self, result: StepResult, cache_hit: bool) -> None:
+        """A child run for a finished (or cached) step: parameters, outputs, duration, the executed notebook."""
+        if self.client is None:
+            return
+        try:
+            with self.lock:
+                child = self.client.create_run(
+                    self.experiment_id, run_name=result.name,
+                    tags={"mlflow.parentRunId": self.run.mlflow_run_id, "jmk.step": result.name,
+                          "jmk.cache_hit": str(cache_hit).lower(), "jmk.reason": result.reason[:5000]},
+                )
+            result.run_id = child.info.run_id
+            for name, value in result.parameters.items():
+                self.client.log_param(result.run_id, name, str(value)[:6000])
+            self.client.log_dict(result.run_id, result.outputs, "outputs.json")
+            if result.executed_notebook and Path(result.executed_notebook).exists():
+                self.client.log_artifact(result.run_id, result.executed_notebook)
+            duration = (result.finished or time.time()) - (result.started or time.time())
+            self.client.log_metric(result.run_id, "duration_seconds", duration)
+            status = "FINISHED" if result.state in DONE else "FAILED"
+            self.client.set_terminated(result.run_id, status=status)
+        except Exception as exc:
+            print(f"[jmk] step {result.name}: MLflow child run incomplete ({exc})")
+
+    def finish(self, run: PipelineRun) -> None:
+        """Close the parent run with the pipeline run's outcome."""
+        if self.client is None:
+            return
+        try:
+            self.client.set_terminated(run.mlflow_run_id, status="FINISHED" if run.state == "succeeded" else "FAILED")
+        except Exception as exc:
+            print(f"[jmk] pipeline run {run.run_id}: MLflow parent run not closed ({exc})")

@@ -357,3 +357,35 @@ def test_a_silent_api_server_ends_the_wait_not_the_job(k8s_shell: Any, k8s_clust
     k8s_shell.__dict__.pop("_jmk_service", None)
     k8s_shell.run_line_magic("job", f"attach {record.job_id}")  # the job ran on meanwhile
     assert k8s_shell.user_ns["answer"] == 1
+
+
+def test_a_pipeline_step_runs_as_a_kubernetes_job(k8s_shell: Any, tmp_path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from jupyter_mlflow_k8s.pipelines.engine import PipelineEngine
+    from jupyter_mlflow_k8s.pipelines.spec import load_pipeline
+
+    meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    for name, parameters, code in [
+        ("first", "", "from jupyter_mlflow_k8s import output\noutput('x', 20)"),
+        ("second", "x = 0", "import os\nfrom jupyter_mlflow_k8s import output\noutput('y', x + 1)\n"
+                            "output('host', os.environ.get('HOSTNAME', ''))"),
+    ]:
+        cells = [new_code_cell(parameters, metadata={"tags": ["parameters"]}), new_code_cell(code)]
+        nbformat.write(new_notebook(cells=cells, metadata=meta), tmp_path / f"{name}.ipynb")
+    (tmp_path / "pipeline.yaml").write_text(
+        "name: mixed\nsteps:\n  first: {notebook: first.ipynb}\n"
+        "  second: {notebook: second.ipynb, needs: [first], backend: kubernetes, "
+        "parameters: {x: '{{ steps.first.outputs.x }}'}}\n")
+    svc = service(k8s_shell)
+
+    run = PipelineEngine(service=svc).run(load_pipeline(tmp_path / "pipeline.yaml"))
+
+    assert run.state == "succeeded", {s.name: s.reason for s in run.steps.values()}
+    second = run.steps["second"]
+    assert second.outputs["y"] == 21 and second.outputs["host"].startswith("jmk-")
+    (record,) = svc.list()  # the Kubernetes step is a job like any other: %jobs shows it
+    assert (record.job_id, record.spec.backend, record.state.value) == (second.job_id, "kubernetes", "succeeded")
+    assert MlflowClient(record.tracking_uri).get_run(record.run_id).data.tags["mlflow.parentRunId"] == run.mlflow_run_id
+    assert Path(second.executed_notebook).read_text().count("output('y'") == 1

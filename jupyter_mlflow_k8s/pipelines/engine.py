@@ -30,6 +30,7 @@ from typing import Any
 
 from ..config import JMKSettings, load_settings
 from ..exceptions import JMKUsageError
+from ..jobs import JobService
 from .model import Pipeline, PipelineRun, Step, StepResult
 from .spec import resolve_parameters, topological_order, upstream, validate
 
@@ -99,11 +100,20 @@ class KernelPool:
 class PipelineEngine:
     """Runs pipelines under one state directory."""
 
-    def __init__(self, settings: JMKSettings | None = None, *, kernel_name: str = "python3") -> None:
-        self.settings = settings or load_settings()
+    def __init__(self, settings: JMKSettings | None = None, *, kernel_name: str = "python3",
+                 service: JobService | None = None) -> None:
+        self.settings = settings or (service.settings if service else load_settings())
         self.root = self.settings.state_path / "pipelines"
         self.kernel_name = kernel_name
+        self._service = service
         self._lock = threading.Lock()
+
+    @property
+    def service(self) -> JobService:
+        """The job service that runs steps on other backends (Kubernetes), and lists them in %jobs."""
+        if self._service is None:
+            self._service = JobService(self.settings)
+        return self._service
 
     # -- runs on disk -------------------------------------------------------------------------
 
@@ -295,7 +305,7 @@ class PipelineEngine:
     ) -> dict[str, Any]:
         """Execute the step's notebook with papermill in a kernel of its own; return what it published."""
         if step.backend != "local":
-            raise JMKUsageError(f"step {step.name}: backend {step.backend!r} is not supported for pipeline steps yet")
+            return self._run_as_job(run, step, parameters)
         import papermill
 
         from .outputs import read_outputs
@@ -313,6 +323,55 @@ class PipelineEngine:
         outputs = read_outputs(outputs_file) if outputs_file.exists() else {}
         outputs_file.unlink(missing_ok=True)
         return outputs
+
+
+    def _run_as_job(self, run: PipelineRun, step: Step, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the step as a job of its backend (a Kubernetes Job running papermill in the runner image)."""
+        from ..models import JobRecord, JobSpec
+
+        spec = JobSpec(
+            code=STEP_CODE, inputs=("jmk_notebook", "jmk_parameters"), outputs=("jmk_executed", "jmk_outputs"),
+            assigns=("jmk_executed", "jmk_outputs"), resources=step.resources, backend=step.backend, image=step.image,
+            timeout=step.timeout, experiment=f"pipeline-{run.pipeline}", run_name=step.name,
+            tags={"mlflow.parentRunId": run.mlflow_run_id, "jmk.step": step.name, "jmk.pipeline_run": run.run_id}
+            if run.mlflow_run_id else {"jmk.step": step.name},
+            notebook=str(step.notebook), retries=0,
+        )
+        values = {"jmk_notebook": step.notebook.read_text(), "jmk_parameters": dict(parameters)}
+        record = self.service.submit(spec, values)
+        result = run.steps[step.name]
+        result.job_id, result.run_id = record.job_id, record.run_id or ""
+        final = record
+        for item in self.service.follow(record.job_id):
+            if isinstance(item, JobRecord):
+                final = item
+        returned = self.service.result(final).values  # raises JobFailed with the job's error
+        executed = self.run_dir(run.run_id) / f"{step.name}.ipynb"
+        executed.write_text(returned["jmk_executed"])
+        result.executed_notebook = str(executed)
+        return dict(returned["jmk_outputs"])
+
+
+# What a step runs as a job: papermill on the notebook text it was sent, outputs and the executed notebook back.
+STEP_CODE = """\
+import os
+import tempfile
+from pathlib import Path
+
+import papermill
+
+from jupyter_mlflow_k8s.pipelines.outputs import read_outputs
+
+work = Path(tempfile.mkdtemp(prefix="jmk-step-"))
+(work / "step.ipynb").write_text(jmk_notebook)
+os.environ["JMK_STEP_OUTPUTS"] = str(work / "outputs.jsonl")
+try:
+    papermill.execute_notebook(str(work / "step.ipynb"), str(work / "executed.ipynb"), parameters=jmk_parameters,
+                               kernel_name="python3", cwd=str(work), progress_bar=False, log_output=True)
+finally:
+    jmk_executed = (work / "executed.ipynb").read_text() if (work / "executed.ipynb").exists() else ""
+jmk_outputs = read_outputs(work / "outputs.jsonl") if (work / "outputs.jsonl").exists() else {}
+"""
 
 
 def _short(exc: BaseException) -> str:
@@ -353,13 +412,15 @@ class _Tracker:
         if self.client is None:
             return
         try:
-            with self.lock:
-                child = self.client.create_run(
-                    self.experiment_id, run_name=result.name,
-                    tags={"mlflow.parentRunId": self.run.mlflow_run_id, "jmk.step": result.name,
-                          "jmk.cache_hit": str(cache_hit).lower(), "jmk.reason": result.reason[:5000]},
-                )
-            result.run_id = child.info.run_id
+            tags = {"mlflow.parentRunId": self.run.mlflow_run_id, "jmk.step": result.name,
+                    "jmk.cache_hit": str(cache_hit).lower(), "jmk.reason": result.reason[:5000]}
+            if result.run_id:  # the step ran as a job: its own run is the child
+                for key, value in tags.items():
+                    self.client.set_tag(result.run_id, key, value)
+            else:
+                with self.lock:
+                    result.run_id = self.client.create_run(self.experiment_id, run_name=result.name,
+                                                           tags=tags).info.run_id
             for name, value in result.parameters.items():
                 self.client.log_param(result.run_id, name, str(value)[:6000])
             self.client.log_dict(result.run_id, result.outputs, "outputs.json")

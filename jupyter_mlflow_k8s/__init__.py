@@ -16,14 +16,15 @@ __version__ = "0.1.0"
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_mlflow_k8s``: register the magics.
 
-    ``%%train``, ``%jobs`` and ``%job``; ``%runs``; ``%models`` and ``%model``.
+    ``%%train``, ``%jobs`` and ``%job``; ``%runs``; ``%models`` and ``%model``; ``%pipeline``.
     """
-    from .magics import JobMagics, RegistryMagics, RunsMagics, TrainMagics
+    from .magics import JobMagics, PipelineMagics, RegistryMagics, RunsMagics, TrainMagics
 
     ipython.register_magics(TrainMagics)
     ipython.register_magics(JobMagics)
     ipython.register_magics(RunsMagics)
     ipython.register_magics(RegistryMagics)
+    ipython.register_magics(PipelineMagics)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

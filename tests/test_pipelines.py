@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -137,3 +138,21 @@ def test_cli_run_explain_show_and_validate(state_dir: Path, tmp_path: Path, caps
     bad = write_pipeline(tmp_path, "name: bad\nsteps:\n  a: {notebook: one.ipynb, needs: [b]}\n  b: {notebook: one.ipynb, needs: [a]}\n")
     assert jmk(["pipeline", "validate", str(bad)]) == 2
     assert "cycle" in capsys.readouterr().err
+
+
+def test_pipeline_magic_runs_with_a_live_view(shell: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from IPython.core.error import UsageError
+
+    notebook(tmp_path / "one.ipynb", "x = 1", "from jupyter_mlflow_k8s import output\noutput('double', x * 2)")
+    path = write_pipeline(tmp_path, "name: tiny\nparameters: {x: 1}\nsteps:\n  one: {notebook: one.ipynb, parameters: {x: '{{ parameters.x }}'}}\n")
+
+    run = shell.run_line_magic("pipeline", f"run {path} -p x=21")
+
+    assert run.state == "succeeded" and run.steps["one"].outputs == {"double": 42}
+    assert "one" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="Usage: %pipeline run"):
+        shell.run_line_magic("pipeline", "launch")
+    with pytest.raises(UsageError, match="x"):
+        shell.run_line_magic("pipeline", f"run {path} -p nope=1")
+    shell.run_line_magic("pipeline", "list")
+    assert run.run_id in capsys.readouterr().out

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .jobs import JobMagics
+from .pipeline import PipelineMagics
 from .registry import RegistryMagics
 from .runs import RunsMagics
 from .train import TrainMagics
 
-__all__ = ["JobMagics", "RegistryMagics", "RunsMagics", "TrainMagics"]
+__all__ = ["JobMagics", "PipelineMagics", "RegistryMagics", "RunsMagics", "TrainMagics"]

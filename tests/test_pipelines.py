@@ -53,6 +53,12 @@ def test_example_pipeline_runs_tracks_and_caches(state_dir: Path, tmp_path: Path
     train = next(c for c in children if c.info.run_name == "train")
     assert train.data.tags["jmk.cache_hit"] == "false" and "duration_seconds" in train.data.metrics
     assert "train.ipynb" in [a.path for a in client.list_artifacts(train.info.run_id)]
+    from jupyter_mlflow_k8s.jobs import JobService
+
+    jobs = {r.spec.run_name: r for r in JobService().list()}  # local steps are in %jobs too
+    assert {name: r.state.value for name, r in jobs.items()} == dict.fromkeys(steps, "succeeded")
+    assert jobs["prepare"].job_id == steps["prepare"].job_id and jobs["train"].run_id == train.info.run_id
+    assert "customers, churn rate" in JobService().read_log(steps["prepare"].job_id)
 
     again = engine.run(load_pipeline(EXAMPLE, data))
     assert {s.state for s in again.steps.values()} == {"cached"}

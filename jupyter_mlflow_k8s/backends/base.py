@@ -121,6 +121,6 @@ backends: Registry[type[Backend]] = Registry("backend", "jupyter_mlflow_k8s.back
 
 def get_backend(name: str, store: JobStore, **kwargs: object) -> Backend:
     """An instance of the backend registered as ``name``."""
-    from . import kubernetes, local  # noqa: F401  (the built-ins register themselves; the client loads lazily)
+    from . import kubernetes, local, pipeline  # noqa: F401  (the built-ins register themselves; clients load lazily)
 
     return backends.get(name)(store, **kwargs)

@@ -28,9 +28,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ..config import JMKSettings, load_settings
 from ..exceptions import JMKUsageError
 from ..jobs import JobService
+from ..lifecycle import end_job
+from ..models import JobRecord, JobSpec, JobState
 from .model import Pipeline, PipelineRun, Step, StepResult
 from .spec import resolve_parameters, topological_order, upstream, validate
 
@@ -282,26 +286,48 @@ class PipelineEngine:
             return
         result.reason = self.explain(pipeline, step, parts) if step.cache else "ran: caching is off for this step"
         result.started = time.time()
+        job = self._step_record(run, step) if step.backend == "local" else None
         for attempt in range(1, step.retries + 2):
             result.attempts = attempt
             try:
-                result.outputs = self._run_notebook(run, step, result.parameters, pool)
+                result.outputs = self._run_notebook(run, step, result.parameters, pool, job)
                 break
             except Exception as exc:
                 if attempt > step.retries:
-                    result.finished = time.time()
                     result.state = "failed"
                     result.reason = f"failed after {attempt} attempt{'s' if attempt > 1 else ''}: {_short(exc)}"
-                    tracker.step(result, cache_hit=False)
-                    return
+                    break
         result.finished = time.time()
-        result.state = "succeeded"
-        if step.cache:
-            self.remember(pipeline, step, key, parts, result, run.run_id)
+        if result.state != "failed":
+            result.state = "succeeded"
+            if step.cache:
+                self.remember(pipeline, step, key, parts, result, run.run_id)
         tracker.step(result, cache_hit=False)
+        if job is not None:
+            self._end_step_record(job, result, tracker)
+
+    def _step_record(self, run: PipelineRun, step: Step) -> JobRecord:
+        """A job record for a local step, so that %jobs lists it; its log is the kernel's output."""
+        store = self.service.store
+        spec = JobSpec(code=f"# pipeline {run.pipeline}, run {run.run_id}: step {step.name}\n"
+                            f"# papermill {step.notebook}\n",
+                       backend="pipeline", resources=step.resources, notebook=str(step.notebook),
+                       experiment=f"pipeline-{run.pipeline}", run_name=step.name)
+        record = store.create(spec)
+        run.steps[step.name].job_id = record.job_id
+        me = psutil.Process()
+        return store.update(record.job_id, state=JobState.RUNNING, started=time.time(), pid=me.pid,
+                            pid_start=me.create_time(), tracking_final=True)
+
+    def _end_step_record(self, job: JobRecord, result: StepResult, tracker: _Tracker) -> None:
+        store = self.service.store
+        store.update(job.job_id, run_id=result.run_id or None, experiment_id=tracker.experiment_id or None,
+                     tracking_uri=tracker.uri)
+        state = JobState.SUCCEEDED if result.state == "succeeded" else JobState.FAILED
+        end_job(store, job.job_id, state, result.reason, 0 if state is JobState.SUCCEEDED else 1)
 
     def _run_notebook(
-        self, run: PipelineRun, step: Step, parameters: Mapping[str, Any], pool: KernelPool
+        self, run: PipelineRun, step: Step, parameters: Mapping[str, Any], pool: KernelPool, job: JobRecord | None
     ) -> dict[str, Any]:
         """Execute the step's notebook with papermill in a kernel of its own; return what it published."""
         if step.backend != "local":
@@ -312,12 +338,15 @@ class PipelineEngine:
 
         executed = self.run_dir(run.run_id) / f"{step.name}.ipynb"
         manager, outputs_file = pool.take(self.kernel_name, str(step.notebook.parent))
+        log = open(job.log_path, "a") if job is not None and job.log_path else None  # noqa: SIM115
         try:
             papermill.execute_notebook(
                 str(step.notebook), str(executed), parameters=dict(parameters), kernel_name=self.kernel_name,
-                km=manager, progress_bar=False, execution_timeout=step.timeout,
+                km=manager, progress_bar=False, execution_timeout=step.timeout, stdout_file=log, stderr_file=log,
             )
         finally:
+            if log is not None:
+                log.close()
             manager.shutdown_kernel(now=True)
             run.steps[step.name].executed_notebook = str(executed)
         outputs = read_outputs(outputs_file) if outputs_file.exists() else {}
@@ -327,8 +356,6 @@ class PipelineEngine:
 
     def _run_as_job(self, run: PipelineRun, step: Step, parameters: Mapping[str, Any]) -> dict[str, Any]:
         """Run the step as a job of its backend (a Kubernetes Job running papermill in the runner image)."""
-        from ..models import JobRecord, JobSpec
-
         spec = JobSpec(
             code=STEP_CODE, inputs=("jmk_notebook", "jmk_parameters"), outputs=("jmk_executed", "jmk_outputs"),
             assigns=("jmk_executed", "jmk_outputs"), resources=step.resources, backend=step.backend, image=step.image,

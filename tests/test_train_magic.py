@@ -117,7 +117,7 @@ def test_remote_exception_carries_job_id_and_traceback(shell: Any) -> None:
         ("--timeout soon", "x = 1", "--timeout 'soon' is not a duration"),
         ("--param 1x=2", "x = 1", "must be a Python identifier"),
         ("--env NOEQUALS", "x = 1", "--env 'NOEQUALS' is not KEY=VALUE"),
-        ("--backend nowhere", "x = 1", "Unknown backend 'nowhere'; known: kubernetes, local"),
+        ("--backend nowhere", "x = 1", "Unknown backend 'nowhere'; known: kubernetes, local, pipeline"),
         ("", "!ls\nx = 1", "shell commands (!...) do not run inside"),
         ("", "   \n", "cell is empty"),
     ],

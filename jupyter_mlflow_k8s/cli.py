@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     cancel.set_defaults(func=_cmd_cancel)
     from .pipelines.cli import add_commands
+    from .pipelines.schedule_cli import add_scheduler_command
 
     add_commands(sub)
+    add_scheduler_command(sub)
     return parser
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jmk``."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "pipeline":
+        if args.command in ("pipeline", "scheduler"):
             return int(args.func(args))
         return int(args.func(JobService(), args))
     except JMKError as exc:

@@ -120,4 +120,7 @@ def add_commands(sub: Any) -> None:
     listing = commands.add_parser("list", help="recent pipeline runs")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(func=_cmd_list)
+    from .schedule_cli import add_schedule_commands
+
+    add_schedule_commands(commands)
 

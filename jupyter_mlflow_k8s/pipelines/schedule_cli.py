@@ -1,0 +1,205 @@
+"""``jmk pipeline schedule|unschedule|schedules`` and ``jmk scheduler``: pipelines on a cron schedule, in UTC."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..exceptions import JMKUsageError
+
+CRON_HELP = (
+    'when, in UTC: five fields (minute hour day-of-month month day-of-week) such as "0 3 * * *", '
+    'or @hourly, @daily, @weekly, @monthly, @yearly, "@every 2h"'
+)
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, str]:
+    from .cli import _overrides as parse
+
+    return parse(pairs)
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _pod_env() -> dict[str, str]:
+    """Where the cluster's runs track and store, when this machine uses servers a pod can reach too.
+
+    A local SQLite store or file:// storage is not passed on (the pod has its own disk), and neither
+    is a URI with a password in it: give pods credentials through Secrets (``c.KubernetesBackend.secrets``).
+    """
+    from ..config import load_settings
+
+    settings = load_settings()
+    env = {}
+    for variable, uri in (("MLFLOW_TRACKING_URI", settings.tracking_uri), ("JMK_STORAGE_URL", settings.storage_url)):
+        parts = urlsplit(uri)
+        if parts.scheme not in ("", "file", "sqlite") and parts.password is None:
+            env[variable] = uri
+    return env
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from .schedule import add_schedule, scheduler_pid
+
+    overrides = _overrides(args.param)
+    if not args.kubernetes:
+        given = [flag for flag, value in (("--namespace", args.namespace), ("--image", args.image),
+                                          ("--print", args.print)) if value]
+        if given:
+            raise JMKUsageError(f"{', '.join(given)} only go with --kubernetes (a CronJob on the cluster).")
+        schedule = add_schedule(args.pipeline, args.cron, overrides, name=args.name, missed=args.missed,
+                                overlap=args.allow_overlap, replace=args.replace)
+        print(f"scheduled {schedule.name}: {schedule.pipeline} at {schedule.cron!r} (UTC), "
+              f"next run {_when(schedule.next_fire)}")
+        if scheduler_pid() is None:
+            print("no scheduler is running for this state directory: start one with `jmk scheduler`")
+        return 0
+    return _schedule_on_kubernetes(args, overrides)
+
+
+def _schedule_on_kubernetes(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    import yaml
+
+    from ..backends.kubernetes_manifests import PodSettings
+    from .schedule import (
+        apply_schedule_manifests,
+        build_schedule_manifests,
+        default_image,
+        kube_namespace,
+        load_scheduled_pipeline,
+        next_fire,
+        step_resources,
+    )
+
+    pipeline = load_scheduled_pipeline(args.pipeline, args.cron, overrides)
+    settings = PodSettings(namespace=kube_namespace(args.namespace), env=_pod_env(), **step_resources(pipeline))
+    manifests = build_schedule_manifests(
+        pipeline.source or Path(args.pipeline), pipeline, args.cron, overrides, image=args.image or default_image(),
+        name=args.name, settings=settings, missed=args.missed, overlap=args.allow_overlap,
+    )
+    if args.print:
+        sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
+        return 0
+    for line in apply_schedule_manifests(manifests):
+        print(line)
+    print(f"next run {_when(next_fire(args.cron, datetime.now().astimezone()))} (UTC, the CronJob's timeZone)")
+    return 0
+
+
+def _cmd_unschedule(args: argparse.Namespace) -> int:
+    from .schedule import delete_schedule_manifests, kube_namespace, remove_schedule
+
+    if args.kubernetes:
+        for line in delete_schedule_manifests(args.name, kube_namespace(args.namespace)):
+            print(line)
+        return 0
+    if args.namespace:
+        raise JMKUsageError("--namespace only goes with --kubernetes.")
+    schedule = remove_schedule(args.name)
+    print(f"removed schedule {schedule.name} ({schedule.pipeline} at {schedule.cron!r})")
+    return 0
+
+
+def _cmd_schedules(args: argparse.Namespace) -> int:
+    from .schedule import Scheduler, list_schedules, scheduler_pid
+
+    schedules = list_schedules()
+    if not schedules:
+        print("no schedules: add one with `jmk pipeline schedule PIPELINE.yaml --cron '0 3 * * *'`")
+        return 0
+    probe = Scheduler()
+    rows = [("name", "cron (UTC)", "next run", "last run", "last", "missed", "pipeline")]
+    for schedule in schedules:
+        if probe.running(schedule):
+            last = f"running (pid {schedule.pid})"
+        elif schedule.last_exit is not None:
+            last = "succeeded" if schedule.last_exit == 0 else f"failed (exit {schedule.last_exit})"
+        else:
+            last = _run_state(schedule.last_run_id)
+        run = schedule.last_run_id or ("-" if schedule.last_fire is None else "?")
+        rows.append((schedule.name, schedule.cron, _when(schedule.next_fire), f"{_when(schedule.last_fire)} {run}",
+                     last, schedule.missed + (", overlap" if schedule.overlap else ""), schedule.pipeline))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    pid = scheduler_pid()
+    if pid is None:
+        print("no scheduler is running for this state directory: start one with `jmk scheduler`")
+    else:
+        print(f"scheduler running (pid {pid or '?'})")
+    return 0
+
+
+def _run_state(run_id: str | None) -> str:
+    """The state of a pipeline run, when its exit status is not known (it ended while no scheduler watched)."""
+    from .engine import PipelineEngine
+
+    if not run_id:
+        return "-"
+    try:
+        return PipelineEngine().load(run_id).state
+    except (JMKUsageError, OSError, ValueError, TypeError):
+        return "?"
+
+
+def _cmd_scheduler(args: argparse.Namespace) -> int:
+    from .schedule import Scheduler, SchedulerRunning
+
+    logger = logging.getLogger("jupyter_mlflow_k8s.pipelines.schedule")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        formatter = logging.Formatter("%(asctime)sZ %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        Scheduler().serve(poll_seconds=args.poll)
+    except SchedulerRunning as exc:
+        print(f"jmk: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_schedule_commands(commands: Any) -> None:
+    """Add ``schedule``, ``unschedule`` and ``schedules`` to ``jmk pipeline``'s subcommands."""
+    schedule = commands.add_parser(
+        "schedule", help="run a pipeline on a cron schedule (UTC): `jmk scheduler` fires it, or a Kubernetes CronJob"
+    )
+    schedule.add_argument("pipeline", help="path of pipeline.yaml")
+    schedule.add_argument("--cron", required=True, help=CRON_HELP)
+    schedule.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="a parameter of each run")
+    schedule.add_argument("--name", help="the schedule's name (default: the pipeline's name)")
+    schedule.add_argument("--missed", choices=("run-once", "skip"), default="run-once",
+                          help="after missed slots (downtime, a long previous run): one run (default), or none "
+                          "until the next slot")
+    schedule.add_argument("--allow-overlap", action="store_true",
+                          help="start a run even while the previous one still runs (default: wait for it)")
+    schedule.add_argument("--replace", action="store_true", help="replace an embedded schedule of the same name")
+    schedule.add_argument("--kubernetes", action="store_true", help="a CronJob (and a ConfigMap of the files)")
+    schedule.add_argument("--namespace", help="with --kubernetes (default: the kubeconfig context's)")
+    schedule.add_argument("--image", help="with --kubernetes: the runner image (default: the backend's)")
+    schedule.add_argument("--print", action="store_true", help="with --kubernetes: write the YAML, apply nothing")
+    schedule.set_defaults(func=_cmd_schedule)
+    unschedule = commands.add_parser("unschedule", help="remove a schedule (its running run carries on)")
+    unschedule.add_argument("name")
+    unschedule.add_argument("--kubernetes", action="store_true", help="delete the CronJob and its ConfigMap")
+    unschedule.add_argument("--namespace", help="with --kubernetes (default: the kubeconfig context's)")
+    unschedule.set_defaults(func=_cmd_unschedule)
+    listing = commands.add_parser("schedules", help="the embedded schedules, with their next and last runs")
+    listing.set_defaults(func=_cmd_schedules)
+
+
+def add_scheduler_command(sub: Any) -> None:
+    """Add ``jmk scheduler`` (the embedded scheduler, in the foreground) to the ``jmk`` parser's subcommands."""
+    scheduler = sub.add_parser("scheduler", help="fire the pipeline schedules of this state directory until stopped")
+    scheduler.add_argument("--poll", type=float, default=15.0, metavar="SECONDS", help="how often to look (default 15)")
+    scheduler.set_defaults(func=_cmd_scheduler)

@@ -237,7 +237,7 @@ class QuickScheduler(Scheduler):
 
     seconds = 0.0
 
-    def command(self, schedule: Schedule) -> list[str]:
+    def command(self, schedule: Schedule, run_id: str) -> list[str]:
         return [sys.executable, "-c", f"import time; time.sleep({self.seconds})"]
 
 

@@ -61,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"[{run.run_id}] {step.name}: {MARKS.get(step.state, step.state)} {_duration(step)}".rstrip(),
                   flush=True)
 
-    run = PipelineEngine().run(pipeline, resume=args.resume, on_event=progress)
+    run = PipelineEngine().run(pipeline, resume=args.resume, on_event=progress, run_id=args.run_id)
     print(format_run(run, explain=args.explain))
     return 0 if run.state == "succeeded" else 1
 
@@ -107,6 +107,7 @@ def add_commands(sub: Any) -> None:
     run.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="override a pipeline parameter")
     run.add_argument("--resume", metavar="RUN_ID", help="continue this earlier run from its failed steps")
     run.add_argument("--explain", action="store_true", help="say why each step ran or was skipped")
+    run.add_argument("--run-id", help="the new run's id (default: a fresh one); the scheduler names its runs")
     run.add_argument("--max-parallel", type=int, help="steps running at once (default: the pipeline's, 4)")
     run.set_defaults(func=_cmd_run)
     check = commands.add_parser("validate", help="check a pipeline without running it")

@@ -20,6 +20,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -39,6 +40,7 @@ from .model import Pipeline, PipelineRun, Step, StepResult
 from .spec import resolve_parameters, topological_order, upstream, validate
 
 Event = Callable[[PipelineRun, StepResult], None]
+RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 DONE = ("succeeded", "cached")
 
 
@@ -201,14 +203,18 @@ class PipelineEngine:
 
     # -- running --------------------------------------------------------------------------------
 
-    def run(self, pipeline: Pipeline, *, resume: str | None = None, on_event: Event | None = None) -> PipelineRun:
-        """Run ``pipeline`` (or continue run ``resume``); returns the finished run's record."""
+    def run(self, pipeline: Pipeline, *, resume: str | None = None, on_event: Event | None = None,
+            run_id: str | None = None) -> PipelineRun:
+        """Run ``pipeline`` as a new run (``run_id``, or a fresh id) or continue run ``resume``; return its record."""
         validate(pipeline)
         if resume:
             run = self._resumed(pipeline, resume)
         else:
+            run_id = run_id or secrets.token_hex(4)
+            if not RUN_ID.fullmatch(run_id) or self.run_dir(run_id).exists():
+                raise JMKUsageError(f"Run id {run_id!r} is taken or not 1-40 of a-z, 0-9 and '-'. Leave it out.")
             run = PipelineRun(
-                run_id=secrets.token_hex(4), pipeline=pipeline.name, parameters=dict(pipeline.parameters),
+                run_id=run_id, pipeline=pipeline.name, parameters=dict(pipeline.parameters),
                 steps={name: StepResult(name) for name in topological_order(pipeline)}, created=time.time(),
                 source=str(pipeline.source or ""),
             )

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -484,21 +485,6 @@ def remove_schedule(name: str, settings: JMKSettings | None = None) -> Schedule:
 
 # -- the embedded scheduler ------------------------------------------------------------------
 
-_RUN_ID_LINE = re.compile(r"^(?:\[(?P<progress>[0-9a-f]+)\] |pipeline .* run (?P<final>[0-9a-f]+): )", re.MULTILINE)
-
-
-def _run_id_in_log(path: str | None) -> str | None:
-    """The pipeline run id ``jmk pipeline run`` printed (its progress lines, or its final table)."""
-    if not path:
-        return None
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return None
-    match = _RUN_ID_LINE.search(text)
-    return (match["progress"] or match["final"]) if match else None
-
-
 @dataclass
 class _Child:
     process: subprocess.Popen[bytes]
@@ -586,10 +572,11 @@ class Scheduler:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def command(self, schedule: Schedule) -> list[str]:
-        """The command line of one run of ``schedule``."""
+    def command(self, schedule: Schedule, run_id: str) -> list[str]:
+        """The command line of one run of ``schedule``, as pipeline run ``run_id``."""
         parameters = [item for key, value in schedule.overrides.items() for item in ("-p", f"{key}={value}")]
-        return [sys.executable, "-m", "jupyter_mlflow_k8s.cli", "pipeline", "run", schedule.pipeline, *parameters]
+        return [sys.executable, "-m", "jupyter_mlflow_k8s.cli", "pipeline", "run", schedule.pipeline, *parameters,
+                "--run-id", run_id]
 
     def _env(self) -> dict[str, str]:
         """The environment of a run: this scheduler's state directory, tracking and storage (however configured)."""
@@ -621,14 +608,15 @@ class Scheduler:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{now:%Y%m%dT%H%M%S}Z.log"
         folder = Path(schedule.pipeline).parent
+        run_id = secrets.token_hex(4)
         with log_path.open("ab") as output:
             process = subprocess.Popen(
-                self.command(schedule), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                self.command(schedule, run_id), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 cwd=folder if folder.is_dir() else None, env=self._env(), start_new_session=True,
             )
         self._children.setdefault(schedule.name, []).append(_Child(process, str(log_path)))
         schedule.pid, schedule.pid_started = process.pid, _started(process.pid)
-        schedule.log, schedule.last_fire, schedule.last_run_id, schedule.last_exit = str(log_path), now, None, None
+        schedule.log, schedule.last_fire, schedule.last_run_id, schedule.last_exit = str(log_path), now, run_id, None
         log.info("fired %s: pipeline %s (pid %d, log %s)", schedule.name, schedule.pipeline, process.pid, log_path)
 
     def reap(self) -> None:
@@ -639,48 +627,24 @@ class Scheduler:
                 if code is None:
                     continue
                 children.remove(child)
-                run_id = _run_id_in_log(child.log)
                 outcome = "succeeded" if code == 0 else f"failed (exit {code})"
-                log.info("%s: run %s %s, log %s", name, run_id or "(no pipeline run id)", outcome, child.log)
+                log.info("%s: run %s, log %s", name, outcome, child.log)
                 path = _path(name, self.settings)
                 if not path.exists():
                     continue
                 schedule = get_schedule(name, self.settings)
                 if schedule.log == child.log:  # the latest fire of the schedule
-                    schedule.last_run_id = run_id or schedule.last_run_id or self._run_id_from_runs(schedule)
                     schedule.pid, schedule.pid_started, schedule.last_exit = None, None, code
                     _save(schedule, self.settings)
             if not children:
                 del self._children[name]
 
-    def _run_id_from_runs(self, schedule: Schedule) -> str | None:
-        """The earliest run of the schedule's pipeline file created since its latest fire started, if any."""
-        from .engine import PipelineEngine
-
-        started = schedule.pid_started or (schedule.last_fire.timestamp() if schedule.last_fire else None)
-        if started is None:
-            return None
-        try:
-            runs = PipelineEngine(self.settings).list()
-        except (JMKError, OSError, ValueError, TypeError) as exc:  # a run record being written, or broken
-            log.warning("schedule %s: cannot read the pipeline runs: %s", schedule.name, exc)
-            return None
-        ours = [run for run in runs if run.source == schedule.pipeline and run.created >= started - 1.0]
-        return ours[-1].run_id if ours else None
-
     def _refresh(self, schedule: Schedule) -> bool:
-        """Bring an earlier fire's record up to date: its run id, whether it still runs. True if changed."""
-        changed = False
+        """Forget an earlier fire's process once it ended unwatched (its exit status is unknown). True if changed."""
         if schedule.pid and not self.running(schedule) and schedule.name not in self._children:
-            # It ended while no scheduler (or another one) watched: its exit status is unknown.
-            found = schedule.last_run_id or _run_id_in_log(schedule.log)
-            schedule.last_run_id = found or self._run_id_from_runs(schedule)
             schedule.pid, schedule.pid_started = None, None
-            changed = True
-        if schedule.log and not schedule.last_run_id:
-            schedule.last_run_id = _run_id_in_log(schedule.log)
-            changed = changed or schedule.last_run_id is not None
-        return changed
+            return True
+        return False
 
     def tick(self, now: datetime | None = None) -> list[str]:
         """Fire every schedule that is due at ``now`` (default: now), by its policies.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -56,12 +57,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         pipeline = replace(pipeline, max_parallel=args.max_parallel)
 
-    def progress(run: PipelineRun, step: StepResult) -> None:
-        if step.state != "pending":
-            print(f"[{run.run_id}] {step.name}: {MARKS.get(step.state, step.state)} {_duration(step)}".rstrip(),
-                  flush=True)
+    from tqdm import tqdm
 
-    run = PipelineEngine().run(pipeline, resume=args.resume, on_event=progress, run_id=args.run_id)
+    # A progress bar over the steps in a terminal; plain lines (one per step event) in logs and pipes.
+    bar = tqdm(total=len(pipeline.steps), unit="step", file=sys.stderr) if sys.stderr.isatty() else None
+
+    def progress(run: PipelineRun, step: StepResult) -> None:
+        if step.state == "pending":
+            return
+        line = f"[{run.run_id}] {step.name}: {MARKS.get(step.state, step.state)} {_duration(step)}".rstrip()
+        if bar is None:
+            print(line, flush=True)
+            return
+        bar.set_description(line)
+        if step.state != "running":
+            bar.update(1)
+
+    try:
+        run = PipelineEngine().run(pipeline, resume=args.resume, on_event=progress, run_id=args.run_id)
+    finally:
+        if bar is not None:
+            bar.close()
     print(format_run(run, explain=args.explain))
     return 0 if run.state == "succeeded" else 1
 

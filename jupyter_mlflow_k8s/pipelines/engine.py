@@ -59,12 +59,18 @@ def notebook_fingerprint(path: Path) -> str:
 
 
 class KernelPool:
-    """Kernels started ahead of use, one per step, per (kernel name, working directory)."""
+    """Kernels started ahead of use, one per step, per (kernel name, working directory).
+
+    Starting and stopping kernels happens on background threads; ``close`` waits for all of them, so
+    no kernel outlives the run.
+    """
 
     def __init__(self, root: Path, size: int) -> None:
         self.root = root
         self.size = size
         self._ready: dict[tuple[str, str], list[tuple[Any, Path]]] = {}
+        self._threads: list[threading.Thread] = []
+        self._closed = False
         self._lock = threading.Lock()
 
     def _start(self, kernel_name: str, cwd: str) -> tuple[Any, Path]:
@@ -75,6 +81,17 @@ class KernelPool:
         manager.start_kernel(cwd=cwd, env={**os.environ, "JMK_STEP_OUTPUTS": str(outputs)})
         return manager, outputs
 
+    def _background(self, target: Callable[..., Any], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def prefill(self, kernel_name: str, cwd: str, count: int = 1) -> None:
+        """Start ``count`` kernels for ``cwd`` now, before any step asks."""
+        for _ in range(min(count, self.size)):
+            self._background(self._refill, (kernel_name, cwd))
+
     def take(self, kernel_name: str, cwd: str) -> tuple[Any, Path]:
         """A started kernel and the file its ``output()`` calls go to; the pool refills behind it."""
         key = (kernel_name, cwd)
@@ -83,19 +100,35 @@ class KernelPool:
             taken = ready.pop(0) if ready else None
         if taken is None:
             taken = self._start(kernel_name, cwd)
-        threading.Thread(target=self._refill, args=(key,), daemon=True).start()
+        self._background(self._refill, key)
         return taken
+
+    def release(self, manager: Any) -> None:
+        """Stop a used kernel without making the next step wait for it."""
+        self._background(manager.shutdown_kernel, True)
 
     def _refill(self, key: tuple[str, str]) -> None:
         with self._lock:
-            if len(self._ready.get(key, [])) >= self.size:
+            if self._closed or len(self._ready.get(key, [])) >= self.size:
                 return
         kernel = self._start(*key)
         with self._lock:
-            self._ready.setdefault(key, []).append(kernel)
+            if not self._closed:
+                self._ready.setdefault(key, []).append(kernel)
+                return
+        kernel[0].shutdown_kernel(now=True)
 
     def close(self) -> None:
-        """Shut down the kernels nobody took."""
+        """Wait for kernels starting or stopping, then shut down those nobody took."""
+        with self._lock:
+            self._closed = True
+        while True:
+            with self._lock:
+                pending = [t for t in self._threads if t.is_alive()]
+            if not pending:
+                break
+            for thread in pending:
+                thread.join()
         with self._lock:
             kernels = [k for ready in self._ready.values() for k in ready]
             self._ready.clear()
@@ -218,9 +251,13 @@ class PipelineEngine:
                 steps={name: StepResult(name) for name in topological_order(pipeline)}, created=time.time(),
                 source=str(pipeline.source or ""),
             )
+        self.run_dir(run.run_id).mkdir(parents=True, exist_ok=True)
+        pool = KernelPool(self.run_dir(run.run_id), size=min(pipeline.max_parallel, 2))
+        roots = [s for s in pipeline.steps.values() if not s.needs and s.backend == "local"]
+        for folder in {str(s.notebook.parent) for s in roots}:  # kernels start while MLflow loads
+            pool.prefill(self.kernel_name, folder, count=sum(str(s.notebook.parent) == folder for s in roots))
         tracker = _Tracker(self.settings, pipeline, run)
         self.save(run)
-        pool = KernelPool(self.run_dir(run.run_id), size=min(pipeline.max_parallel, 2))
         notify = on_event or (lambda run, step: None)
         try:
             self._execute(pipeline, run, pool, tracker, notify)
@@ -246,29 +283,35 @@ class PipelineEngine:
                  notify: Event) -> None:
         with concurrent.futures.ThreadPoolExecutor(max_workers=pipeline.max_parallel) as executor:
             running: dict[concurrent.futures.Future[None], str] = {}
+            # Steps whose thread has returned (or that ended in an earlier run being resumed). A step's thread
+            # sets its state before it is done (outputs, cache, MLflow), so readiness goes by this set only.
+            ended = {name for name, result in run.steps.items() if result.state in DONE}
             while True:
                 for name in topological_order(pipeline):
                     result = run.steps[name]
                     if result.state != "pending" or name in running.values():
                         continue
+                    if not all(n in ended for n in pipeline.steps[name].needs):
+                        continue
                     needs = [run.steps[n] for n in pipeline.steps[name].needs]
                     broken = [n.name for n in needs if n.state in ("failed", "skipped")]
                     if broken:
                         result.state, result.reason = "skipped", f"not run: {', '.join(broken)} did not succeed"
+                        ended.add(name)
                         self.save(run)
                         notify(run, result)
                         continue
-                    if all(n.state in DONE for n in needs):
-                        result.state = "running"
-                        self.save(run)
-                        notify(run, result)
-                        future = executor.submit(self._step, pipeline, run, pipeline.steps[name], pool, tracker)
-                        running[future] = name
+                    result.state = "running"
+                    self.save(run)
+                    notify(run, result)
+                    future = executor.submit(self._step, pipeline, run, pipeline.steps[name], pool, tracker)
+                    running[future] = name
                 if not running:
                     return
                 done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
                     name = running.pop(future)
+                    ended.add(name)
                     error = future.exception()
                     if error is not None:
                         result = run.steps[name]
@@ -353,7 +396,7 @@ class PipelineEngine:
         finally:
             if log is not None:
                 log.close()
-            manager.shutdown_kernel(now=True)
+            pool.release(manager)
             run.steps[step.name].executed_notebook = str(executed)
         outputs = read_outputs(outputs_file) if outputs_file.exists() else {}
         outputs_file.unlink(missing_ok=True)

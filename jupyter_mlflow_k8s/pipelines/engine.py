@@ -68,22 +68,18 @@ class KernelPool:
     def __init__(self, root: Path, size: int) -> None:
         self.root = root
         self.size = size
-        self._ready: dict[tuple[str, str], list[tuple[Any, Any, Path]]] = {}
+        self._ready: dict[tuple[str, str], list[tuple[Any, Path]]] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._lock = threading.Lock()
 
-    def _start(self, kernel_name: str, cwd: str) -> tuple[Any, Any, Path]:
-        """A kernel, and a client that has already waited for it to be ready (papermill is handed both)."""
+    def _start(self, kernel_name: str, cwd: str) -> tuple[Any, Path]:
         from jupyter_client.manager import KernelManager
 
         outputs = self.root / f"outputs-{secrets.token_hex(6)}.jsonl"
         manager = KernelManager(kernel_name=kernel_name)
         manager.start_kernel(cwd=cwd, env={**os.environ, "JMK_STEP_OUTPUTS": str(outputs)})
-        client = manager.client()
-        client.start_channels()
-        client.wait_for_ready(timeout=60)
-        return manager, client, outputs
+        return manager, outputs
 
     def _background(self, target: Callable[..., Any], *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -96,8 +92,8 @@ class KernelPool:
         for _ in range(min(count, self.size)):
             self._background(self._refill, (kernel_name, cwd))
 
-    def take(self, kernel_name: str, cwd: str) -> tuple[Any, Any, Path]:
-        """A ready kernel, its client and the file its ``output()`` calls go to; the pool refills behind it."""
+    def take(self, kernel_name: str, cwd: str) -> tuple[Any, Path]:
+        """A started kernel and the file its ``output()`` calls go to; the pool refills behind it."""
         key = (kernel_name, cwd)
         with self._lock:
             ready = self._ready.setdefault(key, [])
@@ -107,9 +103,8 @@ class KernelPool:
         self._background(self._refill, key)
         return taken
 
-    def release(self, manager: Any, client: Any) -> None:
+    def release(self, manager: Any) -> None:
         """Stop a used kernel without making the next step wait for it."""
-        client.stop_channels()
         self._background(manager.shutdown_kernel, True)
 
     def _refill(self, key: tuple[str, str]) -> None:
@@ -121,7 +116,6 @@ class KernelPool:
             if not self._closed:
                 self._ready.setdefault(key, []).append(kernel)
                 return
-        kernel[1].stop_channels()
         kernel[0].shutdown_kernel(now=True)
 
     def close(self) -> None:
@@ -138,8 +132,7 @@ class KernelPool:
         with self._lock:
             kernels = [k for ready in self._ready.values() for k in ready]
             self._ready.clear()
-        for manager, client, _ in kernels:
-            client.stop_channels()
+        for manager, _ in kernels:
             manager.shutdown_kernel(now=True)
 
 
@@ -393,18 +386,17 @@ class PipelineEngine:
         from .outputs import read_outputs
 
         executed = self.run_dir(run.run_id) / f"{step.name}.ipynb"
-        manager, client, outputs_file = pool.take(self.kernel_name, str(step.notebook.parent))
+        manager, outputs_file = pool.take(self.kernel_name, str(step.notebook.parent))
         log = open(job.log_path, "a") if job is not None and job.log_path else None  # noqa: SIM115
         try:
             papermill.execute_notebook(
                 str(step.notebook), str(executed), parameters=dict(parameters), kernel_name=self.kernel_name,
-                km=manager, kc=client, progress_bar=False, execution_timeout=step.timeout,
-                stdout_file=log, stderr_file=log,
+                km=manager, progress_bar=False, execution_timeout=step.timeout, stdout_file=log, stderr_file=log,
             )
         finally:
             if log is not None:
                 log.close()
-            pool.release(manager, client)
+            pool.release(manager)
             run.steps[step.name].executed_notebook = str(executed)
         outputs = read_outputs(outputs_file) if outputs_file.exists() else {}
         outputs_file.unlink(missing_ok=True)

@@ -50,6 +50,8 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from machine import cpu_model, memory_total  # benchmarks/machine.py
+
 TRIVIAL_CELL = "x = 1 + 1"
 FIRST_LINE_CELL = 'print("first", flush=True)\nimport time; time.sleep(0.5)'
 FIRST_LINE_MARKER = "first"
@@ -80,18 +82,7 @@ def ms(seconds: float | None) -> str:
 
 def machine_description(state_dir: Path) -> list[tuple[str, str]]:
     """CPU, cores, memory, Python and the versions that matter, as (label, value) pairs."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
+    cpu, memory = cpu_model(), memory_total()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = []
     for package in ("jupyter_mlflow_k8s", "mlflow", "ipython", "cloudpickle", "fsspec", "psutil"):

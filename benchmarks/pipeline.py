@@ -71,6 +71,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model, memory_total  # benchmarks/machine.py
+from machine import os_name as machine_os_name
+
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ("chain", "fanout")
 CHAIN_LENGTH = 10
@@ -131,23 +134,8 @@ def children_cpu_seconds() -> float:
 
 
 def machine_description(tmp: Path) -> list[tuple[str, str]]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    os_name = platform.platform()
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                os_name = f"{line.split('=', 1)[1].strip(chr(34))} ({platform.release()})"
+    cpu, memory = cpu_model(), memory_total()
+    os_name = machine_os_name()
     versions = []
     for package in ("jupyter_mlflow_k8s", "papermill", "nbclient", "jupyter_client", "ipykernel", "mlflow"):
         try:

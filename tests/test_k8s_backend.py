@@ -385,7 +385,9 @@ def test_a_pipeline_step_runs_as_a_kubernetes_job(k8s_shell: Any, tmp_path: Path
     assert run.state == "succeeded", {s.name: s.reason for s in run.steps.values()}
     second = run.steps["second"]
     assert second.outputs["y"] == 21 and second.outputs["host"].startswith("jmk-")
-    (record,) = svc.list()  # the Kubernetes step is a job like any other: %jobs shows it
+    records = {r.spec.run_name: r for r in svc.list()}  # every step is in %jobs
+    assert records["first"].spec.backend == "pipeline" and records["first"].state.value == "succeeded"
+    record = records["second"]  # the Kubernetes step is a job like any other
     assert (record.job_id, record.spec.backend, record.state.value) == (second.job_id, "kubernetes", "succeeded")
     assert MlflowClient(record.tracking_uri).get_run(record.run_id).data.tags["mlflow.parentRunId"] == run.mlflow_run_id
     assert Path(second.executed_notebook).read_text().count("output('y'") == 1

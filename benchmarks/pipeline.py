@@ -314,6 +314,10 @@ def instrument_jupyter(recorder: Recorder) -> None:
     from jupyter_client.manager import AsyncKernelManager, KernelManager
 
     recorder.wrap(BlockingKernelClient, "wait_for_ready", "kernel ready wait")
+    with contextlib.suppress(ImportError):  # the engine's own client (newer engines)
+        from jupyter_mlflow_k8s.pipelines.kernel import ReadyKernelClient
+
+        recorder.wrap(ReadyKernelClient, "wait_for_ready", "kernel ready wait")
     recorder.wrap_async(AsyncKernelClient, "wait_for_ready", "kernel ready wait")
     recorder.wrap(KernelManager, "shutdown_kernel", "kernel shutdown")
     recorder.wrap_async(AsyncKernelManager, "shutdown_kernel", "kernel shutdown")
@@ -362,6 +366,9 @@ def instrument_engine(recorder: Recorder, engine: Any) -> None:
     recorder.wrap(engine._Tracker, "__init__", "mlflow parent run (tracker init)")
     recorder.wrap(engine._Tracker, "step", "mlflow child run", step_of=lambda *a, **k: a[1].name)
     recorder.wrap(engine._Tracker, "finish", "mlflow parent close")
+    if hasattr(engine._Tracker, "_open"):  # newer engines do MLflow work on a thread of its own
+        recorder.wrap(engine._Tracker, "_open", "mlflow thread: open")
+        recorder.wrap(engine._Tracker, "_record", "mlflow thread: child run", step_of=lambda *a, **k: a[1].name)
     from jupyter_mlflow_k8s import tracking
 
     recorder.wrap(tracking, "client", "mlflow import + open store")
@@ -514,7 +521,7 @@ AFTER = "papermill after the last cell (write)"
 SHUTDOWN = "kernel shutdown"
 READ = "read outputs"
 CACHE = "cache write"
-CHILD = "MLflow child run"
+CHILD = "MLflow child run (what the step waits for)"
 OTHER = "other in the step"
 OVERHEAD = "= overhead (all but pure execution)"
 SUMMED = (GAP, RESOLVE, JOB, IMPORT, TAKE, BEFORE, PURE, AROUND, AFTER, SHUTDOWN, READ, CACHE, CHILD, OTHER)
@@ -557,11 +564,16 @@ def analyze_ours(run: Mapping[str, Any]) -> dict[str, Any]:
     once = {
         "imports (package, spec, engine)": run["import"],
         "build pipeline (validates)": built,
-        "MLflow parent run (tracker init)": tracker,
-        "  of which: import MLflow + open the SQLite store": total_of(events, "mlflow import + open store"),
+        "MLflow parent run (tracker init; older engines: import + store + run)": tracker,
         "run start until the first step, besides (validate, saves)": first_step - run_start - tracker,
         "after the last step (pool close, MLflow parent, save)": run["start_wall"] + run["total"] - last_step,
         "  of which: pool close (pre-started kernels not used)": total_of(events, "pool close"),
+        "  of which: waiting for MLflow's thread (queued child runs, parent close)":
+            total_of(events, "mlflow parent close"),
+        "MLflow's own thread, off the steps' path: open (import, store, parent run)":
+            total_of(events, "mlflow thread: open"),
+        "  of which: import MLflow + open the SQLite store": total_of(events, "mlflow import + open store"),
+        "MLflow's own thread: child runs (summed)": total_of(events, "mlflow thread: child run"),
     }
     return {"steps": rows, "once": once, "kernels_started": len(spans(events, "kernel spawn")),
             "pure": sum(info.get("pure", 0.0) for info in run["steps"].values())}
@@ -624,6 +636,8 @@ def analyze_warm(run: Mapping[str, Any]) -> dict[str, float]:
         "MLflow parent run (tracker init)": total_of(events, "mlflow parent run (tracker init)"),
         "  of which: import MLflow + open the SQLite store": total_of(events, "mlflow import + open store"),
         "MLflow child runs (10, summed)": total_of(events, "mlflow child run"),
+        "MLflow thread: open (import, store, parent run)": total_of(events, "mlflow thread: open"),
+        "MLflow thread: child runs (10, summed)": total_of(events, "mlflow thread: child run"),
         "cache lookups (summed)": total_of(events, "cache lookup"),
         "run.json saves (summed)": total_of(events, "save run.json"),
         "MLflow parent close": total_of(events, "mlflow parent close"),

@@ -17,9 +17,11 @@ run and a child run per step.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import json
 import os
+import queue
 import re
 import secrets
 import threading
@@ -76,8 +78,10 @@ class KernelPool:
     def _start(self, kernel_name: str, cwd: str) -> tuple[Any, Path]:
         from jupyter_client.manager import KernelManager
 
+        from .kernel import CLIENT_CLASS
+
         outputs = self.root / f"outputs-{secrets.token_hex(6)}.jsonl"
-        manager = KernelManager(kernel_name=kernel_name)
+        manager = KernelManager(kernel_name=kernel_name, client_class=CLIENT_CLASS)
         manager.start_kernel(cwd=cwd, env={**os.environ, "JMK_STEP_OUTPUTS": str(outputs)})
         return manager, outputs
 
@@ -132,8 +136,11 @@ class KernelPool:
         with self._lock:
             kernels = [k for ready in self._ready.values() for k in ready]
             self._ready.clear()
-        for manager, _ in kernels:
-            manager.shutdown_kernel(now=True)
+        stopping = [threading.Thread(target=manager.shutdown_kernel, args=(True,)) for manager, _ in kernels]
+        for thread in stopping:  # each stop polls for the process's exit: in parallel, not one after another
+            thread.start()
+        for thread in stopping:
+            thread.join()
 
 
 class PipelineEngine:
@@ -252,11 +259,15 @@ class PipelineEngine:
                 source=str(pipeline.source or ""),
             )
         self.run_dir(run.run_id).mkdir(parents=True, exist_ok=True)
+        # Imported here, before the threads below start, so that no two of them import at once (MLflow loads on one).
+        from .. import tracking  # noqa: F401 - the steps' threads end their job records through it
+        if any(s.backend == "local" for s in pipeline.steps.values()):
+            import papermill  # noqa: F401
         pool = KernelPool(self.run_dir(run.run_id), size=min(pipeline.max_parallel, 2))
         roots = [s for s in pipeline.steps.values() if not s.needs and s.backend == "local"]
-        for folder in {str(s.notebook.parent) for s in roots}:  # kernels start while MLflow loads
+        for folder in {str(s.notebook.parent) for s in roots}:
             pool.prefill(self.kernel_name, folder, count=sum(str(s.notebook.parent) == folder for s in roots))
-        tracker = _Tracker(self.settings, pipeline, run)
+        tracker = _Tracker(self.settings, pipeline, run)  # MLflow loads on its own thread while the steps run
         self.save(run)
         notify = on_event or (lambda run, step: None)
         try:
@@ -336,6 +347,8 @@ class PipelineEngine:
         result.reason = self.explain(pipeline, step, parts) if step.cache else "ran: caching is off for this step"
         result.started = time.time()
         job = self._step_record(run, step) if step.backend == "local" else None
+        if step.backend != "local":
+            tracker.wait_opened()  # the job's own MLflow run becomes a child of the parent run
         for attempt in range(1, step.retries + 2):
             result.attempts = attempt
             try:
@@ -351,9 +364,12 @@ class PipelineEngine:
             result.state = "succeeded"
             if step.cache:
                 self.remember(pipeline, step, key, parts, result, run.run_id)
-        tracker.step(result, cache_hit=False)
-        if job is not None:
-            self._end_step_record(job, result, tracker)
+        if job is None:
+            tracker.step(result, cache_hit=False)
+            return
+        state = JobState.SUCCEEDED if result.state == "succeeded" else JobState.FAILED
+        end_job(self.service.store, job.job_id, state, result.reason, 0 if state is JobState.SUCCEEDED else 1)
+        tracker.step(result, cache_hit=False, then=functools.partial(self._link_step_record, job, result, tracker))
 
     def _step_record(self, run: PipelineRun, step: Step) -> JobRecord:
         """A job record for a local step, so that %jobs lists it; its log is the kernel's output."""
@@ -368,12 +384,10 @@ class PipelineEngine:
         return store.update(record.job_id, state=JobState.RUNNING, started=time.time(), pid=me.pid,
                             pid_start=me.create_time(), tracking_final=True)
 
-    def _end_step_record(self, job: JobRecord, result: StepResult, tracker: _Tracker) -> None:
-        store = self.service.store
-        store.update(job.job_id, run_id=result.run_id or None, experiment_id=tracker.experiment_id or None,
-                     tracking_uri=tracker.uri)
-        state = JobState.SUCCEEDED if result.state == "succeeded" else JobState.FAILED
-        end_job(store, job.job_id, state, result.reason, 0 if state is JobState.SUCCEEDED else 1)
+    def _link_step_record(self, job: JobRecord, result: StepResult, tracker: _Tracker) -> None:
+        """Point a step's job record at its MLflow child run, once the tracker has made it."""
+        self.service.store.update(job.job_id, run_id=result.run_id or None,
+                                  experiment_id=tracker.experiment_id or None, tracking_uri=tracker.uri)
 
     def _run_notebook(
         self, run: PipelineRun, step: Step, parameters: Mapping[str, Any], pool: KernelPool, job: JobRecord | None
@@ -458,14 +472,32 @@ def _short(exc: BaseException) -> str:
 
 
 class _Tracker:
-    """The parent MLflow run of a pipeline run and a child run per step (best effort: never fails a run)."""
+    """The parent MLflow run of a pipeline run and a child run per step (best effort: never fails a run).
+
+    All MLflow work happens in order on one thread of its own, so importing MLflow and opening the
+    store (1.5 s or more) overlaps the first steps instead of coming before them, and a step's
+    thread is free as soon as its notebook has run. ``finish`` waits for everything queued.
+    ``papermill`` is imported before this thread starts (``PipelineEngine.run``), so the steps'
+    threads import nothing while MLflow is imported here.
+    """
 
     def __init__(self, settings: JMKSettings, pipeline: Pipeline, run: PipelineRun) -> None:
         self.uri = settings.tracking_uri
         self.pipeline, self.run = pipeline, run
         self.client: Any = None
         self.experiment_id = ""
-        self.lock = threading.Lock()
+        self.opened = threading.Event()
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=f"jmk-mlflow-{run.run_id}", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        self._open()
+        while (task := self._tasks.get()) is not None:
+            task()
+
+    def _open(self) -> None:
+        pipeline, run = self.pipeline, self.run
         try:
             from .. import tracking
 
@@ -475,6 +507,7 @@ class _Tracker:
             self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             if not run.mlflow_run_id:
                 parent = self.client.create_run(self.experiment_id, run_name=f"{pipeline.name} {run.run_id}",
+                                                start_time=int(run.created * 1000),
                                                 tags={"jmk.pipeline": pipeline.name, "jmk.pipeline_run": run.run_id})
                 run.mlflow_run_id = parent.info.run_id
                 for name, value in pipeline.parameters.items():
@@ -482,9 +515,26 @@ class _Tracker:
         except Exception as exc:
             print(f"[jmk] pipeline {pipeline.name}: not tracked in MLflow ({exc})")
             self.client = None
+        finally:
+            self.opened.set()
 
-    def step(self, result: StepResult, cache_hit: bool) -> None:
-        """A child run for a finished (or cached) step: parameters, outputs, duration, the executed notebook."""
+    def wait_opened(self) -> None:
+        """Block until the parent run exists (a step run as a job is tagged with its id)."""
+        self.opened.wait()
+
+    def step(self, result: StepResult, cache_hit: bool, then: Callable[[], None] | None = None) -> None:
+        """Queue a child run for a finished (or cached) step; ``then`` runs after it is recorded."""
+        self._tasks.put(functools.partial(self._step, result, cache_hit, then))
+
+    def _step(self, result: StepResult, cache_hit: bool, then: Callable[[], None] | None) -> None:
+        try:
+            self._record(result, cache_hit)
+        finally:
+            if then is not None:
+                then()
+
+    def _record(self, result: StepResult, cache_hit: bool) -> None:
+        """The child run: parameters, outputs, duration, the executed notebook."""
         if self.client is None:
             return
         try:
@@ -494,9 +544,9 @@ class _Tracker:
                 for key, value in tags.items():
                     self.client.set_tag(result.run_id, key, value)
             else:
-                with self.lock:
-                    result.run_id = self.client.create_run(self.experiment_id, run_name=result.name,
-                                                           tags=tags).info.run_id
+                start = int((result.started or time.time()) * 1000)
+                result.run_id = self.client.create_run(self.experiment_id, run_name=result.name, start_time=start,
+                                                       tags=tags).info.run_id
             for name, value in result.parameters.items():
                 self.client.log_param(result.run_id, name, str(value)[:6000])
             self.client.log_dict(result.run_id, result.outputs, "outputs.json")
@@ -505,15 +555,23 @@ class _Tracker:
             duration = (result.finished or time.time()) - (result.started or time.time())
             self.client.log_metric(result.run_id, "duration_seconds", duration)
             status = "FINISHED" if result.state in DONE else "FAILED"
-            self.client.set_terminated(result.run_id, status=status)
+            end = int((result.finished or time.time()) * 1000)
+            self.client.set_terminated(result.run_id, status=status, end_time=end)
         except Exception as exc:
             print(f"[jmk] step {result.name}: MLflow child run incomplete ({exc})")
 
     def finish(self, run: PipelineRun) -> None:
-        """Close the parent run with the pipeline run's outcome."""
+        """Close the parent run with the pipeline run's outcome, after every queued child run."""
+        self._tasks.put(functools.partial(self._finish, run))
+        self._tasks.put(None)
+        self._thread.join()
+
+    def _finish(self, run: PipelineRun) -> None:
         if self.client is None:
             return
         try:
-            self.client.set_terminated(run.mlflow_run_id, status="FINISHED" if run.state == "succeeded" else "FAILED")
+            status = "FINISHED" if run.state == "succeeded" else "FAILED"
+            end = int((run.finished or time.time()) * 1000)
+            self.client.set_terminated(run.mlflow_run_id, status=status, end_time=end)
         except Exception as exc:
             print(f"[jmk] pipeline run {run.run_id}: MLflow parent run not closed ({exc})")

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 # Real servers (mlflow server, an S3 endpoint) as fixtures: tests/servers.py.
-pytest_plugins = ["servers", "k8s_fixtures"]
+pytest_plugins = ["servers", "k8s_fixtures", "serving_fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,62 @@
+"""Registered models to serve, in the session's real MLflow store (a pytest plugin: see conftest)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+
+
+@dataclass(frozen=True)
+class Served:
+    """A registered scikit-learn model: its name, versions, and the data it was trained on."""
+
+    name: str
+    versions: tuple[str, ...]
+    frame: Any  # the training DataFrame (float64 columns FEATURES)
+    models: tuple[Any, ...]  # the fitted estimators, one per version
+
+    def uri(self, version: str | None = None) -> str:
+        return f"models:/{self.name}/{version or self.versions[-1]}"
+
+
+def _register(name: str, model: Any, frame: Any) -> str:
+    import mlflow
+
+    from jupyter_mlflow_k8s.tracking.registry import register
+
+    with mlflow.start_run() as run:
+        info = register(name, "model", model, frame, run.info.run_id)
+    return str(info["version"])
+
+
+def make_served(name: str, tracking_uri: str) -> Served:
+    """Two versions of an iris-like classifier (v2 ignores the sepal features), alias ``prod`` -> v1."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("serving-tests")
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.normal(loc=[5.8, 3.0, 3.8, 1.2], scale=[0.8, 0.4, 1.7, 0.7], size=(300, 4)),
+                         columns=list(FEATURES))
+    labels = (frame["petal_length"] > 3.8).astype(int) + (frame["petal_width"] > 1.8).astype(int)
+    first = LogisticRegression(max_iter=500).fit(frame, labels)
+    second = LogisticRegression(C=0.05, max_iter=500).fit(frame[["petal_length", "petal_width"]].assign(
+        sepal_length=0.0, sepal_width=0.0)[list(FEATURES)], labels)  # another model: it ignores the sepals
+    versions = (_register(name, first, frame), _register(name, second, frame))
+    MlflowClient().set_registered_model_alias(name, "prod", versions[0])
+    return Served(name, versions, frame, (first, second))
+
+
+@pytest.fixture(scope="session")
+def served_model(mlflow_uri: str) -> Iterator[Served]:
+    """``iris-serving``: versions 1 and 2, ``@prod`` on 1, each with a signature and a drift baseline."""
+    yield make_served("iris-serving", mlflow_uri)

@@ -1,0 +1,145 @@
+"""``python -m jupyter_mlflow_k8s.serving MODEL_URI``: run the inference server in the foreground.
+
+Exit codes: 0 after SIGTERM/SIGINT, 2 for bad arguments or a model that cannot be found or
+loaded, 3 when the port is taken. The line ``jmk-serve: listening on http://HOST:PORT`` is
+printed once requests are accepted (``jmk serve`` waits for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from .server import ServerSettings, ServingError
+
+EXAMPLES = """examples:
+  python -m jupyter_mlflow_k8s.serving models:/churn@prod --port 8080
+  python -m jupyter_mlflow_k8s.serving models:/churn/3 --canary models:/churn/4 --canary-fraction 0.1
+  python -m jupyter_mlflow_k8s.serving models:/churn@prod --shadow models:/churn@challenger --no-batching
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    """The server's flags (``jmk serve`` passes the same ones through)."""
+    p = argparse.ArgumentParser(prog="python -m jupyter_mlflow_k8s.serving", epilog=EXAMPLES,
+                                description="Serve an MLflow model: /invocations, /ping, /health, /version, /metrics.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_uri", metavar="MODEL_URI",
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a path")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port (each loads the model)")
+    p.add_argument("--max-batch-size", type=int, default=64, help="most rows one model call gets (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="how long a batch waits for more requests (default 0: only what queued meanwhile)")
+    p.add_argument("--no-batching", action="store_true", help="one model call per request")
+    p.add_argument("--canary", metavar="URI", help="a second version that answers --canary-fraction of the requests")
+    p.add_argument("--canary-fraction", type=float, default=0.1, help="share of requests for the canary (default 0.1)")
+    p.add_argument("--shadow", metavar="URI", help="a version that gets a copy of every request; its answers are "
+                                                   "only measured")
+    p.add_argument("--name", default="", help="the endpoint's name (shown in /health)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (default 20 MB; 413 above)")
+    p.add_argument("--drift-window", type=int, default=1000, help="rows per feature the drift is computed over")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """Checked settings from parsed flags (:class:`ServingError` names every bad one)."""
+    settings = ServerSettings(
+        host=args.host, port=args.port, batching=not args.no_batching, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, canary_fraction=args.canary_fraction,
+        max_body_mb=args.max_body_mb, drift_window=args.drift_window, name=args.name,
+    )
+    settings.check()
+    if args.workers < 1:
+        raise ServingError(f"--workers {args.workers}: use 1 or more processes.")
+    if args.canary and args.shadow:
+        raise ServingError("--canary and --shadow together: compare one version at a time.")
+    return settings
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads, so a taken port fails in a second."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServingError(f"Port {port} on {host} is already in use. Stop what listens there, or pick "
+                               "another port with --port.", exit_code=3) from exc
+        raise ServingError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(argv: Sequence[str] | None = None) -> int:
+    """Parse, bind, load, and serve until a signal; return the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+        sock = bind(settings.host, settings.port)
+        from .server import InferenceServer, load
+
+        primary = load(args.model_uri)
+        canary = load(args.canary, "canary") if args.canary else None
+        shadow = load(args.shadow, "shadow") if args.shadow else None
+    except ServingError as exc:
+        print(f"jmk-serve: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    children = _fork(args.workers - 1)
+    if children is None:  # a worker
+        _run(InferenceServer(primary, settings, canary, shadow), sock, announce=False)
+        return 0
+    _run(InferenceServer(primary, settings, canary, shadow), sock, announce=True)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+    return 0
+
+
+def _fork(count: int) -> list[int] | None:
+    """Fork ``count`` workers that share the socket; None in a worker, the children's pids in the parent."""
+    children = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            return None
+        children.append(pid)
+    return children
+
+
+def _run(server: object, sock: socket.socket, announce: bool) -> None:
+    from aiohttp import web
+
+    from .server import InferenceServer
+
+    assert isinstance(server, InferenceServer)
+    app = server.app()
+    host, port = sock.getsockname()[:2]
+
+    async def announced(_: object) -> None:
+        print(f"jmk-serve: listening on http://{host}:{port}", flush=True)
+
+    if announce:
+        app.on_startup.append(announced)
+    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
+
+
+def main() -> None:
+    """Console entry: serve, then exit with :func:`serve`'s code."""
+    sys.exit(serve())
+
+
+if __name__ == "__main__":
+    main()

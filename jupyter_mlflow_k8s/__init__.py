@@ -16,15 +16,18 @@ __version__ = "0.1.0"
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_mlflow_k8s``: register the magics.
 
-    ``%%train``, ``%jobs`` and ``%job``; ``%runs``; ``%models`` and ``%model``; ``%pipeline``.
+    ``%%train``, ``%jobs`` and ``%job``; ``%runs``; ``%models`` and ``%model``; ``%pipeline``;
+    ``%serve`` and ``%predict``.
     """
     from .magics import JobMagics, PipelineMagics, RegistryMagics, RunsMagics, TrainMagics
+    from .magics.serving import ServingMagics
 
     ipython.register_magics(TrainMagics)
     ipython.register_magics(JobMagics)
     ipython.register_magics(RunsMagics)
     ipython.register_magics(RegistryMagics)
     ipython.register_magics(PipelineMagics)
+    ipython.register_magics(ServingMagics)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -52,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(func=_cmd_cancel)
     from .pipelines.cli import add_commands
     from .pipelines.schedule_cli import add_scheduler_command
+    from .serving.cli import add_serve_command
 
     add_commands(sub)
     add_scheduler_command(sub)
+    add_serve_command(sub)
     return parser
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jmk``."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("pipeline", "scheduler"):
+        if args.command in ("pipeline", "scheduler", "serve"):
             return int(args.func(args))
         return int(args.func(JobService(), args))
     except JMKError as exc:

@@ -1,0 +1,158 @@
+"""``%serve`` and ``%predict``: start, list, stop and query inference servers from a notebook.
+
+The magics parse, call :class:`~jupyter_mlflow_k8s.serving.manager.ServingManager` and print or
+return. Servers are detached processes recorded under the state directory, so they outlive the
+kernel, and ``jmk serve list`` in a shell sees the same ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ..exceptions import JMKError, JMKUsageError
+from ..serving.cli import SERVE_OPTIONS, EndpointTable, deploy_to_kubernetes, server_flags, started_message
+
+F = TypeVar("F", bound=Callable[..., Any])
+SERVE_USAGE = """Usage:
+  %serve MODEL_URI [--name NAME] [--port PORT] [server flags ...]   start a server, return its Endpoint
+  %serve list                                                       the endpoints and whether they run
+  %serve stop NAME                                                  stop one
+  %predict NAME DATA                                                query one (DATA: a variable or expression)"""
+PREDICT_USAGE = "Usage: %predict NAME DATA   (DATA: a variable or a Python expression, e.g. X_test[:5])"
+
+
+def serving_errors(func: F) -> F:
+    """Our errors as IPython's ``UsageError``: a short message that says what to do, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
+        try:
+            return func(*args, **kwargs)
+        except JMKError as exc:
+            raise UsageError(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def serve_options(func: F) -> F:
+    """The server flags ``jmk serve`` takes (``SERVE_OPTIONS``), as ``magic_arguments`` decorators."""
+    for names, options in reversed(SERVE_OPTIONS):
+        func = argument(*names, **options)(func)
+    return func
+
+
+@magics_class
+class ServingMagics(Magics):
+    """``%serve`` and ``%predict``."""
+
+    def _manager(self) -> Any:
+        from ..config import load_settings
+        from ..serving.manager import ServingManager
+
+        assert self.shell is not None
+        manager = getattr(self.shell, "_jmk_serving", None)
+        if manager is None:
+            manager = ServingManager(load_settings(self.shell.config))
+            self.shell._jmk_serving = manager  # type: ignore[attr-defined]
+        return manager
+
+    @magic_arguments()
+    @argument("target", metavar="MODEL_URI|list|stop", help="the model (models:/NAME@ALIAS, ...), or a command")
+    @argument("rest", nargs="*", metavar="NAME", help="stop NAME")
+    @serve_options
+    @line_magic
+    @serving_errors
+    def serve(self, line: str) -> Any:
+        """Serve a model: a local inference server in the background (or on Kubernetes); list and stop them.
+
+        The server answers MLflow's scoring protocol on ``/invocations`` and exposes ``/ping``,
+        ``/health``, ``/version`` and Prometheus ``/metrics``. It outlives the kernel: ``%serve
+        list`` (or ``jmk serve list``) finds it again, ``%serve stop NAME`` ends it. The name
+        defaults to one made from the model URI (``models:/churn@prod`` -> ``churn-prod``), the
+        port to a free one.
+
+        Examples
+        --------
+        ::
+
+            ep = %serve models:/churn@prod
+            %serve models:/churn/3 --name churn --port 8080 --workers 2
+            %serve models:/churn@prod --canary models:/churn/4 --canary-fraction 0.1
+            %predict churn-prod X_test[:5]
+            %serve list
+            %serve stop churn-prod
+        """
+        __tracebackhide__ = True
+        assert self.shell is not None
+        args = parse_argstring(self.serve, line)
+        target, rest = args.target, args.rest
+        flags = server_flags(args)
+        if target in ("list", "stop"):
+            given = [f"--{key.replace('_', '-')}" for key in ("name", "port", "backend")
+                     if getattr(args, key) is not None]
+            given += [f"--{key.replace('_', '-')}" for key in flags]
+            if given:
+                raise JMKUsageError(f"%serve {target} takes no {', '.join(given)}.\n{SERVE_USAGE}")
+            if target == "list":
+                if rest:
+                    raise JMKUsageError(f"%serve list takes nothing more.\n{SERVE_USAGE}")
+                return EndpointTable(self._manager().list())
+            if len(rest) != 1:
+                raise JMKUsageError(f"%serve stop takes one NAME (see %serve list).\n{SERVE_USAGE}")
+            endpoint = self._manager().stop(rest[0])
+            print(f"[jmk] stopped {endpoint.name} ({endpoint.model_uri}, was at {endpoint.url})")
+            return None
+        if rest:
+            raise JMKUsageError(f"Unexpected {' '.join(rest)}: %serve takes one MODEL_URI.\n{SERVE_USAGE}")
+        if args.backend == "kubernetes":
+            from ..serving.manager import check_name, server_arguments
+
+            server_arguments(flags)
+            if args.name is not None:
+                check_name(args.name)
+            return deploy_to_kubernetes(target, args.name, args.port, flags, config=self.shell.config)
+        endpoint = self._manager().start(target, name=args.name, port=args.port, **flags)
+        print(f"[jmk] {started_message(endpoint)}")
+        print(f"[jmk] query it with %predict {endpoint.name} DATA; stop it with %serve stop {endpoint.name}")
+        return endpoint
+
+    @line_magic
+    @serving_errors
+    def predict(self, line: str) -> Any:
+        """Send DATA to a served model's ``/invocations`` and return its predictions.
+
+        NAME is an endpoint of ``%serve list`` (or a URL such as ``http://127.0.0.1:5000``). DATA
+        is a variable or a Python expression in the notebook: a DataFrame (sent as
+        ``dataframe_split``), a dict of columns, a list of row dicts (``dataframe_records``), a
+        numpy array or a list of lists (``instances``). A refused input (wrong columns or types)
+        raises an error with the server's message.
+
+        Examples
+        --------
+        ::
+
+            %predict churn-prod X_test[:5]
+            %predict churn-prod {"age": [31, 45], "plan": [2, 1]}
+            preds = %predict churn-prod df
+        """
+        __tracebackhide__ = True
+        assert self.shell is not None
+        name, _, expression = line.strip().partition(" ")
+        expression = expression.strip()
+        if not name or not expression:
+            raise JMKUsageError(PREDICT_USAGE)
+        try:
+            data = self.shell.ev(expression)
+        except Exception as exc:
+            raise JMKUsageError(
+                f"%predict {name}: DATA {expression!r} could not be evaluated ({type(exc).__name__}: {exc}). "
+                "Give a variable of the notebook or a Python expression, e.g. X_test[:5]."
+            ) from None
+        return self._manager().predict(name, data)

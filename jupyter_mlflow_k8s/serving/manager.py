@@ -1,0 +1,610 @@
+"""Local serving processes: start, list, stop and query inference servers on this machine.
+
+Each endpoint is a detached ``python -m jupyter_mlflow_k8s.serving ...`` process in its own session
+(it outlives the kernel or shell that started it) with a record under
+``<state_dir>/serving/<name>/endpoint.json`` and its output in ``server.log`` beside it. The record
+holds the pid and the process's start time, so a reused pid is never mistaken for the server. This
+module owns the records and the processes; it does not load models or answer requests (that is
+``server.py``), and it does not talk to Kubernetes (that is ``kubernetes.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..config import JMKSettings, load_settings
+from ..exceptions import JMKError, JMKUsageError
+from ..manifests import check_dns1035_label
+
+RECORD = "endpoint.json"
+LOG = "server.log"
+DEFAULT_HOST = "127.0.0.1"
+GRACE_SECONDS = 10.0
+START_TIMEOUT_SECONDS = 180.0
+PREDICT_TIMEOUT_SECONDS = 60.0
+EXIT_BAD_ARGUMENTS = 2
+EXIT_PORT_IN_USE = 3
+LOG_TAIL_LINES = 15
+_LISTENING_RE = re.compile(r"jmk-serve: listening on (\S+)")
+_NAME_MAX = 63
+_PROTOCOL_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+# Server flags ``start`` accepts (as keyword arguments), the type of each, and the server's option.
+SERVER_FLAGS: dict[str, type] = {
+    "host": str,
+    "workers": int,
+    "max_batch_size": int,
+    "max_wait_ms": float,
+    "no_batching": bool,
+    "canary": str,
+    "canary_fraction": float,
+    "shadow": str,
+    "max_body_mb": float,
+    "drift_window": int,
+}
+
+# Servers this process started: polled now and then so that exited ones do not linger as zombies.
+_children: list[subprocess.Popen[bytes]] = []
+
+
+class EndpointNotFound(JMKUsageError, LookupError):
+    """No local endpoint with this name under the state directory."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        listed = f" Endpoints: {', '.join(known)}." if known else " There are none yet."
+        super().__init__(
+            f"No endpoint {name!r}.{listed} Start one with `jmk serve MODEL_URI --name {name}` "
+            f"(or %serve MODEL_URI --name {name}); `jmk serve list` lists them."
+        )
+        self.name = name
+
+
+class ServerStartError(JMKUsageError):
+    """The server exited (or never said it was listening) instead of starting; the log's tail says why."""
+
+    def __init__(self, message: str, exit_code: int | None, log_tail: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.log_tail = log_tail
+
+
+class PredictionError(JMKUsageError):
+    """The server refused the input (HTTP 4xx); ``message`` is the server's own explanation."""
+
+    def __init__(self, endpoint: str, status: int, message: str) -> None:
+        super().__init__(f"{endpoint} refused the input (HTTP {status}): {message}")
+        self.status = status
+        self.message = message
+
+
+class ServingError(JMKError):
+    """An endpoint that does not answer, or answers with a server error."""
+
+
+@dataclass(repr=False)
+class Endpoint:
+    """A local inference server: what it serves, where, and whether it still runs.
+
+    ``status`` is ``running``, ``exited`` (the process ended without ``stop``) or ``stopped``;
+    it is worked out from the process when the record is read, never trusted from the file.
+    """
+
+    name: str
+    model_uri: str
+    url: str
+    host: str
+    port: int
+    pid: int | None
+    pid_start: float | None
+    started: float
+    log_path: str
+    flags: dict[str, Any] = field(default_factory=dict)
+    backend: str = "local"
+    stopped: float | None = None
+    status: str = "running"
+
+    def __repr__(self) -> str:
+        return f"Endpoint(name={self.name!r}, url={self.url!r}, model_uri={self.model_uri!r}, status={self.status!r})"
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.status == "running"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data (without the derived ``status``)."""
+        data = asdict(self)
+        data.pop("status")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Endpoint:
+        """A record read back; unknown keys (from a newer version) are ignored."""
+        known = {name for name in cls.__dataclass_fields__ if name != "status"}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def default_name(model_uri: str) -> str:
+    """An endpoint name from a model URI: ``models:/iris@prod`` -> ``iris-prod``, ``models:/iris/2`` -> ``iris-v2``.
+
+    ``runs:/RUN/PATH`` -> ``run-RUN8-PATH``; a local path -> its last part. Always a DNS-1035 label.
+    """
+    uri = model_uri.strip().rstrip("/")
+    if uri.startswith("models:/"):
+        rest = uri.removeprefix("models:/")
+        if "/" in rest:
+            name, _, version = rest.partition("/")
+            raw = f"{name}-v{version}" if version.isdigit() else f"{name}-{version}"
+        else:
+            name, at, alias = rest.rpartition("@")
+            raw = f"{name}-{alias}" if at else rest
+    elif uri.startswith("runs:/"):
+        run_id, _, path = uri.removeprefix("runs:/").partition("/")
+        raw = f"run-{run_id[:8]}-{path}"
+    else:
+        raw = Path(uri).name or "model"
+    return safe_name(raw)
+
+
+def safe_name(raw: str) -> str:
+    """``raw`` made a DNS-1035 label (lowercase letters, digits and ``-``, starting with a letter, <= 63).
+
+    A name that has to be shortened ends with a hash of the whole, so two long names stay apart.
+    """
+    name = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-") or "model"
+    if not name[0].isalpha():
+        name = f"m-{name}"
+    if len(name) > _NAME_MAX:
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:6]
+        name = f"{name[: _NAME_MAX - 7].rstrip('-')}-{digest}"
+    return name
+
+
+def check_name(name: str) -> None:
+    """Refuse a ``--name`` that cannot name a Kubernetes Service (nor a folder), suggesting one that can."""
+    if not isinstance(name, str) or check_dns1035_label(name, "--name"):
+        raise JMKUsageError(
+            f"--name {name!r} is not a valid endpoint name: use lowercase letters, digits and '-', starting with a "
+            f"letter and ending with a letter or digit, at most {_NAME_MAX} characters. "
+            f"Try --name {safe_name(str(name))}."
+        )
+
+
+def server_arguments(flags: dict[str, Any]) -> list[str]:
+    """The server's command-line options from ``start``'s keyword flags, checked first.
+
+    ``None`` and ``False`` mean "not given". An unknown flag or a value out of range is a usage
+    error naming the flag.
+    """
+    unknown = sorted(set(flags) - set(SERVER_FLAGS))
+    if unknown:
+        raise JMKUsageError(
+            f"Unknown server flag(s) {', '.join(unknown)}; known: {', '.join(SERVER_FLAGS)}."
+        )
+    given = {key: value for key, value in flags.items() if value is not None and value is not False}
+    for key, value in given.items():
+        option = "--" + key.replace("_", "-")
+        kind = SERVER_FLAGS[key]
+        if kind is bool and value is not True:
+            raise JMKUsageError(f"{option} is a switch: pass {key}=True or leave it out.")
+        if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise JMKUsageError(f"{option} takes a number, not {value!r}.")
+        if kind is str and (not isinstance(value, str) or not value.strip()):
+            raise JMKUsageError(f"{option} takes a non-empty string, not {value!r}.")
+        if kind is int and (int(value) != value or value < 1):
+            raise JMKUsageError(f"{option} must be a whole number of at least 1, not {value!r}.")
+        if key in ("max_wait_ms",) and value < 0:
+            raise JMKUsageError(f"{option} must be 0 or more milliseconds, not {value!r}.")
+        if key == "max_body_mb" and value <= 0:
+            raise JMKUsageError(f"{option} must be more than 0 MB, not {value!r}.")
+    if "canary_fraction" in given:
+        if "canary" not in given:
+            raise JMKUsageError("--canary-fraction needs --canary MODEL_URI: the version that gets that share.")
+        if not 0 < given["canary_fraction"] <= 1:
+            raise JMKUsageError(f"--canary-fraction is a share of requests in (0, 1], such as 0.1; not "
+                                f"{given['canary_fraction']!r}.")
+    if "canary" in given and "shadow" in given:
+        raise JMKUsageError("--canary and --shadow together: compare one version at a time.")
+    words: list[str] = []
+    for key, value in given.items():
+        option = "--" + key.replace("_", "-")
+        words += [option] if value is True else [option, str(value)]
+    return words
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on at ``host`` right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _client_url(url: str) -> str:
+    """The URL a client on this machine uses: a server bound to every address answers on loopback."""
+    return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+
+
+def _reap_children() -> None:
+    _children[:] = [child for child in _children if child.poll() is None]
+
+
+def _process_alive(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` is still the process that was recorded (pids get reused)."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class ServingManager:
+    """Local inference servers under the state directory: ``start``, ``list``, ``get``, ``stop``, ``predict``."""
+
+    def __init__(
+        self,
+        settings: JMKSettings | None = None,
+        python: str = sys.executable,
+        start_timeout: float = START_TIMEOUT_SECONDS,
+        grace: float = GRACE_SECONDS,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.python = python
+        self.start_timeout = start_timeout
+        self.grace = grace
+
+    @property
+    def root(self) -> Path:
+        """``<state_dir>/serving``, created on first use."""
+        path = self.settings.state_path / "serving"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def command(self, model_uri: str, name: str, port: int, **server_flags: Any) -> list[str]:
+        """The server's command line (``--host`` defaults to 127.0.0.1); flags are checked first."""
+        host = server_flags.get("host") or DEFAULT_HOST
+        rest = server_arguments({key: value for key, value in server_flags.items() if key != "host"})
+        return [self.python, "-m", "jupyter_mlflow_k8s.serving", model_uri, "--host", host, "--port", str(port),
+                "--name", name, *rest]
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: this one, with the configured tracking URI and unbuffered output."""
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.settings.tracking_uri, "PYTHONUNBUFFERED": "1"}
+
+    def start(self, model_uri: str, name: str | None = None, port: int | None = None, **server_flags: Any) -> Endpoint:
+        """Start a server for ``model_uri`` in the background and return its endpoint once it listens.
+
+        ``name`` defaults to one made from the model URI (see :func:`default_name`); ``port`` to a
+        free one. ``server_flags`` are the server's options as keywords: ``host``, ``workers``,
+        ``max_batch_size``, ``max_wait_ms``, ``no_batching=True``, ``canary``, ``canary_fraction``,
+        ``shadow``, ``max_body_mb``, ``drift_window``.
+
+        Raises:
+            JMKUsageError: a bad flag or name, or ``name`` already running.
+            ServerStartError: the server exited first (an unknown model URI, the port in use, ...)
+                or did not listen within ``start_timeout``; no process is left behind.
+        """
+        if not isinstance(model_uri, str) or not model_uri.strip():
+            raise JMKUsageError("Give a model URI to serve: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... "
+                                "or a local path.")
+        model_uri = model_uri.strip()
+        if name is None:
+            name = default_name(model_uri)
+        else:
+            check_name(name)
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            raise JMKUsageError(f"--port {port!r} is not a TCP port: give a number from 1 to 65535, or leave it out "
+                                "for a free one.")
+        host = str(server_flags.get("host") or DEFAULT_HOST)
+        server_arguments(server_flags)  # every flag checked before anything starts
+        folder = self.root / name
+        folder.mkdir(exist_ok=True)
+        with self._locked(folder):
+            existing = self._read(folder)
+            if existing is not None and existing.running:
+                raise JMKUsageError(
+                    f"An endpoint named {name!r} is already running ({existing.model_uri} at {existing.url}). "
+                    f"Stop it first with `jmk serve stop {name}` (or %serve stop {name}), or pick another --name."
+                )
+            if port is None:
+                port = free_port(host)
+            argv = self.command(model_uri, name, port, **server_flags)
+            flags = {key: value for key, value in server_flags.items() if value is not None and value is not False}
+            return self._launch(folder, argv, model_uri, name, host, port, flags)
+
+    def _launch(self, folder: Path, argv: list[str], model_uri: str, name: str, host: str, port: int,
+                flags: dict[str, Any]) -> Endpoint:
+        log_path = folder / LOG
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, close_fds=True, env=self.environment())
+        _reap_children()
+        _children.append(proc)
+        try:
+            pid_start: float | None = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            pid_start = None
+        url_host = f"[{host}]" if ":" in host else host
+        endpoint = Endpoint(name=name, model_uri=model_uri, url=_client_url(f"http://{url_host}:{port}"), host=host,
+                            port=port, pid=proc.pid, pid_start=pid_start, started=time.time(),
+                            log_path=str(log_path), flags=flags)
+        self._write(folder, endpoint)  # recorded at once: a kernel killed while waiting leaves no orphan unlisted
+        try:
+            endpoint.url = _client_url(self._wait_listening(proc, log_path, port, host))
+        except BaseException:  # a failed start or an interrupt: leave no process and no record
+            self._terminate(proc.pid, pid_start)
+            (folder / RECORD).unlink(missing_ok=True)
+            raise
+        self._write(folder, endpoint)
+        return endpoint
+
+    def _wait_listening(self, proc: subprocess.Popen[bytes], log_path: Path, port: int, host: str) -> str:
+        """The URL the server prints once it answers; an error with the log's tail if it exits first."""
+        deadline = time.monotonic() + self.start_timeout
+        offset, pending = 0, ""
+        while True:
+            code = proc.poll()
+            with log_path.open("rb") as log:  # read what arrived, also after an exit
+                log.seek(offset)
+                chunk = log.read()
+            offset += len(chunk)
+            pending += chunk.decode(errors="replace")
+            match = _LISTENING_RE.search(pending)
+            if match:
+                return match.group(1)
+            pending = pending[pending.rfind("\n") + 1:]
+            if code is not None:
+                raise self._start_error(code, log_path, port, host)
+            if time.monotonic() > deadline:
+                tail = _tail(log_path)
+                raise ServerStartError(
+                    f"The server did not start listening within {self.start_timeout:.0f} s; it was stopped. "
+                    f"Last lines of {log_path}:\n{tail}", None, tail)
+            time.sleep(0.05)
+
+    @staticmethod
+    def _start_error(code: int, log_path: Path, port: int, host: str) -> ServerStartError:
+        tail = _tail(log_path)
+        if code == EXIT_PORT_IN_USE or "address already in use" in tail.lower():
+            return ServerStartError(
+                f"Port {port} on {host} is already in use. Pass --port with another port, or leave --port out "
+                "to get a free one.", code, tail)
+        if code == EXIT_BAD_ARGUMENTS:
+            return ServerStartError(f"The server refused to start:\n{tail}\n(log: {log_path})", code, tail)
+        return ServerStartError(f"The server exited with code {code} before listening. Last lines of {log_path}:\n"
+                                f"{tail}", code, tail)
+
+    def list(self) -> list[Endpoint]:
+        """Every local endpoint recorded under the state directory, with its liveness; newest first."""
+        _reap_children()
+        endpoints = [e for e in (self._read(folder) for folder in self.root.iterdir() if folder.is_dir()) if e]
+        return sorted(endpoints, key=lambda e: e.started, reverse=True)
+
+    def get(self, name: str) -> Endpoint:
+        """The endpoint called ``name``; :class:`EndpointNotFound` (naming the known ones) otherwise."""
+        _reap_children()
+        folder = self.root / name
+        endpoint = self._read(folder) if re.fullmatch(r"[a-z0-9-]+", name or "") else None
+        if endpoint is None:
+            raise EndpointNotFound(name, [e.name for e in self.list()])
+        return endpoint
+
+    def stop(self, name: str) -> Endpoint:
+        """Stop the server (SIGTERM to its process group, SIGKILL after the grace period); the record stays, stopped."""
+        folder = self.root / self.get(name).name
+        with self._locked(folder):
+            endpoint = self.get(name)
+            if endpoint.running:
+                self._terminate(endpoint.pid, endpoint.pid_start)
+            if endpoint.stopped is None:
+                endpoint.stopped = time.time()
+            endpoint.status = "stopped"
+            self._write(folder, endpoint)
+        _reap_children()
+        return endpoint
+
+    def predict(self, name_or_url: str, data: Any, content_type: str | None = None) -> Any:
+        """Send ``data`` to the endpoint's ``/invocations`` and return the predictions.
+
+        ``data``: a DataFrame (sent as ``dataframe_split``), a dict of columns (``dataframe_split``),
+        a dict of scalars or a list of row dicts (``dataframe_records``), a numpy array or a list of
+        lists (``instances``), or a dict already in MLflow's scoring protocol. With ``content_type``
+        (``text/csv``), ``data`` is sent as it is.
+
+        Raises:
+            PredictionError: the server refused the input (its 400 message is the error's).
+            ServingError: nothing answers at the endpoint's URL, or it failed (5xx).
+        """
+        if name_or_url.startswith(("http://", "https://")):
+            url, label = name_or_url.rstrip("/"), name_or_url
+        else:
+            endpoint = self.get(name_or_url)
+            if not endpoint.running:
+                raise ServingError(
+                    f"Endpoint {endpoint.name!r} is {endpoint.status}; start it again with "
+                    f"`jmk serve {endpoint.model_uri} --name {endpoint.name}` (or %serve).")
+            url, label = endpoint.url, f"Endpoint {endpoint.name!r}"
+        if content_type is None:
+            body, content_type = json.dumps(scoring_payload(data), default=_json_default).encode(), "application/json"
+        else:
+            body = data.encode() if isinstance(data, str) else bytes(data)
+        headers = {"Content-Type": content_type}
+        # an http(s) URL: given as one, or recorded by start
+        request = urllib.request.Request(f"{url}/invocations", data=body, method="POST", headers=headers)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=PREDICT_TIMEOUT_SECONDS) as response:  # noqa: S310
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            message = _error_message(exc.read())
+            if 400 <= exc.code < 500:
+                raise PredictionError(label, exc.code, message) from None
+            raise ServingError(f"{label} failed (HTTP {exc.code}): {message}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServingError(f"{label} does not answer at {url} ({reason}); `jmk serve list` shows whether it "
+                               "still runs.") from None
+        if isinstance(answer, dict) and "predictions" in answer:
+            return answer["predictions"]
+        return answer
+
+    # -- records and processes ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, folder: Path) -> Iterator[None]:
+        """Serialize starts and stops of one endpoint name across processes."""
+        with open(folder / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _read(folder: Path) -> Endpoint | None:
+        try:
+            endpoint = Endpoint.from_dict(json.loads((folder / RECORD).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+        if endpoint.stopped is not None:
+            endpoint.status = "stopped"
+        else:
+            endpoint.status = "running" if _process_alive(endpoint.pid, endpoint.pid_start) else "exited"
+        return endpoint
+
+    @staticmethod
+    def _write(folder: Path, endpoint: Endpoint) -> None:
+        tmp = folder / f".{RECORD}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(endpoint.to_dict(), indent=1))
+        os.replace(tmp, folder / RECORD)
+
+    def _terminate(self, pid: int | None, pid_start: float | None) -> None:
+        """SIGTERM the server and every process of its session's group, SIGKILL what outlives the grace period."""
+        if not _process_alive(pid, pid_start):
+            return
+        assert pid is not None
+        try:
+            leader = psutil.Process(pid)
+            procs = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            return
+        try:
+            group = os.getpgid(pid)
+        except OSError:
+            group = None
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        if group == pid:  # its own session: workers it forked go too
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=self.grace)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if group == pid:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=self.grace)
+        for child in _children:
+            if child.pid == pid:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=self.grace)
+
+
+def scoring_payload(data: Any) -> Any:
+    """``data`` in MLflow's scoring protocol (see :meth:`ServingManager.predict` for what goes where)."""
+    pandas = sys.modules.get("pandas")
+    numpy = sys.modules.get("numpy")
+    if pandas is not None and isinstance(data, pandas.Series):
+        data = data.to_frame()
+    if pandas is not None and isinstance(data, pandas.DataFrame):
+        split = json.loads(data.to_json(orient="split", index=False, date_format="iso"))
+        return {"dataframe_split": {"columns": split["columns"], "data": split["data"]}}
+    if numpy is not None and isinstance(data, numpy.ndarray):
+        return {"instances": data.tolist()}
+    if isinstance(data, dict):
+        if not data:
+            raise JMKUsageError("Nothing to predict: the dict is empty.")
+        if any(key in data for key in _PROTOCOL_KEYS):
+            return data
+        columns = [value for value in data.values() if _is_sequence(value)]
+        if len(columns) == len(data):  # a dict of columns
+            lengths = {len(column) for column in columns}
+            if len(lengths) > 1:
+                raise JMKUsageError(f"The columns have different lengths ({sorted(lengths)}): give each the same "
+                                    "number of values.")
+            rows = [list(row) for row in zip(*(_as_list(column) for column in columns), strict=True)]
+            return {"dataframe_split": {"columns": [str(key) for key in data], "data": rows}}
+        if not columns:  # one row
+            return {"dataframe_records": [data]}
+        raise JMKUsageError("A dict to predict is either columns (each a list of values) or one row (each a "
+                            "single value), not a mix.")
+    if isinstance(data, (list, tuple)):
+        if not data:
+            raise JMKUsageError("Nothing to predict: the list is empty.")
+        if all(isinstance(row, dict) for row in data):
+            return {"dataframe_records": list(data)}
+        return {"instances": [_as_list(row) if _is_sequence(row) else row for row in data]}
+    raise JMKUsageError(
+        f"Cannot send a {type(data).__name__} to a model: give a DataFrame, a dict of columns, a list of row "
+        "dicts, a numpy array or a list of lists."
+    )
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) >= 1)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value.tolist()) if hasattr(value, "tolist") else list(value)
+
+
+def _json_default(value: Any) -> Any:
+    """Numpy scalars and arrays, dates: what ``json`` cannot write by itself."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _error_message(body: bytes) -> str:
+    """The message of an MLflow-style error body (``{"error_code": ..., "message": ...}``), else the text."""
+    text = body.decode(errors="replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text or "no message"
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("error") or text)
+    return text

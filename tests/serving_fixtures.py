@@ -60,3 +60,16 @@ def make_served(name: str, tracking_uri: str) -> Served:
 def served_model(mlflow_uri: str) -> Iterator[Served]:
     """``iris-serving``: versions 1 and 2, ``@prod`` on 1, each with a signature and a drift baseline."""
     yield make_served("iris-serving", mlflow_uri)
+
+
+@pytest.fixture(scope="session")
+def served_tensor_model(mlflow_uri: str, served_model: Served) -> Served:
+    """``iris-tensor``: version 1 trained on a float32 array, so its signature is one tensor (-1, 4)."""
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    array = served_model.frame.to_numpy(dtype="float32")
+    labels = (array[:, 2] > 3.8).astype(int)
+    model = LogisticRegression(max_iter=500).fit(array, labels)
+    return Served("iris-tensor", (_register("iris-tensor", model, array),), served_model.frame, (model,))

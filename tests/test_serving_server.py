@@ -308,3 +308,26 @@ def test_health_version_and_ping(served_model: Served, server: Server) -> None:
     assert version["model"] == served_model.name and version["uri"] == f"models:/{served_model.name}@prod"
     metrics = requests.get(f"{server.url}/metrics", timeout=10)
     assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+
+
+def test_tensor_models_batch_and_answer_as_mlflow_does(served_tensor_model: Served, env: dict[str, str]) -> None:
+    """A one-tensor signature (as a torch model registered with an input example gets): arrays batch too."""
+    server = Server(served_tensor_model.uri(), "--max-wait-ms", "20", env=env)
+    try:
+        arrays = [_frame(1 + i % 4, seed=i).to_numpy(dtype="float32") for i in range(48)]
+        bodies = [{"instances" if i % 2 else "inputs": a.tolist()} for i, a in enumerate(arrays)]
+        answers = asyncio.run(_concurrently(server.url, bodies))
+        for array, (status, body) in zip(arrays, answers, strict=True):
+            assert status == 200 and body["predictions"] == served_tensor_model.models[0].predict(array).tolist()
+        samples = server.metrics()
+        labels = {"model": "iris-tensor", "version": served_tensor_model.versions[0]}
+        assert value(samples, "jmk_batch_size_sum", **labels) == sum(len(a) for a in arrays)
+        assert value(samples, "jmk_batch_size_count", **labels) < 48 / 2
+        assert value(samples, "jmk_input_feature_count_total", feature="2", **labels) == sum(len(a) for a in arrays)
+        wrong = server.post({"instances": [[1.0, 2.0, 3.0]]})
+        assert wrong.status_code == 400
+        assert "shape (1, 3)" in wrong.json()["message"] and "(any, 4)" in wrong.json()["message"]
+        text = server.post({"instances": [["a", "b", "c", "d"]]})
+        assert text.status_code == 400  # MLflow's own words for a value that is not a number
+    finally:
+        server.stop()

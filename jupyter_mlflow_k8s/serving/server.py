@@ -8,12 +8,15 @@ waiting ``max_wait_ms`` for more. Nothing waits when the server is idle, so batc
 request nothing, and under load one model call answers many requests.
 
 A request is *batchable* when it is a ``dataframe_split`` or ``dataframe_records`` (or ``instances``
-as records) whose columns are exactly the model signature's, with values of the signature's types.
-Such requests are checked here (a clear 400 when a column is missing or a value has the wrong type)
-and joined into one DataFrame per batch; the model's own ``predict`` enforces the schema once per
-batch, and the predictions are split back. Every other request (CSV, tensors, ``inputs``, extra
-columns, nulls, models without a signature) goes through MLflow's own ``invocations`` function
-unchanged, so the answers, including the errors, are those of ``mlflow models serve``.
+as records) whose columns are exactly the model signature's, with values of the signature's types;
+or, for a model whose signature is one tensor with a free first dimension (a torch model registered
+with an input example), ``instances`` or ``inputs`` holding an array of that shape. Such requests are
+checked here (a clear 400 when a column is missing, a value has the wrong type or an array the
+wrong shape) and joined into one DataFrame or array per batch; the model's own ``predict`` enforces
+the schema once per batch, and the predictions are split back. Every other request (CSV, extra
+columns, nulls, models without a signature, named tensors) goes through MLflow's own
+``invocations`` function unchanged, so the answers, including the errors, are those of
+``mlflow models serve``.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class LoadedModel:
     columns: tuple[str, ...] | None  # the signature's columns when every one is a named scalar
     types: dict[str, str]
     baseline: dict[str, Any] | None
+    tensor: tuple[Any, tuple[int, ...]] | None = None  # (numpy dtype, shape) of a one-tensor signature
 
 
 def _resolve(uri: str) -> tuple[str, str, str | None]:
@@ -156,7 +160,16 @@ def load(uri: str, role: str = "primary") -> LoadedModel:
             print(f"jmk-serve: {uri}: no drift baseline ({exc}); drift is not computed", flush=True)
     schema = model.metadata.get_input_schema()
     columns, types = _columns(schema)
-    return LoadedModel(uri, name, version, role, model, schema, columns, types, baseline)
+    return LoadedModel(uri, name, version, role, model, schema, columns, types, baseline, _tensor(schema))
+
+
+def _tensor(schema: Any) -> tuple[Any, tuple[int, ...]] | None:
+    """``(dtype, shape)`` of a signature that is one unnamed tensor batched on its first dimension."""
+    if schema is None or not schema.is_tensor_spec() or len(schema.inputs) != 1 or schema.has_input_names():
+        return None
+    spec = schema.inputs[0]
+    shape = tuple(int(d) for d in spec.shape)
+    return (spec.type, shape) if shape and shape[0] == -1 else None
 
 
 def _columns(schema: Any) -> tuple[tuple[str, ...] | None, dict[str, str]]:
@@ -181,9 +194,10 @@ class BadRequest(Exception):
 
 @dataclasses.dataclass
 class Item:
-    """One request waiting for its batch: rows in the signature's column order, or a raw body."""
+    """One request waiting for its batch: rows (``frame``), an array (``tensor``) or a raw body (``raw``)."""
 
-    rows: list[list[Any]] | None
+    kind: str
+    data: Any  # frame: rows in the signature's column order; tensor: an ndarray; raw: None
     body: bytes
     content_type: str
     future: asyncio.Future[tuple[int, bytes]]
@@ -192,16 +206,45 @@ class Item:
     @property
     def count(self) -> int:
         """Rows the request adds to a batch."""
-        return len(self.rows) if self.rows is not None else 1
+        return len(self.data) if self.kind != "raw" else 1
 
 
-def batchable_rows(document: Any, model: LoadedModel) -> list[list[Any]] | None:
-    """The request's rows in the model's column order, if it can join a batch; None for MLflow's own path.
+def batchable(document: Any, model: LoadedModel) -> tuple[str, Any] | None:
+    """``("frame", rows)`` or ``("tensor", array)`` if the request can join a batch; None for MLflow's own path.
 
-    Raises :class:`BadRequest` when a column the signature requires is missing or a value has the
-    wrong type, naming the column, the row and what the model expects.
+    Raises :class:`BadRequest` when a column the signature requires is missing, a value has the
+    wrong type or an array the wrong shape, saying what the model expects.
     """
-    if model.columns is None or not isinstance(document, dict) or len(document) != 1:
+    if not isinstance(document, dict) or len(document) != 1:
+        return None
+    if model.tensor is not None:
+        array = _tensor_input(document, model)
+        return None if array is None else ("tensor", array)
+    rows = _frame_rows(document, model)
+    return None if rows is None else ("frame", rows)
+
+
+def _tensor_input(document: dict[str, Any], model: LoadedModel) -> Any:
+    import numpy as np
+
+    assert model.tensor is not None
+    ((key, payload),) = document.items()
+    if key not in ("instances", "inputs") or not isinstance(payload, list) or not payload:
+        return None
+    dtype, shape = model.tensor
+    try:
+        array = np.asarray(payload, dtype=dtype)
+    except (ValueError, TypeError):
+        return None  # MLflow words the conversion error
+    if array.ndim != len(shape) or any(w not in (-1, g) for w, g in zip(shape[1:], array.shape[1:], strict=True)):
+        expected = "(" + ", ".join("any" if d == -1 else str(d) for d in shape) + ")"
+        raise BadRequest(f"The input has shape {tuple(array.shape)}; the model {model.name} expects shape "
+                         f"{expected} of {dtype}, its first dimension the rows.")
+    return array
+
+
+def _frame_rows(document: dict[str, Any], model: LoadedModel) -> list[list[Any]] | None:
+    if model.columns is None:
         return None
     ((key, payload),) = document.items()
     if key == "dataframe_split" and isinstance(payload, dict) and set(payload) <= {"columns", "data", "index"}:
@@ -303,12 +346,12 @@ class Batcher:
     async def _take(self) -> list[Item]:
         """The next batch: requests of the same kind, up to max_batch_size rows (waiting max_wait_ms for more)."""
         first = self.pending.popleft()
-        if first.rows is None or not self.settings.batching:
+        if first.kind == "raw" or not self.settings.batching:
             return [first]
         batch, rows = [first], first.count
         deadline = time.monotonic() + self.settings.max_wait_ms / 1000
         while rows < self.settings.max_batch_size:
-            taken = self._take_compatible(self.settings.max_batch_size - rows)
+            taken = self._take_compatible(first.kind, self.settings.max_batch_size - rows)
             if taken is not None:
                 batch.append(taken)
                 rows += taken.count
@@ -323,9 +366,9 @@ class Batcher:
                 break
         return batch
 
-    def _take_compatible(self, room: int) -> Item | None:
+    def _take_compatible(self, kind: str, room: int) -> Item | None:
         for index, item in enumerate(self.pending):
-            if item.rows is not None and item.count <= room:
+            if item.kind == kind and item.count <= room:
                 del self.pending[index]
                 return item
         return None
@@ -333,13 +376,9 @@ class Batcher:
     # -- on the worker thread
 
     def _answer(self, batch: list[Item]) -> list[tuple[int, bytes]]:
-        if batch[0].rows is None:
+        if batch[0].kind == "raw":
             return [self._mlflow_path(batch[0])]
-        import pandas as pd
-
-        assert self.model.columns is not None
-        rows = [row for item in batch for row in item.rows or ()]
-        frame = pd.DataFrame(rows, columns=list(self.model.columns))
+        frame = self._joined(batch)
         try:
             predictions = self.model.pyfunc.predict(frame)
             pieces = _split(predictions, [item.count for item in batch])
@@ -347,7 +386,7 @@ class Batcher:
             if len(batch) == 1:
                 return [self._mlflow_path(batch[0])]
             return [self._answer([item])[0] for item in batch]
-        self.metrics.batch(self.labels, len(rows))
+        self.metrics.batch(self.labels, len(frame))
         self._observe(frame)
         return [(200, _predictions_json(piece)) for piece in pieces]
 
@@ -368,9 +407,25 @@ class Batcher:
         body = result.response.encode() if isinstance(result.response, str) else result.response
         return result.status, body
 
-    def _observe(self, frame: Any) -> None:
-        columns = {str(c): frame[c].to_numpy(dtype=float) for c in frame.columns
-                   if frame[c].dtype.kind in "biuf"}
+    def _joined(self, batch: list[Item]) -> Any:
+        """One model input for the batch: a DataFrame of all rows, or the arrays stacked."""
+        if batch[0].kind == "tensor":
+            import numpy as np
+
+            return batch[0].data if len(batch) == 1 else np.concatenate([item.data for item in batch])
+        import pandas as pd
+
+        assert self.model.columns is not None
+        return pd.DataFrame([row for item in batch for row in item.data], columns=list(self.model.columns))
+
+    def _observe(self, data: Any) -> None:
+        if hasattr(data, "columns"):
+            columns = {str(c): data[c].to_numpy(dtype=float) for c in data.columns if data[c].dtype.kind in "biuf"}
+        elif data.dtype.kind in "biuf":  # features of an array are named by position, as in the baseline
+            flat = data.reshape(len(data), -1)
+            columns = {str(i): flat[:, i].astype(float) for i in range(flat.shape[1])}
+        else:
+            columns = {}
         if columns:
             self.features.update(columns)
             self.drift.update(columns)
@@ -523,28 +578,29 @@ class InferenceServer:
         batcher.submit(item)
         answer = await item.future
         if self.shadow is not None and answer[0] == 200:
-            self._mirror(body, content_type, item.rows)
+            self._mirror(item)
         return answer
 
     def _item(self, model: LoadedModel, body: bytes, content_type: str, started: float) -> Item | tuple[int, bytes]:
         """The queued form of a request, or an immediate 400 for a request the signature refuses."""
         future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        rows = None
+        found = None
         if content_type.split(";")[0].strip().lower() == JSON:
             try:
-                rows = batchable_rows(json.loads(body), model)
+                found = batchable(json.loads(body), model)
             except BadRequest as exc:
                 return 400, error_body(str(exc))
             except ValueError:
-                rows = None  # MLflow's path words the JSON error
-        return Item(rows, body, content_type or JSON, future, started)
+                found = None  # MLflow's path words the JSON error
+        kind, data = found or ("raw", None)
+        return Item(kind, data, body, content_type or JSON, future, started)
 
-    def _mirror(self, body: bytes, content_type: str, rows: list[list[Any]] | None) -> None:
+    def _mirror(self, answered: Item) -> None:
         """Send a copy of an answered request to the shadow version; its answer is only measured."""
         shadow = self.batchers["shadow"]
         started = time.perf_counter()
         future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        shadow.submit(Item(rows, body, content_type, future, started))
+        shadow.submit(dataclasses.replace(answered, future=future, started=started))
 
         def done(finished: asyncio.Future[tuple[int, bytes]]) -> None:
             status = finished.result()[0] if not finished.cancelled() else 499

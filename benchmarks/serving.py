@@ -1,0 +1,592 @@
+"""Model serving: our inference server against ``mlflow models serve``, on the same model, in the same run.
+
+Usage::
+
+    .venv/bin/python benchmarks/serving.py [--duration 10] [--warmup 2] [--concurrency 1 16 64] [--rows 1]
+                                           [--rounds 1] [--server-cpu 0] [--load-cpu 1] [--keep]
+
+The model: an iris-like scikit-learn ``LogisticRegression`` (4 float64 features, 3 classes) logged
+with a signature and registered as version 1 of ``iris-bench`` in a new SQLite tracking store in a
+temporary folder, by ``make_served`` from ``tests/serving_fixtures.py`` (the fixture the serving
+tests use; it also registers a version 2, not used here). Every server loads ``models:/iris-bench/1``
+from that store (``MLFLOW_TRACKING_URI``) with one worker:
+
+- **mlflow**: ``mlflow models serve -m models:/iris-bench/1 --env-manager local --port P --workers 1``
+  (MLflow 3: uvicorn + FastAPI, as shipped: its access log on, written to a file here);
+- **ours, batching**: ``python -m jupyter_mlflow_k8s.serving models:/iris-bench/1 --port P --workers 1``
+  (dynamic batching on with the server's defaults for ``--max-batch-size`` and ``--max-wait-ms``,
+  printed by the run);
+- **ours, no batching**: the same with ``--no-batching`` (one model call per request).
+
+Each server runs pinned to CPU ``--server-cpu`` (``taskset -c``; its children inherit it), the load
+generator (``benchmarks/loadgen.py``, a separate process) to CPU ``--load-cpu``. The load is closed
+loop: ``--concurrency`` virtual users, each with one keep-alive HTTP/1.1 connection, each sending
+its next request when the answer to the previous one arrived; ``--warmup`` seconds not counted,
+then ``--duration`` seconds measured. Every request is the same ``POST /invocations`` with a JSON
+``dataframe_split`` body of ``--rows`` rows (1 by default: single-row requests, the usual online
+case). Reported per server and concurrency: requests/s (200 answers in the window / duration), p50
+and p99 latency as the client sees it, failed requests (non-200 answers and connection errors),
+the CPU the server used per second (1.0 = its core saturated), the load generator's CPU per second,
+and the CPU other processes of the machine used meanwhile (the machine may be shared). For ours
+with batching, the mean batch size comes from its ``/metrics`` (``jmk_batch_size`` sum / count).
+With ``--rounds N`` each server is started once per round (rounds interleave the servers) and the
+median round is reported per point.
+
+Before any load, the same requests (1 row, and 64 rows of the training frame) are sent to every
+server; their answers must be the same JSON, and match ``pyfunc_model.predict`` in this process.
+
+Also measured, so that the reader can place the numbers:
+
+- **the load generator's own ceiling**: the same load against a trivial ``asyncio.Protocol`` server
+  that answers a fixed body (server on the server CPU, generator on the load CPU): what the
+  generator can drive; it must be far above what the model servers reach;
+- **the in-process ceiling**: ``pyfunc_model.predict`` called in a loop in this process (pinned to
+  the server CPU) on the same one-row DataFrame (calls/s), and on a 64-row frame (calls/s and
+  rows/s); the scikit-learn estimator's own ``predict`` next to it. No server can answer single-row
+  requests faster than the one-row rate without batching.
+
+Nothing is asserted about timings; the script exits with 1 when a server fails to start or exits,
+the servers' answers differ, or a request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from loadgen import free_port  # benchmarks/loadgen.py
+from machine import cpu_model, memory_total  # benchmarks/machine.py
+from machine import os_name as machine_os_name
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+MODEL_NAME = "iris-bench"
+GOAL_THROUGHPUT = 3.0
+CHECK_ROWS = 64
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def s(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in pairs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used (user+nice+system+irq+softirq+steal)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_description(tmp: Path, server_cpu: int, load_cpu: int) -> list[tuple[str, str]]:
+    versions = []
+    for package in ("jupyter_mlflow_k8s", "mlflow", "uvicorn", "fastapi", "scikit-learn", "pandas", "numpy",
+                    "psutil"):
+        try:
+            versions.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            versions.append(f"{package} (not installed)")
+    tree = "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "jupyter_mlflow_k8s"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        tree = head + (" + uncommitted changes in jupyter_mlflow_k8s/" if dirty else "")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    pinning = (f"servers on CPU {server_cpu} (taskset -c {server_cpu}), load generator on CPU {load_cpu}"
+               if shutil.which("taskset") else "not pinned (no taskset)")
+    return [
+        ("date", datetime.now().astimezone().isoformat(timespec="seconds")),
+        ("code", tree),
+        ("CPU", f"{cpu_model()}, {os.cpu_count()} logical cores, {usable} usable"),
+        ("pinning", pinning),
+        ("memory", memory_total()),
+        ("OS", machine_os_name()),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})"),
+        ("packages", ", ".join(versions)),
+        ("temporary folder", str(tmp)),
+        ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
+    ]
+
+
+# ----------------------------------------------------------------------------- the model and the requests
+
+
+@dataclass
+class Model:
+    """The registered model and the requests sent to it."""
+
+    tracking_uri: str
+    uri: str
+    frame: Any  # the training DataFrame
+    seconds: float  # how long creating the store and registering took
+
+
+def register_model(tmp: Path) -> Model:
+    """A new SQLite store in ``tmp`` with ``iris-bench`` v1 and v2 (``make_served``); serve v1."""
+    sys.path.insert(0, str(ROOT))
+    from tests.serving_fixtures import make_served
+
+    started = time.perf_counter()
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    served = make_served(MODEL_NAME, uri)
+    return Model(uri, served.uri(served.versions[0]), served.frame, time.perf_counter() - started)
+
+
+def split_body(frame: Any) -> bytes:
+    """A ``dataframe_split`` request body for the frame's rows (no index)."""
+    return json.dumps({"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}}).encode()
+
+
+# ----------------------------------------------------------------------------- the servers
+
+
+@dataclass
+class ServerKind:
+    key: str
+    label: str
+    command: Callable[[str, int], list[str]]
+
+
+def python_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def mlflow_command(uri: str, port: int) -> list[str]:
+    return [str(python_bin() / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def ours_command(uri: str, port: int, batching: bool = True) -> list[str]:
+    command = [sys.executable, "-m", "jupyter_mlflow_k8s.serving", uri, "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    return command if batching else [*command, "--no-batching"]
+
+
+SERVERS = (
+    ServerKind("mlflow", "mlflow models serve", mlflow_command),
+    ServerKind("ours", "ours, batching", ours_command),
+    ServerKind("ours-nb", "ours, no batching", lambda uri, port: ours_command(uri, port, batching=False)),
+)
+
+
+@dataclass
+class Server:
+    """A started server process (its own process group), pinned to a CPU."""
+
+    kind: ServerKind
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    ready_s: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tree(self) -> list[Any]:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        return []
+
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        total = 0.0
+        for proc in self.tree():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def rss_bytes(self) -> int:
+        import psutil
+
+        total = 0
+        for proc in self.tree():
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    def log_tail(self, lines: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def http(method: str, url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def start_server(kind: ServerKind, model: Model, tmp: Path, cpu: int | None, timeout: float = 180.0) -> Server:
+    """Start ``kind`` on a free port, pinned to ``cpu``; return once ``GET /ping`` answers 200."""
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=model.tracking_uri,
+               PATH=f"{python_bin()}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow runs ``uvicorn`` from PATH
+               JMK_STATE_DIR=str(tmp / "state"))
+    command = kind.command(model.uri, port)
+    if cpu is not None and shutil.which("taskset"):
+        command = ["taskset", "-c", str(cpu), *command]
+    log = tmp / f"{kind.key}-{port}.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                   cwd=tmp, start_new_session=True)
+    server = Server(kind, port, process, log)
+    deadline = started + timeout
+    while time.perf_counter() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind.label} exited with {process.returncode}:\n{server.log_tail()}")
+        with contextlib.suppress(OSError):
+            if http("GET", f"{server.base}/ping", timeout=2.0)[0] == 200:
+                server.ready_s = time.perf_counter() - started
+                return server
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"{kind.label} did not answer /ping within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+@contextlib.contextmanager
+def running(kind: ServerKind, model: Model, tmp: Path, cpu: int | None) -> Iterator[Server]:
+    server = start_server(kind, model, tmp, cpu)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def batch_size_totals(server: Server) -> tuple[float, float] | None:
+    """``jmk_batch_size`` sum and count over all series from ``/metrics`` (0, 0 before any; None without metrics)."""
+    try:
+        status, text = http("GET", f"{server.base}/metrics")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    total = count = 0.0
+    for line in text.decode(errors="replace").splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in ("jmk_batch_size_sum", "jmk_batch_size_count"):
+            value = float(line.rsplit(" ", 1)[1])
+            if name.endswith("_sum"):
+                total += value
+            else:
+                count += value
+    return total, count
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def run_loadgen(url: str, body_file: Path, concurrency: int, duration: float, warmup: float,
+                cpu: int | None) -> dict[str, Any]:
+    """One load point in a new load generator process; its JSON summary."""
+    command = [sys.executable, str(LOADGEN), "--url", url, "--body-file", str(body_file), "--concurrency",
+               str(concurrency), "--duration", str(duration), "--warmup", str(warmup)]
+    if cpu is not None:
+        command += ["--cpu", str(cpu)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def measure_point(server: Server, body_file: Path, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One load point against a running server, with the CPU used by it, the generator and the rest."""
+    batches_before = batch_size_totals(server) if server.kind.key == "ours" else None
+    busy_before, children_before, server_before = busy_cpu_seconds(), children_cpu_seconds(), server.cpu_seconds()
+    wall = time.perf_counter()
+    result = run_loadgen(f"{server.base}/invocations", body_file, concurrency, args.duration, args.warmup,
+                         args.load_cpu)
+    wall = time.perf_counter() - wall
+    server_cpu = server.cpu_seconds() - server_before
+    loadgen_cpu = children_cpu_seconds() - children_before
+    busy_after = busy_cpu_seconds()
+    result["server_cpu_s_per_s"] = server_cpu / wall
+    result["other_cpu_s"] = (None if busy_before is None or busy_after is None
+                             else max(0.0, busy_after - busy_before - server_cpu - loadgen_cpu))
+    result["wall_s"] = wall
+    result["mean_batch"] = None
+    batches_after = batch_size_totals(server) if batches_before is not None else None
+    if batches_before is not None and batches_after is not None and batches_after[1] > batches_before[1]:
+        result["mean_batch"] = (batches_after[0] - batches_before[0]) / (batches_after[1] - batches_before[1])
+    if server.process.poll() is not None:
+        server.problems.append(f"exited with {server.process.returncode} during the load")
+    return result
+
+
+def check_answers(servers: Sequence[Server], bodies: Sequence[bytes], expected: Sequence[Any]) -> list[str]:
+    """The same requests to every server: each answer must be 200 and the same predictions as in-process."""
+    problems = []
+    for body, want in zip(bodies, expected, strict=True):
+        answers = {}
+        for server in servers:
+            status, text = http("POST", f"{server.base}/invocations", body)
+            if status != 200:
+                problems.append(f"{server.kind.label}: {status} {text[:300]!r}")
+                continue
+            answers[server.kind.label] = json.loads(text)
+        for label, answer in answers.items():
+            if answer != {"predictions": want}:
+                problems.append(f"{label} answered {str(answer)[:200]}, in-process predict gives {str(want)[:200]}")
+    return problems
+
+
+def in_process_ceiling(model: Model, rows: int, seconds: float, cpu: int | None) -> list[list[str]]:
+    """``pyfunc_model.predict`` (and the estimator's ``predict``) in a loop, pinned to ``cpu``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(model.tracking_uri)
+    pyfunc_model = mlflow.pyfunc.load_model(model.uri)
+    estimator = mlflow.sklearn.load_model(model.uri)
+    previous = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if cpu is not None and previous is not None:
+        os.sched_setaffinity(0, {cpu})
+    rows_out = []
+    try:
+        calls_to = (("pyfunc_model.predict", pyfunc_model.predict), ("estimator.predict", estimator.predict))
+        for label, predict in calls_to:
+            for n in sorted({rows, CHECK_ROWS}):
+                frame = model.frame.iloc[:n].copy()
+                for _ in range(50):
+                    predict(frame)
+                calls, start = 0, time.perf_counter()
+                while (elapsed := time.perf_counter() - start) < seconds:
+                    for _ in range(20):
+                        predict(frame)
+                    calls += 20
+                rows_out.append([f"{label}, {n}-row frame", s(calls / elapsed), s(calls * n / elapsed),
+                                 s(1e6 * elapsed / calls)])
+    finally:
+        if previous is not None:
+            os.sched_setaffinity(0, previous)
+    return rows_out
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def median_round(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median throughput (the lower middle one for an even count)."""
+    ordered = sorted(results, key=lambda r: r["throughput"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measured window")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--load-cpu", type=int, default=1)
+    parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="per in-process measurement")
+    parser.add_argument("--servers", nargs="+", default=[k.key for k in SERVERS], choices=[k.key for k in SERVERS])
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (store, server logs)")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="jmk-bench-serving-"))
+    try:
+        return run(args, tmp)
+    finally:
+        if args.keep:
+            print(f"\nkept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path) -> int:
+    wall_start = time.perf_counter()
+    print(table("Machine", ["what", "value"], machine_description(tmp, args.server_cpu, args.load_cpu)))
+    model = register_model(tmp)
+    print(f"\nmodel: {model.uri} in {model.tracking_uri} (store created and 2 versions registered in "
+          f"{model.seconds:.1f} s)")
+    body = split_body(model.frame.iloc[:args.rows])
+    body_file = tmp / "request.json"
+    body_file.write_bytes(body)
+    print(f"request: POST /invocations, Content-Type application/json, dataframe_split, {args.rows} row(s), "
+          f"{len(body)} bytes: {body[:160].decode()}{'...' if len(body) > 160 else ''}")
+
+    import mlflow
+
+    pyfunc_model = mlflow.pyfunc.load_model(model.uri)
+    check_bodies = [body, split_body(model.frame.iloc[:CHECK_ROWS])]
+    expected = [pyfunc_model.predict(model.frame.iloc[:n]).tolist() for n in (args.rows, CHECK_ROWS)]
+    kinds = [k for k in SERVERS if k.key in args.servers]
+    with contextlib.suppress(ImportError, AttributeError):
+        from jupyter_mlflow_k8s.serving.__main__ import parser as serving_parser
+
+        defaults = serving_parser().parse_args([model.uri])
+        print(f"ours: batching defaults --max-batch-size {defaults.max_batch_size}, "
+              f"--max-wait-ms {defaults.max_wait_ms:g}")
+
+    problems: list[str] = []
+    servers: list[Server] = []
+    try:
+        for kind in kinds:
+            servers.append(start_server(kind, model, tmp, args.server_cpu))
+        problems += check_answers(servers, check_bodies, expected)
+        print(f"\nsame answers from {', '.join(k.label for k in kinds)} and in-process predict "
+              f"({len(check_bodies)} requests: {args.rows} and {CHECK_ROWS} rows): "
+              + ("yes" if not problems else "NO"))
+        print("time to the first 200 on /ping: " + ", ".join(f"{x.kind.label} {x.ready_s:.1f} s" for x in servers))
+    except RuntimeError as error:
+        problems.append(str(error))
+    finally:
+        for server in servers:
+            server.stop()
+    if problems:
+        print("\nproblems:\n  " + "\n  ".join(problems))
+        return 1
+
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for round_index in range(args.rounds):
+        for kind in kinds:
+            with running(kind, model, tmp, args.server_cpu) as server:
+                for concurrency in args.concurrency:
+                    result = measure_point(server, body_file, concurrency, args)
+                    results.setdefault((kind.key, concurrency), []).append(result)
+                    print(f"round {round_index + 1}, {kind.label}, concurrency {concurrency}: "
+                          f"{result['throughput']:.0f} req/s, p50 {s(result['p50_ms'], 2)} ms, "
+                          f"p99 {s(result['p99_ms'], 2)} ms, failed {result['failed']}, "
+                          f"server CPU {result['server_cpu_s_per_s']:.2f}/s, others {s(result['other_cpu_s'])} CPU-s",
+                          flush=True)
+                problems += [f"{kind.label}: {p}" for p in server.problems]
+
+    ceiling = {}
+    for concurrency in args.concurrency:
+        done = subprocess.run([sys.executable, str(LOADGEN), "--ceiling", "--body-file", str(body_file),
+                               "--concurrency", str(concurrency), "--duration", str(args.duration), "--warmup",
+                               str(args.warmup), "--server-cpu", str(args.server_cpu), "--cpu", str(args.load_cpu)],
+                              capture_output=True, text=True, timeout=args.duration + args.warmup + 120)
+        if done.returncode == 0:
+            ceiling[concurrency] = json.loads(done.stdout)
+        else:
+            problems.append(f"load generator ceiling at concurrency {concurrency}: {done.stderr[-500:]}")
+    in_process = in_process_ceiling(model, args.rows, args.ceiling_seconds, args.server_cpu)
+
+    report(args, kinds, results, ceiling, in_process)
+    for (key, concurrency), runs in results.items():
+        for r in runs:
+            if r["failed"]:
+                problems.append(f"{key} at concurrency {concurrency}: {r['failed']} failed requests "
+                                f"({r['statuses']}, connection errors {r['connection_errors']}): "
+                                f"{'; '.join(r['error_samples'])}")
+    elapsed = time.perf_counter() - wall_start
+    print(f"\nwhole benchmark: {elapsed:.0f} s; load average at the end: "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print("\nproblems (failed starts, different answers, failed requests): " + ("none" if not problems else ""))
+    for line in problems:
+        print("  " + line)
+    return 1 if problems else 0
+
+
+def report(args: argparse.Namespace, kinds: Sequence[ServerKind], results: dict[tuple[str, int], list[dict[str, Any]]],
+           ceiling: dict[int, dict[str, Any]], in_process: list[list[str]]) -> None:
+    rounds = f"median of {args.rounds} rounds" if args.rounds > 1 else "one round"
+    rows = []
+    for kind in kinds:
+        for concurrency in args.concurrency:
+            r = median_round(results[(kind.key, concurrency)])
+            rows.append([kind.label, str(concurrency), s(r["throughput"]), s(r["p50_ms"], 2), s(r["p99_ms"], 2),
+                         str(r["failed"]), s(r["mean_batch"], 1), s(r["server_cpu_s_per_s"], 2),
+                         s(r["loadgen_cpu_s_per_s"], 2), s(r["other_cpu_s"], 1)])
+    print()
+    print(table(f"Throughput and latency ({rounds}; {args.rows}-row dataframe_split requests, closed loop, "
+                f"{args.duration:g} s measured after {args.warmup:g} s warm-up, 1 worker each)",
+                ["server", "concurrency", "req/s", "p50 ms", "p99 ms", "failed", "mean batch", "server CPU/s",
+                 "loadgen CPU/s", "others CPU-s"], rows))
+
+    if any(k.key == "mlflow" for k in kinds):
+        rows = []
+        for kind in kinds:
+            if kind.key == "mlflow":
+                continue
+            for concurrency in args.concurrency:
+                ours = median_round(results[(kind.key, concurrency)])
+                peer = median_round(results[("mlflow", concurrency)])
+                ratio = ours["throughput"] / peer["throughput"] if peer["throughput"] else None
+                p99 = ours["p99_ms"] / peer["p99_ms"] if ours["p99_ms"] and peer["p99_ms"] else None
+                met = ratio is not None and p99 is not None and ratio >= GOAL_THROUGHPUT and p99 <= 1.0
+                rows.append([kind.label, str(concurrency), s(ratio, 2), s(p99, 2), "yes" if met else "no"])
+        print()
+        print(table(f"Ratios ours / mlflow models serve (goal: throughput >= {GOAL_THROUGHPUT:g}x at p99 ratio <= 1)",
+                    ["server", "concurrency", "throughput ratio", "p99 ratio", "goal met"], rows))
+
+    rows = []
+    for concurrency, r in sorted(ceiling.items()):
+        rows.append([str(concurrency), s(r["throughput"]), s(r["p50_ms"], 3), s(r["p99_ms"], 3), str(r["failed"]),
+                     s(r["loadgen_cpu_s_per_s"], 2)])
+    print()
+    print(table(f"The load generator's own ceiling: the same requests against a trivial asyncio.Protocol server "
+                f"(server on CPU {args.server_cpu}, generator on CPU {args.load_cpu})",
+                ["concurrency", "req/s", "p50 ms", "p99 ms", "failed", "loadgen CPU/s"], rows))
+
+    print()
+    print(table(f"In-process ceiling: predict in a loop in one process pinned to CPU {args.server_cpu} "
+                f"({args.ceiling_seconds:g} s each, after 50 warm-up calls)",
+                ["call", "calls/s", "rows/s", "us/call"], in_process))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

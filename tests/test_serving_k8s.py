@@ -97,3 +97,24 @@ def test_an_endpoint_that_cannot_load_its_model_says_why(
     assert "exited with code 2 (bad arguments or a model URI that cannot be loaded)" in message, message
     assert "models:/iris-serving/99: no such model version" in message, message
     undeploy(k8s_api, "missing", k8s_namespace)
+
+
+def test_serve_magic_with_backend_kubernetes_deploys_and_answers(
+    shell: Any, node_agent: KubeTarget, k8s_api: Any, k8s_namespace: str, served_model: Served
+) -> None:
+    """``%serve ... --backend kubernetes``: the magic's path, configured as a user would (c.KubernetesBackend)."""
+    config = shell.config.KubernetesBackend
+    config.kubeconfig, config.namespace, config.image = str(node_agent.kubeconfig), k8s_namespace, POD_IMAGE
+    port = free_port()
+    try:
+        endpoint = shell.run_line_magic("serve", f"{served_model.uri('1')} --backend kubernetes --port {port} "
+                                                 "--name iris-magic --max-batch-size 16")
+        assert (endpoint.name, endpoint.version, endpoint.ready) == ("iris-magic", "1", True)
+        rows = served_model.frame.head(10)[list(FEATURES)]
+        assert predict(port, rows) == served_model.models[0].predict(rows).tolist()
+        assert get(port, "/version")["batching"]["max_batch_size"] == 16
+        undeploy(k8s_api, "iris-magic", k8s_namespace)
+        assert not pod_processes(f"{k8s_namespace}/")
+    finally:
+        for key in ("kubeconfig", "namespace", "image"):
+            config.pop(key, None)

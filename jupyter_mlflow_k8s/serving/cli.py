@@ -116,7 +116,7 @@ def deploy_to_kubernetes(model_uri: str, name: str | None, port: int | None, fla
         spec_fields["port"] = port
     backend: Any = JobService(settings, backend_config=config).backend("kubernetes")
     spec = kubernetes.EndpointSpec(**spec_fields)
-    return kubernetes.deploy(backend.api(), spec, kubernetes.endpoint_settings(backend), wait=wait)
+    return kubernetes.deploy(backend.api, spec, kubernetes.endpoint_settings(backend), wait=wait)
 
 
 def read_data(text: str) -> tuple[Any, str | None]:

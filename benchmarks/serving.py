@@ -543,7 +543,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
 def report(args: argparse.Namespace, kinds: Sequence[ServerKind], results: dict[tuple[str, int], list[dict[str, Any]]],
            ceiling: dict[int, dict[str, Any]], in_process: list[list[str]]) -> None:
-    rounds = f"median of {args.rounds} rounds" if args.rounds > 1 else "one round"
+    rounds = "one round" if args.rounds == 1 else f"median of {args.rounds} rounds by req/s" + (
+        ", the lower middle one" if args.rounds % 2 == 0 else "")
     rows = []
     for kind in kinds:
         for concurrency in args.concurrency:

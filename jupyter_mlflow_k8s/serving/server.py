@@ -45,6 +45,9 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 NUMERIC = {"double": (int, float), "float": (int, float), "long": (int,), "integer": (int,)}
 SCALAR_TYPES = {**NUMERIC, "string": (str,), "boolean": (bool,)}
+# The dtypes MLflow's schema enforcement gives each column type.
+NUMPY_TYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "string": "object",
+               "boolean": "bool"}
 
 
 class ServingError(JMKUsageError):
@@ -105,6 +108,7 @@ class LoadedModel:
     types: dict[str, str]
     baseline: dict[str, Any] | None
     tensor: tuple[Any, tuple[int, ...]] | None = None  # (numpy dtype, shape) of a one-tensor signature
+    direct: Any = None  # the flavor's own predict, for inputs this module has already checked and typed
 
 
 def _resolve(uri: str) -> tuple[str, str, str | None]:
@@ -160,7 +164,23 @@ def load(uri: str, role: str = "primary") -> LoadedModel:
             print(f"jmk-serve: {uri}: no drift baseline ({exc}); drift is not computed", flush=True)
     schema = model.metadata.get_input_schema()
     columns, types = _columns(schema)
-    return LoadedModel(uri, name, version, role, model, schema, columns, types, baseline, _tensor(schema))
+    return LoadedModel(uri, name, version, role, model, schema, columns, types, baseline, _tensor(schema),
+                       _direct(model))
+
+
+# Flavors whose predict is a plain function of the (already schema-typed) input. For them a checked
+# batch skips pyfunc's per-call wrapper (schema enforcement again, context, signature inspection:
+# about half of a one-row call), with the same result.
+DIRECT_FLAVORS = ("mlflow.sklearn", "mlflow.pytorch")
+
+
+def _direct(model: Any) -> Any:
+    metadata = model.metadata
+    if getattr(model, "loader_module", None) not in DIRECT_FLAVORS or metadata.get_params_schema() is not None:
+        return None
+    if getattr(metadata, "metadata", None) and metadata.metadata.get("dependencies_schemas"):
+        return None
+    return getattr(model, "_predict_fn", None)
 
 
 def _tensor(schema: Any) -> tuple[Any, tuple[int, ...]] | None:
@@ -378,9 +398,10 @@ class Batcher:
     def _answer(self, batch: list[Item]) -> list[tuple[int, bytes]]:
         if batch[0].kind == "raw":
             return [self._mlflow_path(batch[0])]
-        frame = self._joined(batch)
         try:
-            predictions = self.model.pyfunc.predict(frame)
+            frame = self._joined(batch)
+            predict = self.model.direct or self.model.pyfunc.predict
+            predictions = predict(frame)
             pieces = _split(predictions, [item.count for item in batch])
         except Exception:  # one request's data may break the batch: answer each alone
             if len(batch) == 1:
@@ -413,10 +434,16 @@ class Batcher:
             import numpy as np
 
             return batch[0].data if len(batch) == 1 else np.concatenate([item.data for item in batch])
+        import numpy as np
         import pandas as pd
 
         assert self.model.columns is not None
-        return pd.DataFrame([row for item in batch for row in item.data], columns=list(self.model.columns))
+        rows = [row for item in batch for row in item.data]
+        kinds = {self.model.types[c] for c in self.model.columns}
+        if len(kinds) == 1 and (dtype := NUMPY_TYPES[kinds.pop()]) != "object":  # the common case: all numbers
+            return pd.DataFrame(np.asarray(rows, dtype=dtype), columns=list(self.model.columns))
+        return pd.DataFrame({c: np.asarray([row[i] for row in rows], dtype=NUMPY_TYPES[self.model.types[c]])
+                             for i, c in enumerate(self.model.columns)})
 
     def _observe(self, data: Any) -> None:
         if hasattr(data, "columns"):

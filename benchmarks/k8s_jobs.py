@@ -53,11 +53,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model, memory_total  # benchmarks/machine.py
+from machine import code_state, cpu_model, memory_total, package_versions, table
 from machine import os_name as machine_os_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,39 +139,20 @@ def ratio(ours: float | None, peer: float | None) -> str:
     return f"{ours / peer:.2f}"
 
 
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [title]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        pairs = enumerate(zip(row, widths, strict=True))
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in pairs]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def machine_description() -> list[tuple[str, str]]:
     cpu, memory = cpu_model(), memory_total()
     os_name = machine_os_name()
-    versions = []
-    for package in ("jupyter_mlflow_k8s", "kubernetes", "mlflow"):
-        try:
-            versions.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    tree = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "jupyter_mlflow_k8s"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        tree = f"{head}" + (" + uncommitted changes in jupyter_mlflow_k8s/" if dirty else "")
+    versions = package_versions(("jupyter_mlflow_k8s", "kubernetes", "mlflow"))
+    tree = code_state(ROOT)
     return [
         ("code", tree),
         ("CPU", f"{cpu}, {os.cpu_count()} logical cores"),
         ("memory", memory),
         ("OS", os_name),
         ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("packages", ", ".join(versions)),
+        ("packages", versions),
         ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
     ]
 

@@ -67,12 +67,19 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from loadgen import free_port  # benchmarks/loadgen.py
-from machine import cpu_model, memory_total  # benchmarks/machine.py
+from machine import (  # benchmarks/machine.py
+    busy_cpu_seconds,
+    children_cpu_seconds,
+    code_state,
+    cpu_model,
+    memory_total,
+    package_versions,
+    table,
+)
 from machine import os_name as machine_os_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,48 +96,16 @@ def s(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [title]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        pairs = enumerate(zip(row, widths, strict=True))
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in pairs]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all processes of the machine have used (user+nice+system+irq+softirq+steal)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu_seconds() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def machine_description(tmp: Path, server_cpu: int, load_cpu: int) -> list[tuple[str, str]]:
-    versions = []
-    for package in ("jupyter_mlflow_k8s", "mlflow", "uvicorn", "fastapi", "scikit-learn", "pandas", "numpy",
-                    "psutil"):
-        try:
-            versions.append(f"{package} {version(package)}")
-        except PackageNotFoundError:
-            versions.append(f"{package} (not installed)")
-    tree = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "jupyter_mlflow_k8s"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        tree = head + (" + uncommitted changes in jupyter_mlflow_k8s/" if dirty else "")
+    versions = package_versions(("jupyter_mlflow_k8s", "mlflow", "uvicorn", "fastapi", "scikit-learn", "pandas",
+                                 "numpy", "psutil"))
+    tree = code_state(ROOT)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     pinning = (f"servers on CPU {server_cpu} (taskset -c {server_cpu}), load generator on CPU {load_cpu}"
                if shutil.which("taskset") else "not pinned (no taskset)")
@@ -142,7 +117,7 @@ def machine_description(tmp: Path, server_cpu: int, load_cpu: int) -> list[tuple
         ("memory", memory_total()),
         ("OS", machine_os_name()),
         ("Python", f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})"),
-        ("packages", ", ".join(versions)),
+        ("packages", versions),
         ("temporary folder", str(tmp)),
         ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
     ]

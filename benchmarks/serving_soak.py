@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import busy_cpu_seconds, children_cpu_seconds  # benchmarks/machine.py
 from serving import (  # benchmarks/serving.py
     SERVERS,
-    busy_cpu_seconds,
-    children_cpu_seconds,
     machine_description,
     register_model,
     run_loadgen,

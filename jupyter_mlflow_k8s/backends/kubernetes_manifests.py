@@ -618,15 +618,22 @@ def _pod_spec(
             "terminationGracePeriodSeconds": 30,
             "containers": [_container(record, settings, payload_url, env_secret, mounts)],
             "volumes": [volume for volume, _ in volumes],
-            "nodeSelector": dict(settings.node_selector),
-            "tolerations": _tolerations(settings),
-            "affinity": _plain(settings.affinity),
-            "priorityClassName": settings.priority_class_name,
-            "serviceAccountName": settings.service_account_name,
-            "imagePullSecrets": [{"name": name} for name in settings.image_pull_secrets],
-            "runtimeClassName": settings.runtime_class_name,
+            **placement(settings),
         }
     )
+
+
+def placement(settings: PodSettings) -> dict[str, Any]:
+    """The pod spec fields that place and run a pod (node, tolerations, service account, ...): jobs and endpoints."""
+    return {
+        "nodeSelector": dict(settings.node_selector),
+        "tolerations": _tolerations(settings),
+        "affinity": _plain(settings.affinity),
+        "priorityClassName": settings.priority_class_name,
+        "serviceAccountName": settings.service_account_name,
+        "imagePullSecrets": [{"name": name} for name in settings.image_pull_secrets],
+        "runtimeClassName": settings.runtime_class_name,
+    }
 
 
 def _container(

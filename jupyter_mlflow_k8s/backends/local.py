@@ -9,6 +9,7 @@ noticing a supervisor that died without recording an end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,11 +33,26 @@ NEVER_LAUNCHED_SECONDS = 300.0
 _children: list[subprocess.Popen[bytes]] = []
 
 
-def _reap_children() -> None:
+def reap_children() -> None:
+    """Collect the exit status of child processes that have ended (no zombies left behind)."""
     _children[:] = [child for child in _children if child.poll() is None]
 
 
-def _process_alive(pid: int | None, started: float | None) -> bool:
+def track_child(proc: subprocess.Popen[bytes]) -> None:
+    """Keep a detached child's handle, so that it is reaped once it ends."""
+    reap_children()
+    _children.append(proc)
+
+
+def wait_child(pid: int, timeout: float) -> None:
+    """Reap the tracked child ``pid``, which is ending, so that it does not stay a zombie."""
+    for child in _children:
+        if child.pid == pid:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=timeout)
+
+
+def process_alive(pid: int | None, started: float | None) -> bool:
     """Whether ``pid`` is still the process we started (pids get reused)."""
     if not pid:
         return False
@@ -137,8 +153,7 @@ class LocalBackend(Backend):
                 close_fds=True,
                 env={**os.environ, **self.job_environment},
             )
-        _reap_children()
-        _children.append(proc)
+        track_child(proc)
         try:
             started = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -148,13 +163,13 @@ class LocalBackend(Backend):
     def cancel(self, record: JobRecord) -> None:
         """Ask the supervisor to stop the job (it records CANCELLED and closes the run)."""
         (self.store.job_dir(record.job_id) / "cancel").touch()
-        if _process_alive(record.pid, record.pid_start):
+        if process_alive(record.pid, record.pid_start):
             os.kill(int(record.pid or 0), signal.SIGTERM)
 
     def refresh(self, record: JobRecord) -> JobRecord:
         """Mark a job FAILED when its supervisor vanished without recording an end."""
-        _reap_children()
-        if record.state.terminal or _process_alive(record.pid, record.pid_start):
+        reap_children()
+        if record.state.terminal or process_alive(record.pid, record.pid_start):
             return record
         if record.pid is None:
             if record.age < NEVER_LAUNCHED_SECONDS:

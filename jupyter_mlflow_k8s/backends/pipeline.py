@@ -11,7 +11,7 @@ from ..exceptions import JMKUsageError
 from ..lifecycle import end_job
 from ..models import JobRecord, JobSpec, JobState
 from .base import Backend, backends
-from .local import _process_alive
+from .local import process_alive
 
 NOT_ON_THEIR_OWN = "Pipeline steps run as part of a pipeline: jmk pipeline run PIPELINE.yaml, or %pipeline run."
 
@@ -38,7 +38,7 @@ class PipelineStepBackend(Backend):
 
     def refresh(self, record: JobRecord) -> JobRecord:
         """A step whose pipeline process has gone without recording its end failed."""
-        if record.state.terminal or _process_alive(record.pid, record.pid_start):
+        if record.state.terminal or process_alive(record.pid, record.pid_start):
             return record
         return end_job(self.store, record.job_id, JobState.FAILED, "the pipeline run's process ended during this step")
 

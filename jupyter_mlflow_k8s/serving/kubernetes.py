@@ -28,12 +28,11 @@ from ..backends.kubernetes_manifests import (
     MANAGED_BY,
     PodSettings,
     _compact,
-    _plain,
     _pvc_volumes,
     _resources,
     _shm_volume,
-    _tolerations,
     label_value,
+    placement,
 )
 from ..exceptions import JMKUsageError
 from ..manifests import check_dns1035_label, ensure_valid
@@ -295,13 +294,7 @@ def _pod_template(spec: EndpointSpec, settings: PodSettings, env_secret: str | N
         "terminationGracePeriodSeconds": 30,
         "containers": [_container(spec, settings, [mount for _, mount in volumes], env_secret)],
         "volumes": [volume for volume, _ in volumes],
-        "nodeSelector": dict(settings.node_selector),
-        "tolerations": _tolerations(settings),
-        "affinity": _plain(settings.affinity),
-        "priorityClassName": settings.priority_class_name,
-        "serviceAccountName": settings.service_account_name,
-        "imagePullSecrets": [{"name": name} for name in settings.image_pull_secrets],
-        "runtimeClassName": settings.runtime_class_name,
+        **placement(settings),
     })
     return {"metadata": {"labels": _labels(spec, settings), "annotations": annotations}, "spec": pod_spec}
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 
+from ..backends.local import process_alive, reap_children, track_child, wait_child
 from ..config import JMKSettings, load_settings
 from ..exceptions import JMKError, JMKUsageError
 from ..manifests import check_dns1035_label
@@ -62,7 +63,6 @@ SERVER_FLAGS: dict[str, type] = {
 }
 
 # Servers this process started: polled now and then so that exited ones do not linger as zombies.
-_children: list[subprocess.Popen[bytes]] = []
 
 
 class EndpointNotFound(JMKUsageError, LookupError):
@@ -243,23 +243,6 @@ def _client_url(url: str) -> str:
     return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
 
 
-def _reap_children() -> None:
-    _children[:] = [child for child in _children if child.poll() is None]
-
-
-def _process_alive(pid: int | None, started: float | None) -> bool:
-    """Whether ``pid`` is still the process that was recorded (pids get reused)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(proc.create_time() - started) < 1.0
-    except psutil.Error:
-        return False
-
-
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -348,8 +331,7 @@ class ServingManager:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, env=self.environment())
-        _reap_children()
-        _children.append(proc)
+        track_child(proc)
         try:
             pid_start: float | None = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -406,13 +388,13 @@ class ServingManager:
 
     def list(self) -> list[Endpoint]:
         """Every local endpoint recorded under the state directory, with its liveness; newest first."""
-        _reap_children()
+        reap_children()
         endpoints = [e for e in (self._read(folder) for folder in self.root.iterdir() if folder.is_dir()) if e]
         return sorted(endpoints, key=lambda e: e.started, reverse=True)
 
     def get(self, name: str) -> Endpoint:
         """The endpoint called ``name``; :class:`EndpointNotFound` (naming the known ones) otherwise."""
-        _reap_children()
+        reap_children()
         folder = self.root / name
         endpoint = self._read(folder) if re.fullmatch(r"[a-z0-9-]+", name or "") else None
         if endpoint is None:
@@ -430,7 +412,7 @@ class ServingManager:
                 endpoint.stopped = time.time()
             endpoint.status = "stopped"
             self._write(folder, endpoint)
-        _reap_children()
+        reap_children()
         return endpoint
 
     def predict(self, name_or_url: str, data: Any, content_type: str | None = None) -> Any:
@@ -498,7 +480,7 @@ class ServingManager:
         if endpoint.stopped is not None:
             endpoint.status = "stopped"
         else:
-            endpoint.status = "running" if _process_alive(endpoint.pid, endpoint.pid_start) else "exited"
+            endpoint.status = "running" if process_alive(endpoint.pid, endpoint.pid_start) else "exited"
         return endpoint
 
     @staticmethod
@@ -509,7 +491,7 @@ class ServingManager:
 
     def _terminate(self, pid: int | None, pid_start: float | None) -> None:
         """SIGTERM the server and every process of its session's group, SIGKILL what outlives the grace period."""
-        if not _process_alive(pid, pid_start):
+        if not process_alive(pid, pid_start):
             return
         assert pid is not None
         try:
@@ -535,10 +517,7 @@ class ServingManager:
             with contextlib.suppress(OSError):
                 os.killpg(group, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=self.grace)
-        for child in _children:
-            if child.pid == pid:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(timeout=self.grace)
+        wait_child(pid, self.grace)
 
 
 def scoring_payload(data: Any) -> Any:

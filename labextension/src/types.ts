@@ -53,7 +53,8 @@ export interface IRunRow {
   start_time: number | null;
   end_time: number | null;
   user: string | null;
-  metrics: Record<string, number>;
+  /** Latest values; null where MLflow holds NaN or infinity. */
+  metrics: Record<string, number | null>;
   params: Record<string, string>;
   tags: Record<string, string>;
 }
@@ -70,7 +71,7 @@ export interface IRunDetail extends IRunRow {
 
 export interface IMetricPoint {
   step: number;
-  value: number;
+  value: number | null;
   timestamp: number;
 }
 
@@ -122,7 +123,7 @@ export interface IEndpoint {
 export interface IMetricsFigures {
   requests_total: number;
   errors_total: number;
-  requests_per_second: number;
+  requests_per_second: number | null;
   p50_ms: number | null;
   p99_ms: number | null;
   in_flight?: number;

@@ -14,6 +14,19 @@ import { IJob, ILogChunk } from '../types';
 const MAX_CHARS = 2_000_000;
 const TAIL_BYTES = 65536;
 
+/** The `message` of an SSE `error`/`end` event's JSON data, else the raw data. */
+export function messageOf(data: string): string {
+  try {
+    const parsed = JSON.parse(data);
+    if (parsed && typeof parsed.message === 'string') {
+      return parsed.message;
+    }
+  } catch {
+    // not JSON
+  }
+  return data;
+}
+
 export interface ILogViewerProps {
   jobId: string;
   onState?: (job: IJob) => void;
@@ -103,6 +116,10 @@ export function LogViewer(props: ILogViewerProps): JSX.Element {
         props.onState?.(JSON.parse(event.data) as IJob);
       } else if (event.event === 'end') {
         setStatus('ended');
+        return 'stop';
+      } else if (event.event === 'error') {
+        setError(messageOf(event.data));
+        setStatus('error');
         return 'stop';
       }
       return undefined;

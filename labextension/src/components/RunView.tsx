@@ -29,7 +29,7 @@ function MetricChart(props: { runId: string; metric: string }): JSX.Element {
       </div>
     );
   }
-  const points: Array<[number, number]> = (history?.history ?? []).map(p => [p.step, p.value]);
+  const points: Array<[number, number | null]> = (history?.history ?? []).map(p => [p.step, p.value]);
   return (
     <div data-testid="jmk-run-metric-chart" data-metric={props.metric}>
       <LineChart

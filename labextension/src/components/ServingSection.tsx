@@ -11,13 +11,14 @@ import { useEventStream, usePoll } from '../hooks';
 import { SidebarContext } from '../settings';
 import { IEndpoint, IMetricsSnapshot } from '../types';
 import { LineChart } from './LineChart';
+import { messageOf } from './LogViewer';
 
 /** Points kept per chart (two minutes at one per second). */
 const WINDOW = 120;
 
 interface IPoint {
   time: number;
-  rps: number;
+  rps: number | null;
   p50: number | null;
   p99: number | null;
   /** Failed share of the requests since the previous snapshot, in percent. */
@@ -29,8 +30,8 @@ interface IPoint {
 export function toPoint(snapshot: IMetricsSnapshot, previous: IMetricsSnapshot | null): IPoint {
   let errorRate: number | null = null;
   if (previous) {
-    const requests = snapshot.requests_total - previous.requests_total;
-    const errors = snapshot.errors_total - previous.errors_total;
+    const requests = (snapshot.requests_total ?? 0) - (previous.requests_total ?? 0);
+    const errors = (snapshot.errors_total ?? 0) - (previous.errors_total ?? 0);
     errorRate = requests > 0 ? Math.max(0, (100 * errors) / requests) : 0;
   }
   let drift: number | null = null;
@@ -43,7 +44,7 @@ export function toPoint(snapshot: IMetricsSnapshot, previous: IMetricsSnapshot |
   }
   return {
     time: snapshot.time,
-    rps: snapshot.requests_per_second,
+    rps: snapshot.requests_per_second ?? null,
     p50: snapshot.p50_ms,
     p99: snapshot.p99_ms,
     errorRate,
@@ -71,6 +72,14 @@ function EndpointCharts(props: { endpoint: IEndpoint }): JSX.Element {
     `${name}|${settings.metricsInterval}`,
     () => apiPath('endpoints', name, 'metrics', 'stream') + query({ interval: settings.metricsInterval }),
     event => {
+      if (event.event === 'error') {
+        setError(`Scraping ${name} failed: ${messageOf(event.data)}`); // transient: the stream goes on
+        return undefined;
+      }
+      if (event.event === 'end') {
+        setError(`Stopped: ${messageOf(event.data)}`);
+        return 'stop';
+      }
       if (event.event !== 'metrics') {
         return undefined;
       }
@@ -83,6 +92,7 @@ function EndpointCharts(props: { endpoint: IEndpoint }): JSX.Element {
         const next = current.concat([point]);
         return next.length > WINDOW ? next.slice(next.length - WINDOW) : next;
       });
+      return undefined;
     },
     reason => setError(errorMessage(reason))
   );

@@ -503,7 +503,8 @@ class EndpointMetricsStreamHandler(EventStreamHandler):
             while not self.closed:
                 started = time.monotonic()
                 try:
-                    snapshot = await self.call(self.service.endpoint_metrics, name)
+                    # Streams of one endpoint share a scrape that is fresh enough for all of them.
+                    snapshot = await self.call(self.service.endpoint_metrics, name, min(0.25, interval / 2))
                 except tornado.web.HTTPError as exc:
                     message = exc.message if isinstance(exc, APIError) else str(exc)
                     if exc.status_code != 502:  # stopped or gone: nothing more will come

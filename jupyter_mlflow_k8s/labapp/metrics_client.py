@@ -325,28 +325,27 @@ class _Tracked:
 class MetricsTracker:
     """Snapshots of endpoints, each against the previous scrape of the same endpoint.
 
-    Thread-safe: one scrape at a time per endpoint; a caller that comes within ``reuse_seconds``
-    of the last scrape gets its snapshot instead of scraping again (several sidebars streaming one
-    endpoint then share scrapes). An endpoint restarted under the same name (a new ``identity``)
-    starts over.
+    Thread-safe: one scrape at a time per endpoint; a caller that accepts a snapshot up to
+    ``max_age`` seconds old gets the last one instead of scraping again (several sidebars streaming
+    one endpoint then share scrapes). An endpoint restarted under the same name (a new
+    ``identity``) starts over.
     """
 
-    def __init__(self, timeout: float = 2.0, reuse_seconds: float = 0.25) -> None:
+    def __init__(self, timeout: float = 2.0) -> None:
         self.timeout = timeout
-        self.reuse_seconds = reuse_seconds
         self._tracked: dict[str, _Tracked] = {}
         self._lock = threading.Lock()
 
-    def snapshot(self, name: str, url: str, identity: tuple[Any, ...] = (), started: float | None = None
-                 ) -> dict[str, Any]:
-        """A Snapshot of endpoint ``name`` at ``url`` (blocking: scrapes unless one is fresh enough)."""
+    def snapshot(self, name: str, url: str, identity: tuple[Any, ...] = (), started: float | None = None,
+                 max_age: float = 0.0) -> dict[str, Any]:
+        """A Snapshot of endpoint ``name`` at ``url`` (blocking: scrapes unless the last is under ``max_age`` s old)."""
         with self._lock:
             tracked = self._tracked.get(name)
             if tracked is None or tracked.identity != identity:
                 tracked = self._tracked[name] = _Tracked(identity)
         with tracked.lock:
             if tracked.snapshot is not None and tracked.last is not None \
-                    and time.time() - tracked.last.time < self.reuse_seconds:
+                    and time.time() - tracked.last.time < max_age:
                 return tracked.snapshot
             current = scrape(url, self.timeout)
             result = snapshot(current, tracked.last, started)

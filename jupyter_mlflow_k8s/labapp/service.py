@@ -168,8 +168,8 @@ class SidebarService:
                            f"`jmk serve {found.model_uri} --name {name}`.")
         return found
 
-    def endpoint_metrics(self, name: str) -> dict[str, Any]:
-        """A Snapshot of a running endpoint, against the previous scrape of it."""
+    def endpoint_metrics(self, name: str, max_age: float = 0.0) -> dict[str, Any]:
+        """A Snapshot of a running endpoint, against the previous scrape of it (or one up to ``max_age`` s old)."""
         found = self.running_endpoint(name)
         identity = (found.pid, found.pid_start, found.started)
-        return self.tracker.snapshot(found.name, found.url, identity, started=found.started)
+        return self.tracker.snapshot(found.name, found.url, identity, started=found.started, max_age=max_age)

@@ -174,6 +174,8 @@ def search_runs(tracking_uri: str, filter_string: str, order_by: list[str], expe
     )
     runs = [run_row(run, names) for run in page]
     next_token = page.token or None
+    if isinstance(next_token, bytes):  # the SQL store's tokens are base64 bytes
+        next_token = next_token.decode()
     # MLflow does not count matches; the total is known only when one page holds them all.
     total = len(runs) if not page_token and not next_token else None
     return {"runs": runs, "next_page_token": next_token, "total": total}
@@ -220,14 +222,23 @@ def list_artifacts(tracking_uri: str, run_id: str, path: str) -> dict[str, Any]:
 # -- registry --------------------------------------------------------------------------------------
 
 
-def _version(version: Any) -> dict[str, Any]:
+def _aliases_by_version(model: Any) -> dict[str, list[str]]:
+    """``{version: [alias, ...]}`` from a registered model (searches leave versions' aliases empty)."""
+    found: dict[str, list[str]] = {}
+    for alias, version in sorted((model.aliases or {}).items()):
+        found.setdefault(str(version), []).append(alias)
+    return found
+
+
+def _version(version: Any, aliases: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    own = list(getattr(version, "aliases", []) or [])
     return {
         "version": str(version.version),
         "run_id": version.run_id,
         "status": version.status,
         "creation_timestamp": _seconds(version.creation_timestamp),
         "last_updated_timestamp": _seconds(version.last_updated_timestamp),
-        "aliases": list(getattr(version, "aliases", []) or []),
+        "aliases": sorted(set(own) | set((aliases or {}).get(str(version.version), []))),
         "tags": dict(version.tags or {}),
         "source": version.source,
         "description": version.description or "",
@@ -252,7 +263,7 @@ def list_models(tracking_uri: str) -> dict[str, Any]:
         models.append({
             "name": model.name,
             "description": model.description or "",
-            "latest_versions": [_version(v) for v in model.latest_versions or []],
+            "latest_versions": [_version(v, _aliases_by_version(model)) for v in model.latest_versions or []],
             "aliases": {alias: str(version) for alias, version in sorted((model.aliases or {}).items())},
             "tags": dict(model.tags or {}),
             "last_updated_timestamp": _seconds(model.last_updated_timestamp),
@@ -272,9 +283,9 @@ def _quoted(value: str) -> str:
 def list_versions(tracking_uri: str, name: str) -> dict[str, Any]:
     """Every version of a registered model, newest first."""
     mlflow_client = client(tracking_uri)
-    mlflow_client.get_registered_model(name)  # 404 for an unknown model
+    aliases = _aliases_by_version(mlflow_client.get_registered_model(name))  # 404 for an unknown model
     found = _pages(mlflow_client.search_model_versions, filter_string=f"name = {_quoted(name)}")
-    versions = sorted((_version(v) for v in found), key=lambda v: int(v["version"]), reverse=True)
+    versions = sorted((_version(v, aliases) for v in found), key=lambda v: int(v["version"]), reverse=True)
     return {"versions": versions}
 
 

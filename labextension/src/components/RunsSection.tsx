@@ -156,7 +156,7 @@ export function RunsSection(): JSX.Element {
       {
         key: 'run_name',
         title: 'Run',
-        width: 'minmax(90px, 2fr)',
+        width: 'minmax(0, 2fr)',
         sortable: true,
         render: run => <span data-testid="jmk-run-name">{runLabel(run)}</span>,
         tooltip: run => `${runLabel(run)} (${run.run_id})`
@@ -164,29 +164,30 @@ export function RunsSection(): JSX.Element {
       {
         key: 'experiment',
         title: 'Experiment',
-        width: 'minmax(60px, 1fr)',
+        width: 'minmax(0, 1fr)',
         render: run => run.experiment_name ?? run.experiment_id,
         tooltip: run => run.experiment_name ?? run.experiment_id
       },
       {
         key: 'status',
         title: 'Status',
-        width: '74px',
+        width: 'minmax(0, 72px)',
         sortable: true,
         render: run => <span className={`jmk-State jmk-mod-${run.status.toLowerCase()}`}>{run.status}</span>
       },
       {
         key: 'start_time',
         title: 'Started',
-        width: '128px',
+        width: 'minmax(0, 1.3fr)',
         sortable: true,
-        render: run => formatTime(run.start_time)
+        render: run => formatTime(run.start_time).slice(5, 16),
+        tooltip: run => formatTime(run.start_time)
       }
     ];
     const metrics = metricKeys.map<IColumn<IRunRow>>(key => ({
       key: `metric:${key}`,
       title: key,
-      width: 'minmax(50px, 70px)',
+      width: 'minmax(0, 1fr)',
       sortable: true,
       render: run => formatNumber(run.metrics[key]),
       tooltip: run => (key in run.metrics ? `${key} = ${run.metrics[key]}` : '')

@@ -29,7 +29,7 @@ function MissingServerExtension(): JSX.Element {
       </p>
       <p>The sidebar reads jobs, runs, models and endpoints from it. Install and enable it, then restart JupyterLab:</p>
       <pre className="jmk-Code">
-        pip install jupyter_mlflow_k8s{'\n'}jupyter server extension enable jupyter_mlflow_k8s
+        pip install jupyter_mlflow_k8s{'\n'}jupyter server extension enable jupyter_mlflow_k8s.labapp
       </pre>
       <p className="jmk-Sub">
         Check with <code>jupyter server extension list</code>.

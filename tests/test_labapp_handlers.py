@@ -17,8 +17,6 @@ from labapp_client import EventStream, raw_request
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
-
 XSS = "<img src=x onerror=alert(1)>"
 
 

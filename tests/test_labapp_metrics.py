@@ -28,8 +28,6 @@ from jupyter_mlflow_k8s.labapp.metrics_client import (
 )
 from jupyter_mlflow_k8s.serving.metrics import Registry
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
-
 # --- parsing and arithmetic, no server ------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ test: $(STAMP)
 	$(BIN)/ruff check jupyter_mlflow_k8s tests benchmarks
 	$(BIN)/mypy
 	tests/cluster/build.sh >/dev/null || [ $$? -eq 3 ]
+	tests/ui/ensure_chromium.sh >/dev/null || [ $$? -eq 3 ]
 	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
 bench: $(STAMP)

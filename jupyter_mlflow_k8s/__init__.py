@@ -43,3 +43,9 @@ def output(name: str, value: Any) -> None:
     from .pipelines.outputs import output as publish
 
     publish(name, value)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the built sidebar is, for ``jupyter labextension develop`` (wheels install it into share/)."""
+    return [{"src": "labextension", "dest": "jupyter-mlflow-k8s"}]
+

@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 # Real servers (mlflow server, an S3 endpoint) as fixtures: tests/servers.py.
-pytest_plugins = ["servers", "k8s_fixtures", "serving_fixtures"]
+# pytest_jupyter.jupyter_server: jp_fetch and a real Jupyter server for the sidebar's API (tests/test_labapp_*).
+pytest_plugins = ["servers", "k8s_fixtures", "serving_fixtures", "pytest_jupyter.jupyter_server"]
 
 
 @pytest.fixture(scope="session")

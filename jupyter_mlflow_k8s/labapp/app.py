@@ -1,0 +1,80 @@
+"""The Jupyter server extension: configuration and wiring of ``/jmk/api`` (handlers in ``handlers.py``).
+
+Enabled by ``jupyter-config/jupyter_server_config.d/jupyter_mlflow_k8s.json`` (installed with the
+wheel). Settings come from the server's traitlets config: ``c.JMKSettings.*`` (state directory,
+tracking URI, ...) as everywhere else in the package, ``c.JMKExtensionApp.*`` for the API itself.
+Nothing heavy happens at startup: MLflow is imported by the first request that needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Float, Integer, Unicode, default
+
+from ..config import JMKSettings
+from . import handlers
+from .service import SidebarService, redact
+
+
+class JMKExtensionApp(ExtensionApp):
+    """The sidebar's REST API under ``/jmk/api`` (see ``openapi.yaml``)."""
+
+    name = "jupyter_mlflow_k8s"
+    extension_url = "/jmk"
+    load_other_extensions = True
+
+    mlflow_ui_url = Unicode(
+        None,
+        allow_none=True,
+        help=(
+            "Where the MLflow UI is, for links from the sidebar. Default: the tracking URI when it is an "
+            "MLflow server (http/https), else none. Example: c.JMKExtensionApp.mlflow_ui_url = 'https://mlflow.example.org'"
+        ),
+    ).tag(config=True)
+
+    api_threads = Integer(
+        16,
+        help=(
+            "Threads that run the API's blocking calls (MLflow, files, scrapes). "
+            "Example: c.JMKExtensionApp.api_threads = 32"
+        ),
+    ).tag(config=True)
+
+    metrics_timeout = Float(
+        2.0,
+        help="Seconds to wait for a serving endpoint's /metrics. Example: c.JMKExtensionApp.metrics_timeout = 5.0",
+    ).tag(config=True)
+
+    @default("mlflow_ui_url")
+    def _default_mlflow_ui_url(self) -> str | None:
+        uri = self._jmk_settings().tracking_uri
+        return redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+    def _jmk_settings(self) -> JMKSettings:
+        if not hasattr(self, "_settings_cache"):
+            self._settings_cache = JMKSettings(parent=self)
+        return self._settings_cache
+
+    def initialize_settings(self) -> None:
+        """Create the service the handlers share (cheap: no MLflow, no network)."""
+        self.service = SidebarService(
+            self._jmk_settings(),
+            mlflow_ui_url=self.mlflow_ui_url,
+            backend_config=self.config,
+            threads=self.api_threads,
+            metrics_timeout=self.metrics_timeout,
+        )
+        self.settings["jmk_service"] = self.service
+        self.log.info("jupyter_mlflow_k8s: /jmk/api on state directory %s", self.service.settings.state_dir)
+
+    def initialize_handlers(self) -> None:
+        """Register the routes of ``/jmk/api``."""
+        self.handlers.extend(handlers.ROUTES)
+
+    async def stop_extension(self) -> None:
+        """Stop the thread pool and the log streams."""
+        service: Any = getattr(self, "service", None)
+        if service is not None:
+            service.close()

@@ -1,0 +1,175 @@
+"""What the sidebar's REST API does, as blocking calls: one object per server, shared by the handlers.
+
+Owns the server's JobService, a ServingManager per call, and the MetricsTracker that remembers
+each endpoint's previous scrape. Every method blocks (files, processes, MLflow, HTTP to the
+endpoints), so handlers run them in the API's thread pool, never on the event loop. Returns the
+wire shapes of ``shapes.py``; raises the package's errors, which ``handlers.py`` maps to statuses.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import JMKSettings
+from ..jobs import JobService
+from ..models import JobRecord
+from ..serving.manager import Endpoint, ServingManager
+from . import shapes
+from .metrics_client import MetricsTracker
+from .shapes import Conflict, NotFound, check_job_id
+
+
+def redact(uri: str) -> str:
+    """``uri`` without a user name or password (``http://u:p@host`` -> ``http://host``)."""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.username and not parts.password:
+        return uri
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class SidebarService:
+    """The blocking side of ``/jmk/api``."""
+
+    def __init__(self, settings: JMKSettings, mlflow_ui_url: str | None = None, backend_config: Any = None,
+                 threads: int = 16, metrics_timeout: float = 2.0) -> None:
+        self.settings = settings
+        self.mlflow_ui_url = mlflow_ui_url
+        self.jobs = JobService(settings, backend_config=backend_config)
+        self.tracker = MetricsTracker(timeout=metrics_timeout)
+        # Long-lived work (log streams) uses threads of its own; this pool is for request-sized calls.
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jmk-api")
+
+    def close(self) -> None:
+        """Stop the thread pool (running calls finish)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI the API reads."""
+        return self.settings.tracking_uri
+
+    def status(self) -> dict[str, Any]:
+        """Version, tracking URI (without credentials), MLflow UI link and state directory."""
+        return {
+            "version": __version__,
+            "tracking_uri": redact(self.tracking_uri),
+            "mlflow_ui_url": self.mlflow_ui_url,
+            "state_dir": str(self.settings.state_dir),
+        }
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def record(self, job_id: str) -> JobRecord:
+        """The current record of a job."""
+        return self.jobs.get(check_job_id(job_id))
+
+    def list_jobs(self, limit: int) -> dict[str, Any]:
+        """The newest ``limit`` jobs."""
+        return {"jobs": [shapes.job(r) for r in self.jobs.list()[:limit]]}
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """One job with its code, resources and log size."""
+        record = self.record(job_id)
+        return shapes.job_detail(record, self._log_size(record))
+
+    def _log_size(self, record: JobRecord) -> int:
+        path = Path(record.log_path) if record.log_path else None
+        if path is not None and path.exists():
+            return path.stat().st_size
+        return len(self.jobs.backend(record.spec.backend).read_log(record))
+
+    def log_tail(self, job_id: str, tail: int) -> dict[str, Any]:
+        """The last ``tail`` bytes of a job's log, starting at a line when cut; ``offset`` is where it ends."""
+        record = self.record(job_id)
+        backend = self.jobs.backend(record.spec.backend)
+        path = Path(record.log_path) if record.log_path else None
+        if path is not None and path.exists():
+            start = max(0, path.stat().st_size - tail)
+            data = backend.read_log(record, start)
+        else:
+            whole = backend.read_log(record)
+            start = max(0, len(whole) - tail)
+            data = whole[start:]
+        end = start + len(data)
+        truncated = start > 0
+        if truncated:
+            newline = data.find(b"\n")
+            if 0 <= newline < len(data) - 1:
+                data = data[newline + 1:]  # begin at a whole line (and never inside a UTF-8 character)
+        return {"text": data.decode(errors="replace"), "offset": end, "truncated": truncated}
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Ask a running job to stop; :class:`Conflict` when it has already ended."""
+        record = self.record(job_id)
+        if record.state.terminal:
+            raise Conflict(f"Job {record.job_id} has already ended ({record.state.value}); there is nothing to cancel.")
+        self.jobs.cancel(record.job_id)
+        return shapes.job(self.jobs.get(record.job_id))
+
+    # -- runs and models (MLflow) ------------------------------------------------------------
+
+    def search_runs(self, filter_string: str, order_by: list[str], experiment_ids: list[str],
+                    page_token: str | None, max_results: int) -> dict[str, Any]:
+        """One page of runs."""
+        return shapes.search_runs(self.tracking_uri, filter_string, order_by, experiment_ids, page_token,
+                                  max_results)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run in full."""
+        return shapes.run_detail(self.tracking_uri, run_id)
+
+    def metric_history(self, run_id: str, key: str) -> dict[str, Any]:
+        """One metric's history."""
+        return shapes.metric_history(self.tracking_uri, run_id, key)
+
+    def artifacts(self, run_id: str, path: str) -> dict[str, Any]:
+        """A run's artifacts under ``path``."""
+        return shapes.list_artifacts(self.tracking_uri, run_id, path)
+
+    def models(self) -> dict[str, Any]:
+        """The registered models."""
+        return shapes.list_models(self.tracking_uri)
+
+    def versions(self, name: str) -> dict[str, Any]:
+        """A model's versions."""
+        return shapes.list_versions(self.tracking_uri, name)
+
+    def set_alias(self, name: str, alias: str, version: str) -> dict[str, Any]:
+        """Point an alias at a version."""
+        return shapes.set_alias(self.tracking_uri, name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias."""
+        shapes.delete_alias(self.tracking_uri, name, alias)
+
+    # -- serving endpoints -------------------------------------------------------------------
+
+    def _manager(self) -> ServingManager:
+        return ServingManager(self.settings)
+
+    def endpoints(self) -> dict[str, Any]:
+        """The local serving endpoints, newest first."""
+        return {"endpoints": [shapes.endpoint(e) for e in self._manager().list()]}
+
+    def running_endpoint(self, name: str) -> Endpoint:
+        """The endpoint ``name``; :class:`NotFound` if unknown, :class:`Conflict` if not running."""
+        try:
+            found = self._manager().get(name)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from exc
+        if not found.running:
+            raise Conflict(f"Endpoint {name!r} is {found.status}: it has no live metrics. Start it again with "
+                           f"`jmk serve {found.model_uri} --name {name}`.")
+        return found
+
+    def endpoint_metrics(self, name: str, max_age: float = 0.0) -> dict[str, Any]:
+        """A Snapshot of a running endpoint, against the previous scrape of it (or one up to ``max_age`` s old)."""
+        found = self.running_endpoint(name)
+        identity = (found.pid, found.pid_start, found.started)
+        return self.tracker.snapshot(found.name, found.url, identity, started=found.started, max_age=max_age)

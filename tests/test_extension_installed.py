@@ -18,8 +18,9 @@ JUPYTER = [sys.executable, "-m", "jupyter"]
 
 
 def listing(*args: str) -> str:
+    """What ``jupyter ARGS`` prints, without its colours."""
     done = subprocess.run([*JUPYTER, *args], capture_output=True, text=True, timeout=120)
-    return done.stdout + done.stderr
+    return re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
 
 
 def test_server_extension_is_listed_enabled() -> None:

@@ -4,16 +4,14 @@ an in-process IPython shell with the extension loaded."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
+from helpers import stop_jobs
 
 # Real servers (mlflow server, an S3 endpoint) as fixtures: tests/servers.py.
-# pytest_jupyter.jupyter_server: jp_fetch and a real Jupyter server for the sidebar's API (tests/test_labapp_*).
-pytest_plugins = ["servers", "k8s_fixtures", "serving_fixtures", "pytest_jupyter.jupyter_server"]
+pytest_plugins = ["servers", "k8s_fixtures", "serving_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -49,41 +47,7 @@ def shell(state_dir: Path) -> Iterator[object]:
     ip.run_line_magic("load_ext", "jupyter_mlflow_k8s")
     yield ip
     ip.__dict__.pop("_jmk_service", None)
-    _stop_jobs(state_dir, ip.config)
-
-
-def _stop_jobs(state_dir: Path, config: object = None) -> None:
-    """Leave no job processes behind: cancel what is still running under this state dir."""
-    from jupyter_mlflow_k8s.config import load_settings
-    from jupyter_mlflow_k8s.jobs import JobService
-
-    if not (state_dir / "jobs").exists():
-        return
-    service = JobService(load_settings(state_dir=str(state_dir)), backend_config=config)
-    for record in service.list():
-        if not record.state.terminal:
-            service.cancel_and_wait(record.job_id, timeout=15)
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
-def process_gone(pid: int | None) -> bool:
-    """Whether ``pid`` has exited (zombies count as gone)."""
-    if not pid:
-        return True
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    stop_jobs(state_dir, ip.config)
 
 
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")

@@ -10,7 +10,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from conftest import _stop_jobs, wait_for
+from helpers import stop_jobs, wait_for
 from IPython.core.error import UsageError
 from k8s_fixtures import KubeTarget, pod_processes
 from mlflow.tracking import MlflowClient
@@ -30,7 +30,7 @@ def k8s_shell(shell: Any, state_dir: Path, k8s_cluster: KubeTarget, k8s_namespac
     config.image_pull_failure_seconds = 3.0
     shell.__dict__.pop("_jmk_service", None)
     yield shell
-    _stop_jobs(state_dir, shell.config)  # while the configuration still names the cluster
+    stop_jobs(state_dir, shell.config)  # while the configuration still names the cluster
     for key in ("kubeconfig", "namespace", "pods_share_filesystem", "image_pull_failure_seconds", "api_patience_seconds"):
         config.pop(key, None)
     shell.__dict__.pop("_jmk_service", None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import kubernetes
 import pytest
-from conftest import wait_for
+from helpers import wait_for
 from k8s_fixtures import POD_IMAGE, KubeTarget, pod_processes
 
 pytestmark = pytest.mark.k8s

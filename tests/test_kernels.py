@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from helpers import wait_for
 from jupyter_client.manager import KernelManager
 from mlflow.tracking import MlflowClient
 

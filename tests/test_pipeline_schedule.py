@@ -15,7 +15,7 @@ import nbformat
 import psutil
 import pytest
 import yaml
-from conftest import wait_for
+from helpers import wait_for
 from k8s_manifests import validate_manifest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from helpers import wait_for
 from IPython.core.error import UsageError
 from mlflow.tracking import MlflowClient
 from servers import S3Server

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import process_gone
+from helpers import process_gone
 from IPython.core.error import UsageError
 from serving_fixtures import Served
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from conftest import process_gone, wait_for
+from helpers import process_gone, wait_for
 from serving_fixtures import FEATURES, Served
 
 from jupyter_mlflow_k8s.cli import main

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from helpers import wait_for
 from mlflow.tracking import MlflowClient
 
 from jupyter_mlflow_k8s.exceptions import JobFailed

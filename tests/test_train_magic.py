@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import process_gone, wait_for
+from helpers import process_gone, wait_for
 from IPython.core.error import UsageError
 from mlflow.tracking import MlflowClient
 

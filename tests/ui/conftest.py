@@ -37,18 +37,6 @@ from ui_helpers import (
 # --- the browser -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def jp_asyncio_loop() -> Iterator[None]:
-    """Overrides pytest-jupyter's autouse loop fixture, which would close the loop Playwright's sync API runs."""
-    yield None
-
-
-@pytest.fixture(autouse=True)
-def jp_server_cleanup() -> Iterator[None]:
-    """Overrides pytest-jupyter's autouse cleanup of its in-process server: these tests start none."""
-    yield None
-
-
 @pytest.fixture(scope="session")
 def chromium_executable() -> str:
     """Debian's chromium: found, or installed by ensure_chromium.sh; a skip with its reason when impossible."""

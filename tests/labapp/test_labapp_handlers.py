@@ -347,7 +347,7 @@ def test_the_config_file_enables_the_extension_and_the_wheel_ships_it(tmp_path: 
     import tomllib
     from jupyter_server.extension.manager import ExtensionManager
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     config = json.loads((root / "jupyter-config/jupyter_server_config.d/jupyter_mlflow_k8s.json").read_text())
     assert config == {"ServerApp": {"jpserver_extensions": {"jupyter_mlflow_k8s.labapp": True}}}
     shared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
@@ -370,7 +370,7 @@ def test_a_server_reading_the_config_dir_enables_and_validates_it() -> None:
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     script = (
         "from jupyter_server.serverapp import ServerApp\n"
         "app = ServerApp()\n"

@@ -25,6 +25,7 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check jupyter_mlflow_k8s tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/python -m sphinx -W --keep-going -b html docs build/docs
 	tests/cluster/build.sh >/dev/null || [ $$? -eq 3 ]
 	tests/ui/ensure_chromium.sh >/dev/null || [ $$? -eq 3 ]
 	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)

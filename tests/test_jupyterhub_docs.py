@@ -1,0 +1,269 @@
+"""docs/jupyterhub.md's files, held to the code: valid manifests, Helm values the chart reads, Roles that grant
+what the package asks for, and (on the test control plane) a service account that passes the package's own
+access check with exactly those manifests applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from k8s_manifests import validate_manifest
+from traitlets.config import Config
+
+from jupyter_mlflow_k8s.backends import kubernetes as backend_module
+from jupyter_mlflow_k8s.backends.kubernetes import NEEDED_ACCESS, KubernetesBackend
+from jupyter_mlflow_k8s.backends.kubernetes_manifests import PodSettings
+from jupyter_mlflow_k8s.backends.local import LocalBackend
+from jupyter_mlflow_k8s.config import JMKSettings
+from jupyter_mlflow_k8s.exceptions import JMKUsageError
+from jupyter_mlflow_k8s.models import JobSpec
+from jupyter_mlflow_k8s.pipelines import schedule as schedule_module
+from jupyter_mlflow_k8s.serving import kubernetes as serving_module
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDER = ROOT / "docs" / "jupyterhub"
+VALUES = FOLDER / "values.yaml"
+DOC = ROOT / "docs" / "jupyterhub.md"
+DOCKERFILE = ROOT / "docker" / "singleuser" / "Dockerfile"
+RBAC_FILES = sorted(FOLDER.glob("rbac-*.yaml"))
+
+Request = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC sees a request
+
+# The resource each method name of the official client acts on: {verb}_namespaced_{resource}.
+RESOURCES = {
+    "job": ("batch", "jobs"),
+    "cron_job": ("batch", "cronjobs"),
+    "pod": ("", "pods"),
+    "pod_log": ("", "pods/log"),
+    "secret": ("", "secrets"),
+    "config_map": ("", "configmaps"),
+    "service": ("", "services"),
+    "deployment": ("apps", "deployments"),
+    "horizontal_pod_autoscaler": ("autoscaling", "horizontalpodautoscalers"),
+}
+VERBS = {"create": "create", "read": "get", "replace": "update", "patch": "patch", "delete": "delete", "list": "list"}
+
+
+def manifests() -> list[tuple[str, dict[str, Any]]]:
+    """Every Kubernetes object in docs/jupyterhub/*.yaml except the Helm values."""
+    found = []
+    for path in sorted(FOLDER.glob("*.yaml")):
+        if path != VALUES:
+            found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    return found
+
+
+def code_requests() -> set[Request]:
+    """What the serving, scheduling and job code asks the API for, read from their source."""
+    requests: set[Request] = set()
+    for module in (backend_module, serving_module, schedule_module):
+        for verb, resource in re.findall(r"\.(create|read|replace|patch|delete|list)_namespaced_(\w+)\b",
+                                         inspect.getsource(module)):
+            assert resource in RESOURCES, f"{module.__name__} calls {verb}_namespaced_{resource}: add it to RESOURCES"
+            group, plural = RESOURCES[resource]
+            requests.add((group, plural, VERBS[verb]))
+    requests |= {(group, f"{resource}/{sub}" if sub else resource, verb) for verb, group, resource, sub in NEEDED_ACCESS}
+    return requests
+
+
+def granted(rules: list[dict[str, Any]], request: Request) -> bool:
+    group, resource, verb = request
+    return any(
+        not rule.get("resourceNames")
+        and any(g in ("*", group) for g in rule.get("apiGroups", []))
+        and any(r in ("*", resource) for r in rule.get("resources", []))
+        and any(v in ("*", verb) for v in rule.get("verbs", []))
+        for rule in rules
+    )
+
+
+def values() -> dict[str, Any]:
+    loaded = yaml.safe_load(VALUES.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+# -- offline ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name_and_doc", manifests(), ids=lambda d: f"{d[0]}:{d[1]['kind']}")
+def test_every_manifest_is_valid(name_and_doc: tuple[str, dict[str, Any]]) -> None:
+    validate_manifest(name_and_doc[1])
+
+
+def test_the_values_set_what_zero_to_jupyterhub_reads() -> None:
+    chart = values()
+    assert set(chart) <= {"hub", "singleuser", "cull", "proxy", "scheduling", "prePuller", "ingress"}
+    assert isinstance(chart["hub"], dict)
+    single = chart["singleuser"]
+    assert single["image"]["name"] and single["image"]["tag"]
+    assert single["serviceAccountName"] == "jupyterhub-user"
+    env = single["extraEnv"]
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "JMK_STORAGE_URL", "JMK_BACKEND", "JMK_STATE_DIR"):
+        assert isinstance(env[name], str) and env[name], name
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # credentials come from a Secret, not the values
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "jmk-s3", name
+    assert env["JMK_STATE_DIR"].startswith(single["storage"]["homeMountPath"])  # on the user's PVC
+    assert single["networkPolicy"]["egressAllowRules"]["privateIPs"] is True
+    assert {"enabled", "timeout", "every"} <= set(chart["cull"])
+    mounts = {f["mountPath"] for f in single["extraFiles"].values()}
+    assert mounts == {"/etc/ipython/ipython_config.py", "/etc/jupyter/jupyter_server_config.py"}
+
+
+def test_the_configuration_file_sets_only_settings_that_exist() -> None:
+    files = list(values()["singleuser"]["extraFiles"].values())
+    assert files[0]["stringData"] == files[1]["stringData"]  # one file for the kernels and the server
+    config = Config()
+    exec(compile(files[0]["stringData"], "ipython_config.py", "exec"), {"get_config": lambda: config})
+    assert config, "the configuration file sets nothing"
+    known: dict[str, Any] = {"KubernetesBackend": KubernetesBackend, "JMKSettings": JMKSettings}
+    for section, settings in config.items():
+        assert section in known, section
+        traits = known[section].class_traits(config=True)
+        for name in settings:
+            assert name in traits, f"c.{section}.{name} is not a setting"
+    backend = KubernetesBackend(None, config=config)
+    settings = backend.pod_settings(JobSpec(code="pass", backend="kubernetes", preset="a100"))
+    assert settings.gpus == 1 and settings.labels == {"team": "ml-platform"}
+
+
+def test_the_namespaces_and_subjects_agree_with_the_values() -> None:
+    for path in RBAC_FILES:
+        docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+        (role,) = [d for d in docs if d["kind"] == "Role"]
+        (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+        assert account["metadata"]["name"] == values()["singleuser"]["serviceAccountName"]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": role["metadata"]["name"]}
+        assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                        "namespace": account["metadata"]["namespace"]}]
+    shared = [d for d in yaml.safe_load_all((FOLDER / "rbac-shared-namespace.yaml").read_text()) if d]
+    (role,) = [d for d in shared if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == values()["singleuser"]["extraEnv"]["JMK_K8S_NAMESPACE"]
+
+
+@pytest.mark.parametrize("path", RBAC_FILES, ids=lambda p: p.name)
+def test_the_role_grants_what_the_package_asks_for(path: Path) -> None:
+    (role,) = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "Role"]
+    wanted = code_requests()
+    assert len(wanted) > len(NEEDED_ACCESS)  # the source was read
+    missing = sorted(r for r in wanted if not granted(role["rules"], r))
+    assert not missing, f"{path.name}'s Role does not grant {missing}"
+
+
+def test_the_guide_names_every_file_and_request() -> None:
+    text = DOC.read_text()
+    for path in FOLDER.glob("*.yaml"):
+        assert f"docs/jupyterhub/{path.name}" in text or f"jupyterhub/{path.name}" in text, path.name
+    rows = dict(re.findall(r"^\| `([\w./]+)` \| ([^|]+) \|", text, re.M))  # the Role's table: resource -> verbs
+    for group, resource, verb in code_requests():
+        name = f"{resource}.{group}" if group else resource
+        assert verb in rows.get(name, ""), f"the table of docs/jupyterhub.md does not say {name}: {verb}"
+    assert "the job's supervisor process exited without recording an end (killed?)" in " ".join(text.split())
+    assert "the job's supervisor process exited without recording an end (killed?)" in inspect.getsource(
+        LocalBackend.refresh)
+
+
+def test_the_dockerfile_pins_torch_and_installs_the_s3_extra() -> None:
+    text = DOCKERFILE.read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "constraints.txt").read_text(), re.M))
+    assert re.search(rf"ARG TORCH_VERSION={re.escape(pins['torch'])}\n", text)
+    assert re.search(r'pip install [^\n]*-c /tmp/jmk/constraints.txt "\$\{wheel\}\[s3\]"', text)
+    assert "FROM ${BASE_IMAGE}" in text and "USER ${NB_UID}" in text
+
+
+# -- on the test control plane ------------------------------------------------------------------
+
+
+def _in_namespace(doc: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """A copy of ``doc`` moved into ``namespace`` (its subjects too)."""
+    doc = json.loads(json.dumps(doc))
+    doc["metadata"]["namespace"] = namespace
+    for subject in doc.get("subjects", []):
+        subject["namespace"] = namespace
+    return doc
+
+
+def _token(core: Any, namespace: str, account: str) -> str:
+    """A token of the service account from a TokenRequest (served since 1.20 when the API server has a
+    service-account signing key and issuer, as tests/cluster's has; every later version serves it)."""
+    answer = core.create_namespaced_service_account_token(account, namespace, {"spec": {}}, _preload_content=False)
+    token: str = json.loads(answer.data)["status"]["token"]
+    return token
+
+
+def _kubeconfig(path: Path, admin: Any, token: str, namespace: str) -> Path:
+    cfg = admin.configuration
+    ca = Path(cfg.ssl_ca_cert).read_bytes()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": {"server": cfg.host,
+                                                "certificate-authority-data": base64.b64encode(ca).decode()}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
+    }))
+    return path
+
+
+@pytest.mark.k8s
+@pytest.mark.parametrize("path", RBAC_FILES, ids=lambda p: p.name)
+def test_the_service_account_passes_the_access_check(path: Path, k8s_api: Any, k8s_namespace: str,
+                                                     tmp_path: Path) -> None:
+    import kubernetes
+
+    docs = {d["kind"]: _in_namespace(d, k8s_namespace) for d in yaml.safe_load_all(path.read_text())
+            if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")}
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    rbac = kubernetes.client.RbacAuthorizationV1Api(k8s_api)
+    account = docs["ServiceAccount"]["metadata"]["name"]
+    core.create_namespaced_service_account(k8s_namespace, docs["ServiceAccount"])
+    token = _token(core, k8s_namespace, account)
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", k8s_api, token, k8s_namespace)
+
+    def backend() -> KubernetesBackend:  # a new one each time: the access check is cached per backend
+        return KubernetesBackend(None, config=Config({"KubernetesBackend": {
+            "kubeconfig": str(kubeconfig), "namespace": k8s_namespace}}))
+
+    settings = PodSettings(namespace=k8s_namespace)
+    with pytest.raises(JMKUsageError, match=rf"You may not create jobs in namespace '{k8s_namespace}'"):
+        backend().check_access(settings)
+
+    rbac.create_namespaced_role(k8s_namespace, docs["Role"])
+    rbac.create_namespaced_role_binding(k8s_namespace, docs["RoleBinding"])
+    checker = backend()
+    deadline = time.monotonic() + 30  # the authorizer's informers see the new binding within moments
+    while True:
+        try:
+            checker.check_access(settings)
+            break
+        except JMKUsageError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+            checker = backend()
+
+    authz = kubernetes.client.AuthorizationV1Api(checker.api)
+    refused = []
+    for group, resource, verb in sorted(code_requests()):
+        plural, _, sub = resource.partition("/")
+        review = {"spec": {"resourceAttributes": {"namespace": k8s_namespace, "verb": verb, "group": group,
+                                                  "resource": plural, "subresource": sub}}}
+        answer = json.loads(authz.create_self_subject_access_review(review, _preload_content=False).data)
+        if not answer["status"].get("allowed"):
+            refused.append((group, resource, verb))
+    assert not refused, f"the service account may not {refused}"
+    # and nothing outside its namespace
+    elsewhere = {"spec": {"resourceAttributes": {"namespace": "default", "verb": "create", "group": "batch",
+                                                 "resource": "jobs"}}}
+    answer = json.loads(authz.create_self_subject_access_review(elsewhere, _preload_content=False).data)
+    assert not answer["status"].get("allowed")

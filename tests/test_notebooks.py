@@ -9,7 +9,7 @@ from pathlib import Path
 
 import papermill
 import pytest
-from conftest import _stop_jobs, process_gone
+from helpers import process_gone, stop_jobs
 from k8s_fixtures import POD_IMAGE, KubeTarget, pod_processes
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def test_serving_notebook_batches_splits_traffic_and_shows_drift(state_dir: Path
         for endpoint in ServingManager().list():  # this test's state dir: stop what a failed run left
             if endpoint.running:
                 ServingManager().stop(endpoint.name)
-        _stop_jobs(state_dir)
+        stop_jobs(state_dir)
     assert "registered model as models:/churn-serving/" in text and "registered challenger as" in text
     assert re.search(r"requests answered per version: \{'\d+': \d+, '\d+': \d+\}", text)
     assert re.search(r"version \d+: \d+ requests answered in \d+ model calls \(mean batch \d", text)

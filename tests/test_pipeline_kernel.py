@@ -86,3 +86,22 @@ def test_mlflow_unreachable_the_pipeline_still_runs(state_dir: Path, tmp_path: P
     assert run.state == "succeeded", {s.name: s.reason for s in run.steps.values()}
     assert run.steps["b"].outputs == {"z": 20} and not run.mlflow_run_id
     assert "pipeline offline: not tracked in MLflow" in capsys.readouterr().out
+
+
+def test_steps_log_to_the_engines_mlflow_and_keep_artifacts_in_the_state_dir(
+        state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the embedded default (no MLFLOW_TRACKING_URI), a step's kernel gets the engine's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    notebook(tmp_path / "where.ipynb", "x = 1",
+             "import os\nfrom jupyter_mlflow_k8s import output\noutput('uri', os.environ.get('MLFLOW_TRACKING_URI'))")
+    engine = PipelineEngine()
+    run = engine.run(pipeline("where", base_dir=tmp_path).step("where", "where.ipynb").build())
+
+    assert run.state == "succeeded", {s.name: s.reason for s in run.steps.values()}
+    assert engine.settings.tracking_uri.startswith("sqlite:")
+    assert run.steps["where"].outputs == {"uri": engine.settings.tracking_uri}
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(engine.settings.tracking_uri).get_experiment_by_name("pipeline-where")
+    assert experiment is not None
+    assert experiment.artifact_location.startswith(engine.settings.artifact_root), experiment.artifact_location

@@ -67,9 +67,10 @@ class KernelPool:
     no kernel outlives the run.
     """
 
-    def __init__(self, root: Path, size: int) -> None:
+    def __init__(self, root: Path, size: int, env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.size = size
+        self.env = dict(env or {})
         self._ready: dict[tuple[str, str], list[tuple[Any, Path]]] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -82,7 +83,7 @@ class KernelPool:
 
         outputs = self.root / f"outputs-{secrets.token_hex(6)}.jsonl"
         manager = KernelManager(kernel_name=kernel_name, client_class=CLIENT_CLASS)
-        manager.start_kernel(cwd=cwd, env={**os.environ, "JMK_STEP_OUTPUTS": str(outputs)})
+        manager.start_kernel(cwd=cwd, env={**os.environ, **self.env, "JMK_STEP_OUTPUTS": str(outputs)})
         return manager, outputs
 
     def _background(self, target: Callable[..., Any], *args: Any) -> None:
@@ -263,7 +264,9 @@ class PipelineEngine:
         from .. import tracking  # noqa: F401 - the steps' threads end their job records through it
         if any(s.backend == "local" for s in pipeline.steps.values()):
             import papermill  # noqa: F401
-        pool = KernelPool(self.run_dir(run.run_id), size=min(pipeline.max_parallel, 2))
+        # Steps log to the same MLflow as the engine, the embedded default included (no variable set).
+        pool = KernelPool(self.run_dir(run.run_id), size=min(pipeline.max_parallel, 2),
+                          env={"MLFLOW_TRACKING_URI": self.settings.tracking_uri})
         roots = [s for s in pipeline.steps.values() if not s.needs and s.backend == "local"]
         for folder in {str(s.notebook.parent) for s in roots}:
             pool.prefill(self.kernel_name, folder, count=sum(str(s.notebook.parent) == folder for s in roots))
@@ -483,6 +486,7 @@ class _Tracker:
 
     def __init__(self, settings: JMKSettings, pipeline: Pipeline, run: PipelineRun) -> None:
         self.uri = settings.tracking_uri
+        self.settings = settings
         self.pipeline, self.run = pipeline, run
         self.client: Any = None
         self.experiment_id = ""
@@ -503,8 +507,9 @@ class _Tracker:
 
             self.client = tracking.client(self.uri)
             experiment = f"pipeline-{pipeline.name}"
-            found = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            # Artifacts under the state directory with a SQLite store, as a job's (not ./mlruns beside the notebooks).
+            root = self.settings.artifact_root if self.uri.startswith("sqlite:") else None
+            self.experiment_id = tracking.ensure_experiment(self.client, experiment, root)
             if not run.mlflow_run_id:
                 parent = self.client.create_run(self.experiment_id, run_name=f"{pipeline.name} {run.run_id}",
                                                 start_time=int(run.created * 1000),

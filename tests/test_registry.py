@@ -54,6 +54,17 @@ def test_sklearn_model_registers_with_signature_and_baseline(shell: Any, data: A
     assert abs(sum(feature["bin_fractions"]) - 1) < 1e-9
 
 
+def test_tree_models_register_and_load(shell: Any, data: Any) -> None:
+    """Trees hold types skops does not trust by default; the model's own types are trusted when it is logged."""
+    cell = ("from sklearn.ensemble import GradientBoostingRegressor\n"
+            "gbr = GradientBoostingRegressor(n_estimators=20, random_state=0).fit(X, y)")
+    shell.run_cell_magic("train", "--register gbr-test --input-example X", cell)
+    record, _, version = _version(shell, "gbr-test")
+    assert version.tags["jmk.flavor"] == "sklearn"
+    loaded = _load(record, "models:/gbr-test/1")
+    np.testing.assert_allclose(loaded.predict(data["X"]), data["gbr"].predict(data["X"]), rtol=1e-6)
+
+
 def test_torch_module_registers_and_predicts_the_same(shell: Any, data: Any) -> None:
     shell.run_cell(
         "import torch\nclass Tiny(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"

@@ -71,6 +71,16 @@ class _PredictModel:
         return self.model.predict(model_input)
 
 
+def _own_types(model: Any) -> list[str] | None:
+    """The types in ``model`` that skops does not trust by default (None if there are none, or no skops)."""
+    try:
+        import skops.io
+    except ImportError:
+        return None
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return list(untrusted) or None
+
+
 def _as_numpy(value: Any) -> Any:
     if hasattr(value, "detach"):
         return value.detach().cpu().numpy()
@@ -110,7 +120,10 @@ def register(name: str, model_var: str, model: Any, example: Any, run_id: str) -
         )
     elif flavor == "sklearn":
         requirements = mlflow.sklearn.get_default_pip_requirements()
-        info = mlflow.sklearn.log_model(model, name="model", signature=signature, pip_requirements=requirements)
+        # MLflow saves scikit-learn models with skops, which refuses types it does not know (a tree's
+        # sklearn.tree._tree.Tree): the user's own model's types are trusted, and MLflow records them for loading.
+        info = mlflow.sklearn.log_model(model, name="model", signature=signature, pip_requirements=requirements,
+                                        skops_trusted_types=_own_types(model))
     else:
         wrapper = type("PredictModel", (_PredictModel, mlflow.pyfunc.PythonModel), {})
         info = mlflow.pyfunc.log_model(name="model", python_model=wrapper(model), signature=signature)

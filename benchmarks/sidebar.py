@@ -47,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests" / "ui")]
 
-from machine import cpu_model, memory_total, os_name  # noqa: E402
+from machine import cpu_model, memory_total, os_name, table  # noqa: E402
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("first page, 100", {"max_results": 100}),
@@ -82,14 +82,6 @@ def p90(values: Sequence[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
 
 
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [title]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        pairs = enumerate(zip(row, widths, strict=True))
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in pairs]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def machine_description(tmp: Path) -> list[tuple[str, str]]:

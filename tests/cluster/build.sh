@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver, kube-controller-manager and kube-scheduler from Debian 12's
-# packages into a cache outside the repository, once per machine.
+# Build etcd, kube-apiserver, kube-controller-manager and kube-scheduler (the control plane), kubelet,
+# kube-proxy and the pause binary (the real node) from Debian 12's packages into a cache outside the
+# repository, once per machine. Only what the cache lacks is compiled.
 #
 # Usage: tests/cluster/build.sh            build (or reuse) and print the bin directory
 # Exit status: 0 built or cached; 3 impossible on this machine (the reason is printed and
@@ -12,7 +13,7 @@ K8S_GIT_VERSION="v1.20.2"
 RECIPE=1   # bump when the build steps change, so old caches are rebuilt
 CACHE="${JMK_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/jupyter_mlflow_k8s/kubernetes-${K8S_SOURCE_VERSION}-r${RECIPE}}"
 BIN="$CACHE/bin"
-WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause)
 
 log() { printf '[k8s build] %s\n' "$*" >&2; }
 impossible() {
@@ -92,7 +93,11 @@ mkdir -p "$GOPATH/src/k8s.io"
 ln -sfn "$TREE" "$GOPATH/src/k8s.io/kubernetes"
 cd "$GOPATH/src/k8s.io/kubernetes"
 
-# Fix 2: pkg/generated/openapi is generated at build time upstream and is not in the tarball.
+missing() { [[ ! -x "$BIN/$1" ]]; }
+
+# Fix 2: pkg/generated/openapi is generated at build time upstream and is not in the tarball; only
+# kube-apiserver needs it.
+if missing kube-apiserver; then
 log "generating pkg/generated/openapi"
 go build -o "$WORK/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
 # The selection of build/root/Makefile.generated_files (KUBE_OPENAPI_TAG_FILES); vendor/k8s.io/* are
@@ -111,17 +116,28 @@ inputs=$(printf 'k8s.io/kubernetes/%s,' "${openapi_dirs[@]}")
     -O zz_generated.openapi \
     --report-filename "$WORK/openapi-violations.txt" >"$WORK/openapi-gen.log" 2>&1 \
     || { tail -20 "$WORK/openapi-gen.log" >&2; exit 1; }
+fi
 
 ldflags=""
 for p in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
     ldflags+=" -X $p.gitVersion=$K8S_GIT_VERSION -X $p.gitMajor=1 -X $p.gitMinor=20 -X $p.gitTreeState=clean"
 done
+rm -rf "$CACHE/bin.tmp"
 mkdir -p "$CACHE/bin.tmp"
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
-    log "compiling $cmd (kube-apiserver takes ~5 minutes on 2 cores)"
+for have in "${WANT[@]}"; do missing "$have" || cp -p "$BIN/$have" "$CACHE/bin.tmp/"; done
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+    missing "$cmd" || continue
+    log "compiling $cmd (kube-apiserver and kubelet take ~5 minutes each on 2 cores)"
     go build -ldflags "-s -w $ldflags" -o "$CACHE/bin.tmp/$cmd" "./cmd/$cmd"
 done
-cp "$WORK/root/usr/bin/etcd" "$CACHE/bin.tmp/etcd"
+# The pod sandbox's pause process, static so that an image from scratch can hold it alone.
+if missing pause; then
+    log "compiling pause"
+    command -v gcc >/dev/null || { log "gcc missing (apt-get install gcc libc6-dev)"; exit 1; }
+    gcc -Os -static -DVERSION="v3.4.1-jmk" -o "$CACHE/bin.tmp/pause" build/pause/linux/pause.c
+    strip "$CACHE/bin.tmp/pause" 2>/dev/null || true
+fi
+missing etcd && cp "$WORK/root/usr/bin/etcd" "$CACHE/bin.tmp/etcd"
 rm -rf "$BIN" && mv "$CACHE/bin.tmp" "$BIN"
 "$BIN/kube-apiserver" --version >&2
 cd /

@@ -53,10 +53,23 @@ BUILD_SCRIPT = HERE / "build.sh"
 ENV_VAR = "JMK_TEST_CLUSTER_ID"
 MARKER = ".jmk-test-cluster"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
-# Stop order: the node agent first (it stops its pods while the API is still there), etcd last.
+# Stop order: the node agent first (it stops its pods while the API is still there), etcd last. With the
+# real node: nothing may recreate pods (controllers, scheduler), the pods are deleted through the API, then
+# the kubelet, kube-proxy and containerd stop and what they left on the machine is undone.
 STOP_STAGES: tuple[tuple[str, ...], ...] = (
     ("node-agent",),
     ("kube-scheduler", "kube-controller-manager"),
+    ("kube-apiserver",),
+    ("etcd",),
+)
+REAL_NODE_STOP_STAGES: tuple[tuple[str, ...], ...] = (
+    ("cluster-dns", "kube-scheduler", "kube-controller-manager"),
+    ("drain",),
+    ("kubelet", "kube-proxy"),
+    ("containers",),
+    ("containerd",),
+    ("machine",),
+    ("dnsmasq", "registry"),
     ("kube-apiserver",),
     ("etcd",),
 )
@@ -183,10 +196,15 @@ class Cluster:
     they are what the next ``start()`` uses).
     """
 
-    def __init__(self, state_dir: Path, *, gpus: int = 2, node_name: str = "jmk-node") -> None:
+    def __init__(self, state_dir: Path, *, gpus: int = 2, node_name: str = "jmk-node", node: str = "auto") -> None:
         self.state_dir = Path(state_dir).resolve()
         self.gpus = gpus
         self.node_name = node_name
+        # "real" (kubelet + containerd), "agent" (the node agent) or "auto" (real where it can run)
+        self.node = node
+        self.node_fallback_reason = ""
+        self.bin_dir = ""
+        self.images: dict[str, str] = {}
         self.kubeconfig = self.state_dir / "kubeconfig"
         self.cluster_id = secrets.token_hex(8)
         self.server = ""
@@ -226,6 +244,10 @@ class Cluster:
         self.server = str(record.get("server", ""))
         self.ports = {str(k): int(v) for k, v in dict(record.get("ports", {})).items()}
         self._detached = bool(record.get("detached", False))
+        self.node = str(record.get("node", self.node))
+        self.node_name = str(record.get("node_name", self.node_name))
+        self.bin_dir = str(record.get("bin_dir", ""))
+        self.images = {str(k): str(v) for k, v in dict(record.get("images", {})).items()}
         self._components = {}
         for name, info in dict(record.get("processes", {})).items():
             self._components[name] = _Component(
@@ -243,6 +265,9 @@ class Cluster:
             "server": self.server,
             "ports": self.ports,
             "node_name": self.node_name,
+            "node": self.node,
+            "bin_dir": self.bin_dir,
+            "images": self.images,
             "gpus": self.gpus,
             "detached": self._detached,
             "processes": {name: comp.record() for name, comp in self._components.items()},
@@ -253,25 +278,30 @@ class Cluster:
 
     # ------------------------------------------------------------------ start
 
-    def start(self, *, detach: bool = False, node_agent: bool = True) -> None:
-        """Start a fresh cluster and wait until it is ready (the node included, unless ``node_agent=False``).
+    def start(self, *, detach: bool = False, with_node: bool = True) -> None:
+        """Start a fresh cluster and wait until it is ready (the node included, unless ``with_node=False``).
 
-        Whatever a previous cluster in ``state_dir`` left running is stopped first, then the directory is
-        wiped. On failure, what was started is stopped and ``RuntimeError`` carries the tail of the log of
-        the component that failed (a port taken meanwhile is retried once, with new ports).
+        The node is the real one (kubelet, containerd, our images; ``node.py``) where it can run, else the
+        node agent, with the reason on stderr (``node="real"`` makes that an error, ``node="agent"`` skips
+        the real node). Whatever a previous cluster in ``state_dir`` left running is stopped first, then the
+        directory is wiped. On failure, what was started is stopped and ``RuntimeError`` carries the tail of
+        the log of the component that failed (a port taken meanwhile is retried once, with new ports).
         ``ClusterUnavailable`` when the binaries cannot be built here.
         """
         bin_dir = ensure_built()
+        self.bin_dir = str(bin_dir)
         if self._components:
             self.stop()
+        local_images = self._choose_node(bin_dir) if with_node else {}
         for attempt in (1, 2):
             self._wipe_state_dir()
             self.cluster_id = secrets.token_hex(8)
             self._components = {}
             self.ports = {}
+            self.images = {}
             self._detached = detach
             try:
-                self._start(bin_dir, node_agent=node_agent)
+                self._start(bin_dir, with_node=with_node, local_images=local_images)
                 return
             except RuntimeError as exc:
                 self.stop()
@@ -283,6 +313,36 @@ class Cluster:
             except BaseException:
                 self.stop()
                 raise
+
+    def _choose_node(self, bin_dir: Path) -> dict[str, str]:
+        """Settle ``self.node`` (real or agent); for the real node, the local images it needs (built if missing)."""
+        if self.node == "agent":
+            return {}
+        from . import node
+
+        reason = node.unavailable(install=True)
+        built: dict[str, str] = {}
+        if reason is None:
+            from . import images
+
+            try:
+                built = images.ensure_images(bin_dir / "pause")
+            except images.ImagesUnavailable as exc:
+                reason = f"the images cannot be built here: {exc}"
+        if reason is None:
+            self.node = "real"
+            return built
+        if self.node == "real":
+            raise ClusterUnavailable(f"a real node cannot run here: {reason}")
+        self.node = "agent"
+        self.node_fallback_reason = reason
+        print(f"cluster: pods run under the node agent, not a real kubelet: {reason}", file=sys.stderr)
+        return {}
+
+    @property
+    def real_node(self) -> bool:
+        """Whether pods run in real containers (kubelet + containerd) rather than under the node agent."""
+        return self.node == "real"
 
     def _wipe_state_dir(self) -> None:
         state = self.state_dir
@@ -347,7 +407,14 @@ class Cluster:
                 )
             time.sleep(0.1)
 
-    def _start(self, bin_dir: Path, *, node_agent: bool) -> None:
+    def _start(self, bin_dir: Path, *, with_node: bool, local_images: dict[str, str]) -> None:
+        from .node import NODE_IP, RealNode
+
+        real = RealNode(self) if with_node and self.real_node else None
+        if real is not None:
+            real.prepare_machine()  # the bridge first: the API server listens on the node's address
+        self._write_record()
+        host = NODE_IP if real is not None else "127.0.0.1"
         pki = self.state_dir / "pki"
         token = secrets.token_hex(16)
         _make_pki(pki)
@@ -381,15 +448,15 @@ class Cluster:
         # kube-apiserver
         api_port = free_port()
         self.ports["kube-apiserver"] = api_port
-        self.server = f"https://127.0.0.1:{api_port}"
+        self.server = f"https://{host}:{api_port}"
         _write_kubeconfig(self.kubeconfig, self.server, (pki / "ca.crt").read_bytes(), token)
         apiserver = self._spawn(
             "kube-apiserver",
             [
                 str(bin_dir / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={host}",
+                f"--advertise-address={host}",
                 f"--secure-port={api_port}",
                 "--insecure-port=0",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -406,11 +473,11 @@ class Cluster:
                 "--enable-priority-and-fairness=false",
                 "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
-                # The default reconciler would put 127.0.0.1 into Endpoints/kubernetes, which validation
-                # refuses (loopback) every 10 s; the Service itself is still created.
-                "--endpoint-reconciler-type=none",
                 f"--cert-dir={pki / 'apiserver-certs'}",
                 "--profiling=false",
+                # On 127.0.0.1 the default reconciler would put loopback into Endpoints/kubernetes, which
+                # validation refuses every 10 s; on the node's address pods reach the API through it.
+                *([] if real is not None else ["--endpoint-reconciler-type=none"]),
             ],
         )
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -464,7 +531,7 @@ class Cluster:
             ],
         )
         agent: _Component | None = None
-        if node_agent:
+        if with_node and real is None:
             agent_port = free_port()
             self.ports["node-agent"] = agent_port
             pythonpath = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
@@ -508,6 +575,9 @@ class Cluster:
         )
         if agent is not None:
             self._wait_node_ready(agent)
+        if real is not None:
+            self.images = real.start(local_images)
+            self._write_record()
 
     def _wait_node_ready(self, agent: _Component) -> None:
         from kubernetes import client, config
@@ -568,27 +638,57 @@ class Cluster:
     # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:
-        """Stop the node agent, scheduler, controller manager, apiserver and etcd, in that order.
+        """Stop the node, scheduler, controller manager, apiserver and etcd, in that order.
 
-        Each gets SIGTERM, then SIGKILL after ~5 s. Idempotent, and works from another process through
+        Each process gets SIGTERM, then SIGKILL after ~5 s. With the real node, the pods are deleted
+        through the API first, then whatever containerd still runs is killed, and what the node did to
+        the machine (mounts, network namespaces, the bridge, iptables rules, cgroups, ip_forward) is
+        undone (``RealNode.cleanup_machine``). Idempotent, and works from another process through
         ``cluster.json`` (a pid is only signalled while its create time matches the record). Processes
         that other processes of the cluster started (pods of the node agent) are not chased here: see
-        ``leftover_processes``.
+        ``leftovers``.
         """
         if not self._components:
             record = self._read_record()
             if record is not None:
                 self._load(record)
-        stages = [[self._components[n] for n in stage if n in self._components] for stage in STOP_STAGES]
-        known = {n for stage in STOP_STAGES for n in stage}
-        stages.append([c for n, c in self._components.items() if n not in known])
+        order = REAL_NODE_STOP_STAGES if self.real_node else STOP_STAGES
+        known = {n for stage in order for n in stage}
+        stages = [list(stage) for stage in order] + [[n for n in self._components if n not in known]]
+        real = None
+        if self.real_node:
+            from .node import RealNode, shim_processes
+
+            real = RealNode(self)
         for stage in stages:
-            procs = [p for p in (c.process() for c in stage) if p is not None]
+            if real is not None and stage == ["drain"]:
+                if self.running().get("kube-apiserver") and self.running().get("kubelet"):
+                    real.drain()
+                continue
+            if real is not None and stage == ["containers"]:
+                real.force_stop_containers()
+                continue
+            if real is not None and stage == ["machine"]:
+                _terminate(shim_processes(self.cluster_id), TERM_GRACE)
+                real.cleanup_machine()
+                continue
+            comps = [self._components[n] for n in stage if n in self._components]
+            procs = [p for p in (c.process() for c in comps) if p is not None]
             _terminate(procs, TERM_GRACE)
-            for comp in stage:
+            for comp in comps:
                 if comp.popen is not None:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         comp.popen.wait(timeout=1)  # reap our own children (no zombies, no ResourceWarning)
+
+    def leftovers(self) -> list[str]:
+        """Everything of this cluster still there after ``stop``: processes, and with the real node also
+        containers, mounts, network namespaces, the bridge, iptables rules, cgroups. Empty when clean."""
+        left = [_describe(p) for p in self.leftover_processes()]
+        if self.real_node:
+            from .node import RealNode
+
+            left += RealNode(self).leftovers()
+        return left
 
     def leftover_processes(self) -> list[psutil.Process]:
         """Every live process whose environment carries ``JMK_TEST_CLUSTER_ID=<this cluster's id>``.
@@ -691,7 +791,7 @@ keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = serverAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
-subjectAltName = IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName = IP:127.0.0.1,DNS:localhost,IP:10.244.0.1,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 [node]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
@@ -793,7 +893,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--state", type=Path, default=None, help=state_help)
     up.add_argument("--gpus", type=int, default=2, help="nvidia.com/gpu the node advertises (default 2)")
     up.add_argument("--node-name", default="jmk-node")
-    up.add_argument("--no-node-agent", action="store_true", help="control plane only (pods stay Pending)")
+    up.add_argument("--no-node", action="store_true", help="control plane only (pods stay Pending)")
+    up.add_argument(
+        "--node", choices=("auto", "real", "agent"), default=os.environ.get("JMK_TEST_NODE", "auto"),
+        help="real: kubelet + containerd + our images; agent: pods as local processes; auto (default): real where "
+        "it can run ($JMK_TEST_NODE)",
+    )
     up.add_argument("--restart", action="store_true", help="start afresh even if a cluster is running there")
     down = sub.add_parser("down", help="stop it; exit 1 when processes of the cluster remained")
     down.add_argument("--state", type=Path, default=None, help=state_help)
@@ -830,16 +935,18 @@ def _cmd_up(state: Path, args: argparse.Namespace) -> int:
         )
         print(existing.kubeconfig)
         return 0
-    cluster = Cluster(state, gpus=args.gpus, node_name=args.node_name)
+    cluster = Cluster(state, gpus=args.gpus, node_name=args.node_name, node=args.node)
     started = time.monotonic()
     ensure_built()  # separately, so that a first build does not count in the start time below
     t0 = time.monotonic()
-    cluster.start(detach=True, node_agent=not args.no_node_agent)
+    cluster.start(detach=True, with_node=not args.no_node)
     print(
         f"cluster: up in {time.monotonic() - t0:.1f} s (total {time.monotonic() - started:.1f} s), "
-        f"state {state}, server {cluster.server}",
+        f"state {state}, server {cluster.server}, node: {'real (kubelet + containerd)' if cluster.real_node else 'node agent'}",
         file=sys.stderr,
     )
+    for name, ref in cluster.images.items():
+        print(f"cluster: image {name}: {ref}", file=sys.stderr)
     print(cluster.kubeconfig)
     return 0
 
@@ -850,11 +957,12 @@ def _cmd_down(state: Path) -> int:
         print(f"cluster: no cluster recorded in {state}", file=sys.stderr)
         return 0
     cluster.stop()
-    leftovers = cluster.kill_leftovers()
+    leftovers = cluster.leftovers()
+    cluster.kill_leftovers()
     if leftovers:
         print(
-            f"cluster: stopped, but {len(leftovers)} process(es) of cluster {cluster.cluster_id} remained "
-            "(killed now):\n  " + "\n  ".join(leftovers),
+            f"cluster: stopped, but {len(leftovers)} thing(s) of cluster {cluster.cluster_id} remained "
+            "(processes killed now):\n  " + "\n  ".join(leftovers),
             file=sys.stderr,
         )
         return 1

@@ -1,9 +1,12 @@
-"""Kubernetes fixtures: one real cluster per session, a fresh namespace per test, no process left behind.
+"""Kubernetes fixtures: one real cluster per session, a fresh namespace per test, nothing left behind.
 
-The cluster is ``tests/cluster`` (etcd and the 1.20 control plane built from Debian's packages, plus the
-node agent that runs pods as processes), started once per session. When ``JMK_TEST_KUBECONFIG`` names a
-kubeconfig, the same tests run against that cluster instead (kind in CI, say) and nothing is started;
-tests that need the node agent's hooks or look at local processes skip there.
+The cluster is ``tests/cluster``: etcd and the 1.20 control plane built from Debian's packages, and a real
+node (kubelet, containerd, runc, CNI, kube-proxy, cluster DNS, a local registry holding the runner image
+built from ``docker/runner/Dockerfile``), started once per session. Where a real node cannot run (not
+root, not Debian 12, a missing package) the node agent runs pods as local processes instead, and the
+reason is printed. When ``JMK_TEST_KUBECONFIG`` names a kubeconfig, the same tests run against that
+cluster instead (kind in CI, say; ``JMK_TEST_POD_IMAGE`` names an image with this package and
+``JMK_TEST_HOST_IP`` the address its pods reach this machine at) and nothing is started.
 
 Mark Kubernetes tests ``@pytest.mark.k8s`` and ask for ``k8s_namespace`` (and ``k8s_api`` for a client).
 When the cluster cannot be built on a machine, every such test skips with the reason.
@@ -23,9 +26,8 @@ from typing import Any
 import psutil
 import pytest
 
-# Pod images: the node agent ignores them (it runs the command with this test environment's python);
-# a real cluster pulls them, so they must carry python.
-POD_IMAGE = "python:3.11-slim"
+# The node agent ignores images (it runs the command with this test environment's python).
+AGENT_POD_IMAGE = "python:3.11-slim"
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,39 @@ class KubeTarget:
 
     @property
     def local(self) -> bool:
-        """Whether pods run as local processes under our node agent (so hooks and /proc checks work)."""
+        """Whether we started the cluster on this machine (its processes and containers can be inspected)."""
         return self.cluster is not None
+
+    @property
+    def real_node(self) -> bool:
+        """Whether pods run in real containers from real images (our real node, or a given cluster)."""
+        return self.cluster is None or bool(self.cluster.real_node)
+
+    @property
+    def pod_image(self) -> str:
+        """An image with python and this package that the cluster's node can pull (the runner image)."""
+        if self.cluster is None:
+            return os.environ.get("JMK_TEST_POD_IMAGE", "jmk-runner:test")
+        return str(self.cluster.images["runner"]) if self.cluster.real_node else AGENT_POD_IMAGE
+
+    @property
+    def host_ip(self) -> str:
+        """The address of this machine that pods reach (servers for pods listen there)."""
+        if self.cluster is None:
+            return os.environ.get("JMK_TEST_HOST_IP", "127.0.0.1")
+        if self.cluster.real_node:
+            from cluster.node import NODE_IP
+
+            return NODE_IP
+        return "127.0.0.1"
 
 
 def pod_processes(selector: str) -> list[psutil.Process]:
-    """Live processes the node agent started for pods whose ``namespace/name`` starts with ``selector``."""
-    found = []
+    """Live processes of pods whose ``namespace/name`` starts with ``selector``: real containers of the real
+    node (from containerd's task bundles), or processes the node agent started."""
+    from cluster.node import pod_processes as container_processes
+
+    found = container_processes(selector)
     for proc in psutil.process_iter():
         try:
             env = proc.environ()
@@ -72,14 +100,18 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeTarget
         ensure_built()
     except ClusterUnavailable as exc:
         pytest.skip(f"the Kubernetes test cluster cannot be built here: {exc}")
-    cluster = Cluster(tmp_path_factory.mktemp("k8s-cluster"))
-    cluster.start()
+    cluster = Cluster(tmp_path_factory.mktemp("k8s-cluster"), node=os.environ.get("JMK_TEST_NODE", "auto"))
+    try:
+        cluster.start()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"the Kubernetes test cluster cannot run here: {exc}")
     try:
         yield KubeTarget(cluster.kubeconfig, cluster)
     finally:
         cluster.stop()
-    left = cluster.leftover_processes()
-    assert not left, f"processes left after the cluster stopped: {[p.cmdline() for p in left]}"
+    left = cluster.leftovers()
+    cluster.kill_leftovers()
+    assert not left, f"left after the cluster stopped: {left}"
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +150,75 @@ def k8s_namespace(k8s_cluster: KubeTarget, k8s_api: Any, request: pytest.Fixture
 @pytest.fixture
 def node_agent(k8s_cluster: KubeTarget) -> KubeTarget:
     """Skip unless pods run under our node agent (its test hooks, local processes)."""
-    if not k8s_cluster.local:
-        pytest.skip("needs the test cluster's node agent (JMK_TEST_KUBECONFIG names another cluster)")
+    if k8s_cluster.real_node:
+        pytest.skip("needs the node agent; pods run in real containers here")
     return k8s_cluster
+
+
+@pytest.fixture
+def real_node(k8s_cluster: KubeTarget) -> KubeTarget:
+    """Skip unless pods run in real containers (the test cluster's real node, or a given cluster)."""
+    if not k8s_cluster.real_node:
+        pytest.skip(f"needs a real node; pods run under the node agent: {k8s_cluster.cluster.node_fallback_reason}")
+    return k8s_cluster
+
+
+@pytest.fixture
+def pod_image(k8s_cluster: KubeTarget) -> str:
+    """The image test pods run: the runner image built from docker/runner/Dockerfile (python, this package)."""
+    return k8s_cluster.pod_image
+
+
+@pytest.fixture(scope="session")
+def k8s_mlflow_server(k8s_cluster: KubeTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` that pods reach over the pod network, proxying artifacts (``--serve-artifacts``)
+    into a folder of this machine: what a team's tracking server is to its jobs."""
+    from servers import _mlflow_env, start_mlflow
+
+    root = tmp_path_factory.mktemp("k8s-mlflow")
+    server, url = start_mlflow(root, ["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")],
+                               _mlflow_env(), host=k8s_cluster.host_ip)
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def k8s_s3_server(k8s_cluster: KubeTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3 endpoint (moto, credentials checked) that pods reach over the pod network."""
+    from servers import s3_endpoint
+
+    yield from s3_endpoint(tmp_path_factory.mktemp("k8s-moto") / "moto.log", host=k8s_cluster.host_ip)
+
+
+@pytest.fixture
+def k8s_s3_bucket(k8s_s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A new bucket on ``k8s_s3_server``; this process's AWS variables point at it (undone after the test)."""
+    from servers import new_bucket
+
+    return new_bucket(k8s_s3_server, monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def k8s_mlflow_server_s3(
+    k8s_cluster: KubeTarget, tmp_path_factory: pytest.TempPathFactory, k8s_s3_server: Any
+) -> Iterator[Any]:
+    """``mlflow server`` for pods, proxying artifacts into a bucket of ``k8s_s3_server``."""
+    from servers import mlflow_with_s3_artifacts
+
+    yield from mlflow_with_s3_artifacts(tmp_path_factory, k8s_s3_server, host=k8s_cluster.host_ip)
+
+
+@pytest.fixture(scope="session")
+def k8s_served_model(k8s_mlflow_server: str) -> Iterator[Any]:
+    """``iris-serving`` (versions 1 and 2, ``@prod`` on 1) registered in ``k8s_mlflow_server``, for endpoint pods."""
+    import mlflow
+    from serving_fixtures import make_served
+
+    before = mlflow.get_tracking_uri()
+    try:
+        served = make_served("iris-serving", k8s_mlflow_server)
+    finally:
+        mlflow.set_tracking_uri(before)  # make_served points this process at the server: not for later tests
+    yield served

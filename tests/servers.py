@@ -1,4 +1,4 @@
-"""Fixtures that start real servers on 127.0.0.1: ``mlflow server`` and an S3 endpoint.
+"""Fixtures that start real servers on 127.0.0.1 (or, for pods, the node's address): ``mlflow server`` and S3.
 
 Each server is a subprocess in its own process group on a free port, started once per session
 when a test first asks for it. Readiness is polled with a deadline; a server that exits or does
@@ -48,10 +48,10 @@ AWS_VARIABLES = (
 )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -174,13 +174,13 @@ class S3Server:
         }
 
 
-def start_moto(log_path: Path, timeout: float = 30.0) -> tuple[ServerProcess, str]:
-    """Start ``moto_server`` on a free port; returns the process and its endpoint URL."""
-    port = free_port()
+def start_moto(log_path: Path, timeout: float = 30.0, host: str = "127.0.0.1") -> tuple[ServerProcess, str]:
+    """Start ``moto_server`` on a free port of ``host``; returns the process and its endpoint URL."""
+    port = free_port(host)
     server = ServerProcess(
-        "moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_path, env=_clean_env()
+        "moto_server", [str(BIN / "moto_server"), "-H", host, "-p", str(port)], log_path, env=_clean_env()
     )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     server.wait_ready(lambda: _http_ok(f"{endpoint}/moto-api/data.json"), timeout)
     return server, endpoint
 
@@ -208,10 +208,9 @@ def _require_authentication(endpoint: str) -> None:
         assert response.status == 200
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real S3 HTTP endpoint (moto's server mode) on 127.0.0.1 that checks credentials."""
-    server, endpoint = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+def s3_endpoint(log_path: Path, host: str = "127.0.0.1") -> Iterator[S3Server]:
+    """moto on ``host`` with one admin user and authentication required; stopped when the generator ends."""
+    server, endpoint = start_moto(log_path, host=host)
     try:
         key, secret = _create_admin(endpoint)
         _require_authentication(endpoint)
@@ -220,9 +219,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 HTTP endpoint (moto's server mode) on 127.0.0.1 that checks credentials."""
+    yield from s3_endpoint(tmp_path_factory.mktemp("moto") / "moto.log")
+
+
 @pytest.fixture
 def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """A new, empty bucket; this process's AWS variables point at it (undone after the test)."""
+    return new_bucket(s3_server, monkeypatch, tmp_path)
+
+
+def new_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A new, empty bucket on ``s3_server``; this process's AWS variables point at it (through ``monkeypatch``)."""
     bucket = f"jmk-test-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=bucket)
     for name in AWS_VARIABLES:
@@ -253,16 +263,18 @@ class MlflowS3Server:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-def start_mlflow(root: Path, extra_args: list[str], env: dict[str, str], timeout: float = 90.0) -> tuple[ServerProcess, str]:
-    """``mlflow server`` with one worker and no job runner on a SQLite store under ``root``."""
-    port = free_port()
+def start_mlflow(
+    root: Path, extra_args: list[str], env: dict[str, str], timeout: float = 90.0, host: str = "127.0.0.1"
+) -> tuple[ServerProcess, str]:
+    """``mlflow server`` with one worker and no job runner on a SQLite store under ``root``, on ``host``."""
+    port = free_port(host)
     argv = [
         str(BIN / "mlflow"),
         "server",
         "--backend-store-uri",
         f"sqlite:///{root / 'mlflow.db'}",
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--workers",
@@ -270,7 +282,7 @@ def start_mlflow(root: Path, extra_args: list[str], env: dict[str, str], timeout
         *extra_args,
     ]
     server = ServerProcess("mlflow server", argv, root / "server.log", env=env)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     server.wait_ready(lambda: _http_ok(f"{url}/health"), timeout)
     return server, url
 
@@ -297,6 +309,13 @@ def mlflow_server_s3(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Serv
     Clients talk to the server only (``mlflow-artifacts:/``); the S3 credentials and endpoint
     are in the server's environment, not in the tests'.
     """
+    yield from mlflow_with_s3_artifacts(tmp_path_factory, s3_server)
+
+
+def mlflow_with_s3_artifacts(
+    tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server, host: str = "127.0.0.1"
+) -> Iterator[MlflowS3Server]:
+    """``mlflow server`` on ``host`` proxying artifacts into a new bucket of ``s3_server``; stopped at the end."""
     bucket = f"jmk-mlflow-{uuid.uuid4().hex[:8]}"
     s3_server.client().create_bucket(Bucket=bucket)
     root = tmp_path_factory.mktemp("mlflow-server-s3")
@@ -305,6 +324,7 @@ def mlflow_server_s3(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Serv
         root,
         ["--serve-artifacts", "--artifacts-destination", f"s3://{bucket}/{prefix}"],
         _mlflow_env(**s3_server.environment()),
+        host=host,
     )
     try:
         yield MlflowS3Server(url, bucket, prefix)

@@ -1,6 +1,10 @@
-"""``%%train --backend kubernetes`` on the test cluster: real API server, scheduler, Job controller; pods
-run by the node agent (which shares this machine's filesystem, so file:// storage and SQLite MLflow work
-with ``c.KubernetesBackend.pods_share_filesystem = True``)."""
+"""``%%train --backend kubernetes`` on the test cluster: real API server, scheduler, Job controller, and a
+real node running each job in a container of the runner image built from docker/runner/Dockerfile.
+
+As on a user's cluster, pods share no filesystem with the notebook (``pods_share_filesystem = False``):
+the payload travels in a Secret (or S3), results come back through the pod log (or S3), and MLflow is a
+tracking server the pods reach over the pod network. Where no real node can run, the node agent runs the
+same tests with pods as local processes, and the tests of its fault hooks stand in for the real faults."""
 
 from __future__ import annotations
 
@@ -21,17 +25,22 @@ pytestmark = pytest.mark.k8s
 
 
 @pytest.fixture
-def k8s_shell(shell: Any, state_dir: Path, k8s_cluster: KubeTarget, k8s_namespace: str, node_agent: KubeTarget) -> Any:
-    """The IPython shell with the Kubernetes backend pointed at this test's namespace."""
+def k8s_shell(shell: Any, state_dir: Path, k8s_cluster: KubeTarget, k8s_namespace: str, k8s_mlflow_server: str,
+              monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The IPython shell with the Kubernetes backend pointed at this test's namespace, the runner image and a
+    tracking server that pods reach."""
     config = shell.config.KubernetesBackend
     config.kubeconfig = str(k8s_cluster.kubeconfig)
     config.namespace = k8s_namespace
-    config.pods_share_filesystem = True
+    config.image = k8s_cluster.pod_image
+    config.pods_share_filesystem = False
     config.image_pull_failure_seconds = 3.0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", k8s_mlflow_server)
     shell.__dict__.pop("_jmk_service", None)
     yield shell
     stop_jobs(state_dir, shell.config)  # while the configuration still names the cluster
-    for key in ("kubeconfig", "namespace", "pods_share_filesystem", "image_pull_failure_seconds", "api_patience_seconds"):
+    for key in ("kubeconfig", "namespace", "image", "pods_share_filesystem", "image_pull_failure_seconds",
+                "api_patience_seconds"):
         config.pop(key, None)
     shell.__dict__.pop("_jmk_service", None)
     ClusterWatch.stop_all()
@@ -112,26 +121,78 @@ def test_failing_cell_reports_its_exception_and_last_log_lines(k8s_shell: Any) -
     assert record.state.value == "failed" and record.exit_code == 1
 
 
-def test_image_pull_failure_fails_the_job_within_seconds(k8s_shell: Any) -> None:
+def test_image_pull_failure_fails_the_job_within_seconds(k8s_shell: Any, k8s_cluster: KubeTarget) -> None:
+    # On the real node: the registry answers and has no such tag. Under the node agent: its hook (.invalid).
+    missing = (k8s_cluster.pod_image.rsplit(":", 1)[0] + ":no-such-tag" if k8s_cluster.real_node
+               else "registry.example.invalid/team/runner:1")
     with pytest.raises(Exception) as failure:
-        k8s_shell.run_cell_magic("train", "--backend kubernetes --image registry.example.invalid/team/runner:1", "x = 1")
+        k8s_shell.run_cell_magic("train", f"--backend kubernetes --image {missing}", "x = 1")
     assert "the image could not be pulled" in str(failure.value)
     record = only_record(k8s_shell)
     assert record.state.value == "failed"
     assert MlflowClient(record.tracking_uri).get_run(record.run_id).info.status == "FAILED"
 
 
-def test_eviction_is_reported(k8s_shell: Any, k8s_api: Any, k8s_namespace: str) -> None:
+def test_eviction_is_reported(k8s_shell: Any, k8s_api: Any, k8s_namespace: str, k8s_cluster: KubeTarget) -> None:
     svc = service(k8s_shell)
-    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", "import time\ntime.sleep(600)")
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", "import time\nprint('up', flush=True)\n"
+                             "time.sleep(600)")
     record = only_record(k8s_shell)
     core = kubernetes.client.CoreV1Api(k8s_api)
     pod = wait_for(lambda: [p for p in core.list_namespaced_pod(k8s_namespace).items if p.status.phase == "Running"])[0]
-    core.patch_namespaced_pod(pod.metadata.name, k8s_namespace,
-                              {"metadata": {"annotations": {"node-agent.jmk.io/inject": "Evicted"}}})
-    ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=60, interval=0.2)
-    assert ended.state.value == "failed" and ended.message.startswith("evicted: The node was low on resource: memory")
+    if k8s_cluster.real_node:  # the Eviction API, as `kubectl drain` uses it
+        core.create_namespaced_pod_eviction(pod.metadata.name, k8s_namespace, {
+            "apiVersion": "policy/v1beta1", "kind": "Eviction",
+            "metadata": {"name": pod.metadata.name, "namespace": k8s_namespace}})
+        expected = f"stopped: pod {pod.metadata.name} was deleted while the job ran (evicted through the Eviction API"
+    else:  # the node agent's stand-in for the kubelet's own (node-pressure) eviction
+        core.patch_namespaced_pod(pod.metadata.name, k8s_namespace,
+                                  {"metadata": {"annotations": {"node-agent.jmk.io/inject": "Evicted"}}})
+        expected = "evicted: The node was low on resource: memory"
+    ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=90, interval=0.2)
+    assert ended.state.value == "failed" and ended.message.startswith(expected), ended.message
     assert MlflowClient(ended.tracking_uri).get_run(ended.run_id).info.status == "FAILED"
+
+
+def test_preemption_is_reported(k8s_shell: Any, k8s_api: Any, k8s_namespace: str, real_node: KubeTarget) -> None:
+    """The job holds both GPUs of the node; a pod of a higher PriorityClass needs them: the scheduler preempts."""
+    svc = service(k8s_shell)
+    scheduling = kubernetes.client.SchedulingV1Api(k8s_api)
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    urgent = f"{k8s_namespace}-urgent"
+    scheduling.create_priority_class({"metadata": {"name": urgent}, "value": 100000})
+    try:
+        k8s_shell.run_cell_magic("train", "--backend kubernetes --gpus 2 --async", "import time\ntime.sleep(600)")
+        record = only_record(k8s_shell)
+        wait_for(lambda: svc.get(record.job_id).state.value == "running", timeout=60)
+        core.create_namespaced_pod(k8s_namespace, {"metadata": {"name": "urgent"}, "spec": {
+            "restartPolicy": "Never", "priorityClassName": urgent, "containers": [{
+                "name": "main", "image": real_node.pod_image, "command": ["python", "-c", "print('ran')"],
+                "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}})
+        ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=90, interval=0.2)
+    finally:
+        scheduling.delete_priority_class(urgent)
+    assert ended.state.value == "failed"
+    assert ended.message.startswith("preempted: the scheduler stopped it for a higher-priority pod (Preempted by "
+                                    f"{k8s_namespace}/urgent"), ended.message
+    assert MlflowClient(ended.tracking_uri).get_run(ended.run_id).info.status == "FAILED"
+
+
+def test_the_job_runs_in_the_runner_image(k8s_shell: Any, real_node: KubeTarget) -> None:
+    """Not the host checkout: the image's OS, its non-root user, its venv and the package installed there."""
+    import jupyter_mlflow_k8s
+
+    k8s_shell.run_cell_magic("train", "--backend kubernetes", "import os, sys, pathlib, jupyter_mlflow_k8s as j\n"
+                             "os_release = pathlib.Path('/etc/os-release').read_text()\nprint(os_release)\n"
+                             "uid, home = os.getuid(), os.environ['HOME']\nprint('uid', uid, 'home', home)\n"
+                             "python, package = sys.executable, j.__file__\nprint(python, package)\n"
+                             "pathlib.Path(home, 'cache-check').write_text('writable')\n"
+                             "writable_tmp = os.access('/tmp', os.W_OK)")
+    ns = k8s_shell.user_ns
+    assert 'VERSION_CODENAME=bookworm' in ns["os_release"]
+    assert (ns["uid"], ns["home"], ns["writable_tmp"]) == (1000, "/home/jovyan", True)
+    assert ns["python"].startswith("/opt/venv/") and ns["package"].startswith("/opt/venv/lib/python3.11/site-packages/")
+    assert not ns["package"].startswith(str(Path(jupyter_mlflow_k8s.__file__).parent))
 
 
 def test_cancel_deletes_the_job_and_stops_the_process(k8s_shell: Any, k8s_api: Any, k8s_namespace: str) -> None:
@@ -207,8 +268,10 @@ def test_api_server_restart_loses_neither_the_job_nor_log_lines(k8s_shell: Any, 
     assert k8s_shell.user_ns["done"] is True
 
 
-def test_sqlite_tracking_is_refused_unless_pods_share_the_filesystem(k8s_shell: Any) -> None:
-    k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
+def test_sqlite_tracking_is_refused_unless_pods_share_the_filesystem(
+    k8s_shell: Any, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     k8s_shell.__dict__.pop("_jmk_service", None)
     with pytest.raises(UsageError, match=r"Kubernetes pods cannot record into sqlite:.*MLflow server"):
         k8s_shell.run_cell_magic("train", "--backend kubernetes", "x = 1")
@@ -216,11 +279,11 @@ def test_sqlite_tracking_is_refused_unless_pods_share_the_filesystem(k8s_shell: 
 
 
 def test_object_storage_and_tracking_server_as_on_a_real_cluster(
-    k8s_shell: Any, s3_server: Any, s3_bucket: str, mlflow_server_s3: Any, monkeypatch: pytest.MonkeyPatch,
-    k8s_api: Any, k8s_namespace: str,
+    k8s_shell: Any, k8s_s3_server: Any, k8s_s3_bucket: str, k8s_mlflow_server_s3: Any,
+    monkeypatch: pytest.MonkeyPatch, k8s_api: Any, k8s_namespace: str,
 ) -> None:
     """No shared filesystem: the payload and results go through S3, credentials through the job's Secret."""
-    k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
+    s3_server, s3_bucket, mlflow_server_s3 = k8s_s3_server, k8s_s3_bucket, k8s_mlflow_server_s3
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server_s3.url)
     monkeypatch.setenv("JMK_STORAGE_URL", f"s3://{s3_bucket}/jmk")
     k8s_shell.__dict__.pop("_jmk_service", None)
@@ -243,11 +306,9 @@ def test_object_storage_and_tracking_server_as_on_a_real_cluster(
 
 
 def test_without_object_storage_the_payload_goes_in_a_secret_and_results_come_back_in_the_log(
-    k8s_shell: Any, mlflow_server: str, monkeypatch: pytest.MonkeyPatch, k8s_api: Any, k8s_namespace: str
+    k8s_shell: Any, k8s_mlflow_server: str, k8s_api: Any, k8s_namespace: str
 ) -> None:
-    k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    k8s_shell.__dict__.pop("_jmk_service", None)
+    mlflow_server = k8s_mlflow_server
     k8s_shell.user_ns["numbers"] = list(range(100))
 
     k8s_shell.run_cell_magic("train", "--backend kubernetes", "import os\nprint('root', os.environ['JMK_PAYLOAD_ROOT'])\n"
@@ -262,24 +323,19 @@ def test_without_object_storage_the_payload_goes_in_a_secret_and_results_come_ba
     assert [v.secret.secret_name for v in job.spec.template.spec.volumes if v.secret] == [
         f"{record.backend_ref['name']}-payload"]
     log = Path(record.log_path).read_text()
-    assert "root /" in log  # the mount path (rewritten to its directory by the node agent)
+    assert "root /" in log  # the mount path (under the node agent: rewritten to its directory)
     assert "JMK-FRAME" not in log, "frames are taken out of the log"
     assert MlflowClient(mlflow_server).get_run(record.run_id).info.status == "FINISHED"
 
 
-def test_a_payload_too_big_for_a_secret_asks_for_object_storage(
-    k8s_shell: Any, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    k8s_shell.config.KubernetesBackend.pods_share_filesystem = False
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    k8s_shell.__dict__.pop("_jmk_service", None)
+def test_a_payload_too_big_for_a_secret_asks_for_object_storage(k8s_shell: Any) -> None:
     k8s_shell.user_ns["blob"] = b"x" * (2 * 2**20)
     with pytest.raises(UsageError, match="JMK_STORAGE_URL=s3://"):
         k8s_shell.run_cell_magic("train", "--backend kubernetes", "n = len(blob)")
 
 
 def test_quickstart_on_kubernetes_matches_the_local_backend(
-    state_dir: Path, tmp_path: Path, k8s_cluster: KubeTarget, k8s_namespace: str, node_agent: KubeTarget,
+    state_dir: Path, tmp_path: Path, k8s_cluster: KubeTarget, k8s_namespace: str, k8s_mlflow_server: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The quickstart notebook through papermill, once per backend: the same training, the same numbers."""
@@ -287,7 +343,8 @@ def test_quickstart_on_kubernetes_matches_the_local_backend(
 
     profile = tmp_path / "ipython" / "profile_default"
     profile.mkdir(parents=True)
-    (profile / "ipython_config.py").write_text("c.KubernetesBackend.pods_share_filesystem = True\n")
+    (profile / "ipython_config.py").write_text(f"c.KubernetesBackend.image = {k8s_cluster.pod_image!r}\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", k8s_mlflow_server)
     monkeypatch.setenv("IPYTHONDIR", str(profile.parent))
     monkeypatch.setenv("KUBECONFIG", str(k8s_cluster.kubeconfig))
     monkeypatch.setenv("JMK_K8S_NAMESPACE", k8s_namespace)

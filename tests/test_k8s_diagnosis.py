@@ -76,3 +76,26 @@ def test_failed_image_pulls_delete_the_job_and_failed_cells_show_their_log() -> 
     assert pull.delete and not pull.with_log
     exited = diagnose(job(FAILED), [pod("Failed", {"terminated": {"exitCode": 1}})], 30)
     assert exited.with_log and exited.exit_code == 1 and not exited.delete
+
+
+def deleted_pod(exit_code: int = 143) -> dict[str, Any]:
+    """A pod that was deleted while it ran (its last state, as the watch keeps it)."""
+    stopped = pod("Failed", {"terminated": {"exitCode": exit_code, "reason": "Error"}})
+    stopped["metadata"]["deletionTimestamp"] = NOW
+    return stopped
+
+
+def test_a_pod_deleted_under_the_job_is_explained_from_its_events() -> None:
+    """Before 1.26 (the test cluster is 1.20) preemption and API eviction leave no pod condition."""
+    first = diagnose(job(FAILED), [deleted_pod()], 30)
+    assert (first.state, first.needs_events) == (JobState.FAILED, "jmk-ada-1-x")
+
+    preempted = diagnose(job(FAILED), [deleted_pod()], 30, events=[
+        {"reason": "Scheduled", "message": "Successfully assigned"},
+        {"reason": "Preempted", "message": "Preempted by t-ns/urgent on node jmk-node"}])
+    assert preempted.message == ("preempted: the scheduler stopped it for a higher-priority pod "
+                                 "(Preempted by t-ns/urgent on node jmk-node)")
+    evicted = diagnose(job(FAILED), [deleted_pod()], 30, events=[])
+    assert evicted.message.startswith("stopped: pod jmk-ada-1-x was deleted while the job ran (evicted through the "
+                                      "Eviction API")
+    assert (evicted.exit_code, evicted.needs_events) == (143, "")

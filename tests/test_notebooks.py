@@ -10,7 +10,7 @@ from pathlib import Path
 import papermill
 import pytest
 from helpers import process_gone, stop_jobs
-from k8s_fixtures import POD_IMAGE, KubeTarget, pod_processes
+from k8s_fixtures import KubeTarget, pod_processes
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -86,15 +86,21 @@ def test_serving_notebook_batches_splits_traffic_and_shows_drift(state_dir: Path
 
 @pytest.mark.k8s
 def test_kubernetes_notebook_trains_and_serves_on_the_test_cluster(
-    state_dir: Path, tmp_path: Path, k8s_namespace: str, node_agent: KubeTarget
+    state_dir: Path, tmp_path: Path, k8s_namespace: str, k8s_cluster: KubeTarget, k8s_mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with socket.socket() as probe:  # the test cluster's pods share this machine's network
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", k8s_mlflow_server)  # the kernel's, and through it the pods'
+    if k8s_cluster.real_node:
+        reach: dict[str, object] = {"serve_port": 8080, "endpoint_url": "cluster-ip"}
+    else:
+        with socket.socket() as probe:  # under the node agent pods share this machine's network
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        reach = {"serve_port": port, "endpoint_url": f"http://127.0.0.1:{port}"}
     _, text = execute(
         NOTEBOOKS / "kubernetes.ipynb", tmp_path / "kubernetes.out.ipynb", NOTEBOOKS,
-        kubeconfig=str(node_agent.kubeconfig), namespace=k8s_namespace, image=POD_IMAGE,
-        pods_share_filesystem=True, serve_port=port, endpoint_url=f"http://127.0.0.1:{port}",
+        kubeconfig=str(k8s_cluster.kubeconfig), namespace=k8s_namespace, image=k8s_cluster.pod_image,
+        pods_share_filesystem=False, **reach,
     )
     assert "training in pod jmk-" in text and "succeeded on kubernetes: Job jmk-" in text
     assert f"in namespace {k8s_namespace}" in text

@@ -19,6 +19,7 @@ the exit code with the last log lines).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import getpass
 import json
@@ -60,6 +61,7 @@ from .kubernetes_manifests import (
 
 CONTAINER = "train"
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+DELETED_PODS_KEPT = 500  # per namespace watch
 # Variables of the notebook's environment that a pod needs to reach storage and tracking. They travel
 # in the job's own Secret, never in the Job manifest.
 CREDENTIAL_VARIABLES = (
@@ -345,6 +347,18 @@ class KubernetesBackend(Backend):
             return None
         return max((int(n.get("status", {}).get("allocatable", {}).get(resource, "0")) for n in nodes), default=0)
 
+    def pod_events(self, pod: str) -> list[dict[str, Any]]:
+        """The events about pod ``pod`` (namespace of this backend's jobs); empty when they cannot be read."""
+        import kubernetes
+
+        try:
+            listed = kubernetes.client.CoreV1Api(self.api).list_namespaced_event(
+                self.namespace, field_selector=f"involvedObject.name={pod}", _preload_content=False, _request_timeout=10
+            )
+            return list(json.loads(listed.data)["items"])
+        except Exception:
+            return []
+
     def launch(self, record: JobRecord) -> JobRecord:
         """Create the job's Secret and Job; the Job owns the Secret."""
         import kubernetes
@@ -437,12 +451,14 @@ class KubernetesBackend(Backend):
             self.log.warning("cannot look at job %s on the cluster: %s", record.job_id, exc)
             return record
         job = watch.job(record.backend_ref["name"])
-        pods = watch.pods(record.backend_ref["name"])
+        pods = watch.pods(record.backend_ref["name"], with_deleted=True)
         if job is None:
             if not watch.synced or time.time() - record.created < 5:
                 return record
             return self.gone(record)
         verdict = diagnose(job, pods, self.image_pull_failure_seconds)
+        if verdict.state is JobState.FAILED and verdict.needs_events:
+            verdict = diagnose(job, pods, self.image_pull_failure_seconds, self.pod_events(verdict.needs_events))
         if verdict.state.terminal:
             if verdict.state is not JobState.SUCCEEDED:
                 tail = self.save_log(record)
@@ -567,9 +583,11 @@ class Verdict:
     """What a Job and its pods mean for the record."""
 
     def __init__(self, state: JobState, message: str, exit_code: int | None = None, started: float | None = None,
-                 with_log: bool = False, delete: bool = False) -> None:
+                 with_log: bool = False, delete: bool = False, needs_events: str = "") -> None:
         self.state, self.message, self.exit_code, self.started = state, message, exit_code, started
         self.with_log, self.delete = with_log, delete
+        # The pod whose events would say more (a pod deleted under the job: preempted or evicted?)
+        self.needs_events = needs_events
 
 
 def _time(stamp: str | None) -> float | None:
@@ -580,8 +598,14 @@ def _time(stamp: str | None) -> float | None:
     return dt.datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
 
 
-def diagnose(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pull_grace: float) -> Verdict:
-    """A Job's state in the user's words: why it waits, how it ended."""
+def diagnose(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pull_grace: float,
+             events: Sequence[Mapping[str, Any]] | None = None) -> Verdict:
+    """A Job's state in the user's words: why it waits, how it ended.
+
+    ``pods`` may include pods already deleted (their last state). ``events`` are those of the last failed
+    pod when a first verdict asked for them (``needs_events``): before Kubernetes 1.26 a pod that was
+    preempted or evicted through the API has no condition saying so, only the scheduler's event or none.
+    """
     status = job.get("status", {})
     conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
     latest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
@@ -589,7 +613,7 @@ def diagnose(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pull_gra
     if "Complete" in conditions:
         return Verdict(JobState.SUCCEEDED, "succeeded", 0)
     if "Failed" in conditions:
-        return _failure(conditions["Failed"], pods, resources)
+        return _failure(conditions["Failed"], pods, resources, events)
     if latest is None:
         return Verdict(JobState.QUEUED, "waiting for the Job controller to create the pod")
     phase = latest.get("status", {}).get("phase", "Pending")
@@ -618,7 +642,8 @@ def diagnose(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pull_gra
     return Verdict(JobState.QUEUED, "Pending: waiting for a node")
 
 
-def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], resources: Mapping[str, Any]) -> Verdict:
+def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], resources: Mapping[str, Any],
+             events: Sequence[Mapping[str, Any]] | None = None) -> Verdict:
     reason = condition.get("reason", "")
     failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
     last = max(failed, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
@@ -628,6 +653,17 @@ def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], re
     disruption = _disruption(last) if last is not None else None
     if disruption is not None:
         return Verdict(JobState.FAILED, disruption)
+    if last is not None and last["metadata"].get("deletionTimestamp") and terminated.get("reason") != "OOMKilled":
+        name = last["metadata"]["name"]
+        if events is None:
+            return Verdict(JobState.FAILED, "", needs_events=name)
+        preempted = next((e for e in events if e.get("reason") == "Preempted"), None)
+        if preempted is not None:
+            return Verdict(JobState.FAILED, "preempted: the scheduler stopped it for a higher-priority pod "
+                                            f"({preempted.get('message', '')})")
+        return Verdict(JobState.FAILED, f"stopped: pod {name} was deleted while the job ran (evicted through the "
+                                        "Eviction API, drained from its node, or deleted by hand); resubmit the cell",
+                       terminated.get("exitCode"), with_log=True)
     if (last is not None and last["status"].get("reason") == "DeadlineExceeded") or reason == "DeadlineExceeded":
         return Verdict(JobState.FAILED, "deadline exceeded: the job ran longer than --timeout and was stopped",
                        with_log=True)
@@ -689,6 +725,8 @@ class ClusterWatch:
         self.core, self.batch = kubernetes.client.CoreV1Api(api), kubernetes.client.BatchV1Api(api)
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pod_objects: dict[str, dict[str, Any]] = {}
+        # The last state of pods deleted while we watched (how a preempted or evicted pod ended), newest last.
+        self.deleted_pods: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.requests = 0  # API requests made, for benchmarks
         self.failing_since: float | None = None  # when the API stopped answering (None: it answers)
         self.last_error = ""
@@ -729,10 +767,11 @@ class ClusterWatch:
         with self.lock:
             return self.jobs.get(name)
 
-    def pods(self, job: str) -> list[dict[str, Any]]:
-        """The pods of Job ``job`` as last seen."""
+    def pods(self, job: str, with_deleted: bool = False) -> list[dict[str, Any]]:
+        """The pods of Job ``job`` as last seen; ``with_deleted``: also those deleted since (their last state)."""
         with self.lock:
-            return [p for p in self.pod_objects.values() if p["metadata"].get("labels", {}).get("job-name") == job]
+            found = list(self.pod_objects.values()) + (list(self.deleted_pods.values()) if with_deleted else [])
+            return [p for p in found if p["metadata"].get("labels", {}).get("job-name") == job]
 
     def _list(self, kind: str, **kwargs: Any) -> Any:
         self.requests += 1
@@ -775,6 +814,10 @@ class ClusterWatch:
                         with self.lock:
                             if event["type"] == "DELETED":
                                 self._store(kind).pop(obj["metadata"]["name"], None)
+                                if kind == "pods":
+                                    self.deleted_pods[obj["metadata"]["name"]] = obj
+                                    while len(self.deleted_pods) > DELETED_PODS_KEPT:
+                                        self.deleted_pods.popitem(last=False)
                             else:
                                 self._store(kind)[obj["metadata"]["name"]] = obj
                     response.release_conn()

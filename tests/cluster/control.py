@@ -326,9 +326,11 @@ class Cluster:
             from . import images
 
             try:
-                built = images.ensure_images(bin_dir / "pause")
+                built = images.build(("runner", "singleuser"), pause=bin_dir / "pause")
             except images.ImagesUnavailable as exc:
                 reason = f"the images cannot be built here: {exc}"
+            except images.BuildFailed as exc:
+                raise RuntimeError(f"building the test images failed: {exc}\n{exc.tail()}") from exc
         if reason is None:
             self.node = "real"
             return built
@@ -905,12 +907,19 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="which components run; exit 0 only when all run and the API is ready")
     status.add_argument("--state", type=Path, default=None, help=state_help)
     sub.add_parser("build", help="build (or find) the binaries; prints their directory")
+    sub.add_parser(
+        "prepare",
+        help="everything a cluster needs before it starts: the binaries, the real node's packages (apt, as root) "
+        "and the images from docker/, built at the same time; exit 3 when the cluster cannot run here at all",
+    )
     args = parser.parse_args(argv)
 
     try:
         if args.command == "build":
             print(ensure_built())
             return 0
+        if args.command == "prepare":
+            return _cmd_prepare()
         state = (args.state or default_state_dir()).resolve()
         if args.command == "up":
             return _cmd_up(state, args)
@@ -923,6 +932,46 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 1
+
+
+def _cmd_prepare() -> int:
+    """Build the binaries and, where a real node can run, install its packages and build the images meanwhile."""
+    from . import images, node
+
+    started = time.monotonic()
+    reason = node.unavailable(install=True)
+    outcome: dict[str, Any] = {}
+
+    def build_images() -> None:
+        t0 = time.monotonic()
+        try:
+            outcome["images"] = images.build(("runner", "singleuser"))
+        except (images.ImagesUnavailable, images.BuildFailed) as exc:
+            outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - t0
+
+    builder = threading.Thread(target=build_images, name="images") if reason is None else None
+    if builder is not None:
+        builder.start()
+    try:
+        bin_dir = ensure_built()
+    finally:
+        if builder is not None:
+            builder.join()
+    print(f"cluster: binaries in {bin_dir} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    if reason is not None:
+        print(f"cluster: pods will run under the node agent, not a real kubelet: {reason}", file=sys.stderr)
+        return 0
+    error = outcome.get("error")
+    if isinstance(error, images.ImagesUnavailable):
+        print(f"cluster: pods will run under the node agent: the images cannot be built here: {error}", file=sys.stderr)
+        return 0
+    if isinstance(error, images.BuildFailed):
+        print(f"cluster: building the images failed: {error}\n{error.tail()}", file=sys.stderr)
+        return 1
+    images.build(("runner", "singleuser"), pause=bin_dir / "pause")  # the pause image: seconds
+    print(f"cluster: images ready in {outcome['seconds']:.0f} s: {outcome['images']}", file=sys.stderr)
+    return 0
 
 
 def _cmd_up(state: Path, args: argparse.Namespace) -> int:

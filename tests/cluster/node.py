@@ -72,6 +72,7 @@ TOOLS = {
 }
 PACKAGES_LINE = "apt-get install -y " + " ".join(sorted(set(TOOLS.values()) | {"containernetworking-plugins"}))
 NODE_TIMEOUT = 90.0
+PREPULL = ("pause", "runner")  # the images most pods run; others are pulled when a pod first needs them
 DRAIN_TIMEOUT = 60.0
 
 
@@ -356,6 +357,8 @@ class RealNode:
         )
         # Pull the images now, once: a pod's first start then takes seconds, not a minute of unpacking.
         for name, ref in pushed.items():
+            if name not in PREPULL:
+                continue
             pulled = self.ctr("images", "pull", "--plain-http", ref, timeout=900)
             if pulled.returncode != 0:
                 raise RuntimeError(f"containerd could not pull {name} image {ref}: {pulled.stderr.strip()[-1000:]}")
@@ -575,6 +578,8 @@ fileCheckFrequency: 60s
     def cleanup_machine(self, state_dir: Path | None = None) -> None:
         """Undo what the node did to the machine: processes in its cgroups, mounts, netns, bridge, iptables."""
         paths = NodePaths(state_dir or self.cluster.state_dir)
+        if not owns_machine(paths):
+            return  # another cluster's real node runs here: its bridge and rules are not ours to undo
         try:
             before = json.loads(paths.before.read_text())
         except (OSError, ValueError):
@@ -613,6 +618,8 @@ fileCheckFrequency: 60s
             before = json.loads(paths.before.read_text())
         except (OSError, ValueError):
             return []
+        if not owns_machine(paths) and MACHINE_RECORD.exists():
+            return []  # the machine's node is another cluster's now
         left = [f"container process pid {pid}" for pid in sorted(_cgroup_pids())]
         left += [f"cgroup {d}" for d in _cgroup_dirs()]
         left += [f"mount {m}" for m in _mounts_under([str(paths.root)])]
@@ -627,6 +634,16 @@ fileCheckFrequency: 60s
         if before.get("ip_forward") and _sysctl("net.ipv4.ip_forward") != before["ip_forward"]:
             left.append("net.ipv4.ip_forward still changed")
         return left
+
+
+def owns_machine(paths: NodePaths) -> bool:
+    """Whether the machine's real node is this one (the machine record names it, or names none and this
+    state directory noted the machine's state before starting one)."""
+    try:
+        named = json.loads(MACHINE_RECORD.read_text()).get("state_dir", "")
+    except (OSError, ValueError):
+        return paths.before.exists()
+    return Path(named) == paths.state
 
 
 def _restore_iptables(before: dict[str, list[str]]) -> None:
@@ -679,4 +696,32 @@ def shim_processes(cluster_id: str) -> list[psutil.Process]:
                 env = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
                 if f"JMK_TEST_CLUSTER_ID={cluster_id}".encode() in env:
                     found.append(proc)
+    return found
+
+
+def pod_processes(selector: str) -> list[psutil.Process]:
+    """Live container processes of the running real node whose pod's ``namespace/name`` starts with ``selector``.
+
+    Read from containerd's task bundles (the OCI spec's CRI annotations and ``init.pid``), so it needs no
+    API and sees exactly what runs; pause (sandbox) processes count as the pod's.
+    """
+    try:
+        state = Path(json.loads(MACHINE_RECORD.read_text())["state_dir"])
+    except (OSError, ValueError, KeyError):
+        return []
+    tasks = NodePaths(state).containerd / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    found = []
+    for bundle in tasks.glob("*") if tasks.is_dir() else []:
+        try:
+            annotations = json.loads((bundle / "config.json").read_text()).get("annotations", {})
+            pod = f"{annotations['io.kubernetes.cri.sandbox-namespace']}/{annotations['io.kubernetes.cri.sandbox-name']}"
+            pid = int((bundle / "init.pid").read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        if not pod.startswith(selector):
+            continue
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
     return found

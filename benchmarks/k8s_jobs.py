@@ -1,13 +1,15 @@
-"""Kubernetes jobs on the test control plane: one job's latency, and API requests while many run.
+"""Kubernetes jobs on the test cluster: one job's latency, and API requests while many run.
 
 Usage::
 
     python benchmarks/k8s_jobs.py [--repeat 5] [--jobs 50] [--sleep 20] [--keep]
 
 It starts its own test cluster (``tests/cluster``: etcd, kube-apiserver, controller manager and
-scheduler 1.20, and the node agent, which runs each pod as a local process instead of a container)
-in a temporary directory, and stops it at the end. The ``kubernetes`` backend is configured as in
-``tests/test_k8s_backend.py`` (``pods_share_filesystem``: file:// payloads, a SQLite MLflow store).
+scheduler 1.20, and the real node: kubelet, containerd and runc running the runner image built from
+docker/runner/Dockerfile; the node agent where no real node can run) in a temporary directory, and stops
+it at the end. The ``kubernetes`` backend is configured as in ``tests/test_k8s_backend.py``: no shared
+filesystem (the payload in a Secret, results through the pod log) and an ``mlflow server`` that the pods
+reach over the pod network. Only one real node runs per machine: stop any other test cluster first.
 
 1. **One job, ``--repeat`` times** (after one warm-up round, interleaved), the cell
    ``import time; print('first', flush=True); time.sleep(1)``:
@@ -16,7 +18,7 @@ in a temporary directory, and stops it at the end. The ``kubernetes`` backend is
      ``JobService.get`` (polled every 20 ms in a thread) says ``running``; "first line" is when
      ``JobService.follow`` yields the line (the watch, the pod log streamed into the job's log);
    - the local backend: the same through ``JobService`` with ``backend="local"``;
-   - bare Pod: the official client creates a Pod running ``python -c CELL`` directly (no Job, no
+   - bare Pod: the official client creates a Pod of the same image running ``python -c CELL`` directly (no Job, no
      Secret, no payload, no MLflow), watches it until its container runs, then streams its log with
      ``follow=True`` until the line: the fastest a client can get a line out of this cluster;
    - bare Job: the same with a batch/v1 Job (adds the Job controller's pod creation).
@@ -63,7 +65,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 CELL = "import time; print('first', flush=True); time.sleep(1)"
 MARKER = b"first"
-POD_IMAGE = "python:3.11-slim"  # ignored by the node agent (it runs the command with this python)
 GET_POLL_S = 0.02
 JOB_TIMEOUT_S = 120.0
 
@@ -167,6 +168,7 @@ class Bench:
     root: Path
     cluster: Any
     api: Any  # ApiClient for the peers and housekeeping (not the backend's)
+    image: str  # the image pods run (the runner image on the real node)
     services: list[Any] = field(default_factory=list)
 
     def namespace(self, stem: str) -> str:
@@ -186,7 +188,8 @@ class Bench:
         config = Config()
         config.KubernetesBackend.kubeconfig = str(self.cluster.kubeconfig)
         config.KubernetesBackend.namespace = namespace
-        config.KubernetesBackend.pods_share_filesystem = True
+        config.KubernetesBackend.image = self.image
+        config.KubernetesBackend.pods_share_filesystem = False
         service = JobService(load_settings(state_dir=str(self.root / "state")), backend_config=config)
         self.services.append(service)
         return service
@@ -204,25 +207,37 @@ def environment(keep: bool) -> Iterator[Bench]:
         os.environ.pop(key, None)
     os.environ["JMK_STATE_DIR"] = str(root / "state")
     cluster = Cluster(root / "cluster")
+    (root / "mlflow").mkdir()
     bench: Bench | None = None
+    tracking = None
     try:
         progress(f"starting the test cluster in {root / 'cluster'}")
         started = time.perf_counter()
         cluster.start()
-        progress(f"cluster ready in {time.perf_counter() - started:.1f} s")
+        progress(f"cluster ready in {time.perf_counter() - started:.1f} s "
+                 f"({'real node' if cluster.real_node else 'node agent: ' + cluster.node_fallback_reason})")
         import kubernetes
+        from cluster.node import NODE_IP
+        from servers import _mlflow_env, start_mlflow
 
+        host = NODE_IP if cluster.real_node else "127.0.0.1"
+        tracking, os.environ["MLFLOW_TRACKING_URI"] = start_mlflow(
+            root / "mlflow", ["--serve-artifacts", "--artifacts-destination", str(root / "mlflow" / "artifacts")],
+            _mlflow_env(), host=host)
         api = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
-        bench = Bench(root, cluster, api)
+        image = cluster.images["runner"] if cluster.real_node else "python:3.11-slim"
+        bench = Bench(root, cluster, api, image)
         yield bench
     finally:
         if bench is not None:
             stop_watches()
+        if tracking is not None:
+            tracking.stop()
         progress("stopping the cluster")
         cluster.stop()
-        left = cluster.leftover_processes()
+        left = cluster.leftovers()
         if left:
-            progress(f"LEFTOVER processes after stop: {[p.pid for p in left]}; killing them")
+            progress(f"LEFTOVERS after stop: {left}; killing processes")
             cluster.kill_leftovers()
         for key, value in saved.items():
             if value is None:
@@ -305,18 +320,18 @@ def run_service_job(service: Any, backend: str) -> Sample:
     return sample
 
 
-def pod_manifest(name: str) -> dict[str, Any]:
+def pod_manifest(name: str, image: str) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "labels": {"bench": "bare"}},
         "spec": {
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "main", "image": POD_IMAGE, "command": ["python", "-c", CELL]}],
+            "containers": [{"name": "main", "image": image, "command": ["python", "-c", CELL]}],
         },
     }
 
 
-def run_bare(api: Any, namespace: str, as_job: bool) -> Sample:
+def run_bare(api: Any, namespace: str, as_job: bool, image: str) -> Sample:
     """Create a Pod (or a Job) running ``python -c CELL``; watch until it runs; follow its log."""
     import kubernetes
     from kubernetes.watch.watch import iter_resp_lines
@@ -326,13 +341,13 @@ def run_bare(api: Any, namespace: str, as_job: bool) -> Sample:
     sample = Sample()
     start = time.perf_counter()
     if as_job:
-        template = pod_manifest(name)
+        template = pod_manifest(name, image)
         template["metadata"] = {"labels": {"bench": "bare"}}
         job = {"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": template}}
         batch.create_namespaced_job(namespace, job, _preload_content=False).release_conn()
         selector: dict[str, str] = {"label_selector": f"job-name={name}"}
     else:
-        core.create_namespaced_pod(namespace, pod_manifest(name), _preload_content=False).release_conn()
+        core.create_namespaced_pod(namespace, pod_manifest(name, image), _preload_content=False).release_conn()
         selector = {"field_selector": f"metadata.name={name}"}
     sample.submit = time.perf_counter() - start
     pod_name = None
@@ -377,8 +392,8 @@ def latency(bench: Bench, repeat: int) -> tuple[dict[str, list[Sample]], dict[st
     runs: dict[str, Callable[[], Sample]] = {
         "ours": lambda: run_service_job(service, "kubernetes"),
         "local": lambda: run_service_job(service, "local"),
-        "bare pod": lambda: run_bare(bench.api, namespace, as_job=False),
-        "bare job": lambda: run_bare(bench.api, namespace, as_job=True),
+        "bare pod": lambda: run_bare(bench.api, namespace, as_job=False, image=bench.image),
+        "bare job": lambda: run_bare(bench.api, namespace, as_job=True, image=bench.image),
     }
     samples: dict[str, list[Sample]] = {name: [] for name in runs}
     progress("latency: warm-up round (first kubernetes job starts the watch; MLflow import, SQLite store)")
@@ -732,7 +747,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("Machine")
     for label, value in machine:
         print(f"  {label}: {value}")
-    print("  cluster: tests/cluster (Kubernetes 1.20 control plane; the node agent runs pods as local processes)")
+    print("  cluster: tests/cluster (Kubernetes 1.20 control plane; "
+          + ("a real node: kubelet, containerd 1.6, runc, the runner image)" if bench.cluster.real_node
+             else "the node agent runs pods as local processes)"))
     print(latency_tables(samples, extra))
     print(many_tables(alone, both, args.sleep))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -326,7 +326,7 @@ class Cluster:
             from . import images
 
             try:
-                built = images.build(("runner", "singleuser"), pause=bin_dir / "pause")
+                built = images.build(("runner",), pause=bin_dir / "pause")
             except images.ImagesUnavailable as exc:
                 reason = f"the images cannot be built here: {exc}"
             except images.BuildFailed as exc:

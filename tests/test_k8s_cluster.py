@@ -26,13 +26,15 @@ pytestmark = pytest.mark.k8s
 CLUSTER_SCRIPT = Path(__file__).parent / "cluster" / "cluster"
 
 
+# In a container python is PID 1, which the kernel gives no default SIGTERM action: without a handler of its
+# own it waits out the whole grace period before the SIGKILL.
 def job(name: str, code: str, image: str, *, backoff_limit: int = 0, **pod_spec: Any) -> dict[str, Any]:
     """A batch/v1 Job running ``python -u -c code`` once."""
     container = {"name": "main", "image": image, "command": ["python", "-u", "-c", code]}
     return {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
         "spec": {"backoffLimit": backoff_limit, "template": {"spec": {
-            "restartPolicy": "Never", "containers": [container], **pod_spec}}},
+            "restartPolicy": "Never", "terminationGracePeriodSeconds": 5, "containers": [container], **pod_spec}}},
     }
 
 
@@ -41,7 +43,7 @@ def pod(name: str, code: str, image: str, **spec: Any) -> dict[str, Any]:
     container = {"name": "main", "image": image, "command": ["python", "-u", "-c", code],
                  **spec.pop("container", {})}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, **spec.pop("metadata", {})},
-            "spec": {"restartPolicy": "Never", "containers": [container], **spec}}
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5, "containers": [container], **spec}}
 
 
 def job_pods(core: Any, namespace: str, name: str) -> list[Any]:
@@ -149,7 +151,7 @@ def test_deleting_a_job_stops_its_process(
 
     batch.delete_namespaced_job("sleeper", k8s_namespace, propagation_policy="Background")
 
-    wait_for(lambda: gone(lambda: core.read_namespaced_pod(running.metadata.name, k8s_namespace)), timeout=60)
+    wait_for(lambda: gone(lambda: core.read_namespaced_pod(running.metadata.name, k8s_namespace)), timeout=90)
     if k8s_cluster.local:
         assert not pod_processes(f"{k8s_namespace}/{running.metadata.name}")
 

@@ -45,6 +45,7 @@ RESOURCES = {
     "pod_log": ("", "pods/log"),
     "secret": ("", "secrets"),
     "config_map": ("", "configmaps"),
+    "event": ("", "events"),
     "service": ("", "services"),
     "deployment": ("apps", "deployments"),
     "horizontal_pod_autoscaler": ("autoscaling", "horizontalpodautoscalers"),
@@ -267,3 +268,54 @@ def test_the_service_account_passes_the_access_check(path: Path, k8s_api: Any, k
                                                  "resource": "jobs"}}}
     answer = json.loads(authz.create_self_subject_access_review(elsewhere, _preload_content=False).data)
     assert not answer["status"].get("allowed")
+
+
+@pytest.mark.k8s
+@pytest.mark.parametrize("path", RBAC_FILES, ids=lambda p: p.name)
+def test_a_cell_runs_as_a_job_with_only_the_documented_rights(
+        path: Path, shell: Any, state_dir: Path, k8s_api: Any, k8s_cluster: Any, k8s_namespace: str,
+        k8s_mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notebook user's service account, with exactly the guide's Role, runs a ``%%train`` cell end to end
+    on the node: the payload Secret, the Job, the pod watch, the log stream and the cleanup."""
+    import kubernetes
+    from helpers import stop_jobs
+
+    docs = {d["kind"]: _in_namespace(d, k8s_namespace) for d in yaml.safe_load_all(path.read_text())
+            if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")}
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    rbac = kubernetes.client.RbacAuthorizationV1Api(k8s_api)
+    core.create_namespaced_service_account(k8s_namespace, docs["ServiceAccount"])
+    rbac.create_namespaced_role(k8s_namespace, docs["Role"])
+    rbac.create_namespaced_role_binding(k8s_namespace, docs["RoleBinding"])
+    token = _token(core, k8s_namespace, docs["ServiceAccount"]["metadata"]["name"])
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", k8s_api, token, k8s_namespace)
+    settings = PodSettings(namespace=k8s_namespace)
+    deadline = time.monotonic() + 30  # the authorizer's informers see the new binding within moments
+    while True:
+        try:
+            KubernetesBackend(None, config=Config({"KubernetesBackend": {
+                "kubeconfig": str(kubeconfig), "namespace": k8s_namespace}})).check_access(settings)
+            break
+        except JMKUsageError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+    config = shell.config.KubernetesBackend
+    config.kubeconfig, config.namespace = str(kubeconfig), k8s_namespace
+    config.image, config.pods_share_filesystem = k8s_cluster.pod_image, False
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", k8s_mlflow_server)
+    shell.__dict__.pop("_jmk_service", None)
+    try:
+        shell.user_ns["base"] = 5
+        shell.run_cell_magic("train", "--backend kubernetes --cpu 1 --memory 512Mi",
+                             "print('as the notebook user', flush=True)\ntotal = base + 2")
+        assert shell.user_ns.get("total") == 7
+    finally:
+        stop_jobs(state_dir, shell.config)
+        for key in ("kubeconfig", "namespace", "image", "pods_share_filesystem"):
+            config.pop(key, None)
+        shell.__dict__.pop("_jmk_service", None)
+        from jupyter_mlflow_k8s.backends.kubernetes import ClusterWatch
+
+        ClusterWatch.stop_all()

@@ -149,7 +149,7 @@ def test_eviction_is_reported(k8s_shell: Any, k8s_api: Any, k8s_namespace: str, 
         core.patch_namespaced_pod(pod.metadata.name, k8s_namespace,
                                   {"metadata": {"annotations": {"node-agent.jmk.io/inject": "Evicted"}}})
         expected = "evicted: The node was low on resource: memory"
-    ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=90, interval=0.2)
+    ended = wait_for(lambda: (r := svc.get(record.job_id)).tracking_final and r, timeout=90, interval=0.2)
     assert ended.state.value == "failed" and ended.message.startswith(expected), ended.message
     assert MlflowClient(ended.tracking_uri).get_run(ended.run_id).info.status == "FAILED"
 
@@ -169,7 +169,7 @@ def test_preemption_is_reported(k8s_shell: Any, k8s_api: Any, k8s_namespace: str
             "restartPolicy": "Never", "priorityClassName": urgent, "containers": [{
                 "name": "main", "image": real_node.pod_image, "command": ["python", "-c", "print('ran')"],
                 "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}})
-        ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=90, interval=0.2)
+        ended = wait_for(lambda: (r := svc.get(record.job_id)).tracking_final and r, timeout=90, interval=0.2)
     finally:
         scheduling.delete_priority_class(urgent)
     assert ended.state.value == "failed"

@@ -233,8 +233,15 @@ def test_gpu_pod_sees_its_env_volumes_and_termination_message(
 
 def test_logs_with_tail_lines_timestamps_and_previous(k8s_api: Any, k8s_namespace: str, pod_image: str) -> None:
     core = kubernetes.client.CoreV1Api(k8s_api)
-    code = "import sys\nfor i in range(5):\n    print(f'line {i}')\nsys.exit(1)"
-    core.create_namespaced_pod(k8s_namespace, pod("flaky", code, pod_image, restartPolicy="OnFailure"))
+    # The first instance fails; the next prints the same lines and stays up (two dead instances would let the
+    # kubelet's container GC remove the older, which `previous` may name: it keeps one per container).
+    code = ("import os, pathlib, sys, time\nfor i in range(5):\n    print(f'line {i}')\n"
+            "marker = pathlib.Path(os.environ['STATE'], 'ran')\nif not marker.exists():\n"
+            "    marker.touch()\n    sys.exit(1)\ntime.sleep(300)")
+    core.create_namespaced_pod(k8s_namespace, pod(
+        "flaky", code, pod_image, restartPolicy="OnFailure", volumes=[{"name": "state", "emptyDir": {}}],
+        container={"env": [{"name": "STATE", "value": "/state"}],
+                   "volumeMounts": [{"name": "state", "mountPath": "/state"}]}))
 
     def restarted() -> Any:
         statuses = core.read_namespaced_pod_status("flaky", k8s_namespace).status.container_statuses or []

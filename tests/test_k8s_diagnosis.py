@@ -18,9 +18,10 @@ NOW = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 LONG_AGO = "2020-01-01T00:00:00Z"
 
 
-def job(conditions: list[dict[str, str]] | None = None, memory: str = "4Gi") -> dict[str, Any]:
+def job(conditions: list[dict[str, str]] | None = None, memory: str = "4Gi", retries: int = 0) -> dict[str, Any]:
     container = {"name": "train", "resources": {"limits": {"memory": memory}}}
-    return {"metadata": {"name": "jmk-ada-1"}, "spec": {"template": {"spec": {"containers": [container]}}},
+    return {"metadata": {"name": "jmk-ada-1"},
+            "spec": {"backoffLimit": retries, "template": {"spec": {"containers": [container]}}},
             "status": {"conditions": conditions or []}}
 
 
@@ -78,10 +79,13 @@ def test_failed_image_pulls_delete_the_job_and_failed_cells_show_their_log() -> 
     assert exited.with_log and exited.exit_code == 1 and not exited.delete
 
 
-def deleted_pod(exit_code: int = 143) -> dict[str, Any]:
-    """A pod that was deleted while it ran (its last state, as the watch keeps it)."""
+def deleted_pod(exit_code: int = 143, asked: str = NOW, grace: int = 0) -> dict[str, Any]:
+    """A pod that was deleted while it ran (its last state, as the watch keeps it); its deletion was asked at
+    ``asked`` with ``grace`` seconds to stop."""
     stopped = pod("Failed", {"terminated": {"exitCode": exit_code, "reason": "Error"}})
-    stopped["metadata"]["deletionTimestamp"] = NOW
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.mktime(time.strptime(asked, "%Y-%m-%dT%H:%M:%SZ"))
+                                                              - time.timezone + grace))
+    stopped["metadata"].update(deletionTimestamp=stamp, deletionGracePeriodSeconds=grace)
     return stopped
 
 
@@ -99,3 +103,26 @@ def test_a_pod_deleted_under_the_job_is_explained_from_its_events() -> None:
     assert evicted.message.startswith("stopped: pod jmk-ada-1-x was deleted while the job ran (evicted through the "
                                       "Eviction API")
     assert (evicted.exit_code, evicted.needs_events) == (143, "")
+
+
+def test_a_pod_deleted_under_a_running_job_ends_it_beyond_its_retries() -> None:
+    """1.20's Job controller does not count a deleted pod as failed and starts the cell again; with
+    ``--retries 0`` that ends the job (deleting it, so the new pod stops), as 1.26+ would."""
+    replacement = pod("Running", {"running": {"startedAt": NOW}})
+    replacement["metadata"]["name"] = "jmk-ada-1-y"
+    lost = deleted_pod(grace=30)
+    first = diagnose(job(), [lost, replacement], 30)
+    assert (first.state, first.needs_events) == (JobState.RUNNING, "jmk-ada-1-x")
+
+    preempted = diagnose(job(), [lost, replacement], 30, events=[{"reason": "Preempted", "message": "Preempted by a/b"}])
+    assert (preempted.state, preempted.delete) == (JobState.FAILED, True)
+    assert preempted.message == "preempted: the scheduler stopped it for a higher-priority pod (Preempted by a/b)"
+    # no event yet, moments after the delete: the scheduler may still record it (or the Job fail by its deadline)
+    waiting = diagnose(job(), [lost, replacement], 30, events=[])
+    assert (waiting.state, waiting.message) == (JobState.RUNNING, "pod jmk-ada-1-x is being deleted")
+    stopped = diagnose(job(), [deleted_pod(asked=LONG_AGO, grace=30), replacement], 30, events=[])
+    assert (stopped.state, stopped.delete, stopped.with_log) == (JobState.FAILED, True, True)
+    assert stopped.message.startswith("stopped: pod jmk-ada-1-x was deleted while the job ran")
+    # within --retries the new pod runs the cell again
+    retried = diagnose(job(retries=1), [lost, replacement], 30)
+    assert (retried.state, retried.message) == (JobState.RUNNING, "running in pod jmk-ada-1-y")

@@ -69,6 +69,7 @@ API_CALLS: dict[str, set[Request]] = {
     "list_namespaced_job": {("batch", "jobs", "list"), ("batch", "jobs", "watch")},
     "list_namespaced_pod": {("", "pods", "list"), ("", "pods", "watch")},
     "read_namespaced_pod_log": {("", "pods/log", "get")},
+    "list_namespaced_event": {("", "events", "list")},
 }
 # Requests the namespaced Role does not grant: every authenticated user may create selfsubjectaccessreviews
 # (ClusterRole system:basic-user); a 403 on reading the namespace is ignored; nodes are cluster-scoped,

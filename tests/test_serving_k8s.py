@@ -55,6 +55,15 @@ def get(base: str, path: str) -> Any:
         return json.loads(response.read())
 
 
+def version_served(base: str) -> str | None:
+    """The model version the endpoint answers with; None while the address refuses (kube-proxy has not yet
+    written the Service's rules for its new endpoints: on the real node that lags the pod's readiness)."""
+    try:
+        return str(get(base, "/version")["version"])
+    except OSError:
+        return None
+
+
 def predict(base: str, frame: Any) -> list[Any]:
     body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}).encode()
     request = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
@@ -80,13 +89,13 @@ def test_endpoint_serves_rolls_to_a_new_version_and_goes_away(
     first = deploy(k8s_api, endpoint, settings, credentials={}, wait=180)
     assert (first.model_uri, first.version, first.available, first.ready) == (served_model.uri("1"), "1", 1, True)
     base = address(k8s_cluster, k8s_api, k8s_namespace, "iris", port)
+    assert wait_for(lambda: version_served(base), timeout=30, interval=0.5) == "1"
     assert predict(base, rows) == served_model.models[0].predict(rows).tolist()
-    assert get(base, "/version")["version"] == "1"
 
     second = deploy(k8s_api, replace(endpoint, model_uri=served_model.uri("2")), settings, credentials={}, wait=180)
     assert (second.version, second.ready) == ("2", True)
     # The Service's endpoints follow the new pod once it is ready (kube-proxy resyncs within seconds).
-    wait_for(lambda: get(base, "/version")["version"] == "2", timeout=30, interval=0.5)
+    wait_for(lambda: version_served(base) == "2", timeout=30, interval=0.5)
     assert predict(base, rows) == served_model.models[1].predict(rows).tolist()
     apps = kubernetes.client.AppsV1Api(k8s_api)
     assert apps.read_namespaced_deployment("iris", k8s_namespace).metadata.generation == 2, "one rollout, same object"
@@ -136,6 +145,7 @@ def test_serve_magic_with_backend_kubernetes_deploys_and_answers(
         assert (endpoint.name, endpoint.version, endpoint.ready) == ("iris-magic", "1", True)
         rows = served_model.frame.head(10)[list(FEATURES)]
         base = address(k8s_cluster, k8s_api, k8s_namespace, "iris-magic", port)
+        assert wait_for(lambda: version_served(base), timeout=30, interval=0.5) == "1"
         assert predict(base, rows) == served_model.models[0].predict(rows).tolist()
         assert get(base, "/version")["batching"]["max_batch_size"] == 16
         undeploy(k8s_api, "iris-magic", k8s_namespace)

@@ -76,6 +76,7 @@ NEEDED_ACCESS = (
     ("create", "batch", "jobs", ""), ("delete", "batch", "jobs", ""), ("watch", "batch", "jobs", ""),
     ("create", "", "secrets", ""), ("patch", "", "secrets", ""), ("watch", "", "pods", ""), ("get", "", "pods", "log"),
 )
+EVENT_WAIT_SECONDS = 3.0  # how long a pod deleted under a running job waits for the scheduler's Preempted event
 WAITING_FAILURES = {
     "ImagePullBackOff": "the image could not be pulled",
     "ErrImagePull": "the image could not be pulled",
@@ -457,7 +458,7 @@ class KubernetesBackend(Backend):
                 return record
             return self.gone(record)
         verdict = diagnose(job, pods, self.image_pull_failure_seconds)
-        if verdict.state is JobState.FAILED and verdict.needs_events:
+        if verdict.needs_events:
             verdict = diagnose(job, pods, self.image_pull_failure_seconds, self.pod_events(verdict.needs_events))
         if verdict.state.terminal:
             if verdict.state is not JobState.SUCCEEDED:
@@ -608,12 +609,21 @@ def diagnose(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pull_gra
     """
     status = job.get("status", {})
     conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    latest = max(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")] or pods
+    latest = max(live, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
     resources = job["spec"]["template"]["spec"]["containers"][0].get("resources", {})
     if "Complete" in conditions:
         return Verdict(JobState.SUCCEEDED, "succeeded", 0)
     if "Failed" in conditions:
         return _failure(conditions["Failed"], pods, resources, events)
+    # Before 1.26 a pod deleted under a running Job (preempted, evicted through the API, drained, deleted by
+    # hand) is not counted as a failure: the Job controller starts the cell again in a new pod, whatever its
+    # backoffLimit. Beyond --retries this ends the job, as 1.26+ does (it counts such pods as failed).
+    lost = [p for p in pods
+            if p["metadata"].get("deletionTimestamp") and p.get("status", {}).get("phase") != "Succeeded"]
+    if lost and not job["metadata"].get("deletionTimestamp") and len(lost) > job["spec"].get("backoffLimit", 6):
+        last = max(lost, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+        return _deleted_under_the_job(last, events, still_coming=True)
     if latest is None:
         return Verdict(JobState.QUEUED, "waiting for the Job controller to create the pod")
     phase = latest.get("status", {}).get("phase", "Pending")
@@ -653,20 +663,11 @@ def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], re
     disruption = _disruption(last) if last is not None else None
     if disruption is not None:
         return Verdict(JobState.FAILED, disruption)
-    if last is not None and last["metadata"].get("deletionTimestamp") and terminated.get("reason") != "OOMKilled":
-        name = last["metadata"]["name"]
-        if events is None:
-            return Verdict(JobState.FAILED, "", needs_events=name)
-        preempted = next((e for e in events if e.get("reason") == "Preempted"), None)
-        if preempted is not None:
-            return Verdict(JobState.FAILED, "preempted: the scheduler stopped it for a higher-priority pod "
-                                            f"({preempted.get('message', '')})")
-        return Verdict(JobState.FAILED, f"stopped: pod {name} was deleted while the job ran (evicted through the "
-                                        "Eviction API, drained from its node, or deleted by hand); resubmit the cell",
-                       terminated.get("exitCode"), with_log=True)
     if (last is not None and last["status"].get("reason") == "DeadlineExceeded") or reason == "DeadlineExceeded":
         return Verdict(JobState.FAILED, "deadline exceeded: the job ran longer than --timeout and was stopped",
                        with_log=True)
+    if last is not None and last["metadata"].get("deletionTimestamp") and terminated.get("reason") != "OOMKilled":
+        return _deleted_under_the_job(last, events)
     if terminated.get("reason") == "OOMKilled":
         limit = (resources.get("limits") or {}).get("memory", "its memory limit")
         return Verdict(JobState.FAILED, f"OOMKilled: the job used more than its memory limit ({limit}). Ask for more "
@@ -678,6 +679,32 @@ def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], re
         return Verdict(JobState.FAILED, f"{prefix}: the cell's process exited with code {exit_code}", exit_code,
                        with_log=True)
     return Verdict(JobState.FAILED, f"{prefix}: {reason}: {condition.get('message', '')}".rstrip(": "), with_log=True)
+
+
+def _deleted_under_the_job(pod: Mapping[str, Any], events: Sequence[Mapping[str, Any]] | None,
+                           still_coming: bool = False) -> Verdict:
+    """A job's pod deleted by someone else than the job: preempted (the scheduler's event says so) or stopped.
+
+    ``still_coming``: the Job has not failed yet, so its controller may still be at work (its deadline
+    deletes pods before the Job's Failed condition) and the scheduler records ``Preempted`` just after
+    the delete: for ``EVENT_WAIT_SECONDS`` after the deletion was asked, a pod without that event waits.
+    """
+    name = pod["metadata"]["name"]
+    running = JobState.RUNNING if still_coming else JobState.FAILED
+    if events is None:
+        return Verdict(running, f"pod {name} is being deleted", needs_events=name)
+    preempted = next((e for e in events if e.get("reason") == "Preempted"), None)
+    if preempted is not None:
+        return Verdict(JobState.FAILED, "preempted: the scheduler stopped it for a higher-priority pod "
+                                        f"({preempted.get('message', '')})", delete=still_coming)
+    meta = pod["metadata"]
+    asked = (_time(meta.get("deletionTimestamp")) or 0) - (meta.get("deletionGracePeriodSeconds") or 0)
+    if still_coming and 0 <= time.time() - asked < EVENT_WAIT_SECONDS:
+        return Verdict(JobState.RUNNING, f"pod {name} is being deleted")
+    terminated = _container_state(pod).get("terminated", {})
+    return Verdict(JobState.FAILED, f"stopped: pod {name} was deleted while the job ran (evicted through the "
+                                    "Eviction API, drained from its node, or deleted by hand); resubmit the cell",
+                   terminated.get("exitCode"), with_log=True, delete=still_coming)
 
 
 def _disruption(pod: Mapping[str, Any]) -> str | None:

@@ -79,13 +79,13 @@ def test_failed_image_pulls_delete_the_job_and_failed_cells_show_their_log() -> 
     assert exited.with_log and exited.exit_code == 1 and not exited.delete
 
 
-def deleted_pod(exit_code: int = 143, asked: str = NOW, grace: int = 0) -> dict[str, Any]:
+def deleted_pod(exit_code: int = 143, asked: float | None = None, grace: int = 0) -> dict[str, Any]:
     """A pod that was deleted while it ran (its last state, as the watch keeps it); its deletion was asked at
-    ``asked`` with ``grace`` seconds to stop."""
+    ``asked`` (seconds since the epoch; default now, when called) with ``grace`` seconds to stop."""
     stopped = pod("Failed", {"terminated": {"exitCode": exit_code, "reason": "Error"}})
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.mktime(time.strptime(asked, "%Y-%m-%dT%H:%M:%SZ"))
-                                                              - time.timezone + grace))
-    stopped["metadata"].update(deletionTimestamp=stamp, deletionGracePeriodSeconds=grace)
+    due = (time.time() if asked is None else asked) + grace
+    stopped["metadata"].update(deletionTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)),
+                               deletionGracePeriodSeconds=grace)
     return stopped
 
 
@@ -120,7 +120,7 @@ def test_a_pod_deleted_under_a_running_job_ends_it_beyond_its_retries() -> None:
     # no event yet, moments after the delete: the scheduler may still record it (or the Job fail by its deadline)
     waiting = diagnose(job(), [lost, replacement], 30, events=[])
     assert (waiting.state, waiting.message) == (JobState.RUNNING, "pod jmk-ada-1-x is being deleted")
-    stopped = diagnose(job(), [deleted_pod(asked=LONG_AGO, grace=30), replacement], 30, events=[])
+    stopped = diagnose(job(), [deleted_pod(asked=time.time() - 3600, grace=30), replacement], 30, events=[])
     assert (stopped.state, stopped.delete, stopped.with_log) == (JobState.FAILED, True, True)
     assert stopped.message.startswith("stopped: pod jmk-ada-1-x was deleted while the job ran")
     # within --retries the new pod runs the cell again

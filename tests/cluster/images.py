@@ -414,11 +414,18 @@ def image_exists(ref: str) -> bool:
     return result.returncode == 0
 
 
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
 def image_size(ref: str) -> int:
     """The unpacked size of ``ref`` in bytes (the sum of its layers), 0 if unknown."""
     result = subprocess.run(["buildah", "images", "--json", ref], capture_output=True, text=True, check=False)
     with contextlib.suppress(ValueError, IndexError, KeyError, TypeError):
-        return int(json.loads(result.stdout)[0]["size"])
+        size = json.loads(result.stdout)[0]["size"]  # buildah 1.28 writes it for people: "2.35 GB"
+        if isinstance(size, (int, float)):
+            return int(size)
+        number, unit = str(size).split()
+        return int(float(number) * SIZE_UNITS[unit.upper()])
     return 0
 
 
@@ -461,9 +468,9 @@ def _report(name: str, ref: str, started: float, log: Path | None) -> None:
         _say(f"{name}: {ref} present, nothing to build ({seconds:.2f} s)")
         return
     text = log.read_text(errors="replace")
-    steps = len(re.findall(r"^STEP \d+/\d+: (?:RUN|COPY|ADD)", text, re.MULTILINE))
-    cached = len(re.findall(r"^--> Using cache ", text, re.MULTILINE))
-    how = f", {cached} of {steps} RUN/COPY steps from buildah's cache" if steps else ""
+    steps = len(re.findall(r"^STEP \d+/\d+: ", text, re.MULTILINE))
+    cached = len(re.findall(r"^--> Using cache ", text, re.MULTILINE))  # buildah says it for every cached step
+    how = f", {cached} of {steps} steps from buildah's cache" if steps else ""
     size = image_size(ref) / 1e6
     _say(f"{name}: built {ref} in {seconds:.1f} s{how}, {size:.0f} MB")
 

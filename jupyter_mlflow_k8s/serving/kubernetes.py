@@ -52,6 +52,10 @@ MODEL_URI_ANNOTATION = "jmk.io/model-uri"
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT}"
 # A pod restarting this often (CrashLoopBackOff) will not come up by waiting: wait_ready says why.
 CRASH_RESTARTS = 3
+# How long a server has to stop after SIGTERM before the kubelet kills it; an undeploy waits for that, then
+# twice as long for the node to tear the pod down (a busy node's kubelet takes tens of seconds).
+TERMINATION_GRACE_SECONDS = 30
+UNDEPLOY_WAIT_SECONDS = 3.0 * TERMINATION_GRACE_SECONDS
 
 
 class EndpointError(JMKUsageError):
@@ -291,7 +295,7 @@ def _pod_template(spec: EndpointSpec, settings: PodSettings, env_secret: str | N
                    "prometheus.io/path": "/metrics", MODEL_URI_ANNOTATION: spec.model_uri}
     pod_spec = _compact({
         "restartPolicy": "Always",
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [_container(spec, settings, [mount for _, mount in volumes], env_secret)],
         "volumes": [volume for volume, _ in volumes],
         **placement(settings),
@@ -693,7 +697,7 @@ def _log_tail(core: Any, pod: Mapping[str, Any], previous: bool, lines: int = 15
     return ""
 
 
-def undeploy(api: Any, name: str, namespace: str, *, wait: float | None = 60.0) -> None:
+def undeploy(api: Any, name: str, namespace: str, *, wait: float | None = UNDEPLOY_WAIT_SECONDS) -> None:
     """Delete an endpoint: its autoscaler, Service, Deployment (with its pods) and Secret.
 
     Args:

@@ -183,20 +183,24 @@ def test_timeout_stops_the_job(shell: Any) -> None:
     assert _mlflow_run(record).info.status == "FAILED"
 
 
-def test_concurrency_bound_queues_jobs(shell: Any) -> None:
+def test_concurrency_bound_queues_jobs(shell: Any, tmp_path: Path) -> None:
     shell.config.LocalBackend.max_concurrent_jobs = 1
+    release = tmp_path / "release"
+    # The first job holds its slot until the test releases it, however slow the machine is.
+    hold = f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.05)\na = 1"
     try:
-        first = _run(shell, "--async", "import time\ntime.sleep(1.5)\na = 1")
+        first = _run(shell, "--async", hold)
         second = _run(shell, "--async", "b = 2")
         wait_for(lambda: service_for(shell).get(first.job_id).state is JobState.RUNNING)
         time.sleep(0.5)
         assert service_for(shell).get(second.job_id).state is JobState.QUEUED
+        released = time.time()
+        release.touch()
         shell.run_line_magic("job", f"attach {second.job_id}")
         one, two = service_for(shell).get(first.job_id), service_for(shell).get(second.job_id)
         assert shell.user_ns["b"] == 2 and one.state is JobState.SUCCEEDED
-        # The second started only once the first had run its 1.5 s (its slot is freed just
-        # before its end is recorded, so compare with its start).
-        assert two.started >= one.started + 1.5, (one, two)
+        # The second started only once the first had ended.
+        assert two.started >= released, (one, two)
     finally:
         del shell.config.LocalBackend["max_concurrent_jobs"]
 

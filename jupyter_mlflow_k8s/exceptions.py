@@ -1,19 +1,14 @@
-"""Errors raised by jupyter_mlflow_k8s.
+"""The jobs' own errors, each in one family of ``errors`` (which front doors read to report it).
 
-One root, ``JMKError``. ``JMKUsageError`` is a mistake the user can fix: its message says
-what was wrong and what to type instead, and the magics turn it into IPython's ``UsageError``.
 Nothing here imports IPython.
 """
 
 from __future__ import annotations
 
+from .errors import ConflictError, JMKError, JMKUsageError, NotFoundError, UnavailableError
 
-class JMKError(Exception):
-    """Root of every error this package raises on purpose."""
-
-
-class JMKUsageError(JMKError, ValueError):
-    """Bad input from the user: a flag, a value, a cell. Raised before anything is submitted."""
+__all__ = ["ConflictError", "InvalidManifest", "JMKError", "JMKUsageError", "JobCancelled", "JobFailed",
+           "JobNotFound", "NotFoundError", "UnavailableError", "UnknownPlugin"]
 
 
 class InvalidManifest(JMKUsageError):
@@ -24,7 +19,7 @@ class InvalidManifest(JMKUsageError):
         self.problems = problems
 
 
-class JobNotFound(JMKError, LookupError):
+class JobNotFound(NotFoundError):
     """No job record with this id under the state directory."""
 
     def __init__(self, job_id: str, known: list[str] | None = None) -> None:
@@ -50,7 +45,7 @@ class JobCancelled(JobFailed):
     """A job was cancelled (by the user, an interrupt, or a timeout)."""
 
 
-class UnknownPlugin(JMKError, KeyError):
+class UnknownPlugin(JMKUsageError, KeyError):
     """A backend, storage scheme or engine name that no registry knows."""
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:

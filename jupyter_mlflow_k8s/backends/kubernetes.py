@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import getpass
 import json
 import os
 import sys
@@ -40,6 +39,7 @@ from ..logchannel import PAYLOAD_ROOT_ENV, FrameCollector
 from ..models import JobRecord, JobSpec, JobState
 from ..payload import Payload
 from ..storage import get_storage, read_url
+from ..util.identity import current_user
 from .base import Backend, backends
 from .kubernetes_manifests import (
     JOB_ID_LABEL,
@@ -84,10 +84,6 @@ WAITING_FAILURES = {
     "CreateContainerConfigError": "the container could not be configured",
     "CreateContainerError": "the container could not be created",
 }
-
-
-def _user() -> str:
-    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
 
 
 class KubernetesBackend(Backend):
@@ -365,7 +361,7 @@ class KubernetesBackend(Backend):
         import kubernetes
 
         settings = self.pod_settings(record.spec)
-        user = _user()
+        user = current_user()
         name = job_name(record.job_id, user)
         env = {k: v for k, v in os.environ.items() if k in CREDENTIAL_VARIABLES}
         env.update(self.job_environment)
@@ -406,7 +402,7 @@ class KubernetesBackend(Backend):
     def discover(self) -> list[JobRecord]:
         """Rebuild the records of this user's Jobs in the namespace from their ``jmk.io/record`` annotation."""
         watch = self.watch()
-        user = label_value(_user())
+        user = label_value(current_user())
         with watch.lock:
             jobs = list(watch.jobs.values())
         found = []

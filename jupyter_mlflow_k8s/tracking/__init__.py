@@ -7,7 +7,6 @@ talks to MLflow's client API.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
 import re
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import JMKUsageError
 from ..models import JobRecord, JobSpec
 from ..records import JobStore
+from ..util.identity import current_user
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -110,7 +110,7 @@ def run_tags(job_id: str, spec: JobSpec) -> dict[str, str]:
         "jmk.backend": spec.backend,
         "jmk.cell_sha256": hashlib.sha256(spec.code.encode()).hexdigest()[:16],
         "jmk.host": socket.gethostname(),
-        "mlflow.user": _user(),
+        "mlflow.user": current_user(),
         "mlflow.source.type": "NOTEBOOK" if spec.notebook else "LOCAL",
     }
     if spec.notebook:
@@ -161,13 +161,6 @@ def run_params(spec: JobSpec, scalars: Mapping[str, str] | None = None) -> dict[
     flags = {"jmk.gpus": str(res.gpus), "jmk.cpu": res.cpu, "jmk.memory": res.memory, "jmk.timeout": spec.timeout}
     params.update({k: str(v) for k, v in flags.items() if v not in (None, "")})
     return params
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return os.environ.get("JUPYTERHUB_USER", "unknown")
 
 
 def start_run(

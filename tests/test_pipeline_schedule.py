@@ -575,7 +575,7 @@ class FakeCluster:
             return type("Core", (), {f"{verb}_namespaced_config_map": staticmethod(getattr(api, verb))
                                      for verb in ("create", "read", "replace", "delete")})()
 
-        monkeypatch.setattr(schedule, "_api_client", lambda: object())
+        monkeypatch.setattr(schedule.cluster, "_api_client", lambda: object())
         monkeypatch.setattr(kubernetes.client, "BatchV1Api", batch)
         monkeypatch.setattr(kubernetes.client, "CoreV1Api", core)
 

@@ -65,25 +65,23 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     return _schedule_on_kubernetes(args, overrides)
 
 
-def _schedule_on_kubernetes(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+def _schedule_on_kubernetes(args: argparse.Namespace, overrides: dict[str, str], config: Any = None) -> int:
+    """A CronJob whose pod has the Kubernetes backend's settings (``config``'s ``c.KubernetesBackend``), as jobs do."""
     import yaml
 
-    from ..backends.kubernetes_manifests import PodSettings
     from .schedule import (
         apply_schedule_manifests,
         build_schedule_manifests,
-        default_image,
-        kube_namespace,
+        cronjob_settings,
         load_scheduled_pipeline,
         next_fire,
-        step_resources,
     )
 
     pipeline = load_scheduled_pipeline(args.pipeline, args.cron, overrides)
-    settings = PodSettings(namespace=kube_namespace(args.namespace), env=_pod_env(), **step_resources(pipeline))
+    settings = cronjob_settings(pipeline, namespace=args.namespace, image=args.image, env=_pod_env(), config=config)
     manifests = build_schedule_manifests(
-        pipeline.source or Path(args.pipeline), pipeline, args.cron, overrides, image=args.image or default_image(),
-        name=args.name, settings=settings, missed=args.missed, overlap=args.allow_overlap,
+        pipeline.source or Path(args.pipeline), pipeline, args.cron, overrides, name=args.name, settings=settings,
+        missed=args.missed, overlap=args.allow_overlap,
     )
     if args.print:
         sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
@@ -185,14 +183,15 @@ def add_schedule_commands(commands: Any) -> None:
                           help="start a run even while the previous one still runs (default: wait for it)")
     schedule.add_argument("--replace", action="store_true", help="replace an embedded schedule of the same name")
     schedule.add_argument("--kubernetes", action="store_true", help="a CronJob (and a ConfigMap of the files)")
-    schedule.add_argument("--namespace", help="with --kubernetes (default: the kubeconfig context's)")
+    schedule.add_argument("--namespace", help="with --kubernetes (default: the jobs' namespace: "
+                          "$JMK_K8S_NAMESPACE, the pod's own, else the kubeconfig context's)")
     schedule.add_argument("--image", help="with --kubernetes: the runner image (default: the backend's)")
     schedule.add_argument("--print", action="store_true", help="with --kubernetes: write the YAML, apply nothing")
     schedule.set_defaults(func=_cmd_schedule)
     unschedule = commands.add_parser("unschedule", help="remove a schedule (its running run carries on)")
     unschedule.add_argument("name")
     unschedule.add_argument("--kubernetes", action="store_true", help="delete the CronJob and its ConfigMap")
-    unschedule.add_argument("--namespace", help="with --kubernetes (default: the kubeconfig context's)")
+    unschedule.add_argument("--namespace", help="with --kubernetes (default: the jobs' namespace, as for schedule)")
     unschedule.set_defaults(func=_cmd_unschedule)
     listing = commands.add_parser("schedules", help="the embedded schedules, with their next and last runs")
     listing.set_defaults(func=_cmd_schedules)

@@ -1,0 +1,571 @@
+"""The Kubernetes backend: each ``%%train`` job is a batch/v1 Job running the shared runner.
+
+Submission: ``check`` validates everything it can without the API (preset, image, secrets, volumes),
+then asks the API whether the namespace exists and the user may create Jobs there
+(SelfSubjectAccessReview), and warns when no node can hold the GPUs asked for. ``launch`` creates a
+per-job Secret with the credentials the pod needs (storage, tracking; never in the Job's manifest,
+never logged), the Job, and makes the Job the Secret's owner so that both go together.
+
+This module is the orchestration, and it makes every request the backend sends (the list in
+docs/kubernetes-rbac.yaml is read from it): configuration, namespace and pod settings come from
+:mod:`jupyter_mlflow_k8s.k8s`; the Job and its Secrets are built in :mod:`.manifests`; the watch of
+Jobs and pods and the log pump live in :mod:`.watch`; what a Job's state means, in :mod:`.diagnosis`.
+A Job is created once, under a name unique to its job, so it is never replaced; API errors leave as
+the error families.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
+
+from ...exceptions import JMKError, JMKUsageError
+from ...k8s import (
+    MANAGED_BY,
+    PodSettings,
+    api_client,
+    api_error,
+    layered_settings,
+    parse_secret,
+    resolve_namespace,
+    translated,
+)
+from ...lifecycle import end_job
+from ...logchannel import PAYLOAD_ROOT_ENV
+from ...models import JobRecord, JobSpec, JobState
+from ...payload import Payload
+from ...storage import get_storage, read_url
+from ...util.identity import current_user
+from ..base import Backend, backends
+from .diagnosis import EVENT_WAIT_SECONDS, WAITING_FAILURES, Verdict, diagnose
+from .manifests import (
+    CONTAINER,
+    JOB_ID_LABEL,
+    PAYLOAD_MOUNT,
+    RECORD_ANNOTATION,
+    USER_LABEL,
+    build_env_secret,
+    build_job,
+    build_payload_secret,
+    job_name,
+    label_value,
+)
+from .watch import DELETED_PODS_KEPT, ClusterWatch, LogPump, result_storage
+
+SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+# Variables of the notebook's environment that a pod needs to reach storage and tracking. They travel
+# in the job's own Secret, never in the Job manifest.
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_INSECURE_TLS",
+)
+# The namespace and permissions are reviewed again after this long (not at every submission).
+ACCESS_CHECK_SECONDS = 300.0
+# What the backend does in a job's namespace, checked with SelfSubjectAccessReviews before submitting.
+NEEDED_ACCESS = (
+    ("create", "batch", "jobs", ""), ("delete", "batch", "jobs", ""), ("watch", "batch", "jobs", ""),
+    ("create", "", "secrets", ""), ("patch", "", "secrets", ""), ("watch", "", "pods", ""), ("get", "", "pods", "log"),
+)
+
+__all__ = [
+    "ACCESS_CHECK_SECONDS", "CONTAINER", "CREDENTIAL_VARIABLES", "DELETED_PODS_KEPT", "EVENT_WAIT_SECONDS",
+    "NEEDED_ACCESS", "SELECTOR", "WAITING_FAILURES", "ClusterWatch", "KubernetesBackend", "LogPump", "Verdict",
+    "diagnose", "payload_files", "result_storage",
+]
+
+
+class KubernetesBackend(Backend):
+    """Runs jobs as Kubernetes Jobs."""
+
+    name = "kubernetes"
+
+    namespace = Unicode(
+        help="Namespace for jobs; default: the kubeconfig context's namespace (or the pod's own, in a "
+        "cluster), else 'default'. Env: JMK_K8S_NAMESPACE. Example: c.KubernetesBackend.namespace = 'team-a'",
+    ).tag(config=True)
+    kubeconfig = Unicode(
+        help="kubeconfig file; default: $KUBECONFIG or ~/.kube/config, or the pod's service account in a "
+        "cluster. Example: c.KubernetesBackend.kubeconfig = '/home/jovyan/.kube/config'",
+    ).tag(config=True)
+    context = Unicode(
+        help="kubeconfig context to use; default: the kubeconfig's current context. "
+        "Example: c.KubernetesBackend.context = 'gpu-cluster'",
+    ).tag(config=True)
+    image = Unicode(
+        help="Image jobs run in; default: the notebook's own image under JupyterHub (JUPYTER_IMAGE_SPEC), "
+        "else jupyter-mlflow-k8s-runner:latest (docs/kubernetes.md builds it). "
+        "Example: c.KubernetesBackend.image = 'registry.example.com/team/runner:2026.11'",
+    ).tag(config=True)
+    image_pull_policy = Unicode(
+        None, allow_none=True,
+        help="Always, IfNotPresent or Never. Example: c.KubernetesBackend.image_pull_policy = 'Always'",
+    ).tag(config=True)
+    python = Unicode(
+        "python", help="Interpreter in the image. Example: c.KubernetesBackend.python = '/opt/conda/bin/python'",
+    ).tag(config=True)
+    gpu_resource = Unicode(
+        "nvidia.com/gpu",
+        help="Extended resource GPUs are requested as. Example: c.KubernetesBackend.gpu_resource = 'amd.com/gpu'",
+    ).tag(config=True)
+    node_selector = Dict(
+        help="Node labels jobs must run on. "
+        "Example: c.KubernetesBackend.node_selector = {'cloud.google.com/gke-accelerator': 'nvidia-a100-80gb'}",
+    ).tag(config=True)
+    tolerations: List[dict[str, Any]] = List(
+        help="Pod tolerations; jobs asking for GPUs also tolerate the GPU resource's taint. Example: "
+        "c.KubernetesBackend.tolerations = [{'key': 'dedicated', 'operator': 'Equal', 'value': 'ml', "
+        "'effect': 'NoSchedule'}]",
+    ).tag(config=True)
+    affinity = Dict(
+        help="Pod affinity, as in a pod spec. Example: c.KubernetesBackend.affinity = {'nodeAffinity': {...}}",
+    ).tag(config=True)
+    priority_class_name = Unicode(
+        None, allow_none=True, help="Example: c.KubernetesBackend.priority_class_name = 'batch-low'",
+    ).tag(config=True)
+    service_account_name = Unicode(
+        None, allow_none=True, help="Example: c.KubernetesBackend.service_account_name = 'trainer'",
+    ).tag(config=True)
+    image_pull_secrets = List(
+        Unicode(), help="Example: c.KubernetesBackend.image_pull_secrets = ['regcred']",
+    ).tag(config=True)
+    runtime_class_name = Unicode(
+        None, allow_none=True, help="Example: c.KubernetesBackend.runtime_class_name = 'nvidia'",
+    ).tag(config=True)
+    shm_size = Unicode(
+        "1Gi", allow_none=True,
+        help="Size of the memory-backed /dev/shm (PyTorch DataLoader workers); None: none. "
+        "Example: c.KubernetesBackend.shm_size = '8Gi'",
+    ).tag(config=True)
+    ttl_seconds_after_finished = Int(
+        86400, allow_none=True,
+        help="Seconds a finished Job (and its pod's log) is kept. "
+        "Example: c.KubernetesBackend.ttl_seconds_after_finished = 3600",
+    ).tag(config=True)
+    labels = Dict(
+        help="Extra labels on Jobs and pods. Example: c.KubernetesBackend.labels = {'team': 'vision'}",
+    ).tag(config=True)
+    annotations = Dict(
+        help="Extra annotations on Jobs. Example: c.KubernetesBackend.annotations = {'cost-center': '42'}",
+    ).tag(config=True)
+    env = Dict(
+        help="Plain environment variables for every job. Example: c.KubernetesBackend.env = {'HF_HOME': '/data/hf'}",
+    ).tag(config=True)
+    secrets = List(
+        Unicode(),
+        help="Secrets every job gets as environment (envFrom). Example: c.KubernetesBackend.secrets = ['wandb']",
+    ).tag(config=True)
+    presets = Dict(
+        help="Named pod settings for --preset. Example: c.KubernetesBackend.presets = {'a100': {'gpus': 1, "
+        "'memory': '80Gi', 'node_selector': {'gpu': 'a100'}}}",
+    ).tag(config=True)
+    pods_share_filesystem = Bool(
+        False, help="Pods see this machine's filesystem at the same paths (a shared home, or the test cluster), so "
+        "file:// storage and a SQLite tracking store work. Example: c.KubernetesBackend.pods_share_filesystem = True",
+    ).tag(config=True)
+    api_patience_seconds = Float(
+        300.0, help="A cell following a job stops waiting (the job keeps running) after the Kubernetes API has not "
+        "answered for this long. Example: c.KubernetesBackend.api_patience_seconds = 900",
+    ).tag(config=True)
+    image_pull_failure_seconds = Float(
+        30.0, help="A job whose image cannot be pulled for this long fails (the kubelet would retry forever). "
+        "Example: c.KubernetesBackend.image_pull_failure_seconds = 120",
+    ).tag(config=True)
+
+    @default("namespace")
+    def _default_namespace(self) -> str:
+        return resolve_namespace(kubeconfig=self.kubeconfig, context=self.context)
+
+    @default("image")
+    def _default_image(self) -> str:
+        notebook_image = os.environ.get("JUPYTER_IMAGE_SPEC") or os.environ.get("JUPYTER_IMAGE")
+        return notebook_image or "jupyter-mlflow-k8s-runner:latest"
+
+    def __init__(self, store: Any, **kwargs: object) -> None:
+        super().__init__(store, **kwargs)
+        self._api: Any = None
+        self._lock = threading.Lock()
+        self._pumps: dict[str, LogPump] = {}
+        self._access_checked: dict[str, float] = {}  # namespace -> when its access was last reviewed
+
+    # -- the API ------------------------------------------------------------------------------
+
+    @property
+    def api(self) -> Any:
+        """The official client's ``ApiClient`` (:func:`jupyter_mlflow_k8s.k8s.api_client` of the settings)."""
+        with self._lock:
+            if self._api is None:
+                self._api = api_client(self.kubeconfig, self.context)
+            return self._api
+
+    def watch(self) -> ClusterWatch:
+        """The shared watch of this backend's namespace (started on first use)."""
+        return ClusterWatch.for_namespace(self.api, self.namespace, self.list_objects)
+
+    def watch_of(self, record: JobRecord) -> ClusterWatch:
+        """The shared watch of the namespace ``record``'s Job went to."""
+        namespace = record.backend_ref.get("namespace") or self.namespace
+        return ClusterWatch.for_namespace(self.api, namespace, self.list_objects)
+
+    # -- the requests the watch and the log pump make (docs/kubernetes-rbac.yaml grants them) --
+
+    def list_objects(self, kind: str, namespace: str, **options: Any) -> Any:
+        """List (or with ``watch=True`` watch) our ``"jobs"`` or ``"pods"`` in ``namespace``: the raw response."""
+        import kubernetes
+
+        if kind == "jobs":
+            return kubernetes.client.BatchV1Api(self.api).list_namespaced_job(
+                namespace, label_selector=SELECTOR, _preload_content=False, **options)
+        return kubernetes.client.CoreV1Api(self.api).list_namespaced_pod(
+            namespace, label_selector=SELECTOR, _preload_content=False, **options)
+
+    def read_pod_log(self, pod: str, namespace: str, **options: Any) -> Any:
+        """A job pod's log (``follow``, ``timestamps``, ``since_seconds`` ...): the raw, streaming response."""
+        import kubernetes
+
+        return kubernetes.client.CoreV1Api(self.api).read_namespaced_pod_log(
+            pod, namespace, _preload_content=False, **options)
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def configured_settings(self) -> PodSettings:
+        """The pod settings the traits configure, before any preset or flag."""
+        return PodSettings(
+            namespace=self.namespace, image=self.image, image_pull_policy=self.image_pull_policy, python=self.python,
+            gpu_resource=self.gpu_resource, node_selector=dict(self.node_selector), tolerations=tuple(self.tolerations),
+            affinity=dict(self.affinity) or None, priority_class_name=self.priority_class_name,
+            service_account_name=self.service_account_name, image_pull_secrets=tuple(self.image_pull_secrets),
+            runtime_class_name=self.runtime_class_name, shm_size=self.shm_size,
+            ttl_seconds_after_finished=self.ttl_seconds_after_finished, labels=dict(self.labels),
+            annotations=dict(self.annotations), env=dict(self.env),
+            secrets=tuple(parse_secret(s) for s in self.secrets),
+        )
+
+    def pod_settings(self, spec: JobSpec) -> PodSettings:
+        """Traits, then the preset, then the job's flags (:func:`~jupyter_mlflow_k8s.k8s.layered_settings`).
+
+        Raises:
+            JMKUsageError: A bad preset, image, Secret or volume.
+        """
+        return layered_settings(
+            self.configured_settings(), self.presets, preset=spec.preset, image=spec.image,
+            cpu=spec.resources.cpu, memory=spec.resources.memory, gpus=spec.resources.gpus, retries=spec.retries,
+            secrets=spec.secrets, volumes=spec.volumes,
+        )
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def check(self, spec: JobSpec) -> None:
+        """Flags and configuration first (no API call), then namespace, permissions and GPU capacity."""
+        settings = self.pod_settings(spec)
+        self.check_cluster(settings)
+
+    def check_environment(self, storage_url: str, tracking_uri: str) -> None:
+        """Pods must be able to reach the tracking store (payloads without object storage go in a Secret)."""
+        if self.pods_share_filesystem:
+            return
+        if tracking_uri.startswith(("sqlite:", "file:", "/")) or "://" not in tracking_uri:
+            raise JMKUsageError(
+                f"Kubernetes pods cannot record into {tracking_uri} on this machine. Set MLFLOW_TRACKING_URI to an "
+                "MLflow server the cluster can reach (http://mlflow.example:5000), or set "
+                "c.KubernetesBackend.pods_share_filesystem = True if pods mount this filesystem at the same paths."
+            )
+
+    def check_cluster(self, settings: PodSettings) -> None:
+        """Access to the namespace (reviewed every few minutes, not at each job); warn if no node has the GPUs."""
+        last = self._access_checked.get(settings.namespace)
+        if last is None or time.monotonic() - last > ACCESS_CHECK_SECONDS:
+            self.check_access(settings)
+            self._access_checked[settings.namespace] = time.monotonic()
+        self.warn_about_gpus(settings)
+
+    def check_access(self, settings: PodSettings) -> None:
+        """The namespace exists and every verb jobs need is allowed there (SelfSubjectAccessReviews)."""
+        import kubernetes
+
+        core = kubernetes.client.CoreV1Api(self.api)
+        try:
+            core.read_namespace(settings.namespace, _preload_content=False)
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 404:
+                raise JMKUsageError(
+                    f"Namespace {settings.namespace!r} does not exist. Set c.KubernetesBackend.namespace (or "
+                    "JMK_K8S_NAMESPACE) to one you may use."
+                ) from exc
+            if exc.status != 403:  # many users may not read namespaces; the access review below still tells
+                raise api_error(exc, f"read namespace {settings.namespace!r}") from exc
+        except Exception as exc:
+            raise JMKUsageError(f"Cannot reach the Kubernetes API at {self.api.configuration.host}: {exc}") from exc
+        authz = kubernetes.client.AuthorizationV1Api(self.api)
+        for verb, group, resource, subresource in NEEDED_ACCESS:
+            attributes = {"namespace": settings.namespace, "verb": verb, "group": group, "resource": resource,
+                          "subresource": subresource}
+            review = {"spec": {"resourceAttributes": attributes}}
+            with translated(f"review your access to {resource} in namespace {settings.namespace!r}"):
+                answer = json.loads(authz.create_self_subject_access_review(review, _preload_content=False).data)
+            if not answer.get("status", {}).get("allowed"):
+                what = f"{resource}/{subresource}" if subresource else resource
+                raise JMKUsageError(
+                    f"You may not {verb} {what} in namespace {settings.namespace!r}, which jobs need. Ask your "
+                    "platform team for the Role in docs/kubernetes-rbac.yaml, or use another namespace."
+                )
+
+    def warn_about_gpus(self, settings: PodSettings) -> None:
+        """Warn (before submitting) when no node can hold the GPUs asked for."""
+        if settings.gpus:
+            most = self.most_gpus_on_a_node(settings.gpu_resource)
+            if most is not None and most < settings.gpus:
+                print(f"[jmk] warning: No node of the cluster has {settings.gpus} {settings.gpu_resource} (the most "
+                      f"on one node: {most}). The job will stay Pending unless the cluster grows.", file=sys.stderr)
+
+    def most_gpus_on_a_node(self, resource: str) -> int | None:
+        """The largest allocatable count of ``resource`` on any node; None when nodes cannot be listed."""
+        import kubernetes
+
+        try:
+            nodes = json.loads(kubernetes.client.CoreV1Api(self.api).list_node(_preload_content=False).data)["items"]
+        except kubernetes.client.ApiException:
+            return None
+        return max((int(n.get("status", {}).get("allocatable", {}).get(resource, "0")) for n in nodes), default=0)
+
+    def pod_events(self, pod: str) -> list[dict[str, Any]]:
+        """The events about pod ``pod`` (namespace of this backend's jobs); empty when they cannot be read."""
+        import kubernetes
+
+        try:
+            listed = kubernetes.client.CoreV1Api(self.api).list_namespaced_event(
+                self.namespace, field_selector=f"involvedObject.name={pod}", _preload_content=False, _request_timeout=10
+            )
+            return list(json.loads(listed.data)["items"])
+        except Exception:
+            return []
+
+    def launch(self, record: JobRecord) -> JobRecord:
+        """Create the job's Secret and Job; the Job owns the Secret."""
+        import kubernetes
+
+        settings = self.pod_settings(record.spec)
+        user = current_user()
+        name = job_name(record.job_id, user)
+        env = {k: v for k, v in os.environ.items() if k in CREDENTIAL_VARIABLES}
+        env.update(self.job_environment)
+        core, batch = kubernetes.client.CoreV1Api(self.api), kubernetes.client.BatchV1Api(self.api)
+        secrets = [build_env_secret(record, settings, f"{name}-env", env, user=user)]
+        job_args: dict[str, Any] = {"payload_url": str(record.payload_uri), "env_secret": f"{name}-env"}
+        if self.payload_in_secret(record):
+            files = payload_files(record)
+            secrets.append(build_payload_secret(record, settings, f"{name}-payload", files, user=user))
+            payload_path = f"{PAYLOAD_MOUNT}/jobs/{record.job_id}/payload.json"
+            job_args.update(payload_url=payload_path, payload_secret=f"{name}-payload", payload_files=list(files))
+            settings = replace(settings, env={**settings.env, PAYLOAD_ROOT_ENV: PAYLOAD_MOUNT})
+        manifest = build_job(record, settings, user=user, **job_args)
+        created_secrets: list[str] = []
+        try:
+            with translated(f"create Job {settings.namespace}/{name} and its Secrets"):
+                for secret in secrets:
+                    core.create_namespaced_secret(settings.namespace, secret)
+                    created_secrets.append(secret["metadata"]["name"])
+                created = json.loads(
+                    batch.create_namespaced_job(settings.namespace, manifest, _preload_content=False).data)
+        except Exception:
+            for secret_name in created_secrets:
+                with contextlib.suppress(Exception):
+                    core.delete_namespaced_secret(secret_name, settings.namespace)
+            raise
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created["metadata"]["uid"],
+                 "blockOwnerDeletion": False}
+        with translated(f"make Job {settings.namespace}/{name} the owner of its Secrets"):
+            for secret_name in created_secrets:
+                core.patch_namespaced_secret(secret_name, settings.namespace,
+                                             {"metadata": {"ownerReferences": [owner]}})
+        log_path = str(self.store.job_dir(record.job_id) / "output.log")
+        Path(log_path).touch()
+        self.watch()  # start watching now: the first events come while the cell sets up its view
+        return self.store.update(
+            record.job_id, log_path=log_path,
+            backend_ref={"namespace": settings.namespace, "name": name, "uid": created["metadata"]["uid"]},
+            message=f"submitted Job {settings.namespace}/{name}",
+        )
+
+    def discover(self) -> list[JobRecord]:
+        """Rebuild the records of this user's Jobs in the namespace from their ``jmk.io/record`` annotation."""
+        watch = self.watch()
+        user = label_value(current_user())
+        with watch.lock:
+            jobs = list(watch.jobs.values())
+        found = []
+        for job in jobs:
+            meta = job["metadata"]
+            labels, annotations = meta.get("labels", {}), meta.get("annotations", {})
+            job_id = labels.get(JOB_ID_LABEL, "")
+            if labels.get(USER_LABEL) != user or not job_id or RECORD_ANNOTATION not in annotations:
+                continue
+            folder = self.store.job_dir(job_id)
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue  # known here already
+            record = JobRecord.from_dict(json.loads(annotations[RECORD_ANNOTATION]))
+            record.log_path, record.watcher_pid = str(folder / "output.log"), None
+            record.backend_ref = {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}
+            record.message = f"found on the cluster: Job {meta['namespace']}/{meta['name']}"
+            Path(record.log_path).touch()
+            self.store.save(record)
+            found.append(record)
+        return found
+
+    def payload_in_secret(self, record: JobRecord) -> bool:
+        """Whether the job's payload must travel in a Secret (local storage pods cannot see)."""
+        return str(record.payload_uri).startswith("file:") and not self.pods_share_filesystem
+
+    def cancel(self, record: JobRecord) -> None:
+        """Delete the Job and its pods (their processes get SIGTERM, then SIGKILL)."""
+        if record.backend_ref:
+            self.delete_job(record)
+        self.stop_pump(record.job_id)
+        self.save_log(record)
+        end_job(self.store, record.job_id, JobState.CANCELLED, "cancelled: the Job and its pods were deleted")
+
+    def refresh(self, record: JobRecord) -> JobRecord:
+        """The record, reconciled with the Job and its pods as the watch last saw them."""
+        if record.state.terminal or not record.backend_ref:
+            return record
+        try:
+            watch = self.watch_of(record)
+        except Exception as exc:  # no cluster configured or reachable here: the record stays as it was
+            self.log.warning("cannot look at job %s on the cluster: %s", record.job_id, exc)
+            return record
+        job = watch.job(record.backend_ref["name"])
+        pods = watch.pods(record.backend_ref["name"], with_deleted=True)
+        if job is None:
+            if not watch.synced or time.time() - record.created < 5:
+                return record
+            return self.gone(record)
+        verdict = diagnose(job, pods, self.image_pull_failure_seconds)
+        if verdict.needs_events:
+            verdict = diagnose(job, pods, self.image_pull_failure_seconds, self.pod_events(verdict.needs_events))
+        if verdict.state.terminal:
+            if verdict.state is not JobState.SUCCEEDED:
+                tail = self.save_log(record)
+                message = verdict.message + (f"\nLast lines of the log:\n{tail}" if tail and verdict.with_log else "")
+            else:
+                self.save_log(record)
+                message = verdict.message
+            if verdict.delete:
+                self.delete_job(record)
+            return end_job(self.store, record.job_id, verdict.state, message, verdict.exit_code)
+        gpus = f"Insufficient {self.gpu_resource}"
+        if gpus in verdict.message and gpus in record.message:
+            verdict.message = record.message  # already said, with the cluster's capacity
+        elif gpus in verdict.message:
+            most = self.most_gpus_on_a_node(self.gpu_resource)
+            if most is not None:
+                verdict.message += f" The cluster's nodes have at most {most} {self.gpu_resource} each."
+        changes: dict[str, Any] = {}
+        if verdict.state is JobState.RUNNING and record.state is JobState.QUEUED:
+            changes.update(state=JobState.RUNNING, started=verdict.started or time.time())
+        if verdict.message != record.message:
+            changes["message"] = verdict.message
+        return self.store.update(record.job_id, **changes) if changes else record
+
+    def gone(self, record: JobRecord) -> JobRecord:
+        """The Job is not on the cluster any more: deleted, or cleaned up after it ended (its TTL)."""
+        self.save_log(record)
+        try:
+            document = json.loads(read_url(str(record.result_uri))) if record.result_uri else None
+        except (OSError, ValueError):
+            document = None
+        if document is not None:  # it ran to its end: the runner wrote its result
+            state = JobState.SUCCEEDED if document.get("ok") else JobState.FAILED
+            return end_job(self.store, record.job_id, state, "ended (its Job has since been removed from the cluster)")
+        return end_job(self.store, record.job_id, JobState.CANCELLED,
+                       "the Job is gone from the cluster (deleted outside this notebook, or removed after it ended)")
+
+    def delete_job(self, record: JobRecord) -> None:
+        """Delete the Job; its pods go with it (propagation Background)."""
+        import kubernetes
+
+        with contextlib.suppress(kubernetes.client.ApiException):
+            kubernetes.client.BatchV1Api(self.api).delete_namespaced_job(
+                record.backend_ref["name"], record.backend_ref["namespace"], propagation_policy="Background")
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    def follow_log(self, job_id: str, offset: int = 0, poll: float = 0.02) -> Iterator[bytes | JobRecord]:
+        """Stream the pod log into the job's log file while following it like a local one."""
+        record = self.store.load(job_id)
+        if not record.state.terminal and record.backend_ref:
+            self.start_pump(record)
+        try:
+            for item in super().follow_log(job_id, offset, poll):
+                yield item
+                if not item and record.backend_ref:
+                    self.check_contact(record)
+        finally:
+            self.stop_pump(job_id)
+
+    def check_contact(self, record: JobRecord) -> None:
+        """Give up following (not the job) when the API has not answered for ``api_patience_seconds``."""
+        watch = self.watch_of(record)
+        if watch.failing_since is not None and time.time() - watch.failing_since > self.api_patience_seconds:
+            raise JMKError(
+                f"No answer from the Kubernetes API for {time.time() - watch.failing_since:.0f} s "
+                f"({watch.last_error}). Job {record.job_id} may still be running: %job attach {record.job_id} "
+                "once the cluster answers again."
+            )
+
+    def start_pump(self, record: JobRecord) -> LogPump:
+        """Start copying the job's pod log into its log file (once per job)."""
+        with self._lock:
+            pump = self._pumps.get(record.job_id)
+            if pump is None or not pump.thread.is_alive():
+                pump = LogPump(self, record)
+                self._pumps[record.job_id] = pump
+                pump.thread.start()
+            return pump
+
+    def stop_pump(self, job_id: str) -> None:
+        """Stop copying a job's pod log."""
+        with self._lock:
+            pump = self._pumps.pop(job_id, None)
+        if pump is not None:
+            pump.stop()
+
+    def save_log(self, record: JobRecord) -> str:
+        """Complete the local log from the API (pods finished or gone); returns its last lines."""
+        if not record.backend_ref or not record.log_path:
+            return ""
+        pump = self._pumps.get(record.job_id)
+        if pump is not None:
+            pump.finish()
+        else:
+            LogPump(self, record).catch_up()
+        try:
+            lines = Path(record.log_path).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-20:])
+
+
+def payload_files(record: JobRecord) -> dict[str, bytes]:
+    """The payload document and its input values, by storage key, for a payload Secret."""
+    document = read_url(str(record.payload_uri))
+    payload = Payload.from_json(document)
+    storage = get_storage(payload.storage_url)
+    files = {f"jobs/{record.job_id}/payload.json": document}
+    for entry in payload.inputs:
+        files[entry.key] = storage.get_bytes(entry.key)
+    return files
+
+
+backends.register("kubernetes", KubernetesBackend)

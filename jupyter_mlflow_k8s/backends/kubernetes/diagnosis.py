@@ -1,0 +1,175 @@
+"""Diagnosis: what a Job and its pods mean, in the user's words (why it waits, how it ended).
+
+Pure functions of the Job and its pods as the watch last saw them (and, when asked, the events of a
+pod deleted under a running job). No API call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ...models import JobState
+
+EVENT_WAIT_SECONDS = 3.0  # how long a pod deleted under a running job waits for the scheduler's Preempted event
+WAITING_FAILURES = {
+    "ImagePullBackOff": "the image could not be pulled",
+    "ErrImagePull": "the image could not be pulled",
+    "InvalidImageName": "the image name is invalid",
+    "CreateContainerConfigError": "the container could not be configured",
+    "CreateContainerError": "the container could not be created",
+}
+
+
+class Verdict:
+    """What a Job and its pods mean for the record."""
+
+    def __init__(self, state: JobState, message: str, exit_code: int | None = None, started: float | None = None,
+                 with_log: bool = False, delete: bool = False, needs_events: str = "") -> None:
+        self.state, self.message, self.exit_code, self.started = state, message, exit_code, started
+        self.with_log, self.delete = with_log, delete
+        # The pod whose events would say more (a pod deleted under the job: preempted or evicted?)
+        self.needs_events = needs_events
+
+
+def _time(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    import datetime as dt
+
+    return dt.datetime.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def diagnose(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pull_grace: float,
+             events: Sequence[Mapping[str, Any]] | None = None) -> Verdict:
+    """A Job's state in the user's words: why it waits, how it ended.
+
+    ``pods`` may include pods already deleted (their last state). ``events`` are those of the last failed
+    pod when a first verdict asked for them (``needs_events``): before Kubernetes 1.26 a pod that was
+    preempted or evicted through the API has no condition saying so, only the scheduler's event or none.
+    """
+    status = job.get("status", {})
+    conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")] or pods
+    latest = max(live, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
+    resources = job["spec"]["template"]["spec"]["containers"][0].get("resources", {})
+    if "Complete" in conditions:
+        return Verdict(JobState.SUCCEEDED, "succeeded", 0)
+    if "Failed" in conditions:
+        return _failure(conditions["Failed"], pods, resources, events)
+    # Before 1.26 a pod deleted under a running Job (preempted, evicted through the API, drained, deleted by
+    # hand) is not counted as a failure: the Job controller starts the cell again in a new pod, whatever its
+    # backoffLimit. Beyond --retries this ends the job, as 1.26+ does (it counts such pods as failed).
+    lost = [p for p in pods
+            if p["metadata"].get("deletionTimestamp") and p.get("status", {}).get("phase") != "Succeeded"]
+    if lost and not job["metadata"].get("deletionTimestamp") and len(lost) > job["spec"].get("backoffLimit", 6):
+        last = max(lost, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+        return _deleted_under_the_job(last, events, still_coming=True)
+    if latest is None:
+        return Verdict(JobState.QUEUED, "waiting for the Job controller to create the pod")
+    phase = latest.get("status", {}).get("phase", "Pending")
+    state = _container_state(latest)
+    if phase == "Running" or "running" in state:
+        return Verdict(JobState.RUNNING, f"running in pod {latest['metadata']['name']}",
+                       started=_time(state.get("running", {}).get("startedAt")))
+    if phase == "Failed" and latest.get("status", {}).get("reason") == "Evicted":
+        why = latest["status"].get("message", "")
+        return Verdict(JobState.QUEUED, f"pod evicted ({why}); the Job controller may retry")
+    waiting = state.get("waiting", {})
+    reason = waiting.get("reason", "")
+    if reason in WAITING_FAILURES:
+        since = _time(latest["metadata"].get("creationTimestamp")) or time.time()
+        message = f"{WAITING_FAILURES[reason]}: {reason}: {waiting.get('message', '')}".rstrip(": ")
+        if reason in ("ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError") and \
+                time.time() - since >= pull_grace:
+            return Verdict(JobState.FAILED, message, delete=True)
+        return Verdict(JobState.QUEUED, message)
+    for condition in latest.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return Verdict(JobState.QUEUED, f"Pending: {condition.get('reason', 'Unschedulable')}: "
+                                            f"{condition.get('message', '')}".rstrip())
+    if reason:
+        return Verdict(JobState.QUEUED, f"Pending: {reason}")
+    return Verdict(JobState.QUEUED, "Pending: waiting for a node")
+
+
+def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], resources: Mapping[str, Any],
+             events: Sequence[Mapping[str, Any]] | None = None) -> Verdict:
+    reason = condition.get("reason", "")
+    failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
+    last = max(failed, key=lambda p: p["metadata"].get("creationTimestamp", ""), default=None)
+    terminated = _container_state(last).get("terminated", {}) if last is not None else {}
+    if last is not None and last["status"].get("reason") == "Evicted":
+        return Verdict(JobState.FAILED, f"evicted: {last['status'].get('message', 'the node ran short of resources')}")
+    disruption = _disruption(last) if last is not None else None
+    if disruption is not None:
+        return Verdict(JobState.FAILED, disruption)
+    if (last is not None and last["status"].get("reason") == "DeadlineExceeded") or reason == "DeadlineExceeded":
+        return Verdict(JobState.FAILED, "deadline exceeded: the job ran longer than --timeout and was stopped",
+                       with_log=True)
+    if last is not None and last["metadata"].get("deletionTimestamp") and terminated.get("reason") != "OOMKilled":
+        return _deleted_under_the_job(last, events)
+    if terminated.get("reason") == "OOMKilled":
+        limit = (resources.get("limits") or {}).get("memory", "its memory limit")
+        return Verdict(JobState.FAILED, f"OOMKilled: the job used more than its memory limit ({limit}). Ask for more "
+                                        "with --memory, or use less (smaller batches).", terminated.get("exitCode"))
+    exit_code = terminated.get("exitCode")
+    attempts = len(failed)
+    prefix = f"failed after {attempts} attempts" if attempts > 1 else "failed"
+    if exit_code is not None:
+        return Verdict(JobState.FAILED, f"{prefix}: the cell's process exited with code {exit_code}", exit_code,
+                       with_log=True)
+    return Verdict(JobState.FAILED, f"{prefix}: {reason}: {condition.get('message', '')}".rstrip(": "), with_log=True)
+
+
+def _deleted_under_the_job(pod: Mapping[str, Any], events: Sequence[Mapping[str, Any]] | None,
+                           still_coming: bool = False) -> Verdict:
+    """A job's pod deleted by someone else than the job: preempted (the scheduler's event says so) or stopped.
+
+    ``still_coming``: the Job has not failed yet, so its controller may still be at work (its deadline
+    deletes pods before the Job's Failed condition) and the scheduler records ``Preempted`` just after
+    the delete: for ``EVENT_WAIT_SECONDS`` after the deletion was asked, a pod without that event waits.
+    """
+    name = pod["metadata"]["name"]
+    running = JobState.RUNNING if still_coming else JobState.FAILED
+    if events is None:
+        return Verdict(running, f"pod {name} is being deleted", needs_events=name)
+    preempted = next((e for e in events if e.get("reason") == "Preempted"), None)
+    if preempted is not None:
+        return Verdict(JobState.FAILED, "preempted: the scheduler stopped it for a higher-priority pod "
+                                        f"({preempted.get('message', '')})", delete=still_coming)
+    meta = pod["metadata"]
+    asked = (_time(meta.get("deletionTimestamp")) or 0) - (meta.get("deletionGracePeriodSeconds") or 0)
+    if still_coming and 0 <= time.time() - asked < EVENT_WAIT_SECONDS:
+        return Verdict(JobState.RUNNING, f"pod {name} is being deleted")
+    terminated = _container_state(pod).get("terminated", {})
+    return Verdict(JobState.FAILED, f"stopped: pod {name} was deleted while the job ran (evicted through the "
+                                    "Eviction API, drained from its node, or deleted by hand); resubmit the cell",
+                   terminated.get("exitCode"), with_log=True, delete=still_coming)
+
+
+def _disruption(pod: Mapping[str, Any]) -> str | None:
+    """Why Kubernetes stopped a pod that was fine (1.26+: the DisruptionTarget condition), in words."""
+    for condition in pod.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            reason = condition.get("reason", "")
+            if reason == "PreemptionByScheduler":
+                return f"preempted: the scheduler stopped it for a higher-priority pod ({condition.get('message', '')})"
+            return f"disrupted: {reason}: {condition.get('message', '')}".rstrip(": ")
+    return None
+
+
+def _container_state(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``state`` of the pod's (only) container: ``{"running": ...}``, ``{"waiting": ...}``, ..."""
+    statuses: list[dict[str, Any]] = pod.get("status", {}).get("containerStatuses") or []
+    return dict(statuses[0].get("state", {})) if statuses else {}
+
+
+def _container_started(pod: Mapping[str, Any]) -> bool:
+    state = _container_state(pod)
+    return "running" in state or "terminated" in state
+
+
+def _container_done(pod: Mapping[str, Any]) -> bool:
+    return "terminated" in _container_state(pod)

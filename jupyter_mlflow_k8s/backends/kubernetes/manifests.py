@@ -1,0 +1,321 @@
+"""The Kubernetes manifests of one ``%%train`` job: its batch/v1 Job and the Secrets the Job reads.
+
+Pure functions of a job record and :class:`~jupyter_mlflow_k8s.k8s.PodSettings`: no API call, no I/O.
+Every builder ends with :func:`jupyter_mlflow_k8s.k8s.ensure_valid`, so a manifest it returns is one
+the API server of Kubernetes 1.27+ accepts, and a bad value is refused before anything is submitted.
+The pod is placed as every pod of ours is (:func:`jupyter_mlflow_k8s.k8s.pod_spec`). Only the
+Secrets ever hold credentials or payload bytes; the Job refers to them by name.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from collections.abc import Collection, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from ...exceptions import JMKUsageError
+from ...k8s.names import MANAGED_BY, dns_slug, label_value, payload_key
+from ...k8s.pods import PAYLOAD_MOUNT, PodSettings, Volume, compact, pod_spec, pvc_volumes, resources, shm_volume
+from ...k8s.validation import ensure_valid
+from ...models import JobRecord
+
+RUNNER_MODULE = "jupyter_mlflow_k8s.runner"
+CONTAINER = "train"
+# Raw bytes of a payload carried in a Secret; base64 and the keys must stay under the API's 1 MiB.
+PAYLOAD_LIMIT = 900 * 1024
+# Annotations may hold 256 KiB in all; the record gets at most this much of it.
+RECORD_ANNOTATION_LIMIT = 200 * 1024
+
+JOB_ID_LABEL = "jmk.io/job-id"
+USER_LABEL = "jmk.io/user"
+RECORD_ANNOTATION = "jmk.io/record"
+RECORD_OMITTED_ANNOTATION = "jmk.io/record-omitted"
+
+_LABEL_MAX_LENGTH = 63
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def job_name(job_id: str, user: str) -> str:
+    """The name of a job's Kubernetes Job: ``jmk-<user>-<job id>``.
+
+    A Job's name becomes a label value on its pods, so it is an RFC 1123 label of at most 63
+    characters: the user's name is slugged (lowercase, other characters as '-') and shortened
+    to fit; the job id, unique per job, is kept whole.
+
+    Args:
+        job_id: The job's id, lowercase hex as the job store makes them.
+        user: Who submits the job; may be any text.
+
+    Returns:
+        e.g. ``jmk-jane-doe-1a2b3c4d``, or ``jmk-1a2b3c4d`` when nothing of the user's name is usable.
+    """
+    budget = max(_LABEL_MAX_LENGTH - len("jmk--") - len(job_id), 0)
+    slug = dns_slug(user)[:budget].rstrip("-")
+    return "-".join(part for part in ("jmk", slug, job_id) if part)
+
+
+def _file_name(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+# -- labels and annotations ------------------------------------------------------------------
+
+
+def job_labels(record: JobRecord, user: str) -> dict[str, str]:
+    """The labels of a job's Job, its pod and its Secrets: who made it, for which job, cell and run.
+
+    Args:
+        record: The job.
+        user: Who submits it.
+
+    Returns:
+        Standard ``app.kubernetes.io`` labels, then ``jmk.io/job-id``, ``jmk.io/user``,
+        ``jmk.io/cell-hash`` (16 hex digits of the code's SHA-256), and ``jmk.io/notebook``
+        (the notebook's file name) and ``jmk.io/mlflow-run-id`` when known.
+    """
+    labels = {
+        "app.kubernetes.io/name": MANAGED_BY,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/component": "train",
+        JOB_ID_LABEL: record.job_id,
+        USER_LABEL: label_value(user),
+        "jmk.io/cell-hash": hashlib.sha256(record.spec.code.encode()).hexdigest()[:16],
+    }
+    if record.spec.notebook:
+        labels["jmk.io/notebook"] = label_value(_file_name(record.spec.notebook))
+    if record.run_id:
+        labels["jmk.io/mlflow-run-id"] = label_value(record.run_id)
+    return labels
+
+
+def _labels(record: JobRecord, settings: PodSettings, user: str) -> dict[str, str]:
+    """Configured labels, then ours (which a configured label cannot replace)."""
+    return {**settings.labels, **job_labels(record, user)}
+
+
+def _job_annotations(record: JobRecord) -> dict[str, str]:
+    """Where the job comes from and its whole record (``jmk.io/record``), unless that is too large."""
+    annotations = {
+        "jmk.io/notebook": record.spec.notebook,
+        "jmk.io/experiment": record.spec.experiment,
+        "jmk.io/tracking-uri": _without_password(record.tracking_uri),
+    }
+    record_json = _record_json(record)
+    if len(record_json) <= RECORD_ANNOTATION_LIMIT:
+        annotations[RECORD_ANNOTATION] = record_json
+    else:
+        annotations[RECORD_OMITTED_ANNOTATION] = f"{len(record_json)} bytes, over {RECORD_ANNOTATION_LIMIT}"
+    return {key: value for key, value in annotations.items() if value}
+
+
+def _record_json(record: JobRecord) -> str:
+    """The record as compact, ASCII-only JSON (so its length is its size in bytes)."""
+    data = record.to_dict()
+    data["tracking_uri"] = _without_password(record.tracking_uri)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _without_password(uri: str | None) -> str | None:
+    """``uri`` with the password of its user info, if any, replaced by ``***``."""
+    if not uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+# -- the Job ---------------------------------------------------------------------------------
+
+
+def build_job(
+    record: JobRecord,
+    settings: PodSettings,
+    *,
+    user: str,
+    payload_url: str,
+    env_secret: str | None = None,
+    payload_secret: str | None = None,
+    payload_files: Collection[str] = (),
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs one job: one pod, one container running the job's runner.
+
+    The container runs ``PYTHON -m jupyter_mlflow_k8s.runner PAYLOAD_URL``. Its environment is the
+    configured ``env``, then the cell's, then ``JMK_JOB_ID`` and ``PYTHONUNBUFFERED``; the configured
+    Secrets and then ``env_secret`` come in whole through ``envFrom`` (on a clash of keys the later
+    Secret wins, and a plain variable beats them all). The Job is labelled with
+    :func:`job_labels`, is retried ``settings.retries`` times, runs at most the spec's timeout
+    (rounded up to a second) and is deleted ``ttl_seconds_after_finished`` after it ends.
+
+    Args:
+        record: The job; its spec's code, env, timeout, notebook and experiment are used.
+        settings: The pod's settings.
+        user: Who submits the job (see :func:`job_name`).
+        payload_url: Where the runner finds the payload.
+        env_secret: The job's own Secret of credentials (see :func:`build_env_secret`), if any.
+        payload_secret: The Secret holding the payload's files (see :func:`build_payload_secret`),
+            mounted read-only at :data:`PAYLOAD_MOUNT`, if any.
+        payload_files: The relative paths of those files; each is projected from its key (see
+            :func:`payload_key`) back to its path under :data:`PAYLOAD_MOUNT`.
+
+    Returns:
+        The Job as plain JSON data, without null or empty fields.
+
+    Raises:
+        InvalidManifest: The settings make a Job the API server would refuse (e.g. a bad quantity).
+    """
+    labels = _labels(record, settings, user)
+    template_metadata = {"labels": labels, "annotations": dict(settings.annotations)}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(
+            job_name(record.job_id, user), settings, labels, {**settings.annotations, **_job_annotations(record)}
+        ),
+        "spec": compact(
+            {
+                "backoffLimit": settings.retries,
+                "activeDeadlineSeconds": _deadline(record.spec.timeout),
+                "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+                "template": {
+                    "metadata": compact(template_metadata),
+                    "spec": _pod_spec(record, settings, payload_url, env_secret, payload_secret, payload_files),
+                },
+            }
+        ),
+    }
+    ensure_valid(job)
+    return job
+
+
+def _metadata(
+    name: str, settings: PodSettings, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    return compact({"name": name, "namespace": settings.namespace, "labels": dict(labels), "annotations": annotations})
+
+
+def _deadline(timeout: float | None) -> int | None:
+    return None if timeout is None else max(math.ceil(timeout), 1)
+
+
+def _pod_spec(
+    record: JobRecord,
+    settings: PodSettings,
+    payload_url: str,
+    env_secret: str | None,
+    payload_secret: str | None,
+    payload_files: Collection[str],
+) -> dict[str, Any]:
+    volumes = [*shm_volume(settings), *pvc_volumes(settings), *_payload_volume(payload_secret, payload_files)]
+    mounts = [mount for _, mount in volumes]
+    container = _container(record, settings, payload_url, env_secret, mounts)
+    return pod_spec(settings, [container], [volume for volume, _ in volumes], restart_policy="Never",
+                    termination_grace_seconds=30)
+
+
+def _container(
+    record: JobRecord, settings: PodSettings, payload_url: str, env_secret: str | None, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    env = {**settings.env, **record.spec.env, "JMK_JOB_ID": record.job_id, "PYTHONUNBUFFERED": "1"}
+    secrets = [*settings.secrets, *([env_secret] if env_secret else [])]
+    return compact(
+        {
+            "name": CONTAINER,
+            "image": settings.image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "command": [settings.python, "-m", RUNNER_MODULE, payload_url],
+            "env": [{"name": name, "value": value} for name, value in env.items()],
+            "envFrom": [{"secretRef": {"name": name}} for name in secrets],
+            "resources": resources(settings),
+            "volumeMounts": mounts,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    )
+
+
+def _payload_volume(payload_secret: str | None, payload_files: Collection[str]) -> list[Volume]:
+    if not payload_secret:
+        return []
+    items = [{"key": payload_key(path), "path": path} for path in sorted(payload_files)]
+    volume = {"name": "payload", "secret": compact({"secretName": payload_secret, "items": items})}
+    return [(volume, {"name": "payload", "mountPath": PAYLOAD_MOUNT, "readOnly": True})]
+
+
+# -- the Secrets -----------------------------------------------------------------------------
+
+
+def build_env_secret(
+    record: JobRecord, settings: PodSettings, name: str, env: Mapping[str, str], *, user: str
+) -> dict[str, Any]:
+    """The job's own Secret of environment variables: the credentials its pod needs for storage and tracking.
+
+    The Job reads it whole through ``envFrom`` (``build_job(..., env_secret=name)``), so the values
+    never appear in the Job. The Secret is immutable and labelled like the Job.
+
+    Args:
+        record: The job.
+        settings: The pod's settings (for the namespace and the configured labels).
+        name: The Secret's name.
+        env: The variables.
+        user: Who submits the job.
+
+    Returns:
+        A v1 Secret of type Opaque, the variables as ``stringData``.
+
+    Raises:
+        InvalidManifest: A variable's name is not a valid key, or the Secret is over 1 MiB.
+    """
+    return _secret(record, settings, name, user, {"stringData": dict(env)})
+
+
+def build_payload_secret(
+    record: JobRecord, settings: PodSettings, name: str, files: Mapping[str, bytes], *, user: str
+) -> dict[str, Any]:
+    """A Secret carrying a small payload's files to the pod, when there is no object storage to stage them in.
+
+    Each file is stored under :func:`payload_key` of its path; ``build_job(..., payload_secret=name,
+    payload_files=files)`` mounts them back at their paths under :data:`PAYLOAD_MOUNT`.
+
+    Args:
+        record: The job.
+        settings: The pod's settings (for the namespace and the configured labels).
+        name: The Secret's name.
+        files: File contents by relative path, e.g. ``{"jobs/1a2b3c4d/payload.json": b"..."}``.
+        user: Who submits the job.
+
+    Returns:
+        An immutable v1 Secret of type Opaque, the files base64-encoded in ``data``.
+
+    Raises:
+        JMKUsageError: The files hold more than :data:`PAYLOAD_LIMIT` bytes.
+        ValueError: A path is absolute or not normalized.
+    """
+    size = sum(len(content) for content in files.values())
+    if size > PAYLOAD_LIMIT:
+        raise JMKUsageError(
+            f"The job's inputs take {size / 1024:,.0f} KiB, more than the {PAYLOAD_LIMIT // 1024} KiB a Kubernetes "
+            "Secret can carry to the pod. Configure object storage (JMK_STORAGE_URL=s3://bucket/prefix) for "
+            "larger inputs."
+        )
+    data = {payload_key(path): base64.b64encode(content).decode("ascii") for path, content in sorted(files.items())}
+    return _secret(record, settings, name, user, {"data": data})
+
+
+def _secret(record: JobRecord, settings: PodSettings, name: str, user: str, data: dict[str, Any]) -> dict[str, Any]:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(name, settings, _labels(record, settings, user)),
+        "type": "Opaque",
+        "immutable": True,
+        **data,
+    }
+    ensure_valid(secret)
+    return secret

@@ -1,0 +1,268 @@
+"""Watching jobs: one list-then-watch per namespace of every job's Job and pods, and the log pump.
+
+:class:`ClusterWatch` keeps every job's Job and pods in memory (a list, then a watch resumed from the
+last resourceVersion, re-listed after 410 Gone, retried with back-off), so following many jobs costs
+no request per job. :class:`LogPump` copies a job's pod log into its local log file, reconnecting
+from the last timestamp written. Neither makes a request itself: the backend hands them its own
+(listing, reading a pod's log), so that every request the backend makes stays in one place.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ...logchannel import FrameCollector
+from ...models import JobRecord
+from ...storage import get_storage
+from .diagnosis import _container_done, _container_started, _time
+
+if TYPE_CHECKING:
+    from . import KubernetesBackend
+
+CONTAINER = "train"
+DELETED_PODS_KEPT = 500  # per namespace watch
+# (kind, namespace, **options) -> the raw response of a list (or, with watch=True, a watch) of our Jobs or pods
+Lister = Callable[..., Any]
+
+
+def result_storage(record: JobRecord) -> Any:
+    """The storage the job's results belong in (where ``result_uri`` points)."""
+    suffix = f"jobs/{record.job_id}/result.json"
+    return get_storage(str(record.result_uri)[: -len(suffix)].rstrip("/"))
+
+
+class ClusterWatch:
+    """Every job's Job and pods in one namespace, kept current by two watches (not a poll per job)."""
+
+    _instances: ClassVar[dict[tuple[str, str], ClusterWatch]] = {}
+    _instances_lock = threading.Lock()
+
+    @classmethod
+    def for_namespace(cls, api: Any, namespace: str, lister: Lister) -> ClusterWatch:
+        """The process's watch of ``namespace`` on ``api``'s cluster, listed once before it returns.
+
+        ``lister(kind, namespace, **options)`` lists (or watches) our ``"jobs"`` or ``"pods"`` there.
+        """
+        key = (api.configuration.host, namespace)
+        with cls._instances_lock:
+            watch = cls._instances.get(key)
+            if watch is None or not watch.alive:
+                watch = cls(api, namespace, lister)
+                cls._instances[key] = watch
+                watch.start()
+        watch.wait_synced(10)
+        return watch
+
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stop every watch of this process (a kernel shutting down, a test ending)."""
+        with cls._instances_lock:
+            for watch in cls._instances.values():
+                watch.stop()
+            cls._instances.clear()
+
+    def __init__(self, api: Any, namespace: str, lister: Lister) -> None:
+        self.api, self.namespace, self.lister = api, namespace, lister
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pod_objects: dict[str, dict[str, Any]] = {}
+        # The last state of pods deleted while we watched (how a preempted or evicted pod ended), newest last.
+        self.deleted_pods: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.requests = 0  # API requests made, for benchmarks
+        self.failing_since: float | None = None  # when the API stopped answering (None: it answers)
+        self.last_error = ""
+        self._synced = {"jobs": threading.Event(), "pods": threading.Event()}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+
+    @property
+    def synced(self) -> bool:
+        """Whether both lists have come back at least once."""
+        return all(e.is_set() for e in self._synced.values())
+
+    @property
+    def alive(self) -> bool:
+        """Whether the watch threads still run."""
+        return not self._stop.is_set() and all(t.is_alive() for t in self._threads)
+
+    def wait_synced(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the first lists."""
+        deadline = time.monotonic() + timeout
+        for event in self._synced.values():
+            event.wait(max(0.0, deadline - time.monotonic()))
+
+    def start(self) -> None:
+        """Start watching Jobs and pods."""
+        for kind in ("jobs", "pods"):
+            thread = threading.Thread(target=self._run, args=(kind,), daemon=True, name=f"jmk-k8s-watch-{kind}")
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current watch request ends."""
+        self._stop.set()
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        """The Job named ``name`` as last seen (None: not there)."""
+        with self.lock:
+            return self.jobs.get(name)
+
+    def pods(self, job: str, with_deleted: bool = False) -> list[dict[str, Any]]:
+        """The pods of Job ``job`` as last seen; ``with_deleted``: also those deleted since (their last state)."""
+        with self.lock:
+            found = list(self.pod_objects.values()) + (list(self.deleted_pods.values()) if with_deleted else [])
+            return [p for p in found if p["metadata"].get("labels", {}).get("job-name") == job]
+
+    def _list(self, kind: str, **kwargs: Any) -> Any:
+        self.requests += 1
+        return self.lister(kind, self.namespace, **kwargs)
+
+    def _store(self, kind: str) -> dict[str, dict[str, Any]]:
+        return self.jobs if kind == "jobs" else self.pod_objects
+
+    def _run(self, kind: str) -> None:
+        """List, then watch from the list's resourceVersion; relist after 410 Gone; back off on errors."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                listed = json.loads(self._list(kind).data)
+                with self.lock:
+                    self._store(kind).clear()
+                    for obj in listed["items"]:
+                        self._store(kind)[obj["metadata"]["name"]] = obj
+                self._synced[kind].set()
+                self.failing_since, self.last_error = None, ""
+                version = listed["metadata"]["resourceVersion"]
+                while not self._stop.is_set():
+                    response = self._list(kind, watch=True, resource_version=version, timeout_seconds=60,
+                                          allow_watch_bookmarks=True)
+                    gone = False
+                    for line in iter_resp_lines(response):
+                        event = json.loads(line)
+                        obj = event["object"]
+                        if event["type"] == "ERROR":  # 410 Gone (too old a version), or another error
+                            gone = True
+                            break
+                        version = obj["metadata"].get("resourceVersion", version)
+                        if event["type"] == "BOOKMARK":
+                            continue
+                        with self.lock:
+                            if event["type"] == "DELETED":
+                                self._store(kind).pop(obj["metadata"]["name"], None)
+                                if kind == "pods":
+                                    self.deleted_pods[obj["metadata"]["name"]] = obj
+                                    while len(self.deleted_pods) > DELETED_PODS_KEPT:
+                                        self.deleted_pods.popitem(last=False)
+                            else:
+                                self._store(kind)[obj["metadata"]["name"]] = obj
+                    response.release_conn()
+                    backoff = 0.2
+                    if gone:
+                        break
+            except Exception as exc:
+                self.failing_since = self.failing_since or time.time()
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 10.0)
+
+
+class LogPump:
+    """Copies a job's pod logs into its local log file, reconnecting without losing or doubling lines."""
+
+    def __init__(self, backend: KubernetesBackend, record: JobRecord) -> None:
+        self.backend, self.record = backend, record
+        self.path = Path(str(record.log_path))
+        self.state_path = self.path.with_suffix(".pump.json")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._response: Any = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"jmk-k8s-log-{record.job_id}")
+        try:
+            self.position: dict[str, str] = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            self.position = {}  # pod name -> last timestamp written
+        self.frames = FrameCollector(result_storage(record), self.path.parent / "frames") if record.result_uri else None
+
+    def stop(self) -> None:
+        """Stop following (closing a stream in progress)."""
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
+        self.thread.join(timeout=5)
+
+    def finish(self) -> None:
+        """Stop following and fetch whatever the pods still have."""
+        self.stop()
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """Append every pod's log lines that are not in the file yet (no follow)."""
+        for pod in self._pods():
+            with contextlib.suppress(Exception):
+                self._copy(pod, follow=False)
+
+    def _pods(self) -> list[dict[str, Any]]:
+        pods = self.backend.watch_of(self.record).pods(self.record.backend_ref["name"])
+        return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stop.is_set():
+            started = [p for p in self._pods() if _container_started(p)]
+            live = [p for p in started if not _container_done(p) or p["metadata"]["name"] not in self.position]
+            if not live:
+                self._stop.wait(0.1)
+                continue
+            try:
+                self._copy(live[0], follow=True)
+                backoff = 0.2
+                self._stop.wait(0.05)  # the stream ended: the pod finished, or the connection dropped
+            except Exception:
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, 5.0)
+
+    def _copy(self, pod: dict[str, Any], follow: bool) -> None:
+        """Stream one pod's log from the last timestamp written; write each new line once."""
+        from kubernetes.watch.watch import iter_resp_lines
+
+        name = pod["metadata"]["name"]
+        last = self.position.get(name, "")
+        kwargs: dict[str, Any] = {"container": CONTAINER, "follow": follow, "timestamps": True}
+        if last:  # the client has no sinceTime: ask from a second before, skip what was written
+            kwargs["since_seconds"] = max(1, int(time.time() - (_time(last) or time.time())) + 2)
+        watch = self.backend.watch_of(self.record)
+        watch.requests += 1
+        response = self.backend.read_pod_log(name, self.record.backend_ref["namespace"], **kwargs)
+        self._response = response
+        header = name not in self.position and len(self._pods()) > 1
+        try:
+            with self.path.open("ab") as out:
+                if header:
+                    out.write(f"[jmk] pod {name}\n".encode())
+                self.position.setdefault(name, "")
+                for line in iter_resp_lines(response):
+                    stamp, _, text = line.partition(" ")
+                    if stamp <= last:
+                        continue  # already written before a reconnect
+                    if self.frames is None or not self.frames.feed(text):
+                        out.write(text.encode() + b"\n")
+                    out.flush()
+                    last = self.position[name] = stamp
+        finally:
+            self._response = None
+            response.release_conn()
+            with contextlib.suppress(OSError):
+                self.state_path.write_text(json.dumps(self.position))

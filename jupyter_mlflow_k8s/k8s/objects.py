@@ -1,0 +1,189 @@
+"""Creating, updating and deleting our objects: the thin layer that talks to the API for every builder's output.
+
+:func:`apply` creates an object, or updates the one of that name when it is ours (labelled
+``app.kubernetes.io/managed-by=jupyter-mlflow-k8s``); :func:`delete_owned` deletes only ours. Both
+refuse anything else with a :class:`ConflictError`, so a name clash never replaces or deletes
+someone's Deployment or CronJob. Kubernetes API errors leave here as the error families of
+:mod:`jupyter_mlflow_k8s.errors`, with what was being done in their message. Builders stay pure:
+they hand their manifests (plain JSON data) to these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from ..errors import ConflictError, JMKError, UnavailableError, translate
+from .names import MANAGED_BY, MANAGED_BY_LABEL
+
+# kind -> (API class of kubernetes.client, the suffix of its namespaced methods)
+KINDS: dict[str, tuple[str, str]] = {
+    "ConfigMap": ("CoreV1Api", "config_map"),
+    "Secret": ("CoreV1Api", "secret"),
+    "Service": ("CoreV1Api", "service"),
+    "Job": ("BatchV1Api", "job"),
+    "CronJob": ("BatchV1Api", "cron_job"),
+    "Deployment": ("AppsV1Api", "deployment"),
+    "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
+}
+
+
+def is_managed(obj: Mapping[str, Any] | None) -> bool:
+    """Whether ``obj`` carries our ``app.kubernetes.io/managed-by`` label."""
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY)
+
+
+def not_managed(kind: str, namespace: str, name: str, *, deleting: bool = False) -> ConflictError:
+    """The refusal to touch an object someone else made."""
+    what = ("it was not made by jupyter-mlflow-k8s, so it is not deleted" if deleting
+            else "jupyter-mlflow-k8s did not make it, so it is not replaced")
+    return ConflictError(
+        f"{kind} {namespace}/{name} exists and is not managed by jupyter_mlflow_k8s (label "
+        f"{MANAGED_BY_LABEL}={MANAGED_BY}): {what}; delete it or choose another name."
+    )
+
+
+def api_error(exc: BaseException, what: str) -> JMKError:
+    """``exc`` (a Kubernetes or network error) as its error family, saying what was being done."""
+    family = translate(exc) or UnavailableError(f"{type(exc).__name__}: {exc}")
+    return type(family)(f"Cannot {what}: {family}")
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn a Kubernetes or network error raised inside into its error family (anything else passes)."""
+    try:
+        yield
+    except JMKError:
+        raise
+    except Exception as exc:
+        if translate(exc) is None:
+            raise
+        raise api_error(exc, what) from exc
+
+
+def _method(api: Any, kind: str, verb: str) -> Any:
+    import kubernetes
+
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
+    api_class, suffix = KINDS[kind]
+    return getattr(getattr(kubernetes.client, api_class)(api), f"{verb}_namespaced_{suffix}")
+
+
+def _status(exc: BaseException) -> int | None:
+    import kubernetes
+
+    return int(exc.status or 0) if isinstance(exc, kubernetes.client.ApiException) else None
+
+
+def _identity(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = obj["metadata"]
+    return obj["kind"], meta["namespace"], meta["name"]
+
+
+def _data(response: Any) -> dict[str, Any]:
+    data = getattr(response, "data", b"")
+    return dict(json.loads(data)) if data else {}
+
+
+def read(api: Any, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    """The object as JSON data, or None when there is none of that name."""
+    try:
+        return _data(_method(api, kind, "read")(name, namespace, _preload_content=False))
+    except Exception as exc:
+        if _status(exc) == 404:
+            return None
+        if translate(exc) is None:
+            raise
+        raise api_error(exc, f"read {kind} {namespace}/{name}") from exc
+
+
+def create(api: Any, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Create ``obj``; a name already taken is a :class:`ConflictError` (nothing is replaced)."""
+    kind, namespace, name = _identity(obj)
+    with translated(f"create {kind} {namespace}/{name}"):
+        return _data(_method(api, kind, "create")(namespace, dict(obj), _preload_content=False))
+
+
+def apply(api: Any, obj: Mapping[str, Any], *, patch: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, dict]:
+    """Create ``obj``, or update the object of its name when it is ours: replaced, or ``patch`` applied.
+
+    Args:
+        api: A ``kubernetes.client.ApiClient`` (:func:`jupyter_mlflow_k8s.k8s.api_client`).
+        obj: The manifest: a kind of :data:`KINDS`, with ``metadata.namespace`` and ``metadata.name``.
+        patch: A JSON Patch to apply instead of replacing an existing object (a Deployment's rollout).
+
+    Returns:
+        ``"created"``, ``"replaced"`` or ``"patched"``, and the object as the API answered.
+
+    Raises:
+        ConflictError: An object of that name exists and is not ours, or it changed meanwhile.
+        NotFoundError: The namespace, or the kind on this cluster, does not exist.
+        JMKError: Another refusal of the API, in its family.
+    """
+    kind, namespace, name = _identity(obj)
+    try:
+        return "created", _data(_method(api, kind, "create")(namespace, dict(obj), _preload_content=False))
+    except Exception as exc:
+        if _status(exc) != 409:
+            if translate(exc) is None:
+                raise
+            raise api_error(exc, f"create {kind} {namespace}/{name}") from exc
+    existing = read(api, kind, name, namespace)
+    if existing is None:
+        raise ConflictError(f"{kind} {namespace}/{name} was deleted while it was being replaced; try again.")
+    if not is_managed(existing):
+        raise not_managed(kind, namespace, name)
+    with translated(f"update {kind} {namespace}/{name}"):
+        if patch is not None:
+            return "patched", _data(_method(api, kind, "patch")(name, namespace, [dict(op) for op in patch],
+                                                                 _preload_content=False))
+        body = dict(obj)
+        version = (existing.get("metadata") or {}).get("resourceVersion")
+        if version:  # replace exactly what was read: a change meanwhile is a conflict, not lost
+            body["metadata"] = {**body["metadata"], "resourceVersion": version}
+        return "replaced", _data(_method(api, kind, "replace")(name, namespace, body, _preload_content=False))
+
+
+def ensure_owned(api: Any, targets: Iterable[tuple[str, str]], namespace: str) -> dict[tuple[str, str], dict | None]:
+    """Each ``(kind, name)`` as it is now (None: absent), after checking that every one there is ours.
+
+    Raises:
+        ConflictError: One exists that is not ours (nothing has been changed).
+    """
+    found: dict[tuple[str, str], dict | None] = {}
+    for kind, name in targets:
+        found[(kind, name)] = existing = read(api, kind, name, namespace)
+        if existing is not None and not is_managed(existing):
+            raise not_managed(kind, namespace, name)
+    return found
+
+
+def delete_owned(api: Any, kind: str, name: str, namespace: str, *, propagation: str = "Background") -> bool:
+    """Delete the object ``kind``/``name`` if it is ours (with its dependents: ``propagation``).
+
+    Returns:
+        Whether it was there and is now being deleted.
+
+    Raises:
+        ConflictError: It exists and is not ours (left alone).
+        JMKError: The API refused, in its family.
+    """
+    existing = read(api, kind, name, namespace)
+    if existing is None:
+        return False
+    if not is_managed(existing):
+        raise not_managed(kind, namespace, name, deleting=True)
+    try:
+        _method(api, kind, "delete")(name, namespace, propagation_policy=propagation, _preload_content=False)
+    except Exception as exc:
+        if _status(exc) == 404:
+            return False
+        if translate(exc) is None:
+            raise
+        raise api_error(exc, f"delete {kind} {namespace}/{name}") from exc
+    return True

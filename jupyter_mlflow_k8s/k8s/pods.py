@@ -14,6 +14,21 @@ from typing import Any
 
 PAYLOAD_MOUNT = "/var/run/jmk/payload"
 SHM_MOUNT = "/dev/shm"  # noqa: S108 (a mount point in the pod, not a temporary file)
+# Variables of the notebook's environment that a pod needs to reach storage and tracking. They travel
+# in a Secret of the job or endpoint, never in its manifest.
+CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_INSECURE_TLS",
+)
+# A container waiting for one of these reasons will not start by itself: what each means, in words.
+WAITING_FAILURES = {
+    "ImagePullBackOff": "the image could not be pulled",
+    "ErrImagePull": "the image could not be pulled",
+    "InvalidImageName": "the image name is invalid",
+    "CreateContainerConfigError": "the container could not be configured",
+    "CreateContainerError": "the container could not be created",
+}
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from ...exceptions import JMKError, JMKUsageError
 from ...k8s import (
+    CREDENTIAL_VARIABLES,
     MANAGED_BY,
     PodSettings,
     api_client,
@@ -63,13 +64,6 @@ from .manifests import (
 from .watch import DELETED_PODS_KEPT, ClusterWatch, LogPump, result_storage
 
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
-# Variables of the notebook's environment that a pod needs to reach storage and tracking. They travel
-# in the job's own Secret, never in the Job manifest.
-CREDENTIAL_VARIABLES = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_INSECURE_TLS",
-)
 # The namespace and permissions are reviewed again after this long (not at every submission).
 ACCESS_CHECK_SECONDS = 300.0
 # What the backend does in a job's namespace, checked with SelfSubjectAccessReviews before submitting.

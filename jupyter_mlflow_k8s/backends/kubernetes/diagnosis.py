@@ -10,16 +10,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ...k8s.pods import WAITING_FAILURES
 from ...models import JobState
 
 EVENT_WAIT_SECONDS = 3.0  # how long a pod deleted under a running job waits for the scheduler's Preempted event
-WAITING_FAILURES = {
-    "ImagePullBackOff": "the image could not be pulled",
-    "ErrImagePull": "the image could not be pulled",
-    "InvalidImageName": "the image name is invalid",
-    "CreateContainerConfigError": "the container could not be configured",
-    "CreateContainerError": "the container could not be created",
-}
 
 
 class Verdict:

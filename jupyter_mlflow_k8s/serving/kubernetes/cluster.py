@@ -1,0 +1,309 @@
+"""Endpoints on the cluster: deploy, wait until ready, undeploy, list; through the Kubernetes layer.
+
+Every object is created or updated with :func:`jupyter_mlflow_k8s.k8s.apply` and deleted with
+:func:`~jupyter_mlflow_k8s.k8s.delete_owned`: an object of the endpoint's name that this package did not
+make (a Deployment, a Service, a Secret) is refused with a :class:`ConflictError` before anything changes,
+and Kubernetes API errors reach the user as the error families, saying what to do. A second deploy of an
+endpoint is a rolling update: only the Deployment's pod template (and its labels) is patched, so the
+selector stays and the old pods keep serving until the new ones are ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from ...errors import NotFoundError
+from ...k8s import apply, delete_owned, ensure_owned, read, translated
+from ...k8s.pods import WAITING_FAILURES, PodSettings
+from .objects import credential_environment, endpoint_manifests, rollout_patch
+from .spec import (
+    CONTAINER,
+    CRASH_RESTARTS,
+    MODEL_LABEL,
+    MODEL_URI_ANNOTATION,
+    SELECTOR,
+    UNDEPLOY_WAIT_SECONDS,
+    VERSION_LABEL,
+    Endpoint,
+    EndpointError,
+    EndpointNotFound,
+    EndpointNotReady,
+    EndpointSpec,
+    endpoint_selector,
+    env_secret_name,
+    model_identity,
+)
+
+HPA = "HorizontalPodAutoscaler"
+
+
+def _objects(name: str) -> list[tuple[str, str]]:
+    """The (kind, name) of everything an endpoint may be, in the order it is taken down."""
+    return [(HPA, name), ("Service", name), ("Deployment", name), ("Secret", env_secret_name(name))]
+
+
+def resolve_alias(model_uri: str, tracking_uri: str | None) -> str:
+    """``models:/NAME@ALIAS`` pinned to the version the alias names now; other URIs as they are.
+
+    Every replica then serves the same version, whatever the alias later points to; deploying again
+    follows the alias.
+
+    Raises:
+        EndpointError: The registry has no such model or alias.
+    """
+    name, alias = model_identity(model_uri)
+    if not model_uri.startswith("models:/") or "@" not in model_uri:
+        return model_uri
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        version = MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version
+    except MlflowException as exc:
+        raise EndpointError(f"Cannot resolve {model_uri}: {exc.message}. List the model's aliases with "
+                            f"`jmk models {name}`, or give a version: models:/{name}/1.") from exc
+    return f"models:/{name}/{version}"
+
+
+def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
+           credentials: Mapping[str, str] | None = None, pin_alias: bool = True,
+           wait: float | None = None) -> Endpoint:
+    """Create an endpoint, or roll an existing one to ``spec`` (a new model version, flags or resources).
+
+    Every manifest is built and checked, and every object of the endpoint's names that exists checked to
+    be ours, before the first change. Then its Secret of credentials is created or replaced, the
+    Deployment created or patched (:func:`rollout_patch`), the Service created or patched, and the
+    autoscaler created, replaced, or deleted when no longer asked for.
+
+    Args:
+        api: An ``ApiClient`` of the official client (``KubernetesBackend.api``).
+        spec: The endpoint. ``models:/NAME@ALIAS`` is pinned to the alias's version (``pin_alias``).
+        settings: The pods' settings (:func:`endpoint_settings`); default ``PodSettings()``.
+        credentials: Variables for the pods' Secret; default :func:`credential_environment`.
+        pin_alias: Resolve an alias in the registry first (needs the tracking store here).
+        wait: Seconds to wait for every replica to be available (:func:`wait_ready`); None: do not wait.
+
+    Returns:
+        The endpoint as the API answered (after waiting, when asked).
+
+    Raises:
+        EndpointError: A bad spec, an unknown alias, a cluster without autoscaling/v2, or (when waiting)
+            pods that did not come up.
+        ConflictError: A Deployment, Service, autoscaler or Secret of the endpoint's names exists that
+            this package did not make.
+        InvalidManifest: Settings the API server would refuse.
+        JMKError: Another refusal of the Kubernetes API, in its family.
+    """
+    settings = settings or PodSettings()
+    if pin_alias:
+        spec = replace(spec, model_uri=resolve_alias(spec.model_uri, spec.tracking_uri))
+    env = credential_environment() if credentials is None else dict(credentials)
+    secret, deployment, service, *autoscaler = endpoint_manifests(spec, settings, env)
+    hpa = autoscaler[0] if autoscaler else None
+
+    namespace = settings.namespace
+    ensure_owned(api, _objects(spec.name), namespace)
+    apply(api, secret)
+    apply(api, deployment, patch=rollout_patch(deployment, keep_replicas=hpa is not None))
+    apply(api, service, patch=[
+        {"op": "add", "path": "/metadata/labels", "value": service["metadata"]["labels"]},
+        {"op": "add", "path": "/spec/selector", "value": service["spec"]["selector"]},
+        {"op": "add", "path": "/spec/ports", "value": service["spec"]["ports"]}])
+    _apply_autoscaler(api, spec.name, namespace, hpa)
+    if wait is not None:
+        return wait_ready(api, spec.name, namespace, timeout=wait)
+    return _endpoint(_deployment(api, spec.name, namespace))
+
+
+def _apply_autoscaler(api: Any, name: str, namespace: str, hpa: dict[str, Any] | None) -> None:
+    try:
+        if hpa is None:
+            delete_owned(api, HPA, name, namespace)
+        else:
+            apply(api, hpa)
+    except NotFoundError as exc:  # the API group itself is missing
+        if hpa is not None:
+            raise EndpointError("This cluster does not serve autoscaling/v2 (Kubernetes 1.23+): deploy without "
+                                "autoscale, or scale with replicas=N.") from exc
+
+
+def _deployment(api: Any, name: str, namespace: str) -> dict[str, Any]:
+    found = read(api, "Deployment", name, namespace)
+    if found is None:
+        raise EndpointNotFound(f"No endpoint {name!r} in namespace {namespace!r}. List them with "
+                               "list_endpoints(api, namespace) (or `jmk serve list`).")
+    return found
+
+
+def _endpoint(deployment: Mapping[str, Any]) -> Endpoint:
+    meta, spec = deployment["metadata"], deployment.get("spec", {})
+    status = deployment.get("status", {})
+    labels, annotations = meta.get("labels", {}), meta.get("annotations", {})
+    current = status.get("observedGeneration", 0) >= meta.get("generation", 0)
+    return Endpoint(
+        name=meta["name"], namespace=meta["namespace"], model_uri=annotations.get(MODEL_URI_ANNOTATION, ""),
+        model=labels.get(MODEL_LABEL, ""), version=labels.get(VERSION_LABEL, ""),
+        replicas=int(spec.get("replicas", 1)), available=int(status.get("availableReplicas") or 0),
+        updated=int(status.get("updatedReplicas") or 0) if current else 0,
+        autoscaled=False,
+    )
+
+
+def wait_ready(api: Any, name: str, namespace: str, *, timeout: float = 300.0, poll: float = 0.5) -> Endpoint:
+    """Wait until every replica of the endpoint runs its current template and is available (ready).
+
+    Gives up early when a pod crash-loops (:data:`CRASH_RESTARTS` restarts), its image cannot be
+    pulled, or the rollout passes its progress deadline, saying why for each pod that is not ready:
+    the scheduler's message, the exit code and last log lines, a failing readiness probe.
+
+    Raises:
+        EndpointNotFound: No such endpoint.
+        EndpointNotReady: Not ready within ``timeout`` or failing for good; ``problems`` per pod.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        deployment = _deployment(api, name, namespace)
+        endpoint = _endpoint(deployment)
+        total = int(deployment.get("status", {}).get("replicas") or 0)
+        if endpoint.ready and total == endpoint.replicas:
+            return endpoint
+        pods = _pods(api, name, namespace)
+        stuck = _progress_deadline_exceeded(deployment) or any(_failing(pod) for pod in pods)
+        if stuck or time.monotonic() >= deadline:
+            why = "is failing" if stuck else f"is not ready after {timeout:g} s"
+            problems = [_pod_problem(api, pod) for pod in pods if not _pod_ready(pod)]
+            raise EndpointNotReady(
+                f"Endpoint {namespace}/{name} {why}: {endpoint.available} of {endpoint.replicas} replicas available, "
+                f"{endpoint.updated} updated.", [p for p in problems if p] or ["no pod of it is failing yet"])
+        time.sleep(poll)
+
+
+def _pods(api: Any, name: str, namespace: str) -> list[dict[str, Any]]:
+    import kubernetes
+
+    selector = ",".join(f"{key}={value}" for key, value in endpoint_selector(name).items())
+    with translated(f"list the pods of endpoint {namespace}/{name}"):
+        listed = kubernetes.client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector,
+                                                                        _preload_content=False)
+    return list(json.loads(listed.data)["items"])
+
+
+def _progress_deadline_exceeded(deployment: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+               for c in deployment.get("status", {}).get("conditions") or [])
+
+
+def _container_status(pod: Mapping[str, Any]) -> dict[str, Any]:
+    statuses: list[dict[str, Any]] = pod.get("status", {}).get("containerStatuses") or []
+    return dict(statuses[0]) if statuses else {}
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod.get("status", {}).get("conditions") or [])
+
+
+def _failing(pod: Mapping[str, Any]) -> bool:
+    """A pod that will not come up by waiting: a bad image name or config, or a server that keeps exiting."""
+    status = _container_status(pod)
+    state = status.get("state", {})
+    if state.get("waiting", {}).get("reason", "") in ("InvalidImageName", "CreateContainerConfigError"):
+        return True
+    terminated = state.get("terminated") or status.get("lastState", {}).get("terminated") or {}
+    return bool(terminated.get("exitCode")) and int(status.get("restartCount") or 0) >= CRASH_RESTARTS
+
+
+# What the server's exit codes mean (see jupyter_mlflow_k8s/serving/__main__.py).
+_EXIT_CODES = {2: "bad arguments or a model URI that cannot be loaded", 3: "its port was already in use"}
+
+
+def _pod_problem(api: Any, pod: Mapping[str, Any]) -> str:
+    """Why one pod is not ready, in the user's words."""
+    name = pod["metadata"]["name"]
+    for condition in pod.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"pod {name}: not scheduled: {condition.get('reason', '')}: {condition.get('message', '')}"
+    status = _container_status(pod)
+    state, last = status.get("state", {}), status.get("lastState", {})
+    waiting = state.get("waiting", {})
+    terminated = state.get("terminated") or last.get("terminated") or {}
+    if waiting.get("reason") in WAITING_FAILURES:
+        return f"pod {name}: {WAITING_FAILURES[waiting['reason']]}: {waiting.get('message', '')}".rstrip(": ")
+    if terminated:
+        code = terminated.get("exitCode")
+        meaning = _EXIT_CODES.get(int(code or 0)) or str(terminated.get("reason") or "it stopped")
+        if terminated.get("reason") == "OOMKilled":
+            meaning = "it used more memory than its limit: ask for more memory"
+        restarts = int(status.get("restartCount") or 0)
+        said = str(terminated.get("message") or "").strip()  # the termination message, else the log's end
+        tail = "\n".join(f"    {line}" for line in said.splitlines()[-15:]) if said else \
+            _log_tail(api, pod, previous="terminated" not in state)
+        return (f"pod {name}: the server exited with code {code} ({meaning}), restarted {restarts} times"
+                + (f"; it said:\n{tail}" if tail else ""))
+    if "running" in state:
+        return (f"pod {name}: running, but /ping has not answered 200 yet: the model is still loading, or the "
+                "server cannot load it (see its log)")
+    return f"pod {name}: {waiting.get('reason') or pod.get('status', {}).get('phase', 'Pending')}"
+
+
+def _log_tail(api: Any, pod: Mapping[str, Any], previous: bool, lines: int = 15) -> str:
+    import kubernetes
+
+    with contextlib.suppress(Exception):
+        response = kubernetes.client.CoreV1Api(api).read_namespaced_pod_log(
+            pod["metadata"]["name"], pod["metadata"]["namespace"], container=CONTAINER, tail_lines=lines,
+            previous=previous, _preload_content=False)
+        text: str = response.data.decode(errors="replace")
+        return "\n".join(f"    {line}" for line in text.rstrip().splitlines())
+    return ""
+
+
+def undeploy(api: Any, name: str, namespace: str, *, wait: float | None = UNDEPLOY_WAIT_SECONDS) -> None:
+    """Delete an endpoint: its autoscaler, Service, Deployment (with its pods) and Secret.
+
+    Args:
+        api: An ``ApiClient`` of the official client.
+        name: The endpoint's name.
+        namespace: Its namespace.
+        wait: Seconds to wait for its pods to be gone (their servers stopped); None: do not wait.
+
+    Raises:
+        EndpointNotFound: Neither its Deployment nor its Service is there.
+        ConflictError: One of those objects exists and this package did not make it (nothing is deleted).
+        EndpointError: Pods still there after ``wait``.
+        JMKError: A refusal of the Kubernetes API, in its family.
+    """
+    found = ensure_owned(api, _objects(name), namespace)
+    if found[("Service", name)] is None and found[("Deployment", name)] is None:
+        raise EndpointNotFound(f"No endpoint {name!r} in namespace {namespace!r}. List them with "
+                               "list_endpoints(api, namespace) (or `jmk serve list`).")
+    for kind, object_name in _objects(name):
+        if found[(kind, object_name)] is not None:
+            delete_owned(api, kind, object_name, namespace)
+    deadline = time.monotonic() + (wait or 0)
+    while wait is not None and (left := _pods(api, name, namespace)):
+        if time.monotonic() >= deadline:
+            raise EndpointError(f"Endpoint {namespace}/{name} is deleted but {len(left)} of its pods are still "
+                                f"stopping after {wait:g} s; they go when their servers exit.")
+        time.sleep(0.2)
+
+
+def list_endpoints(api: Any, namespace: str) -> list[Endpoint]:
+    """The namespace's endpoints (Deployments labelled as ours), by name."""
+    import kubernetes
+
+    with translated(f"list the endpoints of namespace {namespace!r}"):
+        listed = json.loads(kubernetes.client.AppsV1Api(api).list_namespaced_deployment(
+            namespace, label_selector=SELECTOR, _preload_content=False).data)
+    autoscaled: set[str] = set()
+    with contextlib.suppress(kubernetes.client.ApiException):  # no autoscaling/v2 on this cluster
+        hpas = kubernetes.client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler(
+            namespace, label_selector=SELECTOR, _preload_content=False)
+        autoscaled = {item["metadata"]["name"] for item in json.loads(hpas.data)["items"]}
+    endpoints = [_endpoint(item) for item in listed["items"]]
+    return sorted((replace(e, autoscaled=e.name in autoscaled) for e in endpoints), key=lambda e: e.name)

@@ -6,7 +6,7 @@ flags and presets to :mod:`jupyter_mlflow_k8s.k8s`.
 
 from __future__ import annotations
 
-from ..k8s.names import MANAGED_BY, label_value
+from ..k8s.names import MANAGED_BY, label_value, payload_key
 from ..k8s.pods import PAYLOAD_MOUNT, SHM_MOUNT, PodSettings, PVCMount, placement
 from ..k8s.presets import PRESET_KEYS, apply_preset, check_image, parse_secret, parse_volume
 from .kubernetes.manifests import (
@@ -23,7 +23,6 @@ from .kubernetes.manifests import (
     build_payload_secret,
     job_labels,
     job_name,
-    payload_key,
 )
 
 __all__ = [

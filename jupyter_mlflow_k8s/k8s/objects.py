@@ -109,7 +109,8 @@ def create(api: Any, obj: Mapping[str, Any]) -> dict[str, Any]:
         return _data(_method(api, kind, "create")(namespace, dict(obj), _preload_content=False))
 
 
-def apply(api: Any, obj: Mapping[str, Any], *, patch: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, dict]:
+def apply(api: Any, obj: Mapping[str, Any], *,
+          patch: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
     """Create ``obj``, or update the object of its name when it is ours: replaced, or ``patch`` applied.
 
     Args:
@@ -149,13 +150,14 @@ def apply(api: Any, obj: Mapping[str, Any], *, patch: Sequence[Mapping[str, Any]
         return "replaced", _data(_method(api, kind, "replace")(name, namespace, body, _preload_content=False))
 
 
-def ensure_owned(api: Any, targets: Iterable[tuple[str, str]], namespace: str) -> dict[tuple[str, str], dict | None]:
+def ensure_owned(api: Any, targets: Iterable[tuple[str, str]],
+                 namespace: str) -> dict[tuple[str, str], dict[str, Any] | None]:
     """Each ``(kind, name)`` as it is now (None: absent), after checking that every one there is ours.
 
     Raises:
         ConflictError: One exists that is not ours (nothing has been changed).
     """
-    found: dict[tuple[str, str], dict | None] = {}
+    found: dict[tuple[str, str], dict[str, Any] | None] = {}
     for kind, name in targets:
         found[(kind, name)] = existing = read(api, kind, name, namespace)
         if existing is not None and not is_managed(existing):

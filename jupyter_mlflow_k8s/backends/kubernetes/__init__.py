@@ -33,9 +33,12 @@ from ...exceptions import JMKError, JMKUsageError
 from ...k8s import (
     CREDENTIAL_VARIABLES,
     MANAGED_BY,
+    PAYLOAD_MOUNT,
+    WAITING_FAILURES,
     PodSettings,
     api_client,
     api_error,
+    label_value,
     layered_settings,
     parse_secret,
     resolve_namespace,
@@ -48,18 +51,16 @@ from ...payload import Payload
 from ...storage import get_storage, read_url
 from ...util.identity import current_user
 from ..base import Backend, backends
-from .diagnosis import EVENT_WAIT_SECONDS, WAITING_FAILURES, Verdict, diagnose
+from .diagnosis import EVENT_WAIT_SECONDS, Verdict, diagnose
 from .manifests import (
     CONTAINER,
     JOB_ID_LABEL,
-    PAYLOAD_MOUNT,
     RECORD_ANNOTATION,
     USER_LABEL,
     build_env_secret,
     build_job,
     build_payload_secret,
     job_name,
-    label_value,
 )
 from .watch import DELETED_PODS_KEPT, ClusterWatch, LogPump, result_storage
 

@@ -614,3 +614,54 @@ def test_apply_and_delete_on_a_cluster(state_dir: Path, churn: Path, monkeypatch
     old.install(monkeypatch)
     with pytest.raises(JMKError, match="no batch/v1 CronJob"):
         apply_schedule_manifests(manifests)
+
+
+# -- the CronJob's pod is shaped like a job's, in the jobs' namespace ------------------------
+
+
+def test_a_cronjob_pod_has_the_backends_tolerations_pull_secrets_and_service_account(
+        state_dir: Path, churn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from traitlets.config import Config
+
+    from jupyter_mlflow_k8s.pipelines.schedule_cli import _schedule_on_kubernetes
+
+    dedicated = {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    config = Config({"KubernetesBackend": {
+        "namespace": "team-gpu", "tolerations": [dedicated], "image_pull_secrets": ["regcred"],
+        "service_account_name": "trainer", "node_selector": {"gpu": "a100"}, "secrets": ["wandb"]}})
+    args = argparse.Namespace(pipeline=str(churn), cron="0 3 * * *", namespace=None, image="runner:1", name=None,
+                              missed="run-once", allow_overlap=False, print=True)
+    assert _schedule_on_kubernetes(args, {}, config) == 0
+    cronjob = list(yaml.safe_load_all(capsys.readouterr().out))[1]
+    validate_manifest(cronjob)
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert cronjob["metadata"]["namespace"] == "team-gpu"
+    assert pod["tolerations"] == [dedicated, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "trainer" and pod["nodeSelector"] == {"gpu": "a100"}
+    assert {"secretRef": {"name": "wandb"}} in pod["containers"][0]["envFrom"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the steps' most, still
+
+
+def test_inside_a_pod_a_cronjob_lands_in_the_pods_namespace(
+        state_dir: Path, churn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from jupyter_mlflow_k8s.k8s import namespace as namespace_module
+    from jupyter_mlflow_k8s.pipelines.schedule import kube_namespace
+
+    account = tmp_path / "serviceaccount" / "namespace"
+    account.parent.mkdir()
+    account.write_text("team-pod\n")
+    monkeypatch.setattr(namespace_module, "SERVICE_ACCOUNT_NAMESPACE", account)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # in a pod, with its service account only
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("JMK_K8S_NAMESPACE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert kube_namespace() == "team-pod"
+    assert kube_namespace("ml") == "ml"
+    assert jmk(["pipeline", "schedule", str(churn), "--cron", "@daily", "--kubernetes", "--image", "runner:1",
+                "--print"]) == 0
+    configmap, cronjob = yaml.safe_load_all(capsys.readouterr().out)
+    assert configmap["metadata"]["namespace"] == cronjob["metadata"]["namespace"] == "team-pod"

@@ -231,7 +231,7 @@ def test_undeploy_refuses_objects_we_did_not_make_and_deletes_nothing(api: FakeA
 
 def test_kubernetes_errors_of_deploy_and_undeploy_are_families_not_api_exceptions(api: FakeApi) -> None:
     api.fail[("Secret", "create")] = 403
-    with pytest.raises(UnavailableError, match="Cannot create Secret team/iris-env: .* lacks a right"):
+    with pytest.raises(UnavailableError, match=r"Cannot create Secret team/iris-env: .* lacks a right"):
         deploy(object(), endpoint(), k8s.PodSettings(namespace="team"), credentials={}, pin_alias=False)
     api.fail.clear()
     api.add("Deployment", "iris", OURS)

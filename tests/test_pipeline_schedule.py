@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import psutil
@@ -665,3 +666,39 @@ def test_inside_a_pod_a_cronjob_lands_in_the_pods_namespace(
                 "--print"]) == 0
     configmap, cronjob = yaml.safe_load_all(capsys.readouterr().out)
     assert configmap["metadata"]["namespace"] == cronjob["metadata"]["namespace"] == "team-pod"
+
+
+@pytest.mark.k8s
+def test_a_schedule_on_the_cluster_is_applied_replaced_and_removed_only_when_ours(
+        state_dir: Path, churn: Path, k8s_cluster: Any, k8s_api: Any, k8s_namespace: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import kubernetes
+
+    from jupyter_mlflow_k8s.errors import ConflictError
+    from jupyter_mlflow_k8s.pipelines.schedule import apply_schedule_manifests, delete_schedule_manifests
+
+    monkeypatch.setenv("KUBECONFIG", str(k8s_cluster.kubeconfig))
+    manifests = build_schedule_manifests(churn, load_pipeline(churn), "0 3 * * *", namespace=k8s_namespace,
+                                         image="runner:1")
+    assert apply_schedule_manifests(manifests) == [f"created ConfigMap {k8s_namespace}/churn-model-pipeline",
+                                                   f"created CronJob {k8s_namespace}/churn-model"]
+    assert apply_schedule_manifests(manifests)[1] == f"replaced CronJob {k8s_namespace}/churn-model"
+    batch = kubernetes.client.BatchV1Api(k8s_api)
+    assert batch.read_namespaced_cron_job("churn-model", k8s_namespace).spec.time_zone == "Etc/UTC"
+
+    foreign = build_schedule_manifests(churn, load_pipeline(churn), "@daily", namespace=k8s_namespace,
+                                       image="runner:1", name="theirs")[1]
+    foreign["metadata"]["labels"] = {"app": "someone-elses"}
+    batch.create_namespaced_cron_job(k8s_namespace, foreign)
+    theirs = build_schedule_manifests(churn, load_pipeline(churn), "@daily", namespace=k8s_namespace,
+                                      image="runner:1", name="theirs")
+    with pytest.raises(ConflictError, match=f"CronJob {k8s_namespace}/theirs exists and is not managed by"):
+        apply_schedule_manifests(theirs)
+    with pytest.raises(ConflictError, match="was not made by jupyter-mlflow-k8s"):
+        delete_schedule_manifests("theirs", k8s_namespace)
+    assert batch.read_namespaced_cron_job("theirs", k8s_namespace).spec.schedule == "@daily"
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    assert "theirs-pipeline" not in [c.metadata.name for c in core.list_namespaced_config_map(k8s_namespace).items]
+
+    assert delete_schedule_manifests("churn-model", k8s_namespace) == [
+        f"deleted CronJob {k8s_namespace}/churn-model", f"deleted ConfigMap {k8s_namespace}/churn-model-pipeline"]

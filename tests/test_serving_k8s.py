@@ -179,3 +179,27 @@ def test_an_endpoint_answers_another_pod_by_its_service_dns_name(
     assert json.loads(log.strip().splitlines()[-1]) == k8s_served_model.models[0].predict(rows).tolist()
     assert list_endpoints(k8s_api, k8s_namespace)[0].url == f"http://iris-dns.{k8s_namespace}.svc.cluster.local:80"
     undeploy(k8s_api, "iris-dns", k8s_namespace)
+
+
+def test_a_deployment_and_service_we_did_not_make_are_neither_replaced_nor_deleted(
+        k8s_api: Any, k8s_namespace: str) -> None:
+    from jupyter_mlflow_k8s.errors import ConflictError
+
+    apps, core = kubernetes.client.AppsV1Api(k8s_api), kubernetes.client.CoreV1Api(k8s_api)
+    labels = {"app": "someone-elses"}
+    apps.create_namespaced_deployment(k8s_namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "theirs", "labels": labels},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "example.invalid/c:1"}]}}}})
+    core.create_namespaced_service(k8s_namespace, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "theirs", "labels": labels},
+        "spec": {"selector": labels, "ports": [{"port": 80}]}})
+    settings = PodSettings(namespace=k8s_namespace)
+    with pytest.raises(ConflictError, match=f"(Service|Deployment) {k8s_namespace}/theirs exists and is not managed by"):
+        deploy(k8s_api, EndpointSpec(name="theirs", model_uri="models:/iris/1"), settings, credentials={},
+               pin_alias=False)
+    with pytest.raises(ConflictError, match="is not managed by jupyter_mlflow_k8s"):
+        undeploy(k8s_api, "theirs", k8s_namespace, wait=None)
+    assert apps.read_namespaced_deployment("theirs", k8s_namespace).metadata.labels == labels
+    assert core.read_namespaced_service("theirs", k8s_namespace).metadata.labels == labels
+    assert not [s for s in core.list_namespaced_secret(k8s_namespace).items if s.metadata.name == "theirs-env"]

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...errors import JMKUsageError, NotFoundError, UnavailableError
-from ...k8s import api_client, apply, delete_owned, resolve_namespace
+from ...k8s import api_client, apply, delete_owned, ensure_owned, resolve_namespace
 from .cronjob import configmap_name
 
 
@@ -33,6 +33,8 @@ def _api_client() -> Any:
 def apply_schedule_manifests(manifests: Sequence[Mapping[str, Any]]) -> list[str]:
     """Create each ConfigMap and CronJob, or replace the one of that name this package made.
 
+    When one of them exists and is not ours, nothing is changed.
+
     Returns:
         What was done, e.g. ``["created ConfigMap team/churn-pipeline", "replaced CronJob team/churn"]``.
 
@@ -42,6 +44,9 @@ def apply_schedule_manifests(manifests: Sequence[Mapping[str, Any]]) -> list[str
         JMKError: Another refusal of the API (no ``timeZone`` before 1.27 ...), in its family.
     """
     api = _api_client()
+    for namespace in {m["metadata"]["namespace"] for m in manifests}:  # refuse before changing anything
+        ensure_owned(api, [(m["kind"], m["metadata"]["name"]) for m in manifests
+                           if m["metadata"]["namespace"] == namespace], namespace)
     done = []
     for manifest in manifests:
         kind, meta = manifest["kind"], manifest["metadata"]

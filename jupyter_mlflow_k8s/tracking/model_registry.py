@@ -166,12 +166,13 @@ def pin(ref: ModelRef | str, tracking_uri: str | None = None) -> ModelRef:
 
 
 def resolve_alias(model_uri: str, tracking_uri: str | None = None) -> str:
-    """``models:/NAME@ALIAS`` (or ``/latest``) pinned to the version it names now; other URIs as they are.
+    """``models:/NAME@ALIAS`` pinned to the version the alias names now; other URIs as they are.
 
     Every replica of an endpoint then serves the same version, whatever the alias later points to.
+    (``models:/NAME/latest`` is left as it is, as deploying always did; :func:`pin` pins it too.)
     """
     ref = ModelRef.maybe(model_uri)
-    return model_uri if ref is None or ref.is_pinned else pin(ref, tracking_uri).uri
+    return model_uri if ref is None or not ref.alias else pin(ref, tracking_uri).uri
 
 
 # -- aliases ---------------------------------------------------------------------------------------

@@ -144,7 +144,10 @@ def start_run(
     spec: JobSpec,
     inputs: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
-    """Open the job's run (status RUNNING); returns ``(experiment_id, run_id)``."""
+    """Open the job's run (status RUNNING); returns ``(experiment_id, run_id)``.
+
+    MLflow's errors arrive as the package's families (a server that does not answer: unavailable).
+    """
     from mlflow.entities import Param
 
     mlflow_client = client(tracking_uri)
@@ -153,10 +156,11 @@ def start_run(
         _experiment_ids[key] = ensure_experiment(tracking_uri, key[1], artifact_root)
     experiment_id = _experiment_ids[key]
     tags = {**run_tags(job_id, spec), **git_tags(spec.workdir)}
-    run = mlflow_client.create_run(experiment_id, tags=tags, run_name=spec.run_name)
-    params = [Param(k, v) for k, v in run_params(spec, scalar_params(inputs or {})).items()]
-    if params:
-        mlflow_client.log_batch(run.info.run_id, params=params)
+    with mlflow_errors(tracking_uri):
+        run = mlflow_client.create_run(experiment_id, tags=tags, run_name=spec.run_name)
+        params = [Param(k, v) for k, v in run_params(spec, scalar_params(inputs or {})).items()]
+        if params:
+            mlflow_client.log_batch(run.info.run_id, params=params)
     return experiment_id, run.info.run_id
 
 
@@ -205,10 +209,9 @@ def live_metrics(
     tracking_uri: str, run_id: str, plotted: int = 3
 ) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
     """A run's latest metric values, and the history of the first ``plotted`` (not ``system/``)."""
-    mlflow_client = client(tracking_uri)
-    latest = dict(sorted(mlflow_client.get_run(run_id).data.metrics.items()))
+    latest = dict(sorted(get_run(tracking_uri, run_id).data.metrics.items()))
     keys = [k for k in latest if not k.startswith("system/")][:plotted]
-    history = {k: [(float(m.step), float(m.value)) for m in mlflow_client.get_metric_history(run_id, k)] for k in keys}
+    history = {k: [(float(m.step), float(m.value)) for m in metric_history(tracking_uri, run_id, k)] for k in keys}
     return latest, history
 
 

@@ -19,12 +19,11 @@ from . import tracking
 from .backends.base import Backend, get_backend
 from .config import JMKSettings, load_settings
 from .exceptions import JobCancelled, JobFailed, JobNotFound
-from .lifecycle import end_job
+from .lifecycle import end_job, finalize_tracking
 from .models import JobRecord, JobSpec, JobState
 from .payload import Payload, load_value, stage_inputs, write_payload
 from .records import JobStore
 from .storage import Storage, get_storage
-from .tracking import finalize_tracking
 
 
 @dataclass

@@ -331,3 +331,26 @@ def test_tensor_models_batch_and_answer_as_mlflow_does(served_tensor_model: Serv
         assert text.status_code == 400  # MLflow's own words for a value that is not a number
     finally:
         server.stop()
+
+
+def test_a_model_name_with_a_quote_resolves_and_serves(mlflow_uri: str, env: dict[str, str]) -> None:
+    """Bug: the server listed a model's versions with the filter ``name='NAME'``, which a quote in NAME breaks;
+    and ``models:/NAME/latest`` was looked up as a version called "latest"."""
+    import uuid
+
+    from tests.serving_fixtures import make_served
+
+    quoted = make_served(f"o'brien-{uuid.uuid4().hex[:6]}", mlflow_uri)
+    unknown = subprocess.run([PYTHON, "-m", "jupyter_mlflow_k8s.serving", f"models:/{quoted.name}@nope",
+                              "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2
+    assert f"{quoted.name} has versions 1, 2 and aliases prod" in unknown.stderr, unknown.stderr
+    server = Server(f"models:/{quoted.name}/latest", env=env)
+    try:
+        assert requests.get(f"{server.url}/health", timeout=10).json()["version"] == quoted.versions[1]
+        frame = _frame(5)
+        answer = server.post(split(frame))
+        assert answer.status_code == 200 and answer.headers["X-JMK-Model-Version"] == quoted.versions[1]
+        assert answer.json()["predictions"] == quoted.models[1].predict(frame).tolist()
+    finally:
+        server.stop()

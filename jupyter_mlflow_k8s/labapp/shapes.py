@@ -1,21 +1,23 @@
 """The REST API's wire shapes (openapi.yaml) and the blocking reads that fill them.
 
 Owns: Job, RunRow, model and version dicts, built from job records and MLflow entities, and the
-MLflow searches behind ``/jmk/api/runs`` and ``/jmk/api/models``. Everything here blocks (files,
-MLflow): handlers call it from worker threads, never on the event loop. No tornado here.
+reads behind ``/jmk/api/runs`` and ``/jmk/api/models``, all through the tracking facade (never
+MLflow's client). Everything here blocks (files, MLflow): handlers call it from worker threads,
+never on the event loop. No tornado here.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import Any
 
+from .. import tracking
+from ..errors import ConflictError, NotFoundError
 from ..exceptions import JMKUsageError
 from ..models import JobRecord
-from ..tracking import client, experiment_name
+from ..tracking import experiment_name, model_registry
 
 #: Tags a RunRow carries (the detail view carries all of them).
 ROW_TAGS = ("mlflow.runName",)
@@ -25,12 +27,9 @@ MAX_RESULTS = 50_000  # MLflow's own ceiling for one search page
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 
 
-class NotFound(JMKUsageError, LookupError):
-    """Something named in the URL does not exist; the message says what and how to list them."""
-
-
-class Conflict(JMKUsageError):
-    """The request cannot be done in the resource's current state (a finished job cannot be cancelled)."""
+# The families under the names the REST service and handlers import (404 and 409).
+NotFound = NotFoundError
+Conflict = ConflictError
 
 
 def finite(value: Any) -> Any:
@@ -128,54 +127,19 @@ def run_row(run: Any, experiment_names: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _experiment_names(mlflow_client: Any) -> dict[str, str]:
-    """Every experiment's name by id, deleted ones included (their runs can still be asked for)."""
-    from mlflow.entities import ViewType
-
-    names: dict[str, str] = {}
-    token = None
-    while True:
-        page = mlflow_client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
-        names.update({e.experiment_id: e.name for e in page})
-        token = page.token
-        if not token:
-            return names
-
-
-def _active_experiments(mlflow_client: Any) -> list[str]:
-    from mlflow.entities import ViewType
-
-    ids: list[str] = []
-    token = None
-    while True:
-        page = mlflow_client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
-        ids += [e.experiment_id for e in page]
-        token = page.token
-        if not token:
-            return ids
-
-
 def search_runs(tracking_uri: str, filter_string: str, order_by: list[str], experiment_ids: list[str],
                 page_token: str | None, max_results: int) -> dict[str, Any]:
     """One page of runs across ``experiment_ids`` (every active experiment when empty)."""
-    from mlflow.entities import ViewType
-
-    mlflow_client = client(tracking_uri)
-    names = _experiment_names(mlflow_client)
+    names = tracking.experiment_names(tracking_uri)
     unknown = [e for e in experiment_ids if e not in names]
     if unknown:
         raise NotFound(f"No experiment with id {', '.join(unknown)}. Known ids: {', '.join(sorted(names)) or 'none'}.")
-    ids = experiment_ids or _active_experiments(mlflow_client)
+    ids = experiment_ids or [e.experiment_id for e in tracking.experiments(tracking_uri)]
     if not ids:
         return {"runs": [], "next_page_token": None, "total": 0}
-    page = mlflow_client.search_runs(
-        experiment_ids=ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-        max_results=max_results, order_by=order_by or None, page_token=page_token,
-    )
-    runs = [run_row(run, names) for run in page]
-    next_token = page.token or None
-    if isinstance(next_token, bytes):  # the SQL store's tokens are base64 bytes
-        next_token = next_token.decode()
+    found, next_token = tracking.search_runs(tracking_uri, ids, filter_string, order_by or None, max_results,
+                                             page_token)
+    runs = [run_row(run, names) for run in found]
     # MLflow does not count matches; the total is known only when one page holds them all.
     total = len(runs) if not page_token and not next_token else None
     return {"runs": runs, "next_page_token": next_token, "total": total}
@@ -183,10 +147,10 @@ def search_runs(tracking_uri: str, filter_string: str, order_by: list[str], expe
 
 def run_detail(tracking_uri: str, run_id: str) -> dict[str, Any]:
     """A RunRow with every param and tag, and the keys of its metrics."""
-    mlflow_client = client(tracking_uri)
-    run = mlflow_client.get_run(run_id)
-    experiment = mlflow_client.get_experiment(run.info.experiment_id)
-    row = run_row(run, {experiment.experiment_id: experiment.name})
+    run = tracking.get_run(tracking_uri, run_id)
+    experiment = tracking.experiment_by_id(tracking_uri, run.info.experiment_id)
+    names = {experiment.experiment_id: experiment.name} if experiment is not None else {}
+    row = run_row(run, names)
     row.update(params=dict(sorted(run.data.params.items())), tags=dict(sorted(run.data.tags.items())),
                metric_keys=sorted(run.data.metrics))
     return row
@@ -194,12 +158,11 @@ def run_detail(tracking_uri: str, run_id: str) -> dict[str, Any]:
 
 def metric_history(tracking_uri: str, run_id: str, key: str) -> dict[str, Any]:
     """Every logged value of one metric of a run, by step then time."""
-    mlflow_client = client(tracking_uri)
-    run = mlflow_client.get_run(run_id)
+    run = tracking.get_run(tracking_uri, run_id)
     if key not in run.data.metrics:
         known = ", ".join(sorted(run.data.metrics)) or "none"
         raise NotFound(f"Run {run_id} has no metric {key!r}. Its metrics: {known}.")
-    points = sorted(mlflow_client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    points = sorted(tracking.metric_history(tracking_uri, run_id, key), key=lambda m: (m.step, m.timestamp))
     history = [{"step": m.step, "value": m.value, "timestamp": _seconds(m.timestamp)} for m in points]
     return {"key": key, "history": finite(history)}
 
@@ -213,9 +176,7 @@ def check_artifact_path(path: str) -> str:
 
 def list_artifacts(tracking_uri: str, run_id: str, path: str) -> dict[str, Any]:
     """The files and folders directly under ``path`` in a run's artifacts."""
-    mlflow_client = client(tracking_uri)
-    mlflow_client.get_run(run_id)  # an unknown run is a 404, not an empty listing
-    files = mlflow_client.list_artifacts(run_id, check_artifact_path(path) or None)
+    files = tracking.list_artifacts(tracking_uri, run_id, check_artifact_path(path) or None)
     return {"files": [{"path": f.path, "is_dir": f.is_dir, "file_size": f.file_size} for f in files]}
 
 
@@ -245,21 +206,10 @@ def _version(version: Any, aliases: dict[str, list[str]] | None = None) -> dict[
     }
 
 
-def _pages(search: Any, **kwargs: Any) -> Iterable[Any]:
-    token = None
-    while True:
-        page = search(page_token=token, **kwargs)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def list_models(tracking_uri: str) -> dict[str, Any]:
     """Every registered model with its latest versions, aliases and tags."""
-    mlflow_client = client(tracking_uri)
     models = []
-    for model in _pages(mlflow_client.search_registered_models, max_results=1000):
+    for model in model_registry.registered_models(tracking_uri):
         models.append({
             "name": model.name,
             "description": model.description or "",
@@ -271,20 +221,10 @@ def list_models(tracking_uri: str) -> dict[str, Any]:
     return {"models": sorted(models, key=lambda m: m["name"].lower())}
 
 
-def _quoted(value: str) -> str:
-    """``value`` as a string literal of MLflow's filter syntax."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise JMKUsageError(f"Model name {value!r} has both kinds of quotes; it cannot be searched for.")
-
-
 def list_versions(tracking_uri: str, name: str) -> dict[str, Any]:
     """Every version of a registered model, newest first."""
-    mlflow_client = client(tracking_uri)
-    aliases = _aliases_by_version(mlflow_client.get_registered_model(name))  # 404 for an unknown model
-    found = _pages(mlflow_client.search_model_versions, filter_string=f"name = {_quoted(name)}")
+    aliases = _aliases_by_version(model_registry.registered_model(tracking_uri, name))  # 404 for an unknown model
+    found = model_registry.model_versions(tracking_uri, name)
     versions = sorted((_version(v, aliases) for v in found), key=lambda v: int(v["version"]), reverse=True)
     return {"versions": versions}
 
@@ -298,22 +238,14 @@ def parse_version(body: Any) -> str:
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> dict[str, Any]:
-    """Point ``alias`` of model ``name`` at ``version``."""
-    mlflow_client = client(tracking_uri)
-    mlflow_client.get_registered_model(name)
-    mlflow_client.get_model_version(name, version)  # 404 for an unknown version
-    mlflow_client.set_registered_model_alias(name, alias, version)
+    """Point ``alias`` of model ``name`` at ``version`` (404 for an unknown model or version)."""
+    model_registry.set_alias(tracking_uri, name, alias, version)
     return {"name": name, "alias": alias, "version": version}
 
 
 def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
     """Remove ``alias`` from model ``name``; :class:`NotFound` when it has no such alias."""
-    mlflow_client = client(tracking_uri)
-    model = mlflow_client.get_registered_model(name)
-    if alias not in (model.aliases or {}):
-        known = ", ".join(sorted(model.aliases or {})) or "none"
-        raise NotFound(f"Model {name!r} has no alias {alias!r}. Its aliases: {known}.")
-    mlflow_client.delete_registered_model_alias(name, alias)
+    model_registry.delete_alias(tracking_uri, name, alias)
 
 
 # -- endpoints -------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""``%runs``: the recent MLflow runs of an experiment, as a sortable table with metric plots."""
+"""``%runs``: the recent MLflow runs of an experiment, as a sortable table with metric plots.
+
+Reads through the tracking facade (:mod:`jupyter_mlflow_k8s.tracking`), never MLflow's client.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from typing import Any
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from .. import tracking
+from ..errors import NotFoundError
 from ..exceptions import JMKUsageError
 from ..widgets.runs import RunsTable, RunSummary, runs_display
 from .common import notebook_path, service_for, user_errors
@@ -15,34 +20,27 @@ from .common import notebook_path, service_for, user_errors
 DEFAULT_MAX_RUNS = 20
 
 
-def unknown_experiment(mlflow_client: Any, name: str) -> JMKUsageError:
+def unknown_experiment(tracking_uri: str, name: str) -> JMKUsageError:
     """The error for an experiment that does not exist, naming some that do."""
-    from mlflow.entities import ViewType
-
-    known = [e.name for e in mlflow_client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000)]
+    known = [e.name for e in tracking.experiments(tracking_uri)]
     close = difflib.get_close_matches(name, known, n=3)
     recent = [n for n in known if n not in close][: 8 - len(close)]
     hint = f" Did you mean {', '.join(repr(n) for n in close)}?" if close else ""
     listed = ", ".join(repr(n) for n in [*close, *recent])
     more = f" ({len(known)} in all)" if len(known) > len(close) + len(recent) else ""
-    return JMKUsageError(
+    return NotFoundError(
         f"No MLflow experiment {name!r}.{hint} Experiments: {listed or 'none yet'}{more}. "
         "Type %runs NAME with one of them, or %runs alone for the notebook's experiment."
     )
 
 
-def find_experiment(mlflow_client: Any, name: str) -> Any:
+def find_experiment(tracking_uri: str, name: str) -> Any:
     """Experiment ``name`` (or id), active; a usage error naming known experiments otherwise."""
-    from mlflow.exceptions import MlflowException
-
-    experiment = mlflow_client.get_experiment_by_name(name)
+    experiment = tracking.experiment_by_name(tracking_uri, name)
     if experiment is None and name.isdigit():
-        try:
-            experiment = mlflow_client.get_experiment(name)
-        except MlflowException:
-            experiment = None
+        experiment = tracking.experiment_by_id(tracking_uri, name)
     if experiment is None:
-        raise unknown_experiment(mlflow_client, name)
+        raise unknown_experiment(tracking_uri, name)
     if experiment.lifecycle_stage != "active":
         raise JMKUsageError(f"MLflow experiment {name!r} is deleted. Restore it in the MLflow UI to list its runs.")
     return experiment
@@ -85,20 +83,16 @@ class RunsMagics(Magics):
         args = parse_argstring(self.runs, line)
         if args.max < 1:
             raise JMKUsageError(f"--max {args.max}: give the number of runs to list, such as --max 20.")
-        from mlflow.entities import ViewType
-
-        from ..tracking import client
-
-        mlflow_client = client(service_for(self.shell).settings.tracking_uri)
+        uri = service_for(self.shell).settings.tracking_uri
         name = args.experiment.strip("\"'") if args.experiment else None
-        experiments = self._experiments(mlflow_client, name)
+        experiments = self._experiments(uri, name)
         found = (
-            mlflow_client.search_runs(
-                experiment_ids=[e.experiment_id for e in experiments],
-                run_view_type=ViewType.ACTIVE_ONLY,
+            tracking.search_runs(
+                uri,
+                [e.experiment_id for e in experiments],
                 max_results=args.max,
                 order_by=["attributes.start_time DESC"],
-            )
+            )[0]
             if experiments
             else []
         )
@@ -110,27 +104,25 @@ class RunsMagics(Magics):
             sort=args.sort,
             descending=args.desc if args.sort or args.desc else None,
             metric=args.metric,
-            history=lambda run_id, key: [(m.step, m.value) for m in mlflow_client.get_metric_history(run_id, key)],
+            history=lambda run_id, key: [(m.step, m.value) for m in tracking.metric_history(uri, run_id, key)],
             caption=f"{len(runs)} most recent run{'s' if len(runs) != 1 else ''} of {where}",
             empty_message=f"No runs in {where} yet. A %%train cell records one per job.",
         )
         return runs_display(table, self.shell)
 
-    def _experiments(self, mlflow_client: Any, name: str | None) -> list[Any]:
+    def _experiments(self, tracking_uri: str, name: str | None) -> list[Any]:
         """The experiment named, else the notebook's if it exists, else every active one."""
-        from mlflow.entities import ViewType
-
         if name:
-            return [find_experiment(mlflow_client, name)]
+            return [find_experiment(tracking_uri, name)]
         notebook = notebook_path(self.shell)
         if notebook:
             from ..models import JobSpec
-            from ..tracking import experiment_name
 
-            own = mlflow_client.get_experiment_by_name(experiment_name(JobSpec(code="", notebook=notebook)))
+            own_name = tracking.experiment_name(JobSpec(code="", notebook=notebook))
+            own = tracking.experiment_by_name(tracking_uri, own_name)
             if own is not None and own.lifecycle_stage == "active":
                 return [own]
-        return list(mlflow_client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000))
+        return tracking.experiments(tracking_uri)
 
 
 __all__ = ["RunsMagics", "find_experiment"]

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -40,6 +40,9 @@ from ..lifecycle import end_job
 from ..models import JobRecord, JobSpec, JobState
 from .model import Pipeline, PipelineRun, Step, StepResult
 from .spec import resolve_parameters, topological_order, upstream, validate
+
+if TYPE_CHECKING:
+    from ..tracking import RunWriter
 
 Event = Callable[[PipelineRun, StepResult], None]
 RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
@@ -261,7 +264,7 @@ class PipelineEngine:
             )
         self.run_dir(run.run_id).mkdir(parents=True, exist_ok=True)
         # Imported here, before the threads below start, so that no two of them import at once (MLflow loads on one).
-        from .. import tracking  # noqa: F401 - the steps' threads end their job records through it
+        from .. import tracking  # noqa: F401 - the steps' threads close their jobs' runs through it (lifecycle)
         if any(s.backend == "local" for s in pipeline.steps.values()):
             import papermill  # noqa: F401
         # Steps log to the same MLflow as the engine, the embedded default included (no variable set).
@@ -488,7 +491,7 @@ class _Tracker:
         self.uri = settings.tracking_uri
         self.settings = settings
         self.pipeline, self.run = pipeline, run
-        self.client: Any = None
+        self.client: RunWriter | None = None
         self.experiment_id = ""
         self.opened = threading.Event()
         self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -503,20 +506,18 @@ class _Tracker:
     def _open(self) -> None:
         pipeline, run = self.pipeline, self.run
         try:
-            from .. import tracking
+            from ..tracking import RunWriter
 
-            self.client = tracking.client(self.uri)
+            self.client = RunWriter(self.uri)
             experiment = f"pipeline-{pipeline.name}"
             # Artifacts under the state directory with a SQLite store, as a job's (not ./mlruns beside the notebooks).
             root = self.settings.artifact_root if self.uri.startswith("sqlite:") else None
-            self.experiment_id = tracking.ensure_experiment(self.client, experiment, root)
+            self.experiment_id = self.client.experiment(experiment, root)
             if not run.mlflow_run_id:
-                parent = self.client.create_run(self.experiment_id, run_name=f"{pipeline.name} {run.run_id}",
-                                                start_time=int(run.created * 1000),
-                                                tags={"jmk.pipeline": pipeline.name, "jmk.pipeline_run": run.run_id})
-                run.mlflow_run_id = parent.info.run_id
-                for name, value in pipeline.parameters.items():
-                    self.client.log_param(run.mlflow_run_id, name, str(value)[:6000])
+                run.mlflow_run_id = self.client.create_run(
+                    self.experiment_id, run_name=f"{pipeline.name} {run.run_id}", start_time=int(run.created * 1000),
+                    tags={"jmk.pipeline": pipeline.name, "jmk.pipeline_run": run.run_id})
+                self.client.log_params(run.mlflow_run_id, pipeline.parameters)
         except Exception as exc:
             print(f"[jmk] pipeline {pipeline.name}: not tracked in MLflow ({exc})")
             self.client = None
@@ -546,14 +547,12 @@ class _Tracker:
             tags = {"mlflow.parentRunId": self.run.mlflow_run_id, "jmk.step": result.name,
                     "jmk.cache_hit": str(cache_hit).lower(), "jmk.reason": result.reason[:5000]}
             if result.run_id:  # the step ran as a job: its own run is the child
-                for key, value in tags.items():
-                    self.client.set_tag(result.run_id, key, value)
+                self.client.set_tags(result.run_id, tags)
             else:
                 start = int((result.started or time.time()) * 1000)
                 result.run_id = self.client.create_run(self.experiment_id, run_name=result.name, start_time=start,
-                                                       tags=tags).info.run_id
-            for name, value in result.parameters.items():
-                self.client.log_param(result.run_id, name, str(value)[:6000])
+                                                       tags=tags)
+            self.client.log_params(result.run_id, result.parameters)
             self.client.log_dict(result.run_id, result.outputs, "outputs.json")
             if result.executed_notebook and Path(result.executed_notebook).exists():
                 self.client.log_artifact(result.run_id, result.executed_notebook)
@@ -561,7 +560,7 @@ class _Tracker:
             self.client.log_metric(result.run_id, "duration_seconds", duration)
             status = "FINISHED" if result.state in DONE else "FAILED"
             end = int((result.finished or time.time()) * 1000)
-            self.client.set_terminated(result.run_id, status=status, end_time=end)
+            self.client.terminate(result.run_id, status=status, end_time=end)
         except Exception as exc:
             print(f"[jmk] step {result.name}: MLflow child run incomplete ({exc})")
 
@@ -577,6 +576,6 @@ class _Tracker:
         try:
             status = "FINISHED" if run.state == "succeeded" else "FAILED"
             end = int((run.finished or time.time()) * 1000)
-            self.client.set_terminated(run.mlflow_run_id, status=status, end_time=end)
+            self.client.terminate(run.mlflow_run_id, status=status, end_time=end)
         except Exception as exc:
             print(f"[jmk] pipeline run {run.run_id}: MLflow parent run not closed ({exc})")

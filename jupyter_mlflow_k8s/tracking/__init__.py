@@ -1,54 +1,46 @@
-"""MLflow facade: one run per job, opened before the job starts and closed after it ends.
+"""The tracking facade: the only package that talks to MLflow's client API.
 
-MLflow is imported lazily here and nowhere on a job's critical path: the kernel (which keeps
-it imported) opens the run, and whoever sees the job end first closes it. Only this package
-talks to MLflow's client API.
+Here: one run per job, opened before the job starts (:func:`start_run`) and closed after it ends
+(:func:`close_run`; *when* to close it, exactly once, is the lifecycle's business). The rest of
+the facade, re-exported below: :mod:`.refs` (``models:/`` URIs), :mod:`.model_registry` (models,
+versions, aliases), :mod:`.experiments` (experiments, runs, the pipeline engine's
+:class:`RunWriter`), :mod:`.store` (the client cache and the translation of MLflow's errors into
+the package's families). MLflow is imported lazily, and nowhere on a job's critical path.
+This package imports neither the job records nor the lifecycle.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 import socket
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..exceptions import JMKUsageError
 from ..models import JobRecord, JobSpec
-from ..records import JobStore
 from ..util.identity import current_user
-
-if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
+from . import model_registry
+from .experiments import (
+    RunWriter,
+    ensure_experiment,
+    experiment_by_id,
+    experiment_by_name,
+    experiment_names,
+    experiments,
+    get_run,
+    list_artifacts,
+    metric_history,
+    search_runs,
+)
+from .refs import URI_FORMS, ModelRef, check_alias, parse_model_uri
+from .store import client, mlflow_errors, translated
 
 DEFAULT_EXPERIMENT = "jmk"
-# How long a supervisor leaves closing the MLflow run to a kernel that is watching the job.
-WATCHER_GRACE_SECONDS = 5.0
-# How long a process that lost the race to close a run waits for the winner to finish.
-CLOSE_WAIT_SECONDS = 60.0
 # Closing a run retries transient failures: 0.2 + 0.4 + ... + 3.2 s, about 6 s in all.
 SET_TERMINATED_ATTEMPTS = 6
-_clients: dict[str, MlflowClient] = {}
-_clients_lock = threading.Lock()
 _experiment_ids: dict[tuple[str, str], str] = {}
-
-
-def client(tracking_uri: str) -> MlflowClient:
-    """A cached client for ``tracking_uri`` (creating the SQLite store costs a second)."""
-    with _clients_lock:  # a status view's thread and the magic may both get here
-        if tracking_uri not in _clients:
-            from mlflow.tracking import MlflowClient
-
-            if tracking_uri.startswith("sqlite:///"):
-                Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            _clients[tracking_uri] = MlflowClient(tracking_uri=tracking_uri)
-            # Open the store now (a new SQLite file gets its tables here), not in the first call.
-            _clients[tracking_uri].search_experiments(max_results=1)
-        return _clients[tracking_uri]
 
 
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
@@ -83,24 +75,6 @@ def experiment_name(spec: JobSpec) -> str:
     if spec.notebook:
         return Path(spec.notebook).stem or DEFAULT_EXPERIMENT
     return DEFAULT_EXPERIMENT
-
-
-def ensure_experiment(mlflow_client: MlflowClient, name: str, artifact_root: str | None) -> str:
-    """The id of experiment ``name``, created (with artifacts under ``artifact_root``) if new."""
-    from mlflow.exceptions import MlflowException
-
-    found = mlflow_client.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
-    location = f"{artifact_root.rstrip('/')}/{slug}" if artifact_root else None
-    try:
-        return str(mlflow_client.create_experiment(name, artifact_location=location))
-    except MlflowException:  # created meanwhile by another process
-        found = mlflow_client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return str(found.experiment_id)
 
 
 def run_tags(job_id: str, spec: JobSpec) -> dict[str, str]:
@@ -170,19 +144,23 @@ def start_run(
     spec: JobSpec,
     inputs: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
-    """Open the job's run (status RUNNING); returns ``(experiment_id, run_id)``."""
+    """Open the job's run (status RUNNING); returns ``(experiment_id, run_id)``.
+
+    MLflow's errors arrive as the package's families (a server that does not answer: unavailable).
+    """
     from mlflow.entities import Param
 
     mlflow_client = client(tracking_uri)
     key = (tracking_uri, experiment_name(spec))
     if key not in _experiment_ids:
-        _experiment_ids[key] = ensure_experiment(mlflow_client, key[1], artifact_root)
+        _experiment_ids[key] = ensure_experiment(tracking_uri, key[1], artifact_root)
     experiment_id = _experiment_ids[key]
     tags = {**run_tags(job_id, spec), **git_tags(spec.workdir)}
-    run = mlflow_client.create_run(experiment_id, tags=tags, run_name=spec.run_name)
-    params = [Param(k, v) for k, v in run_params(spec, scalar_params(inputs or {})).items()]
-    if params:
-        mlflow_client.log_batch(run.info.run_id, params=params)
+    with mlflow_errors(tracking_uri):
+        run = mlflow_client.create_run(experiment_id, tags=tags, run_name=spec.run_name)
+        params = [Param(k, v) for k, v in run_params(spec, scalar_params(inputs or {})).items()]
+        if params:
+            mlflow_client.log_batch(run.info.run_id, params=params)
     return experiment_id, run.info.run_id
 
 
@@ -211,17 +189,6 @@ def close_run(record: JobRecord) -> None:
             time.sleep(0.2 * 2**attempt)
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process exists (a kernel that was watching may have been restarted)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _input_manifest(record: JobRecord) -> dict[str, Any] | None:
     """Name, type, size and hash of every input, from the staged payload."""
     if not record.payload_uri:
@@ -242,10 +209,9 @@ def live_metrics(
     tracking_uri: str, run_id: str, plotted: int = 3
 ) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
     """A run's latest metric values, and the history of the first ``plotted`` (not ``system/``)."""
-    mlflow_client = client(tracking_uri)
-    latest = dict(sorted(mlflow_client.get_run(run_id).data.metrics.items()))
+    latest = dict(sorted(get_run(tracking_uri, run_id).data.metrics.items()))
     keys = [k for k in latest if not k.startswith("system/")][:plotted]
-    history = {k: [(float(m.step), float(m.value)) for m in mlflow_client.get_metric_history(run_id, k)] for k in keys}
+    history = {k: [(float(m.step), float(m.value)) for m in metric_history(tracking_uri, run_id, k)] for k in keys}
     return latest, history
 
 
@@ -257,33 +223,10 @@ def run_url(record: JobRecord) -> str:
     return f"run {record.run_id} in {uri}"
 
 
-def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool = False) -> JobRecord:
-    """Close the job's MLflow run exactly once, by whichever process gets there first.
-
-    A kernel that is watching the job has MLflow imported already and closes the run in
-    milliseconds; the supervisor (``defer_to_watcher``) gives it a few seconds before doing it
-    itself, so that a job nobody watches (kernel gone) still ends with the right status.
-    """
-    if not record.state.terminal or record.tracking_final:
-        return record
-    if defer_to_watcher and record.watcher_pid and record.watcher_pid != os.getpid() and _alive(record.watcher_pid):
-        deadline = time.time() + WATCHER_GRACE_SECONDS
-        while time.time() < deadline:
-            record = store.load(record.job_id)
-            if record.tracking_final or not record.watcher_pid:
-                break
-            time.sleep(0.05)
-        if record.tracking_final:
-            return record
-    if not store.claim(record.job_id, "close-run"):
-        # Another process is closing the run: wait for it, so that "ended" means "closed".
-        deadline = time.time() + CLOSE_WAIT_SECONDS
-        while not record.tracking_final and time.time() < deadline:
-            time.sleep(0.02)
-            record = store.load(record.job_id)
-        return record
-    try:
-        close_run(record)
-    finally:
-        record = store.update(record.job_id, tracking_final=True)
-    return record
+__all__ = [
+    "DEFAULT_EXPERIMENT", "URI_FORMS", "ModelRef", "RunWriter", "check_alias", "check_reachable", "client",
+    "close_run", "ensure_experiment", "experiment_by_id", "experiment_by_name", "experiment_name",
+    "experiment_names", "experiments", "get_run", "git_tags", "list_artifacts", "live_metrics", "metric_history",
+    "mlflow_errors", "model_registry", "parse_model_uri", "run_params", "run_tags", "run_url", "scalar_params",
+    "search_runs", "start_run", "translated",
+]

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
-from ..exceptions import JMKUsageError, JobNotFound, UnknownPlugin
+from ..errors import JMKUsageError, translate
+from ..exceptions import JobFailed
 from ..jobs import JobService
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,15 +33,26 @@ def service_for(shell: Any) -> JobService:
 
 
 def user_errors(func: F) -> F:
-    """Turn our user errors into IPython's ``UsageError`` (a short message, no traceback)."""
+    """The one error rule of every magic: an error of a family becomes IPython's ``UsageError``.
+
+    Ours, and MLflow's, Kubernetes' and storage's once :func:`~jupyter_mlflow_k8s.errors.translate`
+    has said what to do about them, show as one line without a traceback. A :class:`JobFailed`
+    stays itself: its message carries the job's own traceback. Anything else is a bug and keeps its
+    traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         try:
             return func(*args, **kwargs)
-        except (JMKUsageError, JobNotFound, UnknownPlugin) as exc:
-            raise UsageError(str(exc)) from None
+        except JobFailed:
+            raise
+        except Exception as exc:
+            error = translate(exc)
+            if error is None:
+                raise
+            raise UsageError(str(error)) from None
 
     return wrapper  # type: ignore[return-value]
 

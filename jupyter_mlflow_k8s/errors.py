@@ -152,8 +152,13 @@ def _network_error(exc: BaseException) -> JMKError | None:
                                 "Check that it runs and try again.")
     urllib3 = sys.modules.get("urllib3.exceptions")
     if urllib3 is not None and isinstance(exc, urllib3.HTTPError):
-        return UnavailableError(f"A server did not answer ({type(exc).__name__}: {exc}). Check that it runs "
-                                "(for Kubernetes: the cluster and your kubeconfig) and try again.")
+        pool = getattr(exc, "pool", None)
+        where = f"{pool.scheme}://{pool.host}:{pool.port}" if getattr(pool, "host", None) else "A server"
+        reason = str(getattr(exc, "reason", None) or exc)
+        reason = reason.rsplit("): ", 1)[-1]  # the cause, without urllib3's repeat of the connection
+        return UnavailableError(f"{where} did not answer ({type(exc).__name__}: {reason}). Check that it runs "
+                                "(for the Kubernetes API: the cluster, and the kubeconfig KUBECONFIG names) "
+                                "and try again.")
     requests = sys.modules.get("requests.exceptions")
     if requests is not None and isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return UnavailableError(f"A server did not answer ({type(exc).__name__}: {exc}). Check that it runs "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 class JMKError(Exception):
@@ -152,7 +153,7 @@ def _network_error(exc: BaseException) -> JMKError | None:
                                 "Check that it runs and try again.")
     urllib3 = sys.modules.get("urllib3.exceptions")
     if urllib3 is not None and isinstance(exc, urllib3.HTTPError):
-        pool = getattr(exc, "pool", None)
+        pool: Any = getattr(exc, "pool", None)
         where = f"{pool.scheme}://{pool.host}:{pool.port}" if getattr(pool, "host", None) else "A server"
         reason = str(getattr(exc, "reason", None) or exc)
         reason = reason.rsplit("): ", 1)[-1]  # the cause, without urllib3's repeat of the connection

@@ -97,5 +97,7 @@ def test_the_backend_base_imports_no_backend() -> None:
             "assert 'jupyter_mlflow_k8s.backends.local' not in sys.modules; "
             "assert b.backends.get('local').__name__ == 'LocalBackend'; "
             "assert b.backends.get('pipeline').__name__ == 'PipelineStepBackend'; "
+            "assert b.backends.get('kubernetes').__name__ == 'KubernetesBackend'; "
+            "assert {'kubernetes', 'local', 'pipeline'} <= set(b.backends.names()); "
             "import jupyter_mlflow_k8s.storage as s; assert s.storages.get('s3').__name__ == 'S3Storage'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})

@@ -18,7 +18,7 @@ quickstart: $(STAMP)
 	mkdir -p build
 	$(BIN)/python -m papermill --log-output --kernel python3 $(QUICKSTART_ARGS) notebooks/quickstart.ipynb build/quickstart.ipynb
 
-# ruff, mypy, the docs site (Sphinx, warnings as errors), then the whole pytest suite (real kernels, real MLflow,
+# ruff, mypy, the import contracts (lint-imports, [tool.importlinter] in pyproject.toml), the docs site (Sphinx, warnings as errors), then the whole pytest suite (real kernels, real MLflow,
 # real subprocess jobs, a real Kubernetes cluster). `cluster prepare` builds the control plane, kubelet and
 # kube-proxy from Debian's packages once per machine into ~/.cache/jupyter_mlflow_k8s (about 12 minutes the
 # first time), installs the real node's Debian packages (as root) and builds the images from docker/ with
@@ -28,6 +28,7 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check jupyter_mlflow_k8s tests benchmarks docs
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m sphinx -W --keep-going -b html docs build/docs
 	tests/cluster/cluster prepare || [ $$? -eq 3 ]
 	tests/ui/ensure_chromium.sh >/dev/null || [ $$? -eq 3 ]

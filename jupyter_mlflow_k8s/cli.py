@@ -1,16 +1,24 @@
-"""``jmk``: the command line. Parses, calls the core services, prints."""
+"""``jmk``: the command line, and its one error rule. Parses, calls the core services, prints.
+
+This module composes the commands (jobs here; ``jmk pipeline``, its schedules, ``jmk scheduler``
+and ``jmk serve`` from their packages) and owns how an error ends the command: an error of a
+family, or one that :func:`~jupyter_mlflow_k8s.errors.translate` recognises (MLflow,
+Kubernetes, storage, a server that does not answer), prints ``jmk: <message>`` and exits with
+the family's ``exit_status``. Anything else is a bug and keeps its traceback. It never imports
+the magics: tables come from :mod:`~jupyter_mlflow_k8s.widgets`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .exceptions import JMKError
+from .errors import translate
 from .jobs import JobService
 
 
 def _cmd_jobs(service: JobService, args: argparse.Namespace) -> int:
-    from .magics.jobs import JobTable  # plain formatting; IPython is a dependency anyway
+    from .widgets.jobs import JobTable
 
     print(repr(JobTable(service.list()[: args.limit])))
     return 0
@@ -51,13 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     cancel.set_defaults(func=_cmd_cancel)
     from .pipelines.cli import add_commands
-    from .pipelines.schedule_cli import add_scheduler_command
+    from .pipelines.schedule_cli import add_schedule_commands, add_scheduler_command
     from .serving.cli import add_serve_command
 
-    add_commands(sub)
+    add_schedule_commands(add_commands(sub))
     add_scheduler_command(sub)
     add_serve_command(sub)
     return parser
+
+
+def report(exc: BaseException) -> int | None:
+    """Print ``jmk: <message>`` for an error of a family (or a translated one); its exit status, else ``None``."""
+    error = translate(exc)
+    if error is None:
+        return None
+    print(f"jmk: {error}", file=sys.stderr)
+    return error.exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("pipeline", "scheduler", "serve"):
             return int(args.func(args))
         return int(args.func(JobService(), args))
-    except JMKError as exc:
-        print(f"jmk: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        status = report(exc)
+        if status is None:
+            raise
+        return status
 
 
 if __name__ == "__main__":

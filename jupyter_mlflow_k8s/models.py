@@ -147,10 +147,6 @@ class JobSpec:
     preset: str | None = None
     retries: int = 0
 
-    def with_changes(self, **changes: Any) -> JobSpec:
-        """A copy with some fields replaced."""
-        return dataclasses.replace(self, **changes)
-
 
 @dataclass
 class JobRecord:

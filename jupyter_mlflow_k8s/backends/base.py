@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 from traitlets import MetaHasTraits
@@ -111,16 +110,16 @@ class Backend(LoggingConfigurable, metaclass=_ConfigurableABCMeta):
                 return
             time.sleep(poll if now - quiet_since < 10 else 0.25)
 
-    def log_exists(self, record: JobRecord) -> bool:
-        """Whether the job's log is still kept."""
-        return bool(record.log_path) and Path(str(record.log_path)).exists()
 
-
-backends: Registry[type[Backend]] = Registry("backend", "jupyter_mlflow_k8s.backends")
+# Built-ins by name: this module never imports its implementations (they import it).
+BUILTIN_BACKENDS = {
+    "local": "jupyter_mlflow_k8s.backends.local:LocalBackend",
+    "kubernetes": "jupyter_mlflow_k8s.backends.kubernetes:KubernetesBackend",
+    "pipeline": "jupyter_mlflow_k8s.backends.pipeline:PipelineStepBackend",
+}
+backends: Registry[type[Backend]] = Registry("backend", "jupyter_mlflow_k8s.backends", BUILTIN_BACKENDS)
 
 
 def get_backend(name: str, store: JobStore, **kwargs: object) -> Backend:
     """An instance of the backend registered as ``name``."""
-    from . import kubernetes, local, pipeline  # noqa: F401  (the built-ins register themselves; clients load lazily)
-
     return backends.get(name)(store, **kwargs)

@@ -9,7 +9,6 @@ noticing a supervisor that died without recording an end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -23,46 +22,15 @@ from ..exceptions import JMKUsageError
 from ..gpus import detect_gpus
 from ..lifecycle import end_job
 from ..models import JobRecord, JobSpec, JobState
-from .base import Backend, backends
+from ..util.processes import process_alive, process_started, reap_children, track_child, wait_child
+from .base import Backend
 
 GRACE_SECONDS = 5.0
 # A record that has had no supervisor for this long was abandoned mid-submission.
 NEVER_LAUNCHED_SECONDS = 300.0
-# Supervisors this process started; polled now and then so that exited ones do not linger as
-# zombies in a long-lived kernel.
-_children: list[subprocess.Popen[bytes]] = []
-
-
-def reap_children() -> None:
-    """Collect the exit status of child processes that have ended (no zombies left behind)."""
-    _children[:] = [child for child in _children if child.poll() is None]
-
-
-def track_child(proc: subprocess.Popen[bytes]) -> None:
-    """Keep a detached child's handle, so that it is reaped once it ends."""
-    reap_children()
-    _children.append(proc)
-
-
-def wait_child(pid: int, timeout: float) -> None:
-    """Reap the tracked child ``pid``, which is ending, so that it does not stay a zombie."""
-    for child in _children:
-        if child.pid == pid:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=timeout)
-
-
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """Whether ``pid`` is still the process we started (pids get reused)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(proc.create_time() - started) < 1.0
-    except psutil.Error:
-        return False
+# Transitional: serving/manager.py imports these from here until it imports util.processes.
+__all__ = ["GRACE_SECONDS", "NEVER_LAUNCHED_SECONDS", "LocalBackend", "process_alive", "reap_children",
+           "track_child", "wait_child"]
 
 
 class LocalBackend(Backend):
@@ -154,11 +122,7 @@ class LocalBackend(Backend):
                 env={**os.environ, **self.job_environment},
             )
         track_child(proc)
-        try:
-            started = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            started = None
-        return self.store.update(record.job_id, pid=proc.pid, pid_start=started)
+        return self.store.update(record.job_id, pid=proc.pid, pid_start=process_started(proc.pid))
 
     def cancel(self, record: JobRecord) -> None:
         """Ask the supervisor to stop the job (it records CANCELLED and closes the run)."""
@@ -192,5 +156,3 @@ def _stop_orphan_runner(record: JobRecord) -> None:
     except psutil.Error:
         pass
 
-
-backends.register("local", LocalBackend)

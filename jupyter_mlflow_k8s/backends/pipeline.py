@@ -10,8 +10,8 @@ from __future__ import annotations
 from ..exceptions import JMKUsageError
 from ..lifecycle import end_job
 from ..models import JobRecord, JobSpec, JobState
-from .base import Backend, backends
-from .local import process_alive
+from ..util.processes import process_alive
+from .base import Backend
 
 NOT_ON_THEIR_OWN = "Pipeline steps run as part of a pipeline: jmk pipeline run PIPELINE.yaml, or %pipeline run."
 
@@ -42,5 +42,3 @@ class PipelineStepBackend(Backend):
             return record
         return end_job(self.store, record.job_id, JobState.FAILED, "the pipeline run's process ended during this step")
 
-
-backends.register("pipeline", PipelineStepBackend)

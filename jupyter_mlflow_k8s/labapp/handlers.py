@@ -1,9 +1,10 @@
 """Tornado handlers of ``/jmk/api``: parse the request, call the service off the event loop, serialize.
 
 Every method is ``@tornado.web.authenticated`` and ``@authorized`` (resource ``jmk``). Errors
-become JSON ``{"message", "reason"}`` in one place (:meth:`JMKHandler.write_error`): a bad query
-or body is a 400, an unknown job/run/model/endpoint a 404, a wrong state a 409, an endpoint that
-does not answer its scrape a 502; a user's mistake is never a 500. The two event streams (a job's
+become JSON ``{"message", "reason"}`` in one place (:func:`http_error`, :meth:`JMKHandler.write_error`):
+the status is the error family's (a bad query or body 400, an unknown job/run/model/endpoint 404,
+a wrong state 409, MLflow or Kubernetes down 503), an endpoint that does not answer its scrape a
+502; a user's mistake is never a 500. The two event streams (a job's
 log, an endpoint's metrics) stop as soon as the client goes away.
 """
 
@@ -14,7 +15,6 @@ import codecs
 import collections
 import functools
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +26,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado.iostream import StreamClosedError
 
-from ..exceptions import JMKUsageError
+from ..errors import JMKError, JMKUsageError, translate
 from ..models import JobRecord
 from . import shapes
 from .metrics_client import ScrapeError
@@ -50,23 +50,30 @@ class APIError(tornado.web.HTTPError):
         self.message = message
 
 
+def http_status(error: JMKError) -> int:
+    """The status the REST API answers for an error of a family: the family's ``http_status``."""
+    if isinstance(error, ScrapeError):  # an endpoint that does not answer its scrape: a bad gateway
+        return 502
+    if isinstance(error, Conflict):  # transitional: until shapes.Conflict is a ConflictError
+        return 409
+    if isinstance(error, LookupError) and error.http_status == JMKUsageError.http_status:
+        return 404  # transitional: EndpointNotFound and shapes.NotFound until they are NotFoundErrors
+    return error.http_status
+
+
 def http_error(exc: BaseException) -> tornado.web.HTTPError | None:
-    """The HTTP error for an exception the service raised; ``None`` for a bug (a 500)."""
+    """The HTTP error for an exception the service raised; ``None`` for a bug (a 500 with its traceback logged).
+
+    The one mapping of the REST API: our errors and the ones :func:`~jupyter_mlflow_k8s.errors.translate`
+    recognises (MLflow, Kubernetes, storage, a server that does not answer) answer their family's
+    status with their message. A ``LookupError`` that is not ours is a bug, not a 404.
+    """
     if isinstance(exc, tornado.web.HTTPError):
         return exc
-    if isinstance(exc, LookupError):  # JobNotFound, EndpointNotFound, NotFound
-        return APIError(404, str(exc))
-    if isinstance(exc, Conflict):
-        return APIError(409, str(exc))
-    if isinstance(exc, JMKUsageError):
-        return APIError(400, str(exc))
-    if isinstance(exc, ScrapeError):
-        return APIError(502, str(exc))
-    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
-    if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
-        status = exc.get_http_status_code()
-        return APIError(status if 400 <= status < 500 else 502, exc.message)
-    return None
+    error = translate(exc)
+    if error is None:
+        return None
+    return APIError(http_status(error), str(error))
 
 
 class JMKHandler(APIHandler):
@@ -507,7 +514,7 @@ class EndpointMetricsStreamHandler(EventStreamHandler):
                     snapshot = await self.call(self.service.endpoint_metrics, name, min(0.25, interval / 2))
                 except tornado.web.HTTPError as exc:
                     message = exc.message if isinstance(exc, APIError) else str(exc)
-                    if exc.status_code != 502:  # stopped or gone: nothing more will come
+                    if exc.status_code not in (502, 503):  # stopped or gone: nothing more will come
                         await self.send("end", {"message": message})
                         break
                     if not await self.send("error", {"message": message}):

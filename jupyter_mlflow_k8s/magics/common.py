@@ -1,4 +1,4 @@
-"""What the magics share: the job service of this kernel, flag parsing, error translation."""
+"""What the magics share: the job service of this kernel, flag parsing, and the one error rule (:func:`user_errors`)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,20 @@ import ast
 import contextlib
 import functools
 import os
-import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
-from ..exceptions import JMKUsageError, JobNotFound, UnknownPlugin
+from ..errors import JMKUsageError, translate
+from ..exceptions import JobFailed
 from ..jobs import JobService
+from ..util.durations import duration_seconds
+from ..util.pairs import parse_pairs
 
 F = TypeVar("F", bound=Callable[..., Any])
-_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DURATION_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)\s*(?P<unit>s|m|h|d)?$")
+__all__ = ["cancel_on_interrupt", "literal", "notebook_path", "parse_duration", "parse_pairs", "service_for",
+           "stream_to_cell", "user_errors"]
 
 
 def service_for(shell: Any) -> JobService:
@@ -32,31 +34,28 @@ def service_for(shell: Any) -> JobService:
 
 
 def user_errors(func: F) -> F:
-    """Turn our user errors into IPython's ``UsageError`` (a short message, no traceback)."""
+    """The one error rule of every magic: an error of a family becomes IPython's ``UsageError``.
+
+    Ours, and MLflow's, Kubernetes' and storage's once :func:`~jupyter_mlflow_k8s.errors.translate`
+    has said what to do about them, show as one line without a traceback. A :class:`JobFailed`
+    stays itself: its message carries the job's own traceback. Anything else is a bug and keeps its
+    traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         try:
             return func(*args, **kwargs)
-        except (JMKUsageError, JobNotFound, UnknownPlugin) as exc:
-            raise UsageError(str(exc)) from None
+        except JobFailed:
+            raise
+        except Exception as exc:
+            error = translate(exc)
+            if error is None:
+                raise
+            raise UsageError(str(error)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def parse_pairs(items: list[str] | None, flag: str, identifiers: bool = False) -> dict[str, str]:
-    """``["A=1", "B=x"]`` from a repeatable ``--flag K=V`` into a dict, with clear errors."""
-    pairs: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise JMKUsageError(f"{flag} {item!r} is not KEY=VALUE. Write it as {flag} lr=0.01.")
-        if identifiers and not _KEY_RE.match(key):
-            raise JMKUsageError(f"{flag} {key!r}: the name must be a Python identifier, such as learning_rate.")
-        pairs[key] = value
-    return pairs
 
 
 def literal(text: str) -> Any:
@@ -68,13 +67,13 @@ def literal(text: str) -> Any:
 
 
 def parse_duration(text: str | None) -> float | None:
-    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
+    """Seconds of ``--timeout`` from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
     if text is None:
         return None
-    match = _DURATION_RE.match(text.strip())
-    if not match or float(match["num"]) <= 0:
+    seconds = duration_seconds(text)
+    if seconds is None:
         raise JMKUsageError(f"--timeout {text!r} is not a duration. Use seconds (900) or 15m, 2h, 1d.")
-    return float(match["num"]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[match["unit"]]
+    return seconds
 
 
 def notebook_path(shell: Any) -> str | None:

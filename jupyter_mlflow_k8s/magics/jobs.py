@@ -8,9 +8,8 @@ from typing import Any
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from ..exceptions import JMKUsageError
-from ..models import JobRecord
 from ..widgets import JobStatusView
-from ..widgets.table import Table
+from ..widgets.jobs import JobTable
 from .common import service_for, stream_to_cell, user_errors
 from .train import attach
 
@@ -20,35 +19,7 @@ JOB_USAGE = """Usage:
   %job cancel ID            stop the job (its MLflow run ends KILLED)
   %job status ID            one line about the job"""
 
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-class JobTable(Table):
-    """``%jobs`` output: text in terminals and logs, an HTML table in notebooks."""
-
-    columns = ("job", "state", "backend", "age", "resources", "MLflow run", "notebook", "message")
-    css_class = "jmk-JobTable"
-    empty_message = "No jobs yet. Run a cell with %%train to start one."
-
-    def __init__(self, records: list[JobRecord]) -> None:
-        super().__init__(
-            (
-                r.job_id,
-                r.state.value,
-                r.spec.backend,
-                _age(r.age),
-                r.spec.resources.describe(),
-                r.run_id or "",
-                r.spec.notebook or "",
-                r.message,
-            )
-            for r in records
-        )
+__all__ = ["JOB_USAGE", "JobMagics", "JobTable"]
 
 
 @magics_class

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import html
 import shlex
-import time
 from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from ..exceptions import JMKUsageError
+from ..util.pairs import parse_pairs
+from ..widgets.pipelines import format_run, run_html
 from .common import service_for, user_errors
 
-COLORS = {"succeeded": "#2e7d32", "cached": "#1565c0", "failed": "#c62828", "skipped": "#757575",
-          "running": "#ef6c00", "pending": "#9e9e9e"}
 USAGE = ("%pipeline run PIPELINE.yaml [-p NAME=VALUE ...] [--resume RUN_ID] [--explain] | "
          "%pipeline validate PIPELINE.yaml [-p ...] [--cron EXPR] | %pipeline show RUN_ID | %pipeline list")
-
-
-def run_html(run: Any) -> str:
-    """A run as an HTML table: one row per step, its state, time, outputs and why it ran."""
-    rows = []
-    for step in run.steps.values():
-        took = f"{(step.finished or time.time()) - step.started:.1f} s" if step.started else ""
-        outputs = ", ".join(f"{k}={v!r}" for k, v in step.outputs.items())
-        color = COLORS.get(step.state, "#000")
-        rows.append(
-            f"<tr><td>{html.escape(step.name)}</td><td style='color:{color};font-weight:bold'>{step.state}</td>"
-            f"<td>{took}</td><td>{html.escape(outputs[:120])}</td><td>{html.escape(step.reason[:200])}</td></tr>"
-        )
-    head = (f"<b>pipeline {html.escape(run.pipeline)}</b> run <code>{run.run_id}</code>: {run.state}"
-            + (f" · MLflow run <code>{run.mlflow_run_id}</code>" if run.mlflow_run_id else ""))
-    return (f"<div>{head}<table><tr><th>step</th><th>state</th><th>time</th><th>outputs</th><th>why</th></tr>"
-            + "".join(rows) + "</table></div>")
 
 
 @magics_class
@@ -56,8 +37,6 @@ class PipelineMagics(Magics):
 
         Returns the run (``.steps[name].outputs`` holds what each step published).
         """
-        from ..pipelines.cli import _overrides, format_run
-
         words = shlex.split(line)
         if not words or words[0] not in ("run", "validate", "show", "list"):
             raise JMKUsageError(f"Usage: {USAGE}")
@@ -89,7 +68,7 @@ class PipelineMagics(Magics):
             return None
         from ..pipelines.spec import load_pipeline, validate
 
-        pipeline = load_pipeline(positional[0], _overrides(options["-p"]))
+        pipeline = load_pipeline(positional[0], parse_pairs(options["-p"], "-p"))
         if command == "validate":
             validate(pipeline, cron=options["--cron"])
             print(f"pipeline {pipeline.name}: {len(pipeline.steps)} steps, valid")
@@ -106,7 +85,6 @@ class PipelineMagics(Magics):
         import ipywidgets
         from IPython.display import display
 
-        from ..pipelines.cli import format_run
 
         view = ipywidgets.HTML()
         display(view)

@@ -7,44 +7,23 @@ import sys
 import time
 from typing import Any
 
-from ..exceptions import JMKUsageError
+from ..util.durations import elapsed_text
+from ..util.pairs import parse_pairs
+from ..widgets.pipelines import MARKS, format_run
 from .model import PipelineRun, StepResult
 
-MARKS = {"succeeded": "ok", "cached": "cached", "failed": "FAILED", "skipped": "skipped", "running": "..."}
+# format_run and MARKS live in widgets; schedule_cli.py imports _overrides from here (transitional).
+__all__ = ["MARKS", "_overrides", "add_commands", "format_run"]
+
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise JMKUsageError(f"-p {pair!r} is not NAME=VALUE. Write it as -p lr=0.1.")
-        out[name.strip()] = value
-    return out
+    """``-p NAME=VALUE`` flags as a dict (:func:`~jupyter_mlflow_k8s.util.pairs.parse_pairs`)."""
+    return parse_pairs(pairs, "-p")
 
 
 def _duration(step: StepResult) -> str:
-    if step.started is None:
-        return ""
-    return f"{(step.finished or time.time()) - step.started:.1f} s"
-
-
-def format_run(run: PipelineRun, explain: bool = False) -> str:
-    """A run as a table: step, state, duration, attempts, outputs (and why, with ``explain``)."""
-    rows = [("step", "state", "time", "outputs")]
-    for step in run.steps.values():
-        outputs = ", ".join(f"{k}={v!r}" for k, v in step.outputs.items())
-        rows.append((step.name, step.state, _duration(step), outputs[:80]))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"pipeline {run.pipeline} run {run.run_id}: {run.state}"
-             + (f" (MLflow run {run.mlflow_run_id})" if run.mlflow_run_id else "")]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows]
-    if explain:
-        lines.append("why:")
-        lines += [f"  {s.name}: {s.reason}" for s in run.steps.values()]
-    failed = [s for s in run.steps.values() if s.state == "failed"]
-    lines += [f"  {s.name} failed: {s.reason}" for s in failed if not explain]
-    return "\n".join(lines)
+    return elapsed_text(step.started, step.finished)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -114,8 +93,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any) -> None:
-    """Add ``jmk pipeline ...`` to the ``jmk`` parser's subcommands."""
+def add_commands(sub: Any) -> Any:
+    """Add ``jmk pipeline ...`` to the ``jmk`` parser's subcommands; return the pipeline's subcommands.
+
+    The ``jmk`` composition (``jupyter_mlflow_k8s.cli``) adds the schedule commands to what this returns.
+    """
     parser = sub.add_parser("pipeline", help="run, check and inspect notebook pipelines (pipeline.yaml)")
     commands = parser.add_subparsers(dest="pipeline_command", required=True)
     run = commands.add_parser("run", help="run a pipeline (steps cached by content)")
@@ -137,7 +119,5 @@ def add_commands(sub: Any) -> None:
     listing = commands.add_parser("list", help="recent pipeline runs")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(func=_cmd_list)
-    from .schedule_cli import add_schedule_commands
-
-    add_schedule_commands(commands)
+    return commands
 

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from jupyter_mlflow_k8s.serving.drift import SlidingWindow, numeric_values
+from .window import SlidingWindow, numeric_values
 
 #: Prometheus' default latency buckets, in seconds.
 DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

@@ -127,17 +127,14 @@ def local_path(url: str) -> str:
     return unquote(parsed.path)
 
 
-def _s3_storage(url: str, **storage_options: Any) -> Storage:
-    """``s3://`` storage; s3fs is imported here, not with this package."""
-    from .s3 import S3Storage
-
-    return S3Storage(url, **storage_options)
-
-
-# A scheme maps to a class or factory called as ``factory(url, **storage_options)``.
-storages: Registry[Callable[..., Storage]] = Registry("storage scheme", "jupyter_mlflow_k8s.storage")
-storages.register("file", LocalStorage)
-storages.register("s3", _s3_storage)
+# A scheme maps to a class or factory called as ``factory(url, **storage_options)``; built-ins are
+# named, so s3fs is imported only when an s3:// URL is used.
+BUILTIN_STORAGES = {
+    "file": "jupyter_mlflow_k8s.storage:LocalStorage",
+    "s3": "jupyter_mlflow_k8s.storage.s3:S3Storage",
+}
+storages: Registry[Callable[..., Storage]] = Registry("storage scheme", "jupyter_mlflow_k8s.storage",
+                                                      BUILTIN_STORAGES)
 
 
 def get_storage(url: str, **storage_options: Any) -> Storage:

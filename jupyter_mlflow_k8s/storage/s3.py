@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from ..exceptions import JMKUsageError
+from ..errors import JMKUsageError, NotFoundError
 from . import Storage
 
 if TYPE_CHECKING:
@@ -319,7 +319,7 @@ class S3Storage(Storage):
                 "c.JMKSettings.storage_options)." + after
             )
         if code in ("NoSuchBucket", "404"):
-            return JMKUsageError(
+            return NotFoundError(
                 f"{where}: the bucket {self.bucket!r} does not exist there. Create it, or point JMK_STORAGE_URL "
                 "(c.JMKSettings.storage_url) at an existing bucket; if the bucket lives elsewhere, set "
                 "AWS_ENDPOINT_URL." + after

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import JMKUsageError
+from ..util.durations import clock_duration as format_duration
 from .plot import svg_line_plot
 
 History = Callable[[str, str], Sequence[tuple[float, float]]]
@@ -60,19 +61,6 @@ class RunSummary:
             return None
         end = self.end_ms if self.end_ms else (time.time() * 1000 if self.status == "RUNNING" else None)
         return None if end is None else max(0.0, (end - self.start_ms) / 1000)
-
-
-def format_duration(seconds: float | None) -> str:
-    """``4.2s``, ``3m 05s``, ``2h 03m``, ``1d 02h``."""
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    for size, unit, small, small_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s")):
-        if whole >= size:
-            return f"{whole // size}{unit} {whole % size // small:02d}{small_unit}"
-    return f"{seconds:.1f}s"  # pragma: no cover - unreachable
 
 
 def format_start(start_ms: int | None) -> str:

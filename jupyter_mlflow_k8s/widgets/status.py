@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..models import JobRecord, JobState
+from ..util.durations import seconds_text
 
 _COLORS = {
     JobState.QUEUED: "#888",
@@ -27,7 +28,7 @@ MIN_REDRAW_SECONDS = 0.25
 
 def describe(record: JobRecord) -> str:
     """One line: ``job 1a2b3c4d · running · 12.3 s · local · 1 GPU · run 5f6e...``."""
-    elapsed = f"{record.elapsed:.1f} s" if record.started else f"waiting {record.age:.1f} s"
+    elapsed = seconds_text(record.elapsed) if record.started else f"waiting {seconds_text(record.age)}"
     parts = [f"job {record.job_id}", record.state.value, elapsed, record.spec.backend, record.spec.resources.describe()]
     if record.gpu_ids:
         parts.append(f"CUDA_VISIBLE_DEVICES={','.join(record.gpu_ids)}")

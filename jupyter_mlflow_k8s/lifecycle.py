@@ -14,6 +14,7 @@ import time
 
 from .models import JobRecord, JobState
 from .records import JobStore
+from .util.processes import pid_exists
 
 # How long a supervisor leaves closing the MLflow run to a kernel that is watching the job.
 WATCHER_GRACE_SECONDS = 5.0
@@ -40,17 +41,6 @@ def end_job(
     return finalize_tracking(store, record, defer_to_watcher=defer_to_watcher)
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process exists (a kernel that was watching may have been restarted)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool = False) -> JobRecord:
     """Close the job's MLflow run exactly once, by whichever process gets there first.
 
@@ -60,7 +50,7 @@ def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool
     """
     if not record.state.terminal or record.tracking_final:
         return record
-    if defer_to_watcher and record.watcher_pid and record.watcher_pid != os.getpid() and _alive(record.watcher_pid):
+    if defer_to_watcher and record.watcher_pid and record.watcher_pid != os.getpid() and pid_exists(record.watcher_pid):
         deadline = time.time() + WATCHER_GRACE_SECONDS
         while time.time() < deadline:
             record = store.load(record.job_id)

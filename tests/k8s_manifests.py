@@ -30,7 +30,7 @@ from kubernetes_validate.utils import (
 from packaging.version import Version
 from referencing import Registry, Resource
 
-from jupyter_mlflow_k8s.manifests import check_manifest, json_path
+from jupyter_mlflow_k8s.k8s.validation import check_manifest, json_path
 
 SUPPORTED_VERSIONS = tuple(f"1.{minor}" for minor in range(27, 38))
 

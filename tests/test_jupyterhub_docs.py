@@ -20,10 +20,10 @@ from traitlets.config import Config
 
 from jupyter_mlflow_k8s.backends import kubernetes as backend_module
 from jupyter_mlflow_k8s.backends.kubernetes import NEEDED_ACCESS, KubernetesBackend
-from jupyter_mlflow_k8s.backends.kubernetes_manifests import PodSettings
 from jupyter_mlflow_k8s.backends.local import LocalBackend
 from jupyter_mlflow_k8s.config import JMKSettings
 from jupyter_mlflow_k8s.exceptions import JMKUsageError
+from jupyter_mlflow_k8s.k8s.pods import PodSettings
 from jupyter_mlflow_k8s.models import JobSpec
 from jupyter_mlflow_k8s.pipelines import schedule as schedule_module
 from jupyter_mlflow_k8s.serving import kubernetes as serving_module

@@ -24,17 +24,17 @@ from traitlets.config import Config
 
 from jupyter_mlflow_k8s.backends import kubernetes as backend_module
 from jupyter_mlflow_k8s.backends.kubernetes import CREDENTIAL_VARIABLES, KubernetesBackend
-from jupyter_mlflow_k8s.backends.kubernetes_manifests import (
+from jupyter_mlflow_k8s.backends.kubernetes.manifests import (
     PAYLOAD_LIMIT,
-    PRESET_KEYS,
-    PodSettings,
     build_env_secret,
     build_job,
     build_payload_secret,
     job_name,
 )
 from jupyter_mlflow_k8s.exceptions import JMKUsageError
-from jupyter_mlflow_k8s.manifests import check_manifest
+from jupyter_mlflow_k8s.k8s.pods import PodSettings
+from jupyter_mlflow_k8s.k8s.presets import PRESET_KEYS
+from jupyter_mlflow_k8s.k8s.validation import check_manifest
 from jupyter_mlflow_k8s.models import JobRecord, JobSpec
 
 ROOT = Path(__file__).resolve().parent.parent

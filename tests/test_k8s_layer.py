@@ -244,7 +244,8 @@ def test_kubernetes_errors_of_deploy_and_undeploy_are_families_not_api_exception
 
 
 def test_pod_settings_are_one_public_class_at_the_old_path_too() -> None:
-    from jupyter_mlflow_k8s.backends.kubernetes_manifests import PodSettings, parse_volume
+    from jupyter_mlflow_k8s.k8s.pods import PodSettings
+    from jupyter_mlflow_k8s.k8s.presets import parse_volume
 
     assert PodSettings is k8s.PodSettings and parse_volume is k8s.parse_volume
 

@@ -11,31 +11,24 @@ from typing import Any
 import pytest
 from k8s_manifests import validate_manifest
 
-from jupyter_mlflow_k8s.backends.kubernetes_manifests import (
-    MANAGED_BY,
+from jupyter_mlflow_k8s.backends.kubernetes.manifests import (
     PAYLOAD_LIMIT,
-    PAYLOAD_MOUNT,
-    PRESET_KEYS,
     RECORD_ANNOTATION,
     RECORD_OMITTED_ANNOTATION,
     RUNNER_MODULE,
-    PodSettings,
-    PVCMount,
-    apply_preset,
     build_env_secret,
     build_job,
     build_payload_secret,
-    check_image,
     job_labels,
     job_name,
-    label_value,
-    parse_secret,
-    parse_volume,
-    payload_key,
 )
 from jupyter_mlflow_k8s.exceptions import InvalidManifest, JMKUsageError
-from jupyter_mlflow_k8s.manifests import check_manifest
+from jupyter_mlflow_k8s.k8s.names import MANAGED_BY, payload_key
+from jupyter_mlflow_k8s.k8s.pods import PAYLOAD_MOUNT, PodSettings, PVCMount
+from jupyter_mlflow_k8s.k8s.presets import PRESET_KEYS, apply_preset, check_image, parse_secret, parse_volume
+from jupyter_mlflow_k8s.k8s.validation import check_manifest
 from jupyter_mlflow_k8s.models import JobRecord, JobSpec
+from jupyter_mlflow_k8s.util.names import label_value
 
 USER = "Jane Doe"
 PAYLOAD_URL = "s3://jmk-bucket/jobs/1a2b3c4d/payload.json"

@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 from kubernetes_validate.utils import VersionNotSupportedError
 
 from jupyter_mlflow_k8s.exceptions import InvalidManifest, JMKUsageError
-from jupyter_mlflow_k8s.manifests import (
+from jupyter_mlflow_k8s.k8s.validation import (
     check_cron,
     check_dns1035_label,
     check_dns1123_label,

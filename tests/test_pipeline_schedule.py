@@ -20,10 +20,10 @@ from helpers import wait_for
 from k8s_manifests import validate_manifest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from jupyter_mlflow_k8s.backends.kubernetes_manifests import PodSettings
 from jupyter_mlflow_k8s.cli import main as jmk
 from jupyter_mlflow_k8s.exceptions import JMKUsageError
-from jupyter_mlflow_k8s.manifests import check_manifest
+from jupyter_mlflow_k8s.k8s.pods import PodSettings
+from jupyter_mlflow_k8s.k8s.validation import check_manifest
 from jupyter_mlflow_k8s.pipelines.engine import PipelineEngine
 from jupyter_mlflow_k8s.pipelines.schedule import (
     CronError,

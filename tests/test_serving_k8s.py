@@ -22,7 +22,7 @@ from helpers import wait_for
 from k8s_fixtures import KubeTarget, pod_processes
 from serving_fixtures import FEATURES, Served
 
-from jupyter_mlflow_k8s.backends.kubernetes_manifests import PodSettings
+from jupyter_mlflow_k8s.k8s.pods import PodSettings
 from jupyter_mlflow_k8s.serving.kubernetes import (
     EndpointNotFound,
     EndpointNotReady,

@@ -11,9 +11,9 @@ import pytest
 from k8s_manifests import SUPPORTED_VERSIONS, validate_manifest
 
 from jupyter_mlflow_k8s.backends.kubernetes import KubernetesBackend
-from jupyter_mlflow_k8s.backends.kubernetes_manifests import PodSettings, PVCMount
 from jupyter_mlflow_k8s.exceptions import InvalidManifest, JMKUsageError
-from jupyter_mlflow_k8s.manifests import check_manifest
+from jupyter_mlflow_k8s.k8s.pods import PodSettings, PVCMount
+from jupyter_mlflow_k8s.k8s.validation import check_manifest
 from jupyter_mlflow_k8s.serving.kubernetes import (
     Autoscale,
     EndpointError,

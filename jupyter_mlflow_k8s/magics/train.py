@@ -10,9 +10,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..backends.kubernetes_manifests import parse_secret, parse_volume
 from ..exceptions import JMKUsageError
 from ..jobs import JobService, RegistrationFailed
+from ..k8s.presets import parse_secret, parse_volume
 from ..models import JobRecord, JobSpec, Resources, parse_gpus, parse_retries
 from ..payload import analyze_cell
 from ..tracking import run_url

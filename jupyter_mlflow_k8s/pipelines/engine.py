@@ -31,13 +31,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from ..config import JMKSettings, load_settings
 from ..exceptions import JMKUsageError
 from ..jobs import JobService
 from ..lifecycle import end_job
 from ..models import JobRecord, JobSpec, JobState
+from ..util.processes import process_started
 from .model import Pipeline, PipelineRun, Step, StepResult
 from .spec import resolve_parameters, topological_order, upstream, validate
 
@@ -386,9 +385,8 @@ class PipelineEngine:
                        experiment=f"pipeline-{run.pipeline}", run_name=step.name)
         record = store.create(spec)
         run.steps[step.name].job_id = record.job_id
-        me = psutil.Process()
-        return store.update(record.job_id, state=JobState.RUNNING, started=time.time(), pid=me.pid,
-                            pid_start=me.create_time(), tracking_final=True)
+        return store.update(record.job_id, state=JobState.RUNNING, started=time.time(), pid=os.getpid(),
+                            pid_start=process_started(os.getpid()), tracking_final=True)
 
     def _link_step_record(self, job: JobRecord, result: StepResult, tracker: _Tracker) -> None:
         """Point a step's job record at its MLflow child run, once the tracker has made it."""

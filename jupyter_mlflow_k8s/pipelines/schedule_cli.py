@@ -12,17 +12,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..exceptions import JMKUsageError
+from ..util.pairs import parse_pairs
 
 CRON_HELP = (
     'when, in UTC: five fields (minute hour day-of-month month day-of-week) such as "0 3 * * *", '
     'or @hourly, @daily, @weekly, @monthly, @yearly, "@every 2h"'
 )
-
-
-def _overrides(pairs: list[str] | None) -> dict[str, str]:
-    from .cli import _overrides as parse
-
-    return parse(pairs)
 
 
 def _when(moment: datetime | None) -> str:
@@ -49,7 +44,7 @@ def _pod_env() -> dict[str, str]:
 def _cmd_schedule(args: argparse.Namespace) -> int:
     from .schedule import add_schedule, scheduler_pid
 
-    overrides = _overrides(args.param)
+    overrides = parse_pairs(args.param, "-p")
     if not args.kubernetes:
         given = [flag for flag, value in (("--namespace", args.namespace), ("--image", args.image),
                                           ("--print", args.print)) if value]

@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from .batching import NUMPY_TYPES, BadRequest, Batcher, Item, batchable, error_body
 from .metrics import Registry
 from .model_loading import NUMERIC, SCALAR_TYPES, LoadedModel, ServingError, load

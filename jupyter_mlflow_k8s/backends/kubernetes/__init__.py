@@ -50,7 +50,7 @@ from ...models import JobRecord, JobSpec, JobState
 from ...payload import Payload
 from ...storage import get_storage, read_url
 from ...util.identity import current_user
-from ..base import Backend, backends
+from ..base import Backend
 from .diagnosis import EVENT_WAIT_SECONDS, Verdict, diagnose
 from .manifests import (
     CONTAINER,
@@ -561,6 +561,3 @@ def payload_files(record: JobRecord) -> dict[str, bytes]:
     for entry in payload.inputs:
         files[entry.key] = storage.get_bytes(entry.key)
     return files
-
-
-backends.register("kubernetes", KubernetesBackend)

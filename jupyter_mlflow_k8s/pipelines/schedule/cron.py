@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from ...exceptions import JMKUsageError
-from ...manifests import check_cron
+from ...k8s.validation import check_cron
 
 UTC = timezone.utc
 TIME_ZONE = "Etc/UTC"

@@ -19,7 +19,7 @@ from ...exceptions import JMKUsageError
 from ...k8s.names import MANAGED_BY, label_value, payload_key
 from ...k8s.pods import PodSettings, compact, pod_spec, pvc_volumes, resources, shm_volume
 from ...k8s.presets import check_image, layered_settings
-from ...manifests import ensure_valid
+from ...k8s.validation import ensure_valid
 from ..model import Pipeline
 from .cron import TIME_ZONE, UTC, next_fire
 from .store import SKIP_GRACE_SECONDS, _check_missed, _override_texts, check_schedule_name, schedule_name

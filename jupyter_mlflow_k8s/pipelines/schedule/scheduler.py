@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from ...config import JMKSettings, load_settings
 from ...exceptions import JMKError
+from ...util.processes import process_alive, process_started
 from .cron import UTC, _following, _slot_within, _utc, next_fire
 from .store import SKIP_GRACE_SECONDS, Schedule, _iso, _path, _save, get_schedule, list_schedules, schedules_dir
 
@@ -143,16 +144,7 @@ class Scheduler:
         """Whether a run of ``schedule`` is still running (one this scheduler started, or an earlier one)."""
         if any(child.process.poll() is None for child in self._children.get(schedule.name, [])):
             return True
-        if not schedule.pid:
-            return False
-        import psutil
-
-        try:
-            process = psutil.Process(schedule.pid)
-            same = schedule.pid_started is None or abs(process.create_time() - schedule.pid_started) < 1.0
-            return bool(same and process.status() != psutil.STATUS_ZOMBIE)
-        except psutil.Error:
-            return False
+        return process_alive(schedule.pid, schedule.pid_started)
 
     def _fire(self, schedule: Schedule, now: datetime) -> None:
         logs = schedules_dir(self.settings) / "logs" / schedule.name
@@ -166,7 +158,7 @@ class Scheduler:
                 cwd=folder if folder.is_dir() else None, env=self._env(), start_new_session=True,
             )
         self._children.setdefault(schedule.name, []).append(_Child(process, str(log_path)))
-        schedule.pid, schedule.pid_started = process.pid, _started(process.pid)
+        schedule.pid, schedule.pid_started = process.pid, process_started(process.pid)
         schedule.log, schedule.last_fire, schedule.last_run_id, schedule.last_exit = str(log_path), now, run_id, None
         log.info("fired %s: pipeline %s (pid %d, log %s)", schedule.name, schedule.pipeline, process.pid, log_path)
 
@@ -274,12 +266,3 @@ class Scheduler:
                        if c.process.poll() is None]
             left = f"; runs still running carry on (pids {', '.join(running)})" if running else ""
             log.info("scheduler stopped%s", left)
-
-
-def _started(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None

@@ -6,9 +6,7 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import threading
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +15,8 @@ from typing import Any
 
 from ...config import JMKSettings, load_settings
 from ...exceptions import JMKUsageError
-from ...manifests import check_cron, check_dns1123_label
+from ...k8s.validation import check_cron, check_dns1123_label
+from ...util.names import dns_slug
 from ..model import Pipeline
 from .cron import UTC, _utc, next_fire
 
@@ -135,9 +134,7 @@ def list_schedules(settings: JMKSettings | None = None) -> list[Schedule]:
 
 def schedule_name(pipeline_name: str) -> str:
     """A schedule (and CronJob) name from a pipeline's name: lowercase letters, digits and '-', at most 52."""
-    ascii_name = unicodedata.normalize("NFKD", pipeline_name).encode("ascii", "ignore").decode()
-    slug = re.sub("[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:NAME_MAX].rstrip("-")
-    return slug or "pipeline"
+    return dns_slug(pipeline_name, NAME_MAX) or "pipeline"
 
 
 def check_schedule_name(name: str) -> None:

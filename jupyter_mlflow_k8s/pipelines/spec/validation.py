@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ...exceptions import JMKUsageError
-from ...manifests import check_cron
+from ...k8s.validation import check_cron
 from ...models import parse_cpu, parse_gpus, parse_memory
 from ..model import Pipeline, Step
 from .base import (

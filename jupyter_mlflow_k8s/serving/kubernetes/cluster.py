@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ...errors import NotFoundError
+from ...errors import JMKError, NotFoundError
 from ...k8s import apply, delete_owned, ensure_owned, read, translated
 from ...k8s.pods import WAITING_FAILURES, PodSettings
 from .objects import credential_environment, endpoint_manifests, rollout_patch
@@ -56,18 +56,14 @@ def resolve_alias(model_uri: str, tracking_uri: str | None) -> str:
     Raises:
         EndpointError: The registry has no such model or alias.
     """
-    name, alias = model_identity(model_uri)
-    if not model_uri.startswith("models:/") or "@" not in model_uri:
-        return model_uri
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from ...tracking.model_registry import resolve_alias as pin
 
     try:
-        version = MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version
-    except MlflowException as exc:
-        raise EndpointError(f"Cannot resolve {model_uri}: {exc.message}. List the model's aliases with "
+        return pin(model_uri, tracking_uri)
+    except JMKError as exc:
+        name, _ = model_identity(model_uri)
+        raise EndpointError(f"Cannot resolve {model_uri}: {exc} List the model's aliases with "
                             f"`jmk models {name}`, or give a version: models:/{name}/1.") from exc
-    return f"models:/{name}/{version}"
 
 
 def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,

@@ -15,6 +15,7 @@ from ...exceptions import JMKUsageError
 from ...k8s.names import MANAGED_BY, label_value
 from ...k8s.pods import PodSettings, compact
 from ...k8s.validation import check_dns1035_label
+from ...tracking.refs import ModelRef
 
 SERVING_MODULE = "jupyter_mlflow_k8s.serving"
 CONTAINER = "server"
@@ -168,12 +169,11 @@ def model_identity(model_uri: str) -> tuple[str, str]:
         e.g. ``("iris", "3")``, ``("iris", "prod")``, ``("model", "<run id>")``, ``("model", "")``.
     """
     if model_uri.startswith("models:/"):
-        rest = model_uri[len("models:/"):].strip("/")
-        if "@" in rest:
-            name, _, alias = rest.partition("@")
-            return name, alias
-        name, _, version = rest.partition("/")
-        return name, version
+        try:
+            ref = ModelRef.parse(model_uri)
+        except JMKUsageError:  # labels of what was asked for, even when it is malformed
+            return model_uri.removeprefix("models:/").strip("/").partition("/")[0], ""
+        return ref.name, ref.selector
     if model_uri.startswith("runs:/"):
         run_id, _, path = model_uri[len("runs:/"):].strip("/").partition("/")
         return path.rsplit("/", 1)[-1] or "model", run_id

@@ -6,8 +6,10 @@ access check with exactly those manifests applied.
 from __future__ import annotations
 
 import base64
+import importlib
 import inspect
 import json
+import pkgutil
 import re
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from jupyter_mlflow_k8s.backends.kubernetes import NEEDED_ACCESS, KubernetesBack
 from jupyter_mlflow_k8s.backends.local import LocalBackend
 from jupyter_mlflow_k8s.config import JMKSettings
 from jupyter_mlflow_k8s.exceptions import JMKUsageError
+from jupyter_mlflow_k8s.k8s.objects import KINDS
 from jupyter_mlflow_k8s.k8s.pods import PodSettings
 from jupyter_mlflow_k8s.models import JobSpec
 from jupyter_mlflow_k8s.pipelines import schedule as schedule_module
@@ -35,7 +38,7 @@ DOC = ROOT / "docs" / "jupyterhub.md"
 DOCKERFILE = ROOT / "docker" / "singleuser" / "Dockerfile"
 RBAC_FILES = sorted(FOLDER.glob("rbac-*.yaml"))
 
-Request = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC sees a request
+Request = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC sees a request; "update|patch": either will do
 
 # The resource each method name of the official client acts on: {verb}_namespaced_{resource}.
 RESOURCES = {
@@ -62,15 +65,33 @@ def manifests() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def _sources(package: Any) -> list[tuple[str, str]]:
+    """(module name, source) of a module and, for a package, of every module in it."""
+    names = [package.__name__]
+    if hasattr(package, "__path__"):
+        names += [info.name for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")]
+    return [(name, inspect.getsource(importlib.import_module(name))) for name in names]
+
+
 def code_requests() -> set[Request]:
-    """What the serving, scheduling and job code asks the API for, read from their source."""
+    """What the serving, scheduling and job code asks the API for, read from their source.
+
+    Direct client calls (``create_namespaced_job``), and for every kind of object the code builds and
+    hands to the shared layer (``k8s.apply`` / ``delete_owned``), what that layer may ask: read it,
+    create it, replace or patch it (whichever it was told: ``"update|patch"`` asks for one of them), delete it.
+    """
     requests: set[Request] = set()
     for module in (backend_module, serving_module, schedule_module):
-        for verb, resource in re.findall(r"\.(create|read|replace|patch|delete|list)_namespaced_(\w+)\b",
-                                         inspect.getsource(module)):
-            assert resource in RESOURCES, f"{module.__name__} calls {verb}_namespaced_{resource}: add it to RESOURCES"
-            group, plural = RESOURCES[resource]
-            requests.add((group, plural, VERBS[verb]))
+        for name, source in _sources(module):
+            for verb, resource in re.findall(r"\.(create|read|replace|patch|delete|list)_namespaced_(\w+)\b", source):
+                assert resource in RESOURCES, f"{name} calls {verb}_namespaced_{resource}: add it to RESOURCES"
+                group, plural = RESOURCES[resource]
+                requests.add((group, plural, VERBS[verb]))
+            if re.search(r"\b(apply|delete_owned|ensure_owned)\(", source):
+                built = set(re.findall(r"\"kind\": \"(\w+)\"", "".join(text for _, text in _sources(module))))
+                for kind in built & set(KINDS):
+                    group, plural = RESOURCES[KINDS[kind][1]]
+                    requests |= {(group, plural, verb) for verb in ("get", "create", "update|patch", "delete")}
     requests |= {(group, f"{resource}/{sub}" if sub else resource, verb) for verb, group, resource, sub in NEEDED_ACCESS}
     return requests
 
@@ -81,7 +102,7 @@ def granted(rules: list[dict[str, Any]], request: Request) -> bool:
         not rule.get("resourceNames")
         and any(g in ("*", group) for g in rule.get("apiGroups", []))
         and any(r in ("*", resource) for r in rule.get("resources", []))
-        and any(v in ("*", verb) for v in rule.get("verbs", []))
+        and any(v in ("*", *verb.split("|")) for v in rule.get("verbs", []))
         for rule in rules
     )
 
@@ -169,7 +190,8 @@ def test_the_guide_names_every_file_and_request() -> None:
     rows = dict(re.findall(r"^\| `([\w./]+)` \| ([^|]+) \|", text, re.M))  # the Role's table: resource -> verbs
     for group, resource, verb in code_requests():
         name = f"{resource}.{group}" if group else resource
-        assert verb in rows.get(name, ""), f"the table of docs/jupyterhub.md does not say {name}: {verb}"
+        said = rows.get(name, "")
+        assert any(one in said for one in verb.split("|")), f"the table of docs/jupyterhub.md does not say {name}: {verb}"
     assert "the job's supervisor process exited without recording an end (killed?)" in " ".join(text.split())
     assert "the job's supervisor process exited without recording an end (killed?)" in inspect.getsource(
         LocalBackend.refresh)
@@ -255,13 +277,16 @@ def test_the_service_account_passes_the_access_check(path: Path, k8s_api: Any, k
 
     authz = kubernetes.client.AuthorizationV1Api(checker.api)
     refused = []
-    for group, resource, verb in sorted(code_requests()):
+    for group, resource, verbs in sorted(code_requests()):
         plural, _, sub = resource.partition("/")
-        review = {"spec": {"resourceAttributes": {"namespace": k8s_namespace, "verb": verb, "group": group,
-                                                  "resource": plural, "subresource": sub}}}
-        answer = json.loads(authz.create_self_subject_access_review(review, _preload_content=False).data)
-        if not answer["status"].get("allowed"):
-            refused.append((group, resource, verb))
+        allowed = []
+        for verb in verbs.split("|"):
+            review = {"spec": {"resourceAttributes": {"namespace": k8s_namespace, "verb": verb, "group": group,
+                                                      "resource": plural, "subresource": sub}}}
+            answer = json.loads(authz.create_self_subject_access_review(review, _preload_content=False).data)
+            allowed.append(bool(answer["status"].get("allowed")))
+        if not any(allowed):
+            refused.append((group, resource, verbs))
     assert not refused, f"the service account may not {refused}"
     # and nothing outside its namespace
     elsewhere = {"spec": {"resourceAttributes": {"namespace": "default", "verb": "create", "group": "batch",

@@ -49,8 +49,8 @@ class EndpointSummary:
 
     @property
     def running(self) -> bool:
-        """Whether it answers requests (and so has live metrics)."""
-        return self.status == "running"
+        """Whether it answers requests (and so has live metrics): a Kubernetes one while it updates, too."""
+        return self.status in ("running", "updating")
 
     @property
     def where(self) -> str:

@@ -68,7 +68,7 @@ def test_flags_become_the_kubernetes_spec_fields_and_extra_arguments() -> None:
                       "extra_args": ("--max-body-mb", "5.0", "--drift-window", "50")}
     assert options.endpoint_spec_fields({}, "a")["batching"] is True
     with pytest.raises(JMKUsageError, match="--host does not go with --backend kubernetes"):
-        options.endpoint_spec_fields({"host": "0.0.0.0"}, "a")  # noqa: S104
+        options.endpoint_spec_fields({"host": "0.0.0.0"}, "a")
 
 
 # --- the registry, imports and errors ------------------------------------------------------------
@@ -87,7 +87,7 @@ def test_the_registry_names_built_ins_and_imports_them_only_when_asked() -> None
     assert "jupyter_mlflow_k8s.serving.kubernetes" not in loaded
     assert {"local", "kubernetes"} <= set(target_names())
     assert issubclass(target_class("kubernetes"), EndpointTarget) and target_class("local").name == "local"
-    with pytest.raises(UnknownPlugin, match="Unknown endpoint target 'nomad'; known: .*kubernetes, local"):
+    with pytest.raises(UnknownPlugin, match=r"Unknown endpoint target 'nomad'; known: .*kubernetes, local"):
         target_class("nomad")
 
     class Elsewhere(EndpointTarget):  # a plugin registers a class itself
@@ -192,13 +192,13 @@ def test_a_hanging_api_server_is_given_up_on(state_dir: Path, tmp_path: Path, si
     assert "did not answer listing endpoints in namespace 'team-a' within 0.5 s" in listing.unreachable["kubernetes"]
     table = EndpointTable(listing.endpoints, listing.unreachable)
     assert table.rows[0][0] == "iris-local" and "kubernetes: not listed, unreachable" in repr(table)
-    with pytest.raises(NotFoundError, match="No endpoint 'nope'.*kubernetes unreachable"):
+    with pytest.raises(NotFoundError, match=r"No endpoint 'nope'.*kubernetes unreachable"):
         find([get_target("local"), kubernetes], "nope")
 
 
 def test_call_within_gives_up_and_translates() -> None:
     release = threading.Event()
-    with pytest.raises(UnavailableError, match="did not answer waiting within 0.2 s"):
+    with pytest.raises(UnavailableError, match=r"did not answer waiting within 0\.2 s"):
         call_within(0.2, "waiting", release.wait)
     release.set()
     assert call_within(5, "adding", lambda: 1 + 1) == 2

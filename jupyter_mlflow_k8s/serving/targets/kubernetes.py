@@ -246,19 +246,33 @@ class KubernetesTarget(EndpointTarget):
             if body is not None:
                 payload = json.loads(body) if content_type == "application/json" else body.decode()
             try:
-                response = api.call_api(f"/api/v1/namespaces/{namespace}/{resource}/proxy/{path}", method,
-                                        header_params=headers, body=payload, auth_settings=["BearerToken"],
-                                        _preload_content=False, _return_http_data_only=True,
-                                        _request_timeout=timeout)
-                return int(response.status), bytes(response.data)
-            except kubernetes.client.ApiException as exc:
+                status, answer = _raw_request(api, method, f"/api/v1/namespaces/{namespace}/{resource}/proxy/{path}",
+                                              headers, payload, timeout)
+            except kubernetes.client.ApiException as exc:  # an older client raises for a status that is not 2xx
+                status = int(exc.status)
                 answer = exc.body.encode() if isinstance(exc.body, str) else bytes(exc.body or b"")
-                return None if _api_server_status(answer) else (int(exc.status), answer)
+            if 200 <= status < 300 or not _api_server_status(answer):
+                return status, answer
+            return None
 
         try:
             return self._call(f"proxying to {resource}", send, seconds=timeout + 1)
         except UnavailableError:
             return None
+
+
+def _raw_request(api: Any, method: str, path: str, headers: dict[str, str], body: Any,
+                 timeout: float) -> tuple[int, bytes]:
+    """One request to the API server with the client's credentials: ``(status, body)``, whatever the status."""
+    if hasattr(api, "param_serialize"):  # kubernetes >= 32: serialize, then send
+        method, url, headers, body, post = api.param_serialize(method, path, header_params=headers, body=body,
+                                                               auth_settings=["BearerToken"])
+        response = api.call_api(method, url, header_params=headers, body=body, post_params=post,
+                                _request_timeout=timeout)
+        return int(response.status), bytes(response.read() or b"")
+    response = api.call_api(path, method, header_params=headers, body=body, auth_settings=["BearerToken"],
+                            _preload_content=False, _return_http_data_only=True, _request_timeout=timeout)
+    return int(response.status), bytes(response.data)
 
 
 def _api_server_status(body: bytes) -> bool:

@@ -238,3 +238,130 @@ def test_the_sidebar_lists_local_endpoints_when_the_api_server_is_down(state_dir
         assert down["backend"] == "kubernetes" and "unreachable" in down["message"]
     finally:
         service.close()
+
+
+# --- requests and scrapes through the API server's proxy, or to the pods ---------------------------
+
+
+class _Server:
+    """A real HTTP server on 127.0.0.1 in a thread, answering with ``handle(method, path, body)``."""
+
+    def __init__(self, handle: Any) -> None:
+        import http.server
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                outer.requests.append((self.command, self.path))
+                status, body = handle(self.command, self.path, self.rfile.read(length))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.requests: list[tuple[str, str]] = []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.httpd.server_address[1])
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+METRICS = '# TYPE jmk_requests_total counter\njmk_requests_total{model="iris",version="1",code="200"} %d\n'
+
+
+def _inference(answer: int) -> Any:
+    def handle(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if path == "/metrics":
+            return 200, (METRICS % answer).encode()
+        if json.loads(body) == {"dataframe_records": [{"x": 0.0}]}:
+            return 400, b'{"error_code": "BAD_REQUEST", "message": "missing inputs: [\'y\']"}'
+        return 200, json.dumps({"predictions": [answer]}).encode()
+    return handle
+
+
+def _api_server(pod_port: int, proxy: Any) -> Any:
+    """The few API paths the target uses: our Deployment ``iris``, its ready pod, and the proxy."""
+    from jupyter_mlflow_k8s.serving.kubernetes import MODEL_URI_ANNOTATION
+
+    deployment = {"metadata": {"name": "iris", "namespace": "team-a", "generation": 1, "labels": {},
+                               "annotations": {MODEL_URI_ANNOTATION: "models:/iris/1"}},
+                  "spec": {"replicas": 1},
+                  "status": {"observedGeneration": 1, "replicas": 1, "availableReplicas": 1, "updatedReplicas": 1}}
+    pod = {"metadata": {"name": "iris-abc", "namespace": "team-a"},
+           "spec": {"containers": [{"name": "server", "ports": [{"name": "http", "containerPort": pod_port}]}]},
+           "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}
+
+    def handle(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if path.startswith("/apis/apps/v1/namespaces/team-a/deployments"):
+            return 200, json.dumps({"items": [deployment]}).encode()
+        if path.startswith("/api/v1/namespaces/team-a/pods?"):
+            return 200, json.dumps({"items": [pod]}).encode()
+        if "/proxy/" in path:
+            return proxy(method, path.split("/proxy/")[1], body)
+        return 404, json.dumps({"kind": "Status", "code": 404, "message": "not found"}).encode()
+    return handle
+
+
+@pytest.fixture
+def kubernetes_target(tmp_path: Path, state_dir: Path) -> Iterator[Any]:
+    """A Kubernetes target on a fake API server whose proxy answers for the pod (``proxy["mode"] = "ok"``) or
+    refuses as a cluster does for a pod on the host network (``"refuse"``); the pod answers for itself."""
+    pod = _Server(_inference(1))
+    mode = {"mode": "ok"}
+    proxied = _inference(7)
+
+    def proxy(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if mode["mode"] == "ok":
+            return proxied(method, "/" + path, body)
+        return 400, json.dumps({"kind": "Status", "code": 400, "message": "address not allowed"}).encode()
+
+    api = _Server(_api_server(pod.port, proxy))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{api.port}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "team-a"}}]}))
+    target = get_target("kubernetes", config=Config({"KubernetesBackend": {"kubeconfig": str(kubeconfig)}}))
+    target.mode, target.api_requests = mode, api.requests  # type: ignore[attr-defined]
+    yield target
+    api.close()
+    pod.close()
+
+
+def test_requests_and_scrapes_go_through_the_api_servers_proxy(kubernetes_target: Any) -> None:
+    from jupyter_mlflow_k8s.serving.manager import PredictionError
+
+    [listed] = kubernetes_target.list()
+    assert (listed.name, listed.status, listed.where, listed.model_uri) == (
+        "iris", "running", "kubernetes team-a 1/1", "models:/iris/1")
+    assert kubernetes_target.predict("iris", [[1.0, 2.0]]) == [7]
+    assert ("POST", "/api/v1/namespaces/team-a/services/iris:http/proxy/invocations") in kubernetes_target.api_requests
+    assert kubernetes_target.metrics_text("iris").endswith('code="200"} 7\n')  # the pod, through its pod proxy
+    assert any(path.startswith("/api/v1/namespaces/team-a/pods/iris-abc:") and path.endswith("/proxy/metrics")
+               for _, path in kubernetes_target.api_requests)
+    with pytest.raises(PredictionError, match=r"refused the input \(HTTP 400\): missing inputs"):
+        kubernetes_target.predict("iris", {"dataframe_records": [{"x": 0.0}]})  # the server's 400, not the proxy's
+
+
+def test_where_the_proxy_refuses_the_pods_answer_themselves(kubernetes_target: Any) -> None:
+    from jupyter_mlflow_k8s.serving.manager import PredictionError
+
+    kubernetes_target.mode["mode"] = "refuse"
+    assert kubernetes_target.predict("iris", [[1.0, 2.0]]) == [1]
+    assert kubernetes_target.metrics_text("iris").endswith('code="200"} 1\n')
+    with pytest.raises(PredictionError, match="missing inputs"):
+        kubernetes_target.predict("iris", {"dataframe_records": [{"x": 0.0}]})
+    with pytest.raises(NotFoundError, match=r"No endpoint 'nope' in namespace 'team-a'\. Endpoints there: iris"):
+        kubernetes_target.get("nope")

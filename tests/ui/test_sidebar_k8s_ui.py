@@ -1,9 +1,11 @@
 """The sidebar's Serving section with a Kubernetes endpoint: a real ``jupyter lab`` configured for the test
 cluster (a kubeconfig and a namespace, as a user's would be), a Deployment serving a registered model, and
-live metrics read from its pod while requests arrive. Screenshot: build/screenshots/sidebar-serving-k8s.png."""
+live metrics read from its pod while requests arrive; and with the API server down, the local endpoints
+still listed and the Kubernetes ones named as not listed. Screenshots: build/screenshots/sidebar-serving-k8s*.png."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -18,7 +20,7 @@ from serving_fixtures import FEATURES, Served
 from traitlets.config import Config
 from ui_helpers import Lab, Page, Store, expand, number, open_sidebar, start_lab, stop_lab, tid, wait_until
 
-pytestmark = [pytest.mark.ui, pytest.mark.slow, pytest.mark.k8s]
+pytestmark = [pytest.mark.ui, pytest.mark.slow]
 NAME = "iris-k8s-ui"
 
 
@@ -78,6 +80,7 @@ class Requests:
             self._stop.wait(0.1)
 
 
+@pytest.mark.k8s
 def test_a_kubernetes_endpoint_shows_in_serving_with_live_metrics(
     page: Page, k8s_endpoint: Any, k8s_lab: Lab, k8s_namespace: str, k8s_served_model: Served
 ) -> None:
@@ -103,3 +106,37 @@ def test_a_kubernetes_endpoint_shows_in_serving_with_live_metrics(
     assert requests.answered > 0
     assert p.locator(tid("jmk-serving-error")).count() == 0
     assert page.errors == []
+
+
+def test_with_the_api_server_down_local_endpoints_list_and_a_note_says_so(
+    page: Page, mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_mlflow_k8s.serving.manager import Endpoint
+
+    state = tmp_path / "lab-state"
+    folder = state / "serving" / "iris-local"
+    folder.mkdir(parents=True)
+    record = Endpoint(name="iris-local", model_uri="models:/iris/1", url="http://127.0.0.1:9", host="127.0.0.1",
+                      port=9, pid=None, pid_start=None, started=time.time(), log_path=str(folder / "server.log"))
+    (folder / "endpoint.json").write_text(json.dumps(record.to_dict()))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "down",
+        "clusters": [{"name": "down", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "down", "context": {"cluster": "down", "user": "u"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    lab = start_lab(tmp_path / "lab", Store(mlflow_uri, state, {}))
+    try:
+        p = page.page
+        open_sidebar(page, lab)
+        expand(p, "serving")
+        row = p.locator(tid("jmk-endpoint-row", endpoint="iris-local"))
+        row.wait_for()
+        assert row.get_attribute("data-status") == "exited"
+        note = p.locator(tid("jmk-endpoints-unreachable", backend="kubernetes"))
+        note.wait_for()
+        assert "kubernetes endpoints not listed" in note.inner_text() and "unreachable" in note.inner_text()
+        page.screenshot("sidebar-serving-k8s-unreachable")
+    finally:
+        stop_lab(lab)

@@ -225,6 +225,7 @@ def test_without_a_cluster_the_listing_is_local_only(state_dir: Path, tmp_path: 
 def test_the_sidebar_lists_local_endpoints_when_the_api_server_is_down(state_dir: Path, tmp_path: Path,
                                                                       closed_port: int) -> None:
     from jupyter_mlflow_k8s.config import load_settings
+    from jupyter_mlflow_k8s.labapp.metrics_client import ScrapeError
     from jupyter_mlflow_k8s.labapp.service import SidebarService
 
     _record_local_endpoint(state_dir, "iris-local")
@@ -236,6 +237,8 @@ def test_the_sidebar_lists_local_endpoints_when_the_api_server_is_down(state_dir
             ("iris-local", "local", "exited")]
         [down] = listed["unreachable"]
         assert down["backend"] == "kubernetes" and "unreachable" in down["message"]
+        with pytest.raises(ScrapeError, match="Kubernetes endpoints cannot be listed"):
+            service.endpoint_metrics("iris-k8s")  # a 502: a metrics stream tries again instead of ending
     finally:
         service.close()
 

@@ -202,14 +202,18 @@ class SidebarService:
         return found
 
     def _kubernetes_endpoint(self, name: str) -> EndpointSummary | None:
-        """A Kubernetes endpoint by its listed name (``NAME`` or ``NAME.NAMESPACE``), if a cluster lists it."""
+        """A Kubernetes endpoint by its listed name (``NAME`` or ``NAME.NAMESPACE``), if a cluster lists it.
+
+        An API server that does not answer is a :class:`ScrapeError` (a 502: a metrics stream goes on
+        and tries again), not a 404 that would end it.
+        """
         kubernetes = self._targets()[1]
-        try:
-            if not kubernetes.configured:
-                return None
-            endpoints = kubernetes.list()
-        except JMKError:
+        if not kubernetes.configured:
             return None
+        try:
+            endpoints = kubernetes.list()
+        except JMKError as exc:
+            raise ScrapeError(f"Kubernetes endpoints cannot be listed: {exc}") from exc
         return next((e for e in endpoints if name in (e.name, f"{e.name}.{e.namespace}")), None)
 
     def endpoint_metrics(self, name: str, max_age: float = 0.0) -> dict[str, Any]:

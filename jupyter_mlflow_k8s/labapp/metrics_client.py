@@ -19,11 +19,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import JMKError
+from ..errors import UnavailableError
 
 # Names the inference server exposes (jupyter_mlflow_k8s/serving/server.py ServerMetrics, docs/serving.md).
 REQUESTS = "jmk_requests_total"
@@ -36,8 +36,10 @@ DRIFT_PSI = "jmk_feature_drift_psi"
 Sample = tuple[dict[str, str], float]
 
 
-class ScrapeError(JMKError):
-    """An endpoint's ``/metrics`` could not be read, or is not Prometheus text."""
+class ScrapeError(UnavailableError):
+    """An endpoint's ``/metrics`` could not be read, or is not Prometheus text (a bad gateway: 502)."""
+
+    http_status = 502
 
 
 class ParseError(ScrapeError):
@@ -337,8 +339,12 @@ class MetricsTracker:
         self._lock = threading.Lock()
 
     def snapshot(self, name: str, url: str, identity: tuple[Any, ...] = (), started: float | None = None,
-                 max_age: float = 0.0) -> dict[str, Any]:
-        """A Snapshot of endpoint ``name`` at ``url`` (blocking: scrapes unless the last is under ``max_age`` s old)."""
+                 max_age: float = 0.0, read: Callable[[], str] | None = None) -> dict[str, Any]:
+        """A Snapshot of endpoint ``name`` at ``url`` (blocking: scrapes unless the last is under ``max_age`` s old).
+
+        ``read`` returns the metrics text instead of a GET of ``<url>/metrics`` (a Kubernetes endpoint's
+        pods, read through the API server); it raises :class:`ScrapeError` when it cannot.
+        """
         with self._lock:
             tracked = self._tracked.get(name)
             if tracked is None or tracked.identity != identity:
@@ -347,7 +353,7 @@ class MetricsTracker:
             if tracked.snapshot is not None and tracked.last is not None \
                     and time.time() - tracked.last.time < max_age:
                 return tracked.snapshot
-            current = scrape(url, self.timeout)
+            current = scrape(url, self.timeout) if read is None else Scrape(time.time(), parse_prometheus(read()))
             result = snapshot(current, tracked.last, started)
             tracked.last, tracked.snapshot = current, result
             return result

@@ -1,7 +1,8 @@
 """What the sidebar's REST API does, as blocking calls: one object per server, shared by the handlers.
 
-Owns the server's JobService, a ServingManager per call, and the MetricsTracker that remembers
-each endpoint's previous scrape. Every method blocks (files, processes, MLflow, HTTP to the
+Owns the server's JobService, the endpoint targets (a local one per call; a Kubernetes one sharing
+the job service's backend, asked only when a cluster is configured) and the MetricsTracker that
+remembers each endpoint's previous scrape. Every method blocks (files, processes, MLflow, HTTP to the
 endpoints), so handlers run them in the API's thread pool, never on the event loop. Returns the
 wire shapes of ``shapes.py``; raises the package's errors, which ``handlers.py`` maps to statuses.
 """
@@ -10,16 +11,21 @@ from __future__ import annotations
 
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..config import JMKSettings
+from ..errors import JMKError
 from ..jobs import JobService
 from ..models import JobRecord
-from ..serving.manager import Endpoint, ServingManager
+from ..serving.manager import ServingManager
+from ..serving.targets import EndpointSummary, EndpointTarget, get_target
+from ..serving.targets.listing import list_all
+from ..serving.targets.local import LocalTarget, summary
 from . import shapes
-from .metrics_client import MetricsTracker
+from .metrics_client import MetricsTracker, ScrapeError
 from .shapes import Conflict, NotFound, check_job_id
 
 
@@ -37,9 +43,12 @@ class SidebarService:
     """The blocking side of ``/jmk/api``."""
 
     def __init__(self, settings: JMKSettings, mlflow_ui_url: str | None = None, backend_config: Any = None,
-                 threads: int = 16, metrics_timeout: float = 2.0) -> None:
+                 threads: int = 16, metrics_timeout: float = 2.0, kubernetes_timeout: float = 5.0) -> None:
         self.settings = settings
         self.mlflow_ui_url = mlflow_ui_url
+        self.backend_config = backend_config
+        self.kubernetes_timeout = kubernetes_timeout
+        self._kubernetes: EndpointTarget | None = None
         self.jobs = JobService(settings, backend_config=backend_config)
         self.tracker = MetricsTracker(timeout=metrics_timeout)
         # Long-lived work (log streams) uses threads of its own; this pool is for request-sized calls.
@@ -150,26 +159,76 @@ class SidebarService:
 
     # -- serving endpoints -------------------------------------------------------------------
 
-    def _manager(self) -> ServingManager:
-        return ServingManager(self.settings)
+    def _targets(self) -> list[EndpointTarget]:
+        """The local target, and the Kubernetes one (sharing the job service's backend) when a cluster is configured."""
+        local = LocalTarget(self.settings, manager=ServingManager(self.settings))
+        if self._kubernetes is None:
+            self._kubernetes = get_target("kubernetes", self.settings, self.backend_config, jobs=self.jobs,
+                                          timeout=self.kubernetes_timeout)
+        return [local, self._kubernetes]
+
+    def _listing(self) -> tuple[list[EndpointSummary], dict[str, str]]:
+        """Every endpoint, a Kubernetes one named ``NAME.NAMESPACE`` when a local one has its name."""
+        listing = list_all(self._targets())
+        local = {e.name for e in listing.endpoints if e.backend == "local"}
+        endpoints = [replace(e, name=f"{e.name}.{e.namespace}") if e.backend != "local" and e.name in local else e
+                     for e in listing.endpoints]
+        return endpoints, listing.unreachable
 
     def endpoints(self) -> dict[str, Any]:
-        """The local serving endpoints, newest first."""
-        return {"endpoints": [shapes.endpoint(e) for e in self._manager().list()]}
+        """The serving endpoints: local ones newest first, then Kubernetes ones (when a cluster is configured).
 
-    def running_endpoint(self, name: str) -> Endpoint:
+        ``unreachable`` names each target that did not answer (the API server down), with why.
+        """
+        endpoints, unreachable = self._listing()
+        return {"endpoints": [shapes.endpoint(e) for e in endpoints],
+                "unreachable": [{"backend": name, "message": why} for name, why in unreachable.items()]}
+
+    def running_endpoint(self, name: str) -> EndpointSummary:
         """The endpoint ``name``; :class:`NotFound` if unknown, :class:`Conflict` if not running."""
+        found: EndpointSummary | None
         try:
-            found = self._manager().get(name)
+            found = summary(ServingManager(self.settings).get(name))
         except LookupError as exc:
-            raise NotFound(str(exc)) from exc
+            found = self._kubernetes_endpoint(name)
+            if found is None:
+                raise NotFound(str(exc)) from exc
         if not found.running:
-            raise Conflict(f"Endpoint {name!r} is {found.status}: it has no live metrics. Start it again with "
-                           f"`jmk serve {found.model_uri} --name {name}`.")
+            if found.backend == "local":
+                raise Conflict(f"Endpoint {name!r} is {found.status}: it has no live metrics. Start it again with "
+                               f"`jmk serve {found.model_uri} --name {name}`.")
+            raise Conflict(f"Endpoint {name!r} is {found.status} ({found.replicas} replicas available): it has no "
+                           "live metrics until a replica is ready.")
         return found
+
+    def _kubernetes_endpoint(self, name: str) -> EndpointSummary | None:
+        """A Kubernetes endpoint by its listed name (``NAME`` or ``NAME.NAMESPACE``), if a cluster lists it.
+
+        An API server that does not answer is a :class:`ScrapeError` (a 502: a metrics stream goes on
+        and tries again), not a 404 that would end it.
+        """
+        kubernetes = self._targets()[1]
+        if not kubernetes.configured:
+            return None
+        try:
+            endpoints = kubernetes.list()
+        except JMKError as exc:
+            raise ScrapeError(f"Kubernetes endpoints cannot be listed: {exc}") from exc
+        return next((e for e in endpoints if name in (e.name, f"{e.name}.{e.namespace}")), None)
 
     def endpoint_metrics(self, name: str, max_age: float = 0.0) -> dict[str, Any]:
         """A Snapshot of a running endpoint, against the previous scrape of it (or one up to ``max_age`` s old)."""
         found = self.running_endpoint(name)
-        identity = (found.pid, found.pid_start, found.started)
-        return self.tracker.snapshot(found.name, found.url, identity, started=found.started, max_age=max_age)
+        if found.backend == "local":
+            return self.tracker.snapshot(found.name, found.url, found.identity, started=found.started,
+                                         max_age=max_age)
+        kubernetes = self._targets()[1]
+
+        def read() -> str:
+            try:
+                return kubernetes.metrics_text(found.name, self.tracker.timeout)
+            except JMKError as exc:
+                raise ScrapeError(str(exc)) from exc
+
+        return self.tracker.snapshot(f"{found.name}.{found.namespace}", found.url, found.identity, max_age=max_age,
+                                     read=read)

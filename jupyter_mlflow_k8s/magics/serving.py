@@ -1,8 +1,9 @@
 """``%serve`` and ``%predict``: start, list, stop and query inference servers from a notebook.
 
-The magics parse, call :class:`~jupyter_mlflow_k8s.serving.manager.ServingManager` and print or
-return. Servers are detached processes recorded under the state directory, so they outlive the
-kernel, and ``jmk serve list`` in a shell sees the same ones.
+The magics parse, call an endpoint target (``serving/targets``: ``local`` processes, ``kubernetes``
+Deployments with ``--backend kubernetes``) and print or return. Local servers are detached processes
+recorded under the state directory, so they outlive the kernel, and ``jmk serve list`` in a shell sees
+the same ones. The flags come from the server's one table (``serving/options.py``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..exceptions import JMKError, JMKUsageError
-from ..serving.cli import SERVE_OPTIONS, EndpointTable, deploy_to_kubernetes, server_flags, started_message
+from ..errors import JMKUsageError, translate
+from ..serving.options import front_arguments, given_flags, given_options
+from ..serving.targets import EndpointTarget, get_target
+from ..serving.targets.listing import EndpointTable, find, list_all, started_message
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVE_USAGE = """Usage:
   %serve MODEL_URI [--name NAME] [--port PORT] [server flags ...]   start a server, return its Endpoint
-  %serve list                                                       the endpoints and whether they run
-  %serve stop NAME                                                  stop one
+  %serve list [--backend local|kubernetes]                          the endpoints and whether they run
+  %serve stop NAME [--backend local|kubernetes]                     stop one
   %predict NAME DATA                                                query one (DATA: a variable or expression)"""
 PREDICT_USAGE = "Usage: %predict NAME DATA   (DATA: a variable or a Python expression, e.g. X_test[:5])"
 
@@ -35,15 +38,18 @@ def serving_errors(func: F) -> F:
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         try:
             return func(*args, **kwargs)
-        except JMKError as exc:
-            raise UsageError(str(exc)) from None
+        except Exception as exc:
+            found = translate(exc)  # ours, or a Kubernetes/MLflow/network error in our words
+            if found is None:
+                raise
+            raise UsageError(str(found)) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def serve_options(func: F) -> F:
-    """The server flags ``jmk serve`` takes (``SERVE_OPTIONS``), as ``magic_arguments`` decorators."""
-    for names, options in reversed(SERVE_OPTIONS):
+    """The server flags ``jmk serve`` takes (``serving/options.py``), as ``magic_arguments`` decorators."""
+    for names, options in reversed(front_arguments()):
         func = argument(*names, **options)(func)
     return func
 
@@ -62,6 +68,13 @@ class ServingMagics(Magics):
             manager = ServingManager(load_settings(self.shell.config))
             self.shell._jmk_serving = manager  # type: ignore[attr-defined]
         return manager
+
+    def _targets(self, backend: str | None = None) -> list[EndpointTarget]:
+        """``--backend``'s target alone, or every target (local first) when none is named."""
+        assert self.shell is not None
+        names = [backend] if backend else ["local", "kubernetes"]
+        return [get_target(name, config=self.shell.config, manager=self._manager()) if name == "local"
+                else get_target(name, config=self.shell.config) for name in names]
 
     @magic_arguments()
     @argument("target", metavar="MODEL_URI|list|stop", help="the model (models:/NAME@ALIAS, ...), or a command")
@@ -88,40 +101,50 @@ class ServingMagics(Magics):
             %predict churn-prod X_test[:5]
             %serve list
             %serve stop churn-prod
+            %serve models:/churn@prod --backend kubernetes      # a Deployment and a Service
+            %serve list --backend kubernetes
+            %serve stop churn-prod --backend kubernetes
         """
         __tracebackhide__ = True
         assert self.shell is not None
         args = parse_argstring(self.serve, line)
         target, rest = args.target, args.rest
-        flags = server_flags(args)
+        flags = given_flags(args)
         if target in ("list", "stop"):
-            given = [f"--{key.replace('_', '-')}" for key in ("name", "port", "backend")
-                     if getattr(args, key) is not None]
-            given += [f"--{key.replace('_', '-')}" for key in flags]
+            given = given_options(args, ("name", "port", *flags))
             if given:
                 raise JMKUsageError(f"%serve {target} takes no {', '.join(given)}.\n{SERVE_USAGE}")
             if target == "list":
                 if rest:
                     raise JMKUsageError(f"%serve list takes nothing more.\n{SERVE_USAGE}")
-                return EndpointTable(self._manager().list())
+                return self._list(args.backend)
             if len(rest) != 1:
                 raise JMKUsageError(f"%serve stop takes one NAME (see %serve list).\n{SERVE_USAGE}")
-            endpoint = self._manager().stop(rest[0])
-            print(f"[jmk] stopped {endpoint.name} ({endpoint.model_uri}, was at {endpoint.url})")
+            targets = self._targets(args.backend)
+            found = targets[0] if len(targets) == 1 else find(targets, rest[0])[0]
+            endpoint = found.stop(rest[0])
+            where = f" in namespace {endpoint.namespace}" if endpoint.namespace else ""
+            print(f"[jmk] stopped {endpoint.name}{where} ({endpoint.model_uri}, was at {endpoint.url})")
             return None
         if rest:
             raise JMKUsageError(f"Unexpected {' '.join(rest)}: %serve takes one MODEL_URI.\n{SERVE_USAGE}")
-        if args.backend == "kubernetes":
-            from ..serving.manager import check_name, server_arguments
+        if args.backend not in (None, "local"):
+            from ..serving.manager import check_name
 
-            server_arguments(flags)
             if args.name is not None:
                 check_name(args.name)
-            return deploy_to_kubernetes(target, args.name, args.port, flags, config=self.shell.config)
+            return self._targets(args.backend)[0].deploy(target, name=args.name, port=args.port, **flags)
         endpoint = self._manager().start(target, name=args.name, port=args.port, **flags)
         print(f"[jmk] {started_message(endpoint)}")
         print(f"[jmk] query it with %predict {endpoint.name} DATA; stop it with %serve stop {endpoint.name}")
         return endpoint
+
+    def _list(self, backend: str | None) -> EndpointTable:
+        targets = self._targets(backend)
+        if len(targets) == 1:  # asked for by name: its failure is the magic's
+            return EndpointTable(targets[0].list())
+        listing = list_all(targets)
+        return EndpointTable(listing.endpoints, listing.unreachable)
 
     @line_magic
     @serving_errors
@@ -155,4 +178,6 @@ class ServingMagics(Magics):
                 f"%predict {name}: DATA {expression!r} could not be evaluated ({type(exc).__name__}: {exc}). "
                 "Give a variable of the notebook or a Python expression, e.g. X_test[:5]."
             ) from None
-        return self._manager().predict(name, data)
+        if name.startswith(("http://", "https://")):
+            return self._manager().predict(name, data)
+        return find(self._targets(), name)[0].predict(name, data)

@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from .options import add_server_arguments, settings_values
 from .server import ServerSettings, ServingError
 
 EXAMPLES = """examples:
@@ -32,30 +33,13 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_uri", metavar="MODEL_URI",
                    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a path")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
-    p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
-    p.add_argument("--workers", type=int, default=1, help="processes sharing the port (each loads the model)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="most rows one model call gets (default 64)")
-    p.add_argument("--max-wait-ms", type=float, default=0.0,
-                   help="how long a batch waits for more requests (default 0: only what queued meanwhile)")
-    p.add_argument("--no-batching", action="store_true", help="one model call per request")
-    p.add_argument("--canary", metavar="URI", help="a second version that answers --canary-fraction of the requests")
-    p.add_argument("--canary-fraction", type=float, default=0.1, help="share of requests for the canary (default 0.1)")
-    p.add_argument("--shadow", metavar="URI", help="a version that gets a copy of every request; its answers are "
-                                                   "only measured")
-    p.add_argument("--name", default="", help="the endpoint's name (shown in /health)")
-    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (default 20 MB; 413 above)")
-    p.add_argument("--drift-window", type=int, default=1000, help="rows per feature the drift is computed over")
+    add_server_arguments(p)  # the one table of the server's flags (options.py)
     return p
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
     """Checked settings from parsed flags (:class:`ServingError` names every bad one)."""
-    settings = ServerSettings(
-        host=args.host, port=args.port, batching=not args.no_batching, max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms, canary_fraction=args.canary_fraction,
-        max_body_mb=args.max_body_mb, drift_window=args.drift_window, name=args.name,
-    )
+    settings = ServerSettings(**settings_values(args))
     settings.check()
     if args.workers < 1:
         raise ServingError(f"--workers {args.workers}: use 1 or more processes.")

@@ -1,8 +1,10 @@
-"""``jmk serve MODEL_URI | list | stop NAME | predict NAME DATA``: local inference servers from a shell.
+"""``jmk serve MODEL_URI | list | stop NAME | predict NAME DATA``: inference servers from a shell.
 
-Parses, calls :class:`~jupyter_mlflow_k8s.serving.manager.ServingManager` (or the Kubernetes deployer
-for ``--backend kubernetes``), prints. The server's flags are declared once here, in
-``SERVE_OPTIONS``, and shared with ``%serve``.
+Parses, calls an endpoint target (``serving/targets``: ``local`` processes, ``kubernetes`` Deployments,
+chosen with ``--backend``), prints. The server's flags come from the one table in ``serving/options.py``.
+Without ``--backend``, ``list`` shows the local endpoints and, when a cluster is configured, the
+Kubernetes ones (saying so when the API server does not answer); ``stop`` and ``predict`` look locally
+first, then on Kubernetes.
 """
 
 from __future__ import annotations
@@ -11,17 +13,24 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import JMKUsageError
-from ..widgets.table import Table
+from ..errors import JMKUsageError
+from .options import FLAG_KEYS, SERVE_OPTIONS, front_arguments, given_flags, given_options, server_arguments
+from .targets import EndpointTarget, get_target
+from .targets.listing import EndpointTable, find, list_all, started_message
+
+# Transitional: these names moved to options.py and targets/, and are re-exported for old imports.
+server_flags = given_flags
+KUBERNETES_WAIT_SECONDS = 300.0
+__all__ = ["FLAG_KEYS", "KUBERNETES_WAIT_SECONDS", "SERVE_OPTIONS", "EndpointTable", "add_serve_command",
+           "deploy_to_kubernetes", "read_data", "server_flags", "started_message"]
 
 USAGE = """jmk serve MODEL_URI [--name NAME] [--port PORT] [server flags] [--backend local|kubernetes] [--foreground]
-       jmk serve list
-       jmk serve stop NAME
-       jmk serve predict NAME JSON_OR_@FILE"""
+       jmk serve list [--backend local|kubernetes]
+       jmk serve stop NAME [--backend local|kubernetes]
+       jmk serve predict NAME JSON_OR_@FILE [--backend local|kubernetes]"""
 EXAMPLES = """examples:
   jmk serve models:/churn@prod                      a local server on a free port, in the background
   jmk serve models:/churn/3 --name churn --port 8080 --workers 2
@@ -30,93 +39,18 @@ EXAMPLES = """examples:
   jmk serve predict churn '{"dataframe_records": [{"age": 31, "plan": 2}]}'
   jmk serve predict churn '[[31, 2], [45, 1]]'       (a list of lists is sent as instances)
   jmk serve predict churn @rows.json                 (or @rows.csv, sent as text/csv)
-  jmk serve stop churn"""
+  jmk serve stop churn
+  jmk serve models:/churn@prod --backend kubernetes  a Deployment and a Service in the backend's namespace
+  jmk serve list --backend kubernetes
+  jmk serve stop churn-prod --backend kubernetes"""
 
-# (option strings, argparse keywords) of every flag of `jmk serve MODEL_URI` and `%serve MODEL_URI`.
-SERVE_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-    (("--name",), {"help": "the endpoint's name (default: from the model URI, e.g. churn-prod)"}),
-    (("--port",), {"type": int, "help": "port to listen on (default: a free one)"}),
-    (("--host",), {"help": "address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)"}),
-    (("--workers",), {"type": int, "help": "server processes sharing the port, each with the model (default 1)"}),
-    (("--max-batch-size",), {"type": int, "metavar": "ROWS", "help": "most rows one model call gets (default 64)"}),
-    (("--max-wait-ms",), {"type": float, "metavar": "MS", "help": "how long a batch waits for more requests"}),
-    (("--no-batching",), {"action": "store_true", "help": "one model call per request"}),
-    (("--canary",), {"metavar": "URI", "help": "a second version answering --canary-fraction of the requests"}),
-    (("--canary-fraction",), {"type": float, "metavar": "F", "help": "share of requests for the canary (0.1)"}),
-    (("--shadow",), {"metavar": "URI", "help": "a version that gets a copy of every request, only measured"}),
-    (("--max-body-mb",), {"type": float, "metavar": "MB", "help": "largest request body (default 20; 413 above)"}),
-    (("--drift-window",), {"type": int, "metavar": "ROWS", "help": "rows per feature the drift is computed over"}),
-    (("--backend",), {"choices": ("local", "kubernetes"), "help": "local process (default) or Deployment+Service"}),
-]
-FLAG_KEYS = ("host", "workers", "max_batch_size", "max_wait_ms", "no_batching", "canary", "canary_fraction", "shadow",
-             "max_body_mb", "drift_window")
 COMMANDS = ("list", "stop", "predict")
-KUBERNETES_WAIT_SECONDS = 300.0
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-class EndpointTable(Table):
-    """``jmk serve list`` and ``%serve list``: text in terminals, an HTML table in notebooks."""
-
-    columns = ("name", "status", "url", "model", "pid", "age")
-    css_class = "jmk-EndpointTable"
-    empty_message = "No endpoints yet. Start one with %serve MODEL_URI (or `jmk serve MODEL_URI`)."
-
-    def __init__(self, endpoints: list[Any]) -> None:
-        super().__init__(
-            (e.name, e.status, e.url, e.model_uri, e.pid or "", _age(time.time() - e.started)) for e in endpoints
-        )
-
-
-def server_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The server flags given on a command line (``SERVE_OPTIONS`` parsed), as ``ServingManager.start`` keywords."""
-    return {key: value for key in FLAG_KEYS if (value := getattr(args, key)) is not None and value is not False}
-
-
-def started_message(endpoint: Any) -> str:
-    """What ``jmk serve`` and ``%serve`` say once a server listens."""
-    return (f"serving {endpoint.model_uri} as {endpoint.name} at {endpoint.url} (pid {endpoint.pid}, "
-            f"log {endpoint.log_path})")
 
 
 def deploy_to_kubernetes(model_uri: str, name: str | None, port: int | None, flags: dict[str, Any],
                          config: Any = None, wait: float | None = KUBERNETES_WAIT_SECONDS) -> Any:
-    """``--backend kubernetes``: a Deployment and a Service, by :func:`jupyter_mlflow_k8s.serving.kubernetes.deploy`.
-
-    The server flags become the :class:`~jupyter_mlflow_k8s.serving.kubernetes.EndpointSpec`'s; pods get the
-    Kubernetes backend's settings (``c.KubernetesBackend...``, from ``config``); waits ``wait`` seconds for
-    the replicas to be available. Returns the deployed endpoint.
-    """
-    from ..config import load_settings
-    from ..jobs import JobService
-    from . import kubernetes
-    from .manager import default_name
-
-    if flags.get("host"):
-        raise JMKUsageError("--host does not go with --backend kubernetes: pods listen on every address, "
-                            "behind their Service.")
-    extra: list[str] = []
-    for key in ("max_body_mb", "drift_window"):
-        if flags.get(key) is not None:
-            extra += [f"--{key.replace('_', '-')}", str(flags[key])]
-    settings = load_settings(config)
-    spec_fields: dict[str, Any] = {
-        "name": name or default_name(model_uri), "model_uri": model_uri, "batching": not flags.get("no_batching"),
-        "tracking_uri": settings.tracking_uri, "extra_args": tuple(extra),
-        **{key: flags[key] for key in ("workers", "max_batch_size", "max_wait_ms", "canary", "canary_fraction",
-                                       "shadow") if flags.get(key) is not None},
-    }
-    if port is not None:
-        spec_fields["port"] = port
-    backend: Any = JobService(settings, backend_config=config).backend("kubernetes")
-    spec = kubernetes.EndpointSpec(**spec_fields)
-    return kubernetes.deploy(backend.api, spec, kubernetes.endpoint_settings(backend), wait=wait)
+    """``--backend kubernetes``: a Deployment and a Service (``KubernetesTarget.deploy``); kept for callers."""
+    return get_target("kubernetes", config=config).deploy(model_uri, name=name, port=port, wait=wait, **flags)
 
 
 def read_data(text: str) -> tuple[Any, str | None]:
@@ -142,47 +76,45 @@ def read_data(text: str) -> tuple[Any, str | None]:
         ) from None
 
 
-def _manager() -> Any:
-    from .manager import ServingManager
-
-    return ServingManager()
+def _targets(backend: str | None) -> list[EndpointTarget]:
+    """``--backend``'s target alone, or every target (local first) when none is named."""
+    names = [backend] if backend else ["local", "kubernetes"]
+    return [get_target(name) for name in names]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     target, rest = args.model_uri, args.rest
-    given = [f"--{key.replace('_', '-')}" for key in ("name", "port", *FLAG_KEYS, "backend")
-             if getattr(args, key) is not None and getattr(args, key) is not False]
-    given += ["--foreground"] if args.foreground else []
+    given = given_options(args) + (["--foreground"] if args.foreground else [])
     if target in COMMANDS:
+        given = [option for option in given if option != "--backend"]
         if given:
             raise JMKUsageError(f"jmk serve {target} takes no {', '.join(given)}.\nUsage: {USAGE}")
         wanted = {"list": 0, "stop": 1, "predict": 2}[target]
         if len(rest) != wanted:
             raise JMKUsageError(f"jmk serve {target} takes {('nothing more', 'NAME', 'NAME and DATA')[wanted]}.\n"
                                 f"Usage: {USAGE}")
+        targets = _targets(args.backend)
         if target == "list":
-            return _cmd_list()
-        return _cmd_stop(rest[0]) if target == "stop" else _cmd_predict(rest[0], rest[1])
+            return _cmd_list(targets)
+        return _cmd_stop(targets, rest[0]) if target == "stop" else _cmd_predict(targets, rest[0], rest[1])
     if rest:
         raise JMKUsageError(f"Unexpected {' '.join(rest)}: jmk serve takes one MODEL_URI.\nUsage: {USAGE}")
-    from .manager import check_name, default_name, server_arguments
+    from .manager import check_name, default_name, free_port
 
-    flags = server_flags(args)
+    flags = given_flags(args)
     server_arguments(flags)  # every flag checked before anything starts
     if args.name is not None:
         check_name(args.name)
-    if args.backend == "kubernetes":
+    if args.backend not in (None, "local"):
         if args.foreground:
-            raise JMKUsageError("--foreground runs the server in this terminal: it does not go with --backend "
-                                "kubernetes.")
-        deployed = deploy_to_kubernetes(target, args.name, args.port, flags)
+            raise JMKUsageError(f"--foreground runs the server in this terminal: it does not go with --backend "
+                                f"{args.backend}.")
+        deployed = get_target(args.backend).deploy(target, name=args.name, port=args.port, **flags)
         print(f"deployed {deployed.name} in namespace {deployed.namespace}: {deployed.model_uri}, "
               f"{deployed.available}/{deployed.replicas} replicas available, at {deployed.url} (inside the cluster)")
         return 0
-    manager = _manager()
+    manager = get_target("local").manager  # type: ignore[attr-defined]  # the local target's process manager
     if args.foreground:
-        from .manager import free_port
-
         port = args.port or free_port(flags.get("host") or "127.0.0.1")
         argv = manager.command(target, args.name or default_name(target), port, **flags)
         process = subprocess.Popen(argv, env=manager.environment())
@@ -196,20 +128,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_list() -> int:
-    print(repr(EndpointTable(_manager().list())))
+def _cmd_list(targets: list[EndpointTarget]) -> int:
+    if len(targets) == 1:  # asked for by name: its failure is the command's
+        print(repr(EndpointTable(targets[0].list())))
+        return 0
+    listing = list_all(targets)
+    print(repr(EndpointTable(listing.endpoints)))
+    for name, why in listing.unreachable.items():
+        print(f"jmk: {name} endpoints not listed: {why}", file=sys.stderr)
     return 0
 
 
-def _cmd_stop(name: str) -> int:
-    endpoint = _manager().stop(name)
-    print(f"stopped {endpoint.name} ({endpoint.model_uri}, was at {endpoint.url})")
+def _cmd_stop(targets: list[EndpointTarget], name: str) -> int:
+    target = find(targets, name)[0] if len(targets) > 1 else targets[0]
+    endpoint = target.stop(name)
+    where = f" in namespace {endpoint.namespace}" if endpoint.namespace else ""
+    print(f"stopped {endpoint.name}{where} ({endpoint.model_uri}, was at {endpoint.url})")
     return 0
 
 
-def _cmd_predict(name: str, text: str) -> int:
+def _cmd_predict(targets: list[EndpointTarget], name: str, text: str) -> int:
     data, content_type = read_data(text)
-    print(json.dumps(_manager().predict(name, data, content_type=content_type)))
+    target = targets[0] if len(targets) == 1 or name.startswith(("http://", "https://")) else find(targets, name)[0]
+    print(json.dumps(target.predict(name, data, content_type=content_type)))
     return 0
 
 
@@ -223,7 +164,7 @@ def add_serve_command(sub: Any) -> None:
     )
     serve.add_argument("model_uri", metavar="MODEL_URI|list|stop|predict", help="what to serve, or a command")
     serve.add_argument("rest", nargs="*", metavar="ARG", help="stop NAME; predict NAME JSON_OR_@FILE")
-    for names, options in SERVE_OPTIONS:
+    for names, options in front_arguments():
         serve.add_argument(*names, **options)
     serve.add_argument("--foreground", action="store_true",
                        help="run the server in this terminal until Ctrl-C (not recorded; for containers and debugging)")

@@ -32,8 +32,13 @@ import psutil
 
 from ..backends.local import process_alive, reap_children, track_child, wait_child
 from ..config import JMKSettings, load_settings
-from ..exceptions import JMKError, JMKUsageError
+from ..errors import JMKUsageError, NotFoundError, UnavailableError
 from ..manifests import check_dns1035_label
+from .options import SERVER_FLAGS, server_arguments
+
+__all__ = ["SERVER_FLAGS", "Endpoint", "EndpointNotFound", "PredictionError", "ServerStartError", "ServingError",
+           "ServingManager", "check_name", "default_name", "free_port", "safe_name", "scoring_payload",
+           "server_arguments"]
 
 RECORD = "endpoint.json"
 LOG = "server.log"
@@ -48,24 +53,7 @@ _LISTENING_RE = re.compile(r"jmk-serve: listening on (\S+)")
 _NAME_MAX = 63
 _PROTOCOL_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
-# Server flags ``start`` accepts (as keyword arguments), the type of each, and the server's option.
-SERVER_FLAGS: dict[str, type] = {
-    "host": str,
-    "workers": int,
-    "max_batch_size": int,
-    "max_wait_ms": float,
-    "no_batching": bool,
-    "canary": str,
-    "canary_fraction": float,
-    "shadow": str,
-    "max_body_mb": float,
-    "drift_window": int,
-}
-
-# Servers this process started: polled now and then so that exited ones do not linger as zombies.
-
-
-class EndpointNotFound(JMKUsageError, LookupError):
+class EndpointNotFound(NotFoundError):
     """No local endpoint with this name under the state directory."""
 
     def __init__(self, name: str, known: list[str]) -> None:
@@ -95,7 +83,7 @@ class PredictionError(JMKUsageError):
         self.message = message
 
 
-class ServingError(JMKError):
+class ServingError(UnavailableError):
     """An endpoint that does not answer, or answers with a server error."""
 
 
@@ -186,48 +174,6 @@ def check_name(name: str) -> None:
             f"letter and ending with a letter or digit, at most {_NAME_MAX} characters. "
             f"Try --name {safe_name(str(name))}."
         )
-
-
-def server_arguments(flags: dict[str, Any]) -> list[str]:
-    """The server's command-line options from ``start``'s keyword flags, checked first.
-
-    ``None`` and ``False`` mean "not given". An unknown flag or a value out of range is a usage
-    error naming the flag.
-    """
-    unknown = sorted(set(flags) - set(SERVER_FLAGS))
-    if unknown:
-        raise JMKUsageError(
-            f"Unknown server flag(s) {', '.join(unknown)}; known: {', '.join(SERVER_FLAGS)}."
-        )
-    given = {key: value for key, value in flags.items() if value is not None and value is not False}
-    for key, value in given.items():
-        option = "--" + key.replace("_", "-")
-        kind = SERVER_FLAGS[key]
-        if kind is bool and value is not True:
-            raise JMKUsageError(f"{option} is a switch: pass {key}=True or leave it out.")
-        if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise JMKUsageError(f"{option} takes a number, not {value!r}.")
-        if kind is str and (not isinstance(value, str) or not value.strip()):
-            raise JMKUsageError(f"{option} takes a non-empty string, not {value!r}.")
-        if kind is int and (int(value) != value or value < 1):
-            raise JMKUsageError(f"{option} must be a whole number of at least 1, not {value!r}.")
-        if key in ("max_wait_ms",) and value < 0:
-            raise JMKUsageError(f"{option} must be 0 or more milliseconds, not {value!r}.")
-        if key == "max_body_mb" and value <= 0:
-            raise JMKUsageError(f"{option} must be more than 0 MB, not {value!r}.")
-    if "canary_fraction" in given:
-        if "canary" not in given:
-            raise JMKUsageError("--canary-fraction needs --canary MODEL_URI: the version that gets that share.")
-        if not 0 < given["canary_fraction"] <= 1:
-            raise JMKUsageError(f"--canary-fraction is a share of requests in (0, 1], such as 0.1; not "
-                                f"{given['canary_fraction']!r}.")
-    if "canary" in given and "shadow" in given:
-        raise JMKUsageError("--canary and --shadow together: compare one version at a time.")
-    words: list[str] = []
-    for key, value in given.items():
-        option = "--" + key.replace("_", "-")
-        words += [option] if value is True else [option, str(value)]
-    return words
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -436,28 +382,8 @@ class ServingManager:
                     f"Endpoint {endpoint.name!r} is {endpoint.status}; start it again with "
                     f"`jmk serve {endpoint.model_uri} --name {endpoint.name}` (or %serve).")
             url, label = endpoint.url, f"Endpoint {endpoint.name!r}"
-        if content_type is None:
-            body, content_type = json.dumps(scoring_payload(data), default=_json_default).encode(), "application/json"
-        else:
-            body = data.encode() if isinstance(data, str) else bytes(data)
-        headers = {"Content-Type": content_type}
-        # an http(s) URL: given as one, or recorded by start
-        request = urllib.request.Request(f"{url}/invocations", data=body, method="POST", headers=headers)  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=PREDICT_TIMEOUT_SECONDS) as response:  # noqa: S310
-                answer = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            message = _error_message(exc.read())
-            if 400 <= exc.code < 500:
-                raise PredictionError(label, exc.code, message) from None
-            raise ServingError(f"{label} failed (HTTP {exc.code}): {message}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ServingError(f"{label} does not answer at {url} ({reason}); `jmk serve list` shows whether it "
-                               "still runs.") from None
-        if isinstance(answer, dict) and "predictions" in answer:
-            return answer["predictions"]
-        return answer
+        return invoke(url, label, data, content_type,
+                      hint="`jmk serve list` shows whether it still runs.")
 
     # -- records and processes ------------------------------------------------------------------
 
@@ -518,6 +444,50 @@ class ServingManager:
                 os.killpg(group, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=self.grace)
         wait_child(pid, self.grace)
+
+
+def request_body(data: Any, content_type: str | None = None) -> tuple[bytes, str]:
+    """The body and content type that send ``data`` (see :meth:`ServingManager.predict`) to ``/invocations``."""
+    if content_type is None:
+        return json.dumps(scoring_payload(data), default=_json_default).encode(), "application/json"
+    return (data.encode() if isinstance(data, str) else bytes(data)), content_type
+
+
+def invoke(url: str, label: str, data: Any, content_type: str | None = None, hint: str = "") -> Any:
+    """POST ``data`` to ``<url>/invocations`` and return the predictions.
+
+    Raises:
+        PredictionError: The server refused the input (4xx).
+        ServingError: Nothing answers at ``url`` (``hint`` says what to check), or it failed (5xx).
+    """
+    body, content_type = request_body(data, content_type)
+    headers = {"Content-Type": content_type}
+    # an http(s) URL: given as one, recorded by start, or a pod's address
+    request = urllib.request.Request(f"{url}/invocations", data=body, method="POST", headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=PREDICT_TIMEOUT_SECONDS) as response:  # noqa: S310
+            return answer_of(response.read())
+    except urllib.error.HTTPError as exc:
+        raise answer_error(label, exc.code, exc.read()) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ServingError(f"{label} does not answer at {url} ({reason}); {hint}".rstrip("; ")) from None
+
+
+def answer_of(body: bytes) -> Any:
+    """The predictions of a 200 answer (MLflow wraps them in ``{"predictions": ...}``)."""
+    answer = json.loads(body)
+    if isinstance(answer, dict) and "predictions" in answer:
+        return answer["predictions"]
+    return answer
+
+
+def answer_error(label: str, status: int, body: bytes) -> PredictionError | ServingError:
+    """The error for an answer that is not a 200: the input refused (4xx) or the server failed."""
+    message = _error_message(body)
+    if 400 <= status < 500:
+        return PredictionError(label, status, message)
+    return ServingError(f"{label} failed (HTTP {status}): {message}")
 
 
 def scoring_payload(data: Any) -> Any:

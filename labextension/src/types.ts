@@ -120,6 +120,12 @@ export interface IEndpoint {
   backend: string;
 }
 
+/** A target (e.g. Kubernetes) whose endpoints could not be listed, and why. */
+export interface IUnreachable {
+  backend: string;
+  message: string;
+}
+
 export interface IMetricsFigures {
   requests_total: number;
   errors_total: number;

@@ -8,32 +8,11 @@ import time
 from typing import Any
 
 import pytest
-from ui_helpers import Lab, Page, Store, Traffic, expand, open_sidebar
+from ui_helpers import Lab, Page, Store, Traffic, expand, number, open_sidebar, tid, wait_until
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
 XSS = "<img src=x onerror=alert(1)>"
-
-
-def tid(name: str, **attrs: str) -> str:
-    return f'[data-testid="{name}"]' + "".join(f'[data-{key.replace("_", "-")}="{value}"]'
-                                               for key, value in attrs.items())
-
-
-def wait_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not met within {timeout} s")
-
-
-def number(text: str) -> float:
-    """The number at the start of a chart's value label ('12.5 ms', 'p99: 3 ms'); 0 when there is none."""
-    found = re.search(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)
-    return float(found.group()) if found else 0.0
 
 
 def run_names(page: Any) -> list[str]:

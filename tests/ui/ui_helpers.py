@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -247,3 +248,24 @@ def expand(page: Any, section: str) -> None:
     toggle = page.locator(f'[data-testid="jmk-section-{section}-toggle"]')
     if toggle.get_attribute("aria-expanded") != "true":
         toggle.click()
+
+
+def tid(name: str, **attrs: str) -> str:
+    return f'[data-testid="{name}"]' + "".join(f'[data-{key.replace("_", "-")}="{value}"]'
+                                               for key, value in attrs.items())
+
+
+def wait_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not met within {timeout} s")
+
+
+def number(text: str) -> float:
+    """The number at the start of a chart's value label ('12.5 ms', 'p99: 3 ms'); 0 when there is none."""
+    found = re.search(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", text)
+    return float(found.group()) if found else 0.0

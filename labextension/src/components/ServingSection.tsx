@@ -9,7 +9,7 @@ import { apiPath, query, requestAPI } from '../api';
 import { errorMessage, formatNumber } from '../format';
 import { useEventStream, usePoll } from '../hooks';
 import { SidebarContext } from '../settings';
-import { IEndpoint, IMetricsSnapshot } from '../types';
+import { IEndpoint, IMetricsSnapshot, IUnreachable } from '../types';
 import { LineChart } from './LineChart';
 import { messageOf } from './LogViewer';
 
@@ -172,14 +172,16 @@ export function ServingSection(): JSX.Element {
   const { settings } = React.useContext(SidebarContext);
   const [endpoints, setEndpoints] = React.useState<IEndpoint[] | null>(null);
   const [error, setError] = React.useState<string | null>(null);
+  const [unreachable, setUnreachable] = React.useState<IUnreachable[]>([]);
   const [selected, setSelected] = React.useState<string | null>(null);
 
   usePoll(
     'endpoints',
     async () => {
       try {
-        const data = await requestAPI<{ endpoints: IEndpoint[] }>('endpoints');
+        const data = await requestAPI<{ endpoints: IEndpoint[]; unreachable?: IUnreachable[] }>('endpoints');
         setEndpoints(data.endpoints);
+        setUnreachable(data.unreachable ?? []);
         setError(null);
         // Show the first endpoint's charts without a click when nothing is chosen.
         setSelected(current =>
@@ -202,6 +204,11 @@ export function ServingSection(): JSX.Element {
           {error}
         </div>
       )}
+      {unreachable.map(u => (
+        <div className="jmk-Error" data-testid="jmk-endpoints-unreachable" data-backend={u.backend} key={u.backend}>
+          {`${u.backend} endpoints not listed: ${u.message}`}
+        </div>
+      ))}
       {endpoints === null && !error && <div className="jmk-Empty">Loading endpoints…</div>}
       {endpoints !== null && endpoints.length === 0 && (
         <div className="jmk-Empty" data-testid="jmk-endpoints-empty">

@@ -4,7 +4,7 @@
 
 - the OpenAPI schema of each supported Kubernetes minor version, strict (an unknown field is an
   error), from the schemas kubernetes-validate bundles;
-- ``jupyter_mlflow_k8s.manifests.check_manifest``: the server-side rules no schema carries.
+- ``jupyter_mlflow_k8s.k8s.validation.check_manifest``: the server-side rules no schema carries.
 
 ``kubernetes_validate.validate`` stops at the first error and reads its 1.8 MB definitions file
 again on every call. Here the schemas are found the same way, but each (version, apiVersion,

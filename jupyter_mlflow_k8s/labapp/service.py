@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..config import JMKSettings
 from ..errors import JMKError
 from ..jobs import JobService
@@ -24,6 +23,7 @@ from ..serving.manager import ServingManager
 from ..serving.targets import EndpointSummary, EndpointTarget, get_target
 from ..serving.targets.listing import list_all
 from ..serving.targets.local import LocalTarget, summary
+from ..version import __version__
 from . import shapes
 from .metrics_client import MetricsTracker, ScrapeError
 from .shapes import Conflict, NotFound, check_job_id

@@ -33,7 +33,7 @@ import psutil
 from ..backends.local import process_alive, reap_children, track_child, wait_child
 from ..config import JMKSettings, load_settings
 from ..errors import JMKUsageError, NotFoundError, UnavailableError
-from ..manifests import check_dns1035_label
+from ..k8s.validation import check_dns1035_label
 from .options import SERVER_FLAGS, server_arguments
 
 __all__ = ["SERVER_FLAGS", "Endpoint", "EndpointNotFound", "PredictionError", "ServerStartError", "ServingError",

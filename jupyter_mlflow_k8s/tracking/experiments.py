@@ -11,22 +11,11 @@ package's ``start_run``/``close_run``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import NotFoundError
-from .store import client, mlflow_errors
-
-
-def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
-    token = None
-    while True:
-        page = search(page_token=token, **kwargs)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
+from .store import client, mlflow_errors, pages
 
 # -- experiments -----------------------------------------------------------------------------------
 
@@ -38,7 +27,7 @@ def experiments(tracking_uri: str | None, active_only: bool = True) -> list[Any]
     view = ViewType.ACTIVE_ONLY if active_only else ViewType.ALL
     mlflow_client = client(tracking_uri)
     with mlflow_errors(tracking_uri):
-        return list(_pages(mlflow_client.search_experiments, view_type=view, max_results=1000))
+        return list(pages(mlflow_client.search_experiments, view_type=view, max_results=1000))
 
 
 def experiment_names(tracking_uri: str | None) -> dict[str, str]:

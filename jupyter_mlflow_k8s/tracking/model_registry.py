@@ -11,25 +11,13 @@ could break it (a model name may hold quotes). Registering a model from inside a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import NotFoundError
 from .refs import LATEST, ModelRef, check_version
-from .store import client, mlflow_errors, resolved_uri
+from .store import client, mlflow_errors, pages, resolved_uri
 
 MAX_LISTED = 10
-
-
-def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
-    """Every item of a paged MLflow search."""
-    token = None
-    while True:
-        page = search(page_token=token, **kwargs)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def _listed(names: list[str]) -> str:
@@ -44,7 +32,7 @@ def registered_models(tracking_uri: str | None) -> list[Any]:
     """Every registered model (with its latest versions, aliases and tags)."""
     mlflow_client = client(tracking_uri)
     with mlflow_errors(tracking_uri):
-        return list(_pages(mlflow_client.search_registered_models, max_results=1000))
+        return list(pages(mlflow_client.search_registered_models, max_results=1000))
 
 
 def model_names(tracking_uri: str | None) -> list[str]:
@@ -88,9 +76,9 @@ def model_versions(tracking_uri: str | None, name: str) -> list[Any]:
     query = _name_filter(name)
     with mlflow_errors(tracking_uri):
         if query is not None:
-            found = list(_pages(mlflow_client.search_model_versions, filter_string=query, max_results=10000))
+            found = list(pages(mlflow_client.search_model_versions, filter_string=query, max_results=10000))
         else:  # no filter can name it: look through every version
-            found = [v for v in _pages(mlflow_client.search_model_versions, max_results=10000) if v.name == name]
+            found = [v for v in pages(mlflow_client.search_model_versions, max_results=10000) if v.name == name]
     return sorted(found, key=lambda v: int(v.version), reverse=True)
 
 
@@ -99,7 +87,7 @@ def all_model_versions(tracking_uri: str | None) -> dict[str, list[Any]]:
     mlflow_client = client(tracking_uri)
     versions: dict[str, list[Any]] = {}
     with mlflow_errors(tracking_uri):
-        for v in _pages(mlflow_client.search_model_versions, max_results=10000):
+        for v in pages(mlflow_client.search_model_versions, max_results=10000):
             versions.setdefault(v.name, []).append(v)
     for found in versions.values():
         found.sort(key=lambda v: int(v.version), reverse=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import JMKError, JMKUsageError, NotFoundError, UnavailableError
 
@@ -92,3 +92,14 @@ def mlflow_errors(tracking_uri: str | None = None) -> Iterator[None]:
         if family is None:
             raise
         raise family from exc
+
+
+def pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    """Every item of a paged MLflow search (``search_experiments``, ``search_registered_models``, ...)."""
+    token = None
+    while True:
+        page = search(page_token=token, **kwargs)
+        yield from page
+        token = page.token
+        if not token:
+            return

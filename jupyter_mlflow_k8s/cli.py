@@ -6,6 +6,11 @@ family, or one that :func:`~jupyter_mlflow_k8s.errors.translate` recognises (MLf
 Kubernetes, storage, a server that does not answer), prints ``jmk: <message>`` and exits with
 the family's ``exit_status``. Anything else is a bug and keeps its traceback. It never imports
 the magics: tables come from :mod:`~jupyter_mlflow_k8s.widgets`.
+
+Settings: the user's Jupyter configuration (:func:`~jupyter_mlflow_k8s.config.jupyter_config`),
+read once here and handed to every command as ``args.config`` (``c.JMKSettings``,
+``c.KubernetesBackend`` ...), so that ``jmk`` builds jobs, CronJobs and endpoints as the magics
+and the sidebar do; then the environment variables.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .config import jupyter_config, load_settings
 from .errors import translate
 from .jobs import JobService
 
@@ -80,10 +86,11 @@ def report(exc: BaseException) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jmk``."""
     args = build_parser().parse_args(argv)
+    args.config = jupyter_config()
     try:
         if args.command in ("pipeline", "scheduler", "serve"):
             return int(args.func(args))
-        return int(args.func(JobService(), args))
+        return int(args.func(JobService(load_settings(args.config), backend_config=args.config), args))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

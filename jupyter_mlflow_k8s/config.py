@@ -3,11 +3,15 @@
 With nothing configured, jobs run locally, MLflow tracks into a SQLite file under the state
 directory and payloads are stored under it too. Environment variables are read here and
 nowhere else; traitlets config (``ipython_config.py``, ``jupyter_server_config.py``) wins over
-them when both are given.
+them when both are given. :func:`jupyter_config` reads the Jupyter configuration files for
+front doors that no Jupyter application starts (``jmk``).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,10 @@ ENV_STATE_DIR = "JMK_STATE_DIR"
 ENV_STORAGE_URL = "JMK_STORAGE_URL"
 ENV_BACKEND = "JMK_BACKEND"
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+# The sidebar's file first (JupyterHub images mount the kernels' settings there too), then our own.
+CONFIG_FILE_NAMES = ("jupyter_server_config", "jupyter_mlflow_k8s_config")
+
+log = logging.getLogger(__name__)
 
 
 def _env(name: str) -> str:
@@ -104,3 +112,38 @@ class JMKSettings(Configurable):
 def load_settings(config: Config | None = None, **overrides: Any) -> JMKSettings:
     """Settings from traitlets config (if any), the environment and the embedded defaults."""
     return JMKSettings(config=config or Config(), **overrides)
+
+
+def jupyter_config() -> Config:
+    """The user's Jupyter configuration, read as a Jupyter application reads it; once per process and path.
+
+    For ``jmk``, which no Jupyter application starts: in each directory of
+    :func:`jupyter_core.paths.jupyter_config_path` (``JUPYTER_CONFIG_DIR`` or ``~/.jupyter``, the
+    environment's ``etc/jupyter``, ``/usr/local/etc/jupyter``, ``/etc/jupyter``),
+    ``jupyter_server_config.py`` and ``.json`` (the sidebar's settings), then
+    ``jupyter_mlflow_k8s_config.py`` and ``.json``. The later name wins over the earlier, then the
+    first directory over the others, then ``.json`` over ``.py``, as in Jupyter. A file that fails to load is
+    skipped with a warning, as Jupyter does.
+    """
+    from jupyter_core.paths import jupyter_config_path
+
+    return copy.deepcopy(_load_config(tuple(jupyter_config_path())))  # callers may merge into theirs
+
+
+@functools.cache
+def _load_config(directories: tuple[str, ...]) -> Config:
+    from traitlets.config.loader import ConfigFileNotFound, JSONFileConfigLoader, PyFileConfigLoader
+
+    config = Config()
+    for name in CONFIG_FILE_NAMES:  # one name in every directory, then the next, as Jupyter server does
+        for directory in reversed(directories):  # the first directory merges last and wins
+            for loader_class, suffix in ((PyFileConfigLoader, ".py"), (JSONFileConfigLoader, ".json")):
+                loader = loader_class(name + suffix, path=directory)
+                try:
+                    config.merge(loader.load_config())
+                except ConfigFileNotFound:
+                    continue
+                except Exception as exc:  # a user's broken file: say so and go on, as Jupyter does
+                    log.warning("Skipped the configuration file %s: %s: %s", Path(directory, name + suffix),
+                                type(exc).__name__, exc)
+    return config

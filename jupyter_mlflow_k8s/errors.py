@@ -80,7 +80,7 @@ def _kubernetes_error(exc: BaseException) -> JMKError | None:
                                     "(kubectl get --raw /readyz) and your kubeconfig, then try again.")
         detail = f"The Kubernetes API answered {status} {reason}" + (f": {said}" if said else "")
         if status in (401, 403):
-            return UnavailableError(f"{detail}. The credentials or the service account lack a right; "
+            return UnavailableError(f"{detail}. The service account (or the kubeconfig's user) lacks a right; "
                                     "docs/kubernetes.md#rbac lists the Role it needs.")
         if status == 404:
             return NotFoundError(f"{detail}. The object or its namespace does not exist.")

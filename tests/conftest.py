@@ -26,12 +26,13 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_uri: str) -> Path:
-    """A fresh JMK_STATE_DIR per test, sharing the session's MLflow store."""
+    """A fresh JMK_STATE_DIR (and an empty JUPYTER_CONFIG_DIR) per test, sharing the session's MLflow store."""
     state = tmp_path / "state"
     monkeypatch.setenv("JMK_STATE_DIR", str(state))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     monkeypatch.delenv("JMK_STORAGE_URL", raising=False)
     monkeypatch.delenv("JMK_BACKEND", raising=False)
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "jupyter"))  # `jmk` reads none of the machine's config
     return state
 
 

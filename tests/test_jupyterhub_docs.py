@@ -30,6 +30,7 @@ from jupyter_mlflow_k8s.k8s.pods import PodSettings
 from jupyter_mlflow_k8s.models import JobSpec
 from jupyter_mlflow_k8s.pipelines import schedule as schedule_module
 from jupyter_mlflow_k8s.serving import kubernetes as serving_module
+from jupyter_mlflow_k8s.serving import targets as targets_module
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / "docs" / "jupyterhub"
@@ -54,6 +55,9 @@ RESOURCES = {
     "horizontal_pod_autoscaler": ("autoscaling", "horizontalpodautoscalers"),
 }
 VERBS = {"create": "create", "read": "get", "replace": "update", "patch": "patch", "delete": "delete", "list": "list"}
+# A request through the API server's proxy (/api/v1/namespaces/NS/services/NAME/proxy/PATH): RBAC sees the
+# subresource ``proxy`` of the object, and a POST as create.
+PROXY_VERBS = {"GET": "get", "POST": "create"}
 
 
 def manifests() -> list[tuple[str, dict[str, Any]]]:
@@ -79,6 +83,7 @@ def code_requests() -> set[Request]:
     Direct client calls (``create_namespaced_job``), and for every kind of object the code builds and
     hands to the shared layer (``k8s.apply`` / ``delete_owned``), what that layer may ask: read it,
     create it, replace or patch it (whichever it was told: ``"update|patch"`` asks for one of them), delete it.
+    And what the endpoint targets send through the API server's service and pod proxies.
     """
     requests: set[Request] = set()
     for module in (backend_module, serving_module, schedule_module):
@@ -92,6 +97,10 @@ def code_requests() -> set[Request]:
                 for kind in built & set(KINDS):
                     group, plural = RESOURCES[KINDS[kind][1]]
                     requests |= {(group, plural, verb) for verb in ("get", "create", "update|patch", "delete")}
+    for name, source in _sources(targets_module):
+        proxied = re.findall(r"_through_proxy\(f\"(services|pods)/[^\"]*\", \"(GET|POST)\"", source)
+        assert proxied or "/proxy/" not in source, f"{name} uses the API server's proxy in a way this test cannot read"
+        requests |= {("", f"{plural}/proxy", PROXY_VERBS[method]) for plural, method in proxied}
     requests |= {(group, f"{resource}/{sub}" if sub else resource, verb) for verb, group, resource, sub in NEEDED_ACCESS}
     return requests
 

@@ -1,7 +1,7 @@
 """The Kubernetes docs and files for platform teams, held to the code they describe (no cluster, no Docker).
 
 - ``docs/kubernetes-rbac.yaml``: valid for Kubernetes 1.27-1.37, and its Role grants every request
-  ``jupyter_mlflow_k8s/backends/kubernetes.py`` makes;
+  the ``jupyter_mlflow_k8s/backends/kubernetes/`` package makes;
 - ``docker/runner/Dockerfile``: torch pinned as in ``constraints.txt``, this package installed with
   ``-c constraints.txt``, a non-root user, a build context that keeps what it copies;
 - ``docs/kubernetes.md``: every setting, credential variable and preset key named, the storage errors
@@ -46,7 +46,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 Request = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC sees a request
 
-# Every method of the Kubernetes client that jupyter_mlflow_k8s/backends/kubernetes.py calls, and the
+# Every method of the Kubernetes client that jupyter_mlflow_k8s/backends/kubernetes/__init__.py calls, and the
 # requests it makes, read from the code:
 #   KubernetesBackend.check_cluster: read_namespace (a 403 is ignored), create_self_subject_access_review
 #       (may I create jobs / secrets here?)
@@ -153,7 +153,8 @@ def test_the_role_grants_no_more_than_the_page_explains() -> None:
     resources = {
         (group, resource) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
     }
-    assert resources == {("batch", "jobs"), ("", "pods"), ("", "pods/log"), ("", "secrets"), ("", "events")}
+    assert resources == {("batch", "jobs"), ("", "pods"), ("", "pods/log"), ("", "secrets"), ("", "events"),
+                         ("", "services/proxy"), ("", "pods/proxy")}
 
 
 def test_the_optional_cluster_role_only_reads_nodes() -> None:
@@ -311,7 +312,7 @@ def test_the_build_context_keeps_what_the_image_copies_and_drops_the_rest() -> N
     for source in sources:
         assert (ROOT / source).exists(), source
         assert not ignored(source, patterns), f".dockerignore leaves out {source}, which the Dockerfile copies"
-    assert not ignored("jupyter_mlflow_k8s/backends/kubernetes.py", patterns)
+    assert not ignored("jupyter_mlflow_k8s/backends/kubernetes/__init__.py", patterns)
     for path in (
         ".venv",
         "build",

@@ -646,6 +646,26 @@ def test_a_cronjob_pod_has_the_backends_tolerations_pull_secrets_and_service_acc
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"  # the steps' most, still
 
 
+def test_jmk_schedule_reads_the_backend_settings_from_the_jupyter_config(
+        state_dir: Path, churn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: `jmk` built the CronJob's pod without the user's traitlets config, so these were ignored.
+    dedicated = {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    config_dir = tmp_path / "jupyter"
+    config_dir.mkdir()
+    (config_dir / "jupyter_mlflow_k8s_config.py").write_text(
+        f"c.KubernetesBackend.namespace = 'team-gpu'\nc.KubernetesBackend.tolerations = [{dedicated!r}]\n"
+        "c.KubernetesBackend.image_pull_secrets = ['regcred']\nc.KubernetesBackend.service_account_name = 'trainer'\n")
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config_dir))
+    assert jmk(["pipeline", "schedule", str(churn), "--cron", "0 3 * * *", "--kubernetes", "--image", "runner:1",
+                "--print"]) == 0
+    cronjob = list(yaml.safe_load_all(capsys.readouterr().out))[1]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert cronjob["metadata"]["namespace"] == "team-gpu"
+    assert pod["tolerations"][0] == dedicated
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "trainer"
+
+
 def test_inside_a_pod_a_cronjob_lands_in_the_pods_namespace(
         state_dir: Path, churn: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

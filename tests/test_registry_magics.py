@@ -12,7 +12,8 @@ import pytest
 from IPython.core.error import UsageError
 from mlflow.tracking import MlflowClient
 
-from jupyter_mlflow_k8s.magics.registry import ModelRef, ModelTable, check_alias, parse_model_uri, variable_name
+from jupyter_mlflow_k8s.magics.registry import ModelTable, variable_name
+from jupyter_mlflow_k8s.tracking.refs import ModelRef, check_alias, parse_model_uri
 
 # --- parsing, no MLflow ------------------------------------------------------------------------
 

@@ -205,16 +205,23 @@ def test_concurrency_bound_queues_jobs(shell: Any, tmp_path: Path) -> None:
         del shell.config.LocalBackend["max_concurrent_jobs"]
 
 
-def test_gpus_get_distinct_devices(shell: Any) -> None:
+def test_gpus_get_distinct_devices(shell: Any, tmp_path: Path) -> None:
     # This machine has no GPU: configured ids stand in for what nvidia-smi would list.
     shell.config.LocalBackend.gpu_ids = ["0", "1"]
+    release = tmp_path / "release"
+    # Each job holds its GPU until the test releases them: the two one-GPU jobs run at once however
+    # slow the machine is, and the two-GPU job can start only after both.
+    code = (f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.05)\n"
+            "devices = os.environ['CUDA_VISIBLE_DEVICES']")
     try:
         with pytest.raises(UsageError, match=r"more GPUs than this machine has \(2: 0, 1\)"):
             _run(shell, "--gpus 3", "x = 1")
-        code = "import os, time\ntime.sleep(1)\ndevices = os.environ['CUDA_VISIBLE_DEVICES']"
         first = _run(shell, "--async --gpus 1", code)
         second = _run(shell, "--async --gpus 1", code)
+        wait_for(lambda: all(service_for(shell).get(handle.job_id).state is JobState.RUNNING
+                             for handle in (first, second)))
         both = _run(shell, "--async --gpus 2", code)
+        release.touch()
         seen = []
         for handle in (first, second, both):
             shell.run_line_magic("job", f"attach {handle.job_id}")

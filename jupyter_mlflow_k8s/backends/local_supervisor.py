@@ -68,6 +68,24 @@ def _system_metrics(record: JobRecord, interval: float) -> Any:
         return None
 
 
+def _stop_system_metrics(monitor: Any, job_id: str) -> None:
+    """Stop the monitor and log what it sampled since it last logged, with one sample taken now.
+
+    MLflow's monitor logs only a full sampling cycle of a still running run: the samples of the cycle
+    the job's end cut short are dropped, so a job that ends soon after its monitor started (or whose
+    supervisor took long to import MLflow) would have no system metrics at all.
+    """
+    try:
+        monitor.finish()  # stops and joins the sampling thread, flushes what it logged
+        monitor.collect_metrics()
+        metrics = monitor.aggregate_metrics()
+        if metrics:
+            monitor.publish_metrics(metrics)
+            monitor.mlflow_logger.flush()
+    except Exception as exc:  # system metrics are a bonus; the job's end goes on
+        print(f"[jmk] the last system metrics of job {job_id} were not logged: {exc}", file=sys.stderr)
+
+
 class _Supervisor:
     """Runs one job to its end. Lives in its own process and session."""
 
@@ -158,7 +176,7 @@ class _Supervisor:
         )
         code = self._wait(spec.timeout, record)
         if self.monitor is not None:
-            self.monitor.finish()
+            _stop_system_metrics(self.monitor, self.job_id)
         self._release()
         state, message = self._outcome(code)
         self._finish(state, code, message)

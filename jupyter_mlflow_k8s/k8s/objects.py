@@ -47,9 +47,18 @@ def not_managed(kind: str, namespace: str, name: str, *, deleting: bool = False)
 
 
 def api_error(exc: BaseException, what: str) -> JMKError:
-    """``exc`` (a Kubernetes or network error) as its error family, saying what was being done."""
+    """``exc`` (a Kubernetes or network error) as its error family, saying what was being done.
+
+    When the API answered, what was refused leads; when nothing answered, the server that did not
+    answer leads (``jmk: http://...:6443 did not answer ...``) and what was being done follows.
+    """
     family = translate(exc) or UnavailableError(f"{type(exc).__name__}: {exc}")
-    return type(family)(f"Cannot {what}: {family}")
+    if getattr(exc, "status", 0):
+        said = str(family)
+        if said[:2].istitle():  # "The Kubernetes API answered" continues the sentence; "MLflow" stays
+            said = said[0].lower() + said[1:]
+        return type(family)(f"Cannot {what}: {said}")
+    return type(family)(f"{family} (trying to {what})")
 
 
 @contextlib.contextmanager

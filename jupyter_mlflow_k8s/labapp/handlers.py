@@ -26,12 +26,10 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado.iostream import StreamClosedError
 
-from ..errors import JMKError, JMKUsageError, translate
+from ..errors import JMKUsageError, translate
 from ..models import JobRecord
 from . import shapes
-from .metrics_client import ScrapeError
 from .service import SidebarService
-from .shapes import Conflict
 
 T = TypeVar("T")
 API = r"/jmk/api"
@@ -50,30 +48,20 @@ class APIError(tornado.web.HTTPError):
         self.message = message
 
 
-def http_status(error: JMKError) -> int:
-    """The status the REST API answers for an error of a family: the family's ``http_status``."""
-    if isinstance(error, ScrapeError):  # an endpoint that does not answer its scrape: a bad gateway
-        return 502
-    if isinstance(error, Conflict):  # transitional: until shapes.Conflict is a ConflictError
-        return 409
-    if isinstance(error, LookupError) and error.http_status == JMKUsageError.http_status:
-        return 404  # transitional: EndpointNotFound and shapes.NotFound until they are NotFoundErrors
-    return error.http_status
-
-
 def http_error(exc: BaseException) -> tornado.web.HTTPError | None:
     """The HTTP error for an exception the service raised; ``None`` for a bug (a 500 with its traceback logged).
 
     The one mapping of the REST API: our errors and the ones :func:`~jupyter_mlflow_k8s.errors.translate`
     recognises (MLflow, Kubernetes, storage, a server that does not answer) answer their family's
-    status with their message. A ``LookupError`` that is not ours is a bug, not a 404.
+    ``http_status`` with their message (an endpoint's failed scrape is a 502 because its error says
+    so). A ``LookupError`` that is not ours is a bug, not a 404.
     """
     if isinstance(exc, tornado.web.HTTPError):
         return exc
     error = translate(exc)
     if error is None:
         return None
-    return APIError(http_status(error), str(error))
+    return APIError(error.http_status, str(error))
 
 
 class JMKHandler(APIHandler):

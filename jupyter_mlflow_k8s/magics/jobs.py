@@ -19,7 +19,7 @@ JOB_USAGE = """Usage:
   %job cancel ID            stop the job (its MLflow run ends KILLED)
   %job status ID            one line about the job"""
 
-__all__ = ["JOB_USAGE", "JobMagics", "JobTable"]
+__all__ = ["JOB_USAGE", "JobMagics"]
 
 
 @magics_class

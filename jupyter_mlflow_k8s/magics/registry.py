@@ -181,5 +181,4 @@ class RegistryMagics(Magics):
         return model
 
 
-# ModelRef, parse_model_uri and check_alias live in tracking.refs; re-exported here for older imports.
-__all__ = ["URI_FORMS", "ModelRef", "ModelTable", "RegistryMagics", "check_alias", "parse_model_uri", "variable_name"]
+__all__ = ["ModelTable", "RegistryMagics", "variable_name"]

@@ -1,20 +1,23 @@
-"""``jmk pipeline run|validate|show|list``: the pipeline commands of the ``jmk`` command line."""
+"""``jmk pipeline run|validate|show|list``: the pipeline commands of the ``jmk`` command line.
+
+Steps on another backend get ``args.config``'s settings (the user's traitlets configuration that
+``jmk`` read), as from the magics.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..util.durations import elapsed_text
 from ..util.pairs import parse_pairs
 from ..widgets.pipelines import MARKS, format_run
 from .model import PipelineRun, StepResult
 
-# format_run and MARKS live in widgets; schedule_cli.py imports _overrides from here (transitional).
-__all__ = ["MARKS", "_overrides", "add_commands", "format_run"]
-
+if TYPE_CHECKING:
+    from .engine import PipelineEngine
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -22,12 +25,22 @@ def _overrides(pairs: list[str] | None) -> dict[str, str]:
     return parse_pairs(pairs, "-p")
 
 
+def _engine(args: argparse.Namespace) -> PipelineEngine:
+    """The engine, its settings and its steps' backends from ``args.config`` (none: the environment's)."""
+    from ..config import load_settings
+    from ..jobs import JobService
+    from .engine import PipelineEngine
+
+    config = getattr(args, "config", None)
+    settings = load_settings(config)
+    return PipelineEngine(settings, service=JobService(settings, backend_config=config))
+
+
 def _duration(step: StepResult) -> str:
     return elapsed_text(step.started, step.finished)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .engine import PipelineEngine
     from .spec import load_pipeline
 
     pipeline = load_pipeline(args.pipeline, _overrides(args.param))
@@ -53,7 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             bar.update(1)
 
     try:
-        run = PipelineEngine().run(pipeline, resume=args.resume, on_event=progress, run_id=args.run_id)
+        run = _engine(args).run(pipeline, resume=args.resume, on_event=progress, run_id=args.run_id)
     finally:
         if bar is not None:
             bar.close()
@@ -71,16 +84,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .engine import PipelineEngine
-
-    print(format_run(PipelineEngine().load(args.run_id), explain=True))
+    print(format_run(_engine(args).load(args.run_id), explain=True))
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .engine import PipelineEngine
-
-    runs = PipelineEngine().list()[: args.limit]
+    runs = _engine(args).list()[: args.limit]
     for run in runs:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created))
         counts: dict[str, int] = {}

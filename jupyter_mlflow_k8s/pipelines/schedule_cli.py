@@ -1,4 +1,9 @@
-"""``jmk pipeline schedule|unschedule|schedules`` and ``jmk scheduler``: pipelines on a cron schedule, in UTC."""
+"""``jmk pipeline schedule|unschedule|schedules`` and ``jmk scheduler``: pipelines on a cron schedule, in UTC.
+
+``args.config`` is the user's traitlets configuration that ``jmk`` read
+(:func:`~jupyter_mlflow_k8s.config.jupyter_config`): a CronJob's pod and namespace come from its
+``c.KubernetesBackend`` settings, as a job's do.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ def _when(moment: datetime | None) -> str:
     return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}Z"
 
 
-def _pod_env() -> dict[str, str]:
+def _pod_env(config: Any = None) -> dict[str, str]:
     """Where the cluster's runs track and store, when this machine uses servers a pod can reach too.
 
     A local SQLite store or file:// storage is not passed on (the pod has its own disk), and neither
@@ -32,7 +37,7 @@ def _pod_env() -> dict[str, str]:
     """
     from ..config import load_settings
 
-    settings = load_settings()
+    settings = load_settings(config)
     env = {}
     for variable, uri in (("MLFLOW_TRACKING_URI", settings.tracking_uri), ("JMK_STORAGE_URL", settings.storage_url)):
         parts = urlsplit(uri)
@@ -57,7 +62,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         if scheduler_pid() is None:
             print("no scheduler is running for this state directory: start one with `jmk scheduler`")
         return 0
-    return _schedule_on_kubernetes(args, overrides)
+    return _schedule_on_kubernetes(args, overrides, getattr(args, "config", None))
 
 
 def _schedule_on_kubernetes(args: argparse.Namespace, overrides: dict[str, str], config: Any = None) -> int:
@@ -73,7 +78,8 @@ def _schedule_on_kubernetes(args: argparse.Namespace, overrides: dict[str, str],
     )
 
     pipeline = load_scheduled_pipeline(args.pipeline, args.cron, overrides)
-    settings = cronjob_settings(pipeline, namespace=args.namespace, image=args.image, env=_pod_env(), config=config)
+    settings = cronjob_settings(pipeline, namespace=args.namespace, image=args.image, env=_pod_env(config),
+                               config=config)
     manifests = build_schedule_manifests(
         pipeline.source or Path(args.pipeline), pipeline, args.cron, overrides, name=args.name, settings=settings,
         missed=args.missed, overlap=args.allow_overlap,
@@ -88,10 +94,10 @@ def _schedule_on_kubernetes(args: argparse.Namespace, overrides: dict[str, str],
 
 
 def _cmd_unschedule(args: argparse.Namespace) -> int:
-    from .schedule import delete_schedule_manifests, kube_namespace, remove_schedule
+    from .schedule import delete_schedule_manifests, remove_schedule
 
     if args.kubernetes:
-        for line in delete_schedule_manifests(args.name, kube_namespace(args.namespace)):
+        for line in delete_schedule_manifests(args.name, _namespace(args.namespace, getattr(args, "config", None))):
             print(line)
         return 0
     if args.namespace:
@@ -99,6 +105,17 @@ def _cmd_unschedule(args: argparse.Namespace) -> int:
     schedule = remove_schedule(args.name)
     print(f"removed schedule {schedule.name} ({schedule.pipeline} at {schedule.cron!r})")
     return 0
+
+
+def _namespace(namespace: str | None, config: Any) -> str:
+    """``namespace``, else the one ``schedule --kubernetes`` put the CronJob in: the backend's (its setting first)."""
+    from .schedule import kube_namespace
+
+    if namespace or config is None:
+        return kube_namespace(namespace)
+    from ..backends.kubernetes import KubernetesBackend
+
+    return str(KubernetesBackend(None, config=config).namespace)
 
 
 def _cmd_schedules(args: argparse.Namespace) -> int:

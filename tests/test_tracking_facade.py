@@ -73,7 +73,8 @@ def test_set_and_delete_alias(mlflow_uri: str, quoted: str) -> None:
 
 def test_missing_things_are_not_found_errors_that_say_what_exists(mlflow_uri: str, quoted: str) -> None:
     cases = {
-        f"models:/nosuch-{uuid.uuid4().hex[:6]}/1": rf"No registered model .*Registered models: .*{quoted}",
+        # the session's store holds other tests' models too: ours is named, or the list is cut with its count
+        f"models:/nosuch-{uuid.uuid4().hex[:6]}/1": rf"No registered model .*Registered models: .*({quoted}|\(\d+ in all\))",
         f"models:/{quoted}/9": r"has no version 9\. Versions: 1, 2\.",
         f"models:/{quoted}@nope": r"has no alias 'nope'\. Aliases: prod → 1",
     }

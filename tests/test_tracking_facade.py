@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import uuid
@@ -168,3 +169,20 @@ def test_tracking_imports_neither_the_records_nor_the_lifecycle() -> None:
             "bad = [m for m in ('jupyter_mlflow_k8s.records', 'jupyter_mlflow_k8s.lifecycle', 'mlflow') "
             "if m in sys.modules]\nassert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+def test_only_the_facade_talks_to_mlflow_s_client() -> None:
+    """No module outside ``tracking/`` imports ``MlflowClient`` or MLflow's run and registry entities."""
+    package = REPO / "jupyter_mlflow_k8s"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if path.is_relative_to(package / "tracking"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(("mlflow.tracking", "mlflow.client",
+                                                                                    "mlflow.entities")):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} from {node.module}")
+            elif isinstance(node, ast.ImportFrom) and node.module == "mlflow" and any(
+                    alias.name == "MlflowClient" for alias in node.names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} MlflowClient")
+    assert not offenders, offenders

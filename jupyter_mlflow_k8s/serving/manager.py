@@ -32,13 +32,13 @@ import psutil
 
 from ..backends.local import process_alive, reap_children, track_child, wait_child
 from ..config import JMKSettings, load_settings
-from ..errors import JMKUsageError, NotFoundError, UnavailableError
+from ..errors import JMKUsageError, UnavailableError
 from ..k8s.validation import check_dns1035_label
-from .options import SERVER_FLAGS, server_arguments
+from .errors import EndpointNotFound
+from .options import server_arguments
 
-__all__ = ["SERVER_FLAGS", "Endpoint", "EndpointNotFound", "PredictionError", "ServerStartError", "ServingError",
-           "ServingManager", "check_name", "default_name", "free_port", "safe_name", "scoring_payload",
-           "server_arguments"]
+__all__ = ["Endpoint", "PredictionError", "ServerStartError", "ServingError",
+           "ServingManager", "check_name", "default_name", "free_port", "safe_name", "scoring_payload"]
 
 RECORD = "endpoint.json"
 LOG = "server.log"
@@ -52,18 +52,6 @@ LOG_TAIL_LINES = 15
 _LISTENING_RE = re.compile(r"jmk-serve: listening on (\S+)")
 _NAME_MAX = 63
 _PROTOCOL_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-
-class EndpointNotFound(NotFoundError):
-    """No local endpoint with this name under the state directory."""
-
-    def __init__(self, name: str, known: list[str]) -> None:
-        listed = f" Endpoints: {', '.join(known)}." if known else " There are none yet."
-        super().__init__(
-            f"No endpoint {name!r}.{listed} Start one with `jmk serve MODEL_URI --name {name}` "
-            f"(or %serve MODEL_URI --name {name}); `jmk serve list` lists them."
-        )
-        self.name = name
-
 
 class ServerStartError(JMKUsageError):
     """The server exited (or never said it was listening) instead of starting; the log's tail says why."""
@@ -344,7 +332,9 @@ class ServingManager:
         folder = self.root / name
         endpoint = self._read(folder) if re.fullmatch(r"[a-z0-9-]+", name or "") else None
         if endpoint is None:
-            raise EndpointNotFound(name, [e.name for e in self.list()])
+            raise EndpointNotFound(name, [e.name for e in self.list()],
+                                   hint=f" Start one with `jmk serve MODEL_URI --name {name}` (or %serve MODEL_URI "
+                                        f"--name {name}); `jmk serve list` lists them.")
         return endpoint
 
     def stop(self, name: str) -> Endpoint:

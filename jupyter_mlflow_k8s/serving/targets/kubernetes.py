@@ -23,9 +23,10 @@ from typing import Any, TypeVar
 from ...config import JMKSettings, load_settings
 from ...errors import JMKError, UnavailableError, translate
 from .. import kubernetes as k8s
+from ..errors import EndpointNotFound
 from ..manager import PREDICT_TIMEOUT_SECONDS, ServingError, answer_error, answer_of, default_name, invoke, request_body
 from ..options import endpoint_spec_fields, server_arguments
-from .base import EndpointSummary, EndpointTarget, TargetEndpointNotFound
+from .base import EndpointSummary, EndpointTarget
 
 T = TypeVar("T")
 API_TIMEOUT_SECONDS = 5.0
@@ -147,8 +148,8 @@ class KubernetesTarget(EndpointTarget):
         for endpoint in endpoints:
             if endpoint.name == name:
                 return endpoint
-        raise TargetEndpointNotFound(name, f"in namespace {self.namespace!r}", [e.name for e in endpoints],
-                                     " `jmk serve list --backend kubernetes` lists them.")
+        raise EndpointNotFound(name, [e.name for e in endpoints], namespace=self.namespace,
+                               hint=" `jmk serve list --backend kubernetes` lists them.")
 
     def stop(self, name: str) -> EndpointSummary:
         """Delete the endpoint (autoscaler, Service, Deployment, Secret) and wait for its pods to go."""

@@ -13,7 +13,8 @@ from typing import Any
 
 from ...errors import JMKError, NotFoundError
 from ...widgets.table import Table
-from .base import EndpointSummary, EndpointTarget, TargetEndpointNotFound
+from ..errors import EndpointNotFound
+from .base import EndpointSummary, EndpointTarget
 
 
 @dataclass
@@ -56,7 +57,7 @@ def find(targets: Sequence[EndpointTarget], name: str) -> tuple[EndpointTarget, 
         except JMKError as exc:
             unreachable.append(f"{target.name} unreachable: {exc}")
     if missing is None:
-        raise TargetEndpointNotFound(name, "here", [], "".join(f" ({note})" for note in unreachable))
+        raise EndpointNotFound(name, [], hint="".join(f" ({note})" for note in unreachable))
     if unreachable:
         missing.args = (" ".join([str(missing), *(f"({note})" for note in unreachable)]),)
     raise missing

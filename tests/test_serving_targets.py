@@ -23,7 +23,8 @@ from jupyter_mlflow_k8s.serving import options
 from jupyter_mlflow_k8s.serving.manager import Endpoint, EndpointNotFound, ServingError
 from jupyter_mlflow_k8s.serving.targets import EndpointTarget, get_target, target_class, target_names, targets
 from jupyter_mlflow_k8s.serving.targets.kubernetes import call_within
-from jupyter_mlflow_k8s.serving.targets.listing import EndpointTable, find, list_all
+from jupyter_mlflow_k8s.serving.targets.listing import find, list_all
+from jupyter_mlflow_k8s.widgets.endpoints import EndpointTable
 
 # --- the one table of options --------------------------------------------------------------------
 

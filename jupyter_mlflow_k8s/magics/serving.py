@@ -19,7 +19,8 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..errors import JMKUsageError, translate
 from ..serving.options import front_arguments, given_flags, given_options
 from ..serving.targets import EndpointTarget, get_target
-from ..serving.targets.listing import EndpointTable, find, list_all, started_message
+from ..serving.targets.listing import find, list_all, started_message
+from ..widgets.endpoints import EndpointTable
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVE_USAGE = """Usage:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JMKUsageError
+from ..widgets.endpoints import EndpointTable
 from .options import FLAG_KEYS, SERVE_OPTIONS, front_arguments, given_flags, given_options, server_arguments
 from .targets import EndpointTarget, get_target
-from .targets.listing import EndpointTable, find, list_all, started_message
+from .targets.listing import find, list_all, started_message
 
 # Transitional: these names moved to options.py and targets/, and are re-exported for old imports.
 server_flags = given_flags

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ...config import JMKSettings, load_settings
 from ...errors import JMKError, UnavailableError, translate
+from ...k8s.client import cluster_configured
 from .. import kubernetes as k8s
 from ..errors import EndpointNotFound
 from ..manager import PREDICT_TIMEOUT_SECONDS, ServingError, answer_error, answer_of, default_name, invoke, request_body
@@ -108,10 +107,7 @@ class KubernetesTarget(EndpointTarget):
     @property
     def configured(self) -> bool:
         """A kubeconfig (the trait, ``KUBECONFIG``, ``~/.kube/config``) or a pod's service account is there."""
-        path = str(self.backend.kubeconfig or os.environ.get("KUBECONFIG", ""))
-        if path:
-            return any(Path(part).expanduser().exists() for part in path.split(os.pathsep) if part)
-        return Path("~/.kube/config").expanduser().exists() or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        return cluster_configured(self.backend.kubeconfig or None)
 
     def _call(self, what: str, call: Callable[[Any], T], seconds: float | None = None) -> T:
         return call_within(self.timeout if seconds is None else seconds, what, lambda: call(self.backend.api))

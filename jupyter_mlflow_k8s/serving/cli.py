@@ -126,7 +126,7 @@ def _cmd_list(targets: list[EndpointTarget]) -> int:
     listing = list_all(targets)
     print(repr(EndpointTable(listing.endpoints)))
     for name, why in listing.unreachable.items():
-        print(f"jmk: {name} endpoints not listed: {why}", file=sys.stderr)
+        print(f"jmk: {name} endpoints not listed, unreachable: {why}", file=sys.stderr)
     return 0
 
 

@@ -110,7 +110,12 @@ class KubernetesTarget(EndpointTarget):
         return cluster_configured(self.backend.kubeconfig or None)
 
     def _call(self, what: str, call: Callable[[Any], T], seconds: float | None = None) -> T:
-        return call_within(self.timeout if seconds is None else seconds, what, lambda: call(self.backend.api))
+        try:
+            return call_within(self.timeout if seconds is None else seconds, what, lambda: call(self.backend.api))
+        except UnavailableError as exc:  # said in the words a listing of every target uses for a target down
+            if "unreachable" in str(exc):
+                raise
+            raise UnavailableError(f"The Kubernetes API is unreachable: {exc}") from exc
 
     # -- deploy, list, stop ----------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from jupyter_mlflow_k8s.cli import main
 from jupyter_mlflow_k8s.errors import JMKUsageError, NotFoundError, UnavailableError
 from jupyter_mlflow_k8s.exceptions import UnknownPlugin
 from jupyter_mlflow_k8s.serving import options
-from jupyter_mlflow_k8s.serving.manager import Endpoint, EndpointNotFound, ServingError
+from jupyter_mlflow_k8s.serving.errors import EndpointNotFound
+from jupyter_mlflow_k8s.serving.manager import Endpoint, ServingError
 from jupyter_mlflow_k8s.serving.targets import EndpointTarget, get_target, target_class, target_names, targets
 from jupyter_mlflow_k8s.serving.targets.kubernetes import call_within
 from jupyter_mlflow_k8s.serving.targets.listing import find, list_all
@@ -108,6 +109,19 @@ def test_the_serve_magic_does_not_import_the_command_line() -> None:
 def test_serving_errors_belong_to_the_families() -> None:
     assert issubclass(EndpointNotFound, NotFoundError) and issubclass(EndpointNotFound, LookupError)
     assert issubclass(ServingError, UnavailableError)
+
+
+def test_one_endpoint_not_found_for_every_target() -> None:
+    from jupyter_mlflow_k8s.serving import kubernetes
+
+    assert kubernetes.EndpointNotFound is EndpointNotFound  # the Kubernetes layer raises the same class
+    local = EndpointNotFound("iris", ["a", "b"], hint=" Start one.")
+    assert str(local) == "No endpoint 'iris'. Endpoints: a, b. Start one."
+    assert str(EndpointNotFound("iris", [])) == "No endpoint 'iris'. There are none yet."
+    there = EndpointNotFound("iris", ["a"], namespace="team-a")
+    assert str(there) == "No endpoint 'iris' in namespace 'team-a'. Endpoints there: a."
+    assert str(EndpointNotFound("iris", [], backend="local")) == "No endpoint 'iris' on local. There are none."
+    assert (there.name, there.known, there.namespace) == ("iris", ["a"], "team-a")
 
 
 # --- listings with the API server down ------------------------------------------------------------

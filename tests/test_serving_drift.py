@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jupyter_mlflow_k8s.serving.drift import EPSILON, DriftMonitor, SlidingWindow, psi
+from jupyter_mlflow_k8s.serving.drift import EPSILON, DriftMonitor, psi
 from jupyter_mlflow_k8s.serving.metrics import Registry
+from jupyter_mlflow_k8s.serving.window import SlidingWindow
 from jupyter_mlflow_k8s.tracking.baseline import feature_summary
 
 

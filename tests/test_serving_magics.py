@@ -13,8 +13,8 @@ from helpers import process_gone
 from IPython.core.error import UsageError
 from serving_fixtures import Served
 
-from jupyter_mlflow_k8s.serving.cli import EndpointTable
 from jupyter_mlflow_k8s.serving.manager import Endpoint, ServingManager
+from jupyter_mlflow_k8s.widgets.endpoints import EndpointTable
 
 
 @pytest.fixture

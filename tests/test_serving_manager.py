@@ -16,8 +16,8 @@ from serving_fixtures import FEATURES, Served
 
 from jupyter_mlflow_k8s.cli import main
 from jupyter_mlflow_k8s.exceptions import JMKUsageError
+from jupyter_mlflow_k8s.serving.errors import EndpointNotFound
 from jupyter_mlflow_k8s.serving.manager import (
-    EndpointNotFound,
     PredictionError,
     ServerStartError,
     ServingError,
@@ -26,8 +26,8 @@ from jupyter_mlflow_k8s.serving.manager import (
     default_name,
     safe_name,
     scoring_payload,
-    server_arguments,
 )
+from jupyter_mlflow_k8s.serving.options import server_arguments
 
 # --- no server ------------------------------------------------------------------------------------
 

@@ -20,10 +20,12 @@ from jupyter_mlflow_k8s.cli import main
 from jupyter_mlflow_k8s.errors import JMKUsageError, NotFoundError, UnavailableError
 from jupyter_mlflow_k8s.exceptions import UnknownPlugin
 from jupyter_mlflow_k8s.serving import options
-from jupyter_mlflow_k8s.serving.manager import Endpoint, EndpointNotFound, ServingError
+from jupyter_mlflow_k8s.serving.errors import EndpointNotFound
+from jupyter_mlflow_k8s.serving.manager import Endpoint, ServingError
 from jupyter_mlflow_k8s.serving.targets import EndpointTarget, get_target, target_class, target_names, targets
 from jupyter_mlflow_k8s.serving.targets.kubernetes import call_within
-from jupyter_mlflow_k8s.serving.targets.listing import EndpointTable, find, list_all
+from jupyter_mlflow_k8s.serving.targets.listing import find, list_all
+from jupyter_mlflow_k8s.widgets.endpoints import EndpointTable
 
 # --- the one table of options --------------------------------------------------------------------
 
@@ -109,6 +111,19 @@ def test_serving_errors_belong_to_the_families() -> None:
     assert issubclass(ServingError, UnavailableError)
 
 
+def test_one_endpoint_not_found_for_every_target() -> None:
+    from jupyter_mlflow_k8s.serving import kubernetes
+
+    assert kubernetes.EndpointNotFound is EndpointNotFound  # the Kubernetes layer raises the same class
+    local = EndpointNotFound("iris", ["a", "b"], hint=" Start one.")
+    assert str(local) == "No endpoint 'iris'. Endpoints: a, b. Start one."
+    assert str(EndpointNotFound("iris", [])) == "No endpoint 'iris'. There are none yet."
+    there = EndpointNotFound("iris", ["a"], namespace="team-a")
+    assert str(there) == "No endpoint 'iris' in namespace 'team-a'. Endpoints there: a."
+    assert str(EndpointNotFound("iris", [], backend="local")) == "No endpoint 'iris' on local. There are none."
+    assert (there.name, there.known, there.namespace) == ("iris", ["a"], "team-a")
+
+
 # --- listings with the API server down ------------------------------------------------------------
 
 
@@ -175,7 +190,8 @@ def test_jmk_serve_list_shows_local_endpoints_and_says_the_api_server_is_down(
     assert "iris-local" in out and "exited" in out and "local" in out
     assert "kubernetes endpoints not listed" in err and "unreachable" in err
 
-    assert main(["serve", "list", "--backend", "kubernetes"]) == 2  # asked for by name: its failure is the command's
+    # asked for by name: its failure is the command's, with the unavailable family's exit status
+    assert main(["serve", "list", "--backend", "kubernetes"]) == UnavailableError.exit_status
     assert "unreachable" in capsys.readouterr().err
     assert main(["serve", "stop", "nothing"]) == 2
     err = capsys.readouterr().err

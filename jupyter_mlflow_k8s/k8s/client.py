@@ -29,6 +29,17 @@ def in_cluster(kubeconfig: str | None = None) -> bool:
     return no_kubeconfig and bool(os.environ.get(SERVICE_HOST_ENV))
 
 
+def cluster_configured(kubeconfig: str | None = None) -> bool:
+    """Whether a cluster is configured here: a kubeconfig file that exists, or a pod's service account.
+
+    The kubeconfig is ``kubeconfig``, else ``$KUBECONFIG``, else ``~/.kube/config``. Asks no API server.
+    """
+    path = kubeconfig_path(kubeconfig)
+    if path:
+        return any(Path(part).expanduser().exists() for part in path.split(os.pathsep) if part)
+    return Path(DEFAULT_KUBECONFIG).expanduser().exists() or bool(os.environ.get(SERVICE_HOST_ENV))
+
+
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """A new ``kubernetes.client.ApiClient``: the kubeconfig's ``context`` (default: its current one), else in-cluster.
 

@@ -252,7 +252,7 @@ def delete_alias(tracking_uri: str, name: str, alias: str) -> None:
 
 
 def endpoint(found: Any) -> dict[str, Any]:
-    """An Endpoint: a local serving process, as ServingManager records it."""
+    """An Endpoint of any target (an ``EndpointSummary``, or a local ``Endpoint`` record); ``started`` may be None."""
     return {
         "name": found.name,
         "model_uri": found.model_uri,

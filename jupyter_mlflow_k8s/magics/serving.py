@@ -8,18 +8,18 @@ the same ones. The flags come from the server's one table (``serving/options.py`
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..errors import JMKUsageError, translate
+from ..errors import JMKUsageError
 from ..serving.options import front_arguments, given_flags, given_options
 from ..serving.targets import EndpointTarget, get_target
-from ..serving.targets.listing import EndpointTable, find, list_all, started_message
+from ..serving.targets.listing import find, list_all, started_message
+from ..widgets.endpoints import EndpointTable
+from .common import user_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVE_USAGE = """Usage:
@@ -28,23 +28,6 @@ SERVE_USAGE = """Usage:
   %serve stop NAME [--backend local|kubernetes]                     stop one
   %predict NAME DATA                                                query one (DATA: a variable or expression)"""
 PREDICT_USAGE = "Usage: %predict NAME DATA   (DATA: a variable or a Python expression, e.g. X_test[:5])"
-
-
-def serving_errors(func: F) -> F:
-    """Our errors as IPython's ``UsageError``: a short message that says what to do, no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
-        try:
-            return func(*args, **kwargs)
-        except Exception as exc:
-            found = translate(exc)  # ours, or a Kubernetes/MLflow/network error in our words
-            if found is None:
-                raise
-            raise UsageError(str(found)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def serve_options(func: F) -> F:
@@ -81,7 +64,7 @@ class ServingMagics(Magics):
     @argument("rest", nargs="*", metavar="NAME", help="stop NAME")
     @serve_options
     @line_magic
-    @serving_errors
+    @user_errors
     def serve(self, line: str) -> Any:
         """Serve a model: a local inference server in the background (or on Kubernetes); list and stop them.
 
@@ -147,7 +130,7 @@ class ServingMagics(Magics):
         return EndpointTable(listing.endpoints, listing.unreachable)
 
     @line_magic
-    @serving_errors
+    @user_errors
     def predict(self, line: str) -> Any:
         """Send DATA to a served model's ``/invocations`` and return its predictions.
 

@@ -16,8 +16,9 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from .model_loading import ServerStartupError, load
 from .options import add_server_arguments, settings_values
-from .server import ServerSettings, ServingError
+from .server import ServerSettings
 
 EXAMPLES = """examples:
   python -m jupyter_mlflow_k8s.serving models:/churn@prod --port 8080
@@ -38,13 +39,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
-    """Checked settings from parsed flags (:class:`ServingError` names every bad one)."""
+    """Checked settings from parsed flags (:class:`ServerStartupError` names every bad one)."""
     settings = ServerSettings(**settings_values(args))
     settings.check()
     if args.workers < 1:
-        raise ServingError(f"--workers {args.workers}: use 1 or more processes.")
+        raise ServerStartupError(f"--workers {args.workers}: use 1 or more processes.")
     if args.canary and args.shadow:
-        raise ServingError("--canary and --shadow together: compare one version at a time.")
+        raise ServerStartupError("--canary and --shadow together: compare one version at a time.")
     return settings
 
 
@@ -58,9 +59,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ServingError(f"Port {port} on {host} is already in use. Stop what listens there, or pick "
+            raise ServerStartupError(f"Port {port} on {host} is already in use. Stop what listens there, or pick "
                                "another port with --port.", exit_code=3) from exc
-        raise ServingError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
+        raise ServerStartupError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -72,12 +73,12 @@ def serve(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         sock = bind(settings.host, settings.port)
-        from .server import InferenceServer, load
+        from .server import InferenceServer
 
         primary = load(args.model_uri)
         canary = load(args.canary, "canary") if args.canary else None
         shadow = load(args.shadow, "shadow") if args.shadow else None
-    except ServingError as exc:
+    except ServerStartupError as exc:
         print(f"jmk-serve: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     children = _fork(args.workers - 1)

@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JMKUsageError
-from .options import FLAG_KEYS, SERVE_OPTIONS, front_arguments, given_flags, given_options, server_arguments
+from ..widgets.endpoints import EndpointTable
+from .options import front_arguments, given_flags, given_options, server_arguments
 from .targets import EndpointTarget, get_target
-from .targets.listing import EndpointTable, find, list_all, started_message
+from .targets.listing import find, list_all, started_message
 
-# Transitional: these names moved to options.py and targets/, and are re-exported for old imports.
-server_flags = given_flags
-KUBERNETES_WAIT_SECONDS = 300.0
-__all__ = ["FLAG_KEYS", "KUBERNETES_WAIT_SECONDS", "SERVE_OPTIONS", "EndpointTable", "add_serve_command",
-           "deploy_to_kubernetes", "read_data", "server_flags", "started_message"]
+__all__ = ["add_serve_command", "read_data"]
 
 USAGE = """jmk serve MODEL_URI [--name NAME] [--port PORT] [server flags] [--backend local|kubernetes] [--foreground]
        jmk serve list [--backend local|kubernetes]
@@ -45,12 +42,6 @@ EXAMPLES = """examples:
   jmk serve stop churn-prod --backend kubernetes"""
 
 COMMANDS = ("list", "stop", "predict")
-
-
-def deploy_to_kubernetes(model_uri: str, name: str | None, port: int | None, flags: dict[str, Any],
-                         config: Any = None, wait: float | None = KUBERNETES_WAIT_SECONDS) -> Any:
-    """``--backend kubernetes``: a Deployment and a Service (``KubernetesTarget.deploy``); kept for callers."""
-    return get_target("kubernetes", config=config).deploy(model_uri, name=name, port=port, wait=wait, **flags)
 
 
 def read_data(text: str) -> tuple[Any, str | None]:
@@ -135,7 +126,7 @@ def _cmd_list(targets: list[EndpointTarget]) -> int:
     listing = list_all(targets)
     print(repr(EndpointTable(listing.endpoints)))
     for name, why in listing.unreachable.items():
-        print(f"jmk: {name} endpoints not listed: {why}", file=sys.stderr)
+        print(f"jmk: {name} endpoints not listed, unreachable: {why}", file=sys.stderr)
     return 0
 
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .window import SlidingWindow, numeric_values
+from .window import SlidingWindow
 
 if TYPE_CHECKING:  # drift publishes into the registry it is given; it never builds one
     from .metrics import Registry
 
-__all__ = ["EPSILON", "DriftMonitor", "SlidingWindow", "numeric_values", "psi"]
+__all__ = ["EPSILON", "DriftMonitor", "psi"]
 
 #: The smallest fraction a bin counts with in PSI, so an empty bin (live or baseline) stays finite.
 EPSILON = 1e-4

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -30,15 +29,17 @@ from typing import Any
 
 import psutil
 
-from ..backends.local import process_alive, reap_children, track_child, wait_child
 from ..config import JMKSettings, load_settings
-from ..errors import JMKUsageError, NotFoundError, UnavailableError
+from ..errors import JMKUsageError, UnavailableError
 from ..k8s.validation import check_dns1035_label
-from .options import SERVER_FLAGS, server_arguments
+from ..tracking.refs import ModelRef
+from ..util.names import LABEL_MAX, dns_label
+from ..util.processes import process_alive, process_started, reap_children, track_child, wait_child
+from .errors import EndpointNotFound
+from .options import server_arguments
 
-__all__ = ["SERVER_FLAGS", "Endpoint", "EndpointNotFound", "PredictionError", "ServerStartError", "ServingError",
-           "ServingManager", "check_name", "default_name", "free_port", "safe_name", "scoring_payload",
-           "server_arguments"]
+__all__ = ["Endpoint", "PredictionError", "ServerStartError", "ServingError",
+           "ServingManager", "check_name", "default_name", "free_port", "safe_name", "scoring_payload"]
 
 RECORD = "endpoint.json"
 LOG = "server.log"
@@ -50,20 +51,7 @@ EXIT_BAD_ARGUMENTS = 2
 EXIT_PORT_IN_USE = 3
 LOG_TAIL_LINES = 15
 _LISTENING_RE = re.compile(r"jmk-serve: listening on (\S+)")
-_NAME_MAX = 63
 _PROTOCOL_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-
-class EndpointNotFound(NotFoundError):
-    """No local endpoint with this name under the state directory."""
-
-    def __init__(self, name: str, known: list[str]) -> None:
-        listed = f" Endpoints: {', '.join(known)}." if known else " There are none yet."
-        super().__init__(
-            f"No endpoint {name!r}.{listed} Start one with `jmk serve MODEL_URI --name {name}` "
-            f"(or %serve MODEL_URI --name {name}); `jmk serve list` lists them."
-        )
-        self.name = name
-
 
 class ServerStartError(JMKUsageError):
     """The server exited (or never said it was listening) instead of starting; the log's tail says why."""
@@ -136,19 +124,18 @@ def default_name(model_uri: str) -> str:
     ``runs:/RUN/PATH`` -> ``run-RUN8-PATH``; a local path -> its last part. Always a DNS-1035 label.
     """
     uri = model_uri.strip().rstrip("/")
-    if uri.startswith("models:/"):
-        rest = uri.removeprefix("models:/")
-        if "/" in rest:
-            name, _, version = rest.partition("/")
-            raw = f"{name}-v{version}" if version.isdigit() else f"{name}-{version}"
-        else:
-            name, at, alias = rest.rpartition("@")
-            raw = f"{name}-{alias}" if at else rest
-    elif uri.startswith("runs:/"):
-        run_id, _, path = uri.removeprefix("runs:/").partition("/")
-        raw = f"run-{run_id[:8]}-{path}"
+    try:
+        ref = ModelRef.maybe(uri)
+    except JMKUsageError:  # a malformed models:/ URI still names an endpoint; loading it says what is wrong
+        raw = uri.removeprefix("models:/").replace("@", "-")
     else:
-        raw = Path(uri).name or "model"
+        if ref is not None:
+            raw = ref.endpoint_stem()
+        elif uri.startswith("runs:/"):
+            run_id, _, path = uri.removeprefix("runs:/").partition("/")
+            raw = f"run-{run_id[:8]}-{path}"
+        else:
+            raw = Path(uri).name or "model"
     return safe_name(raw)
 
 
@@ -157,13 +144,7 @@ def safe_name(raw: str) -> str:
 
     A name that has to be shortened ends with a hash of the whole, so two long names stay apart.
     """
-    name = re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-") or "model"
-    if not name[0].isalpha():
-        name = f"m-{name}"
-    if len(name) > _NAME_MAX:
-        digest = hashlib.sha256(raw.encode()).hexdigest()[:6]
-        name = f"{name[: _NAME_MAX - 7].rstrip('-')}-{digest}"
-    return name
+    return dns_label(raw, fallback="model", letter_first=True)
 
 
 def check_name(name: str) -> None:
@@ -171,7 +152,7 @@ def check_name(name: str) -> None:
     if not isinstance(name, str) or check_dns1035_label(name, "--name"):
         raise JMKUsageError(
             f"--name {name!r} is not a valid endpoint name: use lowercase letters, digits and '-', starting with a "
-            f"letter and ending with a letter or digit, at most {_NAME_MAX} characters. "
+            f"letter and ending with a letter or digit, at most {LABEL_MAX} characters. "
             f"Try --name {safe_name(str(name))}."
         )
 
@@ -278,10 +259,7 @@ class ServingManager:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, env=self.environment())
         track_child(proc)
-        try:
-            pid_start: float | None = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            pid_start = None
+        pid_start = process_started(proc.pid)
         url_host = f"[{host}]" if ":" in host else host
         endpoint = Endpoint(name=name, model_uri=model_uri, url=_client_url(f"http://{url_host}:{port}"), host=host,
                             port=port, pid=proc.pid, pid_start=pid_start, started=time.time(),
@@ -344,7 +322,9 @@ class ServingManager:
         folder = self.root / name
         endpoint = self._read(folder) if re.fullmatch(r"[a-z0-9-]+", name or "") else None
         if endpoint is None:
-            raise EndpointNotFound(name, [e.name for e in self.list()])
+            raise EndpointNotFound(name, [e.name for e in self.list()],
+                                   hint=f" Start one with `jmk serve MODEL_URI --name {name}` (or %serve MODEL_URI "
+                                        f"--name {name}); `jmk serve list` lists them.")
         return endpoint
 
     def stop(self, name: str) -> Endpoint:

@@ -22,8 +22,8 @@ NUMERIC = {"double": (int, float), "float": (int, float), "long": (int,), "integ
 SCALAR_TYPES = {**NUMERIC, "string": (str,), "boolean": (bool,)}
 
 
-class ServingError(JMKUsageError):
-    """The server cannot start: an unknown model, a port in use, bad settings."""
+class ServerStartupError(JMKUsageError):
+    """The server process cannot start: an unknown model, a port in use, bad settings (``exit_code``: its status)."""
 
     def __init__(self, message: str, exit_code: int = 2) -> None:
         super().__init__(message)
@@ -60,7 +60,7 @@ def _resolve(uri: str) -> tuple[str, str, str | None, str]:
     try:
         ref = ModelRef.maybe(uri)
     except JMKError as exc:
-        raise ServingError(f"{uri}: {exc}") from exc
+        raise ServerStartupError(f"{uri}: {exc}") from exc
     if ref is None:
         return uri.rstrip("/").rsplit("/", 1)[-1] or uri, "", None, uri
     where = os.environ.get("MLFLOW_TRACKING_URI", "the default tracking URI")
@@ -72,10 +72,10 @@ def _resolve(uri: str) -> tuple[str, str, str | None, str]:
         except JMKError:
             known = ""
         said = f" {ref.name} has {known}." if known else ""
-        raise ServingError(f"{uri}: no such model version in the registry at {where}.{said} "
+        raise ServerStartupError(f"{uri}: no such model version in the registry at {where}.{said} "
                            "Check the name, the version or alias, and MLFLOW_TRACKING_URI.") from exc
     except JMKError as exc:  # the tracking server does not answer, or refused
-        raise ServingError(f"{uri}: {exc}") from exc
+        raise ServerStartupError(f"{uri}: {exc}") from exc
     version = str(found.version)
     return ref.name, version, (found.tags or {}).get("jmk.baseline"), ref.pinned(version).uri
 
@@ -89,7 +89,7 @@ def load(uri: str, role: str = "primary") -> LoadedModel:
     try:
         model = mlflow.pyfunc.load_model(source)
     except (MlflowException, OSError) as exc:
-        raise ServingError(f"{uri}: the model could not be loaded ({str(exc).splitlines()[0]}).") from exc
+        raise ServerStartupError(f"{uri}: the model could not be loaded ({str(exc).splitlines()[0]}).") from exc
     baseline = None
     if baseline_uri:
         try:

@@ -215,3 +215,22 @@ def endpoint_spec_fields(flags: Mapping[str, Any], name: str, port: int | None =
         fields["port"] = port
     fields["extra_args"] = tuple(extra)
     return fields
+
+
+def spec_flags(spec: Any) -> dict[str, Any]:
+    """``start``'s flags that a Kubernetes ``EndpointSpec`` carries (the inverse of :func:`endpoint_spec_fields`).
+
+    A field at the server's own default is left out, and so is a canary fraction without a canary.
+    """
+    flags: dict[str, Any] = {}
+    for option in OPTIONS:
+        if not option.start_flag or option.spec_field is None:
+            continue
+        value = getattr(spec, option.spec_field)
+        if option.invert:
+            value = not value
+        if value is not None and value is not False and value != option.default:
+            flags[option.key] = value
+    if "canary" not in flags:
+        flags.pop("canary_fraction", None)
+    return flags

@@ -20,7 +20,7 @@ columns, nulls, models without a signature, named tensors) goes through MLflow's
 
 This module owns the settings, the metrics and the aiohttp app; loading the model (and resolving a
 ``models:/`` URI in the registry) is :mod:`.model_loading`, the checking and batching of requests
-:mod:`.batching`. Their public names are importable from here as well.
+:mod:`.batching`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..version import __version__
-from .batching import NUMPY_TYPES, BadRequest, Batcher, Item, batchable, error_body
+from .batching import BadRequest, Batcher, Item, batchable, error_body
 from .metrics import Registry
-from .model_loading import NUMERIC, SCALAR_TYPES, LoadedModel, ServingError, load
+from .model_loading import LoadedModel, ServerStartupError
 
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,7 +59,7 @@ class ServerSettings:
     name: str = ""
 
     def check(self) -> None:
-        """Raise :class:`ServingError` naming every bad value."""
+        """Raise :class:`ServerStartupError` naming every bad value."""
         problems = []
         if not 0 < self.port < 65536:
             problems.append(f"--port {self.port}: use a port between 1 and 65535")
@@ -74,7 +74,7 @@ class ServerSettings:
         if self.drift_window < 10:
             problems.append(f"--drift-window {self.drift_window}: use at least 10 rows")
         if problems:
-            raise ServingError("Bad serving settings: " + "; ".join(problems) + ".")
+            raise ServerStartupError("Bad serving settings: " + "; ".join(problems) + ".")
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -260,8 +260,5 @@ class InferenceServer:
         return response
 
 
-__all__ = [
-    "BATCH_BUCKETS", "DURATION_BUCKETS", "JSON", "NUMERIC", "NUMPY_TYPES", "PROMETHEUS", "SCALAR_TYPES", "BadRequest",
-    "Batcher", "InferenceServer", "Item", "LoadedModel", "ServerMetrics", "ServerSettings", "ServingError",
-    "batchable", "error_body", "load",
-]
+__all__ = ["BATCH_BUCKETS", "DURATION_BUCKETS", "JSON", "PROMETHEUS", "InferenceServer", "ServerMetrics",
+           "ServerSettings"]

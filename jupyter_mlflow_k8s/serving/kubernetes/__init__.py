@@ -18,6 +18,7 @@ Modules: :mod:`.spec` (the spec, checks, names and labels), :mod:`.objects` (the
 
 from __future__ import annotations
 
+from ..errors import EndpointNotFound
 from .cluster import deploy, list_endpoints, resolve_alias, undeploy, wait_ready
 from .objects import (
     credential_environment,
@@ -47,7 +48,6 @@ from .spec import (
     Autoscale,
     Endpoint,
     EndpointError,
-    EndpointNotFound,
     EndpointNotReady,
     EndpointSpec,
     check_spec,

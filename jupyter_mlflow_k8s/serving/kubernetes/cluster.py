@@ -20,6 +20,7 @@ from typing import Any
 from ...errors import JMKError, NotFoundError
 from ...k8s import apply, delete_owned, ensure_owned, read, translated
 from ...k8s.pods import WAITING_FAILURES, PodSettings
+from ..errors import EndpointNotFound
 from .objects import credential_environment, endpoint_manifests, rollout_patch
 from .spec import (
     CONTAINER,
@@ -31,7 +32,6 @@ from .spec import (
     VERSION_LABEL,
     Endpoint,
     EndpointError,
-    EndpointNotFound,
     EndpointNotReady,
     EndpointSpec,
     endpoint_selector,
@@ -131,8 +131,8 @@ def _apply_autoscaler(api: Any, name: str, namespace: str, hpa: dict[str, Any] |
 def _deployment(api: Any, name: str, namespace: str) -> dict[str, Any]:
     found = read(api, "Deployment", name, namespace)
     if found is None:
-        raise EndpointNotFound(f"No endpoint {name!r} in namespace {namespace!r}. List them with "
-                               "list_endpoints(api, namespace) (or `jmk serve list`).")
+        raise EndpointNotFound(name, namespace=namespace, hint=" List them with list_endpoints(api, namespace) "
+                               "(or `jmk serve list`).")
     return found
 
 
@@ -276,8 +276,8 @@ def undeploy(api: Any, name: str, namespace: str, *, wait: float | None = UNDEPL
     """
     found = ensure_owned(api, _objects(name), namespace)
     if found[("Service", name)] is None and found[("Deployment", name)] is None:
-        raise EndpointNotFound(f"No endpoint {name!r} in namespace {namespace!r}. List them with "
-                               "list_endpoints(api, namespace) (or `jmk serve list`).")
+        raise EndpointNotFound(name, namespace=namespace, hint=" List them with list_endpoints(api, namespace) "
+                               "(or `jmk serve list`).")
     for kind, object_name in _objects(name):
         if found[(kind, object_name)] is not None:
             delete_owned(api, kind, object_name, namespace)

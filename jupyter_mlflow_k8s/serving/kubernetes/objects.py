@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from ...k8s.pods import CREDENTIAL_VARIABLES, PodSettings, compact, pod_spec, pvc_volumes, resources, shm_volume
 from ...k8s.presets import layered_settings
 from ...k8s.validation import ensure_valid
+from ..options import server_arguments, spec_flags
 from .spec import (
     CONTAINER,
     MODEL_URI_ANNOTATION,
@@ -39,24 +40,10 @@ if TYPE_CHECKING:
 
 
 def server_command(spec: EndpointSpec, python: str = "python") -> list[str]:
-    """The container's command: the inference server on all interfaces, with the endpoint's flags."""
+    """The container's command: the inference server on all interfaces, with the endpoint's flags (options.py)."""
     command = [python, "-m", SERVING_MODULE, spec.model_uri, "--host", "0.0.0.0", "--port", str(spec.port),  # noqa: S104
                "--name", spec.name]
-    if spec.workers != 1:
-        command += ["--workers", str(spec.workers)]
-    if not spec.batching:
-        command.append("--no-batching")
-    if spec.max_batch_size is not None:
-        command += ["--max-batch-size", str(spec.max_batch_size)]
-    if spec.max_wait_ms is not None:
-        command += ["--max-wait-ms", f"{spec.max_wait_ms:g}"]
-    if spec.canary:
-        command += ["--canary", spec.canary]
-        if spec.canary_fraction is not None:
-            command += ["--canary-fraction", f"{spec.canary_fraction:g}"]
-    if spec.shadow:
-        command += ["--shadow", spec.shadow]
-    return command + list(spec.extra_args)
+    return command + server_arguments(spec_flags(spec)) + list(spec.extra_args)
 
 
 def _tracking_in_secret(uri: str | None) -> bool:

@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import NotFoundError
 from ...exceptions import JMKUsageError
 from ...k8s.names import MANAGED_BY, label_value
 from ...k8s.pods import PodSettings, compact
@@ -37,10 +36,6 @@ UNDEPLOY_WAIT_SECONDS = 3.0 * TERMINATION_GRACE_SECONDS
 
 class EndpointError(JMKUsageError):
     """An endpoint that cannot be deployed as asked, or did not come up; the message says what to do."""
-class EndpointNotFound(EndpointError, NotFoundError):
-    """No endpoint of that name in the namespace."""
-
-
 class EndpointNotReady(EndpointError):
     """The endpoint's pods did not all become available; ``problems`` says why, per pod."""
 

@@ -6,8 +6,8 @@ The interface is :class:`~.base.EndpointTarget`; pick one with :func:`get_target
 
 from __future__ import annotations
 
-from .base import EndpointSummary, EndpointTarget, TargetEndpointNotFound
+from .base import EndpointSummary, EndpointTarget
 from .registry import get_target, target_class, target_names, targets
 
-__all__ = ["EndpointSummary", "EndpointTarget", "TargetEndpointNotFound", "get_target", "target_class",
+__all__ = ["EndpointSummary", "EndpointTarget", "get_target", "target_class",
            "target_names", "targets"]

@@ -12,16 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ...errors import NotFoundError
-
-
-class TargetEndpointNotFound(NotFoundError):
-    """No endpoint of that name on a target; the message names the ones there are."""
-
-    def __init__(self, name: str, where: str, known: list[str], hint: str = "") -> None:
-        listed = f" Endpoints there: {', '.join(known)}." if known else " There are none."
-        super().__init__(f"No endpoint {name!r} {where}.{listed}{hint}")
-        self.name = name
+from ..errors import EndpointNotFound
 
 
 @dataclass
@@ -86,7 +77,7 @@ class EndpointTarget(ABC):
         for endpoint in endpoints:
             if endpoint.name == name:
                 return endpoint
-        raise TargetEndpointNotFound(name, f"on {self.name}", [e.name for e in endpoints])
+        raise EndpointNotFound(name, [e.name for e in endpoints], backend=self.name)
 
     @abstractmethod
     def stop(self, name: str) -> EndpointSummary:

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import builtins
 import json
-import os
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from ...config import JMKSettings, load_settings
 from ...errors import JMKError, UnavailableError, translate
+from ...k8s.client import cluster_configured
 from .. import kubernetes as k8s
+from ..errors import EndpointNotFound
 from ..manager import PREDICT_TIMEOUT_SECONDS, ServingError, answer_error, answer_of, default_name, invoke, request_body
 from ..options import endpoint_spec_fields, server_arguments
-from .base import EndpointSummary, EndpointTarget, TargetEndpointNotFound
+from .base import EndpointSummary, EndpointTarget
 
 T = TypeVar("T")
 API_TIMEOUT_SECONDS = 5.0
@@ -107,13 +107,15 @@ class KubernetesTarget(EndpointTarget):
     @property
     def configured(self) -> bool:
         """A kubeconfig (the trait, ``KUBECONFIG``, ``~/.kube/config``) or a pod's service account is there."""
-        path = str(self.backend.kubeconfig or os.environ.get("KUBECONFIG", ""))
-        if path:
-            return any(Path(part).expanduser().exists() for part in path.split(os.pathsep) if part)
-        return Path("~/.kube/config").expanduser().exists() or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        return cluster_configured(self.backend.kubeconfig or None)
 
     def _call(self, what: str, call: Callable[[Any], T], seconds: float | None = None) -> T:
-        return call_within(self.timeout if seconds is None else seconds, what, lambda: call(self.backend.api))
+        try:
+            return call_within(self.timeout if seconds is None else seconds, what, lambda: call(self.backend.api))
+        except UnavailableError as exc:  # said in the words a listing of every target uses for a target down
+            if "unreachable" in str(exc):
+                raise
+            raise UnavailableError(f"The Kubernetes API is unreachable: {exc}") from exc
 
     # -- deploy, list, stop ----------------------------------------------------------------------
 
@@ -147,8 +149,8 @@ class KubernetesTarget(EndpointTarget):
         for endpoint in endpoints:
             if endpoint.name == name:
                 return endpoint
-        raise TargetEndpointNotFound(name, f"in namespace {self.namespace!r}", [e.name for e in endpoints],
-                                     " `jmk serve list --backend kubernetes` lists them.")
+        raise EndpointNotFound(name, [e.name for e in endpoints], namespace=self.namespace,
+                               hint=" `jmk serve list --backend kubernetes` lists them.")
 
     def stop(self, name: str) -> EndpointSummary:
         """Delete the endpoint (autoscaler, Service, Deployment, Secret) and wait for its pods to go."""

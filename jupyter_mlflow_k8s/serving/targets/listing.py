@@ -1,4 +1,4 @@
-"""Endpoints of several targets at once: a listing that never fails for one target being down, and its table.
+"""Endpoints of several targets at once: a listing that never fails for one target being down.
 
 A target that is not configured (no kubeconfig) is skipped; one that does not answer (the API server
 down) is named in ``unreachable`` with why, and the others are listed all the same.
@@ -6,14 +6,13 @@ down) is named in ``unreachable`` with why, and the others are listed all the sa
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import JMKError, NotFoundError
-from ...widgets.table import Table
-from .base import EndpointSummary, EndpointTarget, TargetEndpointNotFound
+from ..errors import EndpointNotFound
+from .base import EndpointSummary, EndpointTarget
 
 
 @dataclass
@@ -56,7 +55,7 @@ def find(targets: Sequence[EndpointTarget], name: str) -> tuple[EndpointTarget, 
         except JMKError as exc:
             unreachable.append(f"{target.name} unreachable: {exc}")
     if missing is None:
-        raise TargetEndpointNotFound(name, "here", [], "".join(f" ({note})" for note in unreachable))
+        raise EndpointNotFound(name, [], hint="".join(f" ({note})" for note in unreachable))
     if unreachable:
         missing.args = (" ".join([str(missing), *(f"({note})" for note in unreachable)]),)
     raise missing
@@ -66,44 +65,3 @@ def started_message(endpoint: Any) -> str:
     """What ``jmk serve`` and ``%serve`` say once a local server listens."""
     return (f"serving {endpoint.model_uri} as {endpoint.name} at {endpoint.url} (pid {endpoint.pid}, "
             f"log {endpoint.log_path})")
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
-
-
-class EndpointTable(Table):
-    """``jmk serve list`` and ``%serve list``: text in terminals, an HTML table in notebooks.
-
-    Takes local ``Endpoint`` records or :class:`EndpointSummary` objects; ``unreachable`` targets are
-    named under the table.
-    """
-
-    columns = ("name", "status", "url", "model", "pid", "age", "backend")
-    css_class = "jmk-EndpointTable"
-    empty_message = "No endpoints yet. Start one with %serve MODEL_URI (or `jmk serve MODEL_URI`)."
-
-    def __init__(self, endpoints: Sequence[Any], unreachable: dict[str, str] | None = None) -> None:
-        now = time.time()
-        super().__init__(
-            (e.name, e.status, e.url, e.model_uri, e.pid or "", _age(now - e.started) if e.started else "",
-             getattr(e, "where", None) or getattr(e, "backend", "local")) for e in endpoints
-        )
-        self.unreachable = dict(unreachable or {})
-
-    @property
-    def notes(self) -> list[str]:
-        """One line per target that did not answer."""
-        return [f"{target}: not listed, unreachable: {why}" for target, why in self.unreachable.items()]
-
-    def __repr__(self) -> str:
-        return "\n".join([super().__repr__(), *self.notes])
-
-    def _repr_html_(self) -> str:
-        import html
-
-        notes = "".join(f"<p class='jmk-Note'>{html.escape(note)}</p>" for note in self.notes)
-        return super()._repr_html_() + notes

@@ -1,13 +1,12 @@
 """The endpoint targets by name: built-ins as ``"module:Class"`` strings, plugins from entry points.
 
-``jupyter_mlflow_k8s.registry.Registry`` holds what it is given; here the built-ins are given as
-strings and imported on first use, so this module (and the interface in ``base.py``) never imports an
-implementation. Plugins register under the entry-point group ``jupyter_mlflow_k8s.endpoint_targets``.
+``jupyter_mlflow_k8s.registry.Registry`` imports a built-in given as a string on first use, so this
+module (and the interface in ``base.py``) never imports an implementation. Plugins register under the
+entry-point group ``jupyter_mlflow_k8s.endpoint_targets``.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from ...registry import Registry
@@ -18,9 +17,7 @@ BUILT_INS = {
     "kubernetes": "jupyter_mlflow_k8s.serving.targets.kubernetes:KubernetesTarget",
 }
 
-targets: Registry[type[EndpointTarget] | str] = Registry("endpoint target", "jupyter_mlflow_k8s.endpoint_targets")
-for _name, _path in BUILT_INS.items():
-    targets.register(_name, _path)
+targets: Registry[type[EndpointTarget]] = Registry("endpoint target", "jupyter_mlflow_k8s.endpoint_targets", BUILT_INS)
 
 
 def target_class(name: str) -> type[EndpointTarget]:
@@ -30,10 +27,6 @@ def target_class(name: str) -> type[EndpointTarget]:
         UnknownPlugin: No target of that name (the message lists the known ones).
     """
     found = targets.get(name)
-    if isinstance(found, str):
-        module, _, attribute = found.partition(":")
-        found = getattr(importlib.import_module(module), attribute)
-        targets.register(name, found)
     assert isinstance(found, type) and issubclass(found, EndpointTarget), found
     return found
 

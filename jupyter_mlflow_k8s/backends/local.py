@@ -22,15 +22,12 @@ from ..exceptions import JMKUsageError
 from ..gpus import detect_gpus
 from ..lifecycle import end_job
 from ..models import JobRecord, JobSpec, JobState
-from ..util.processes import process_alive, process_started, reap_children, track_child, wait_child
+from ..util.processes import process_alive, process_started, reap_children, track_child
 from .base import Backend
 
 GRACE_SECONDS = 5.0
 # A record that has had no supervisor for this long was abandoned mid-submission.
 NEVER_LAUNCHED_SECONDS = 300.0
-# Transitional: serving/manager.py imports these from here until it imports util.processes.
-__all__ = ["GRACE_SECONDS", "NEVER_LAUNCHED_SECONDS", "LocalBackend", "process_alive", "reap_children",
-           "track_child", "wait_child"]
 
 
 class LocalBackend(Backend):

@@ -470,7 +470,7 @@ class EndpointsHandler(JMKHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        """The local serving endpoints."""
+        """The serving endpoints of every target (local, and Kubernetes when a cluster is configured)."""
         self.send_json(await self.call(self.service.endpoints))
 
 

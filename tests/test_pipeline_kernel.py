@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from jupyter_client.manager import KernelManager
 
-from jupyter_mlflow_k8s.pipelines.engine import PipelineEngine
+from jupyter_mlflow_k8s.pipelines.engine import KernelPool, PipelineEngine
 from jupyter_mlflow_k8s.pipelines.kernel import CLIENT_CLASS, ReadyKernelClient
 from jupyter_mlflow_k8s.pipelines.spec import pipeline
 from tests.test_pipelines import notebook
@@ -105,3 +105,25 @@ def test_steps_log_to_the_engines_mlflow_and_keep_artifacts_in_the_state_dir(
     experiment = MlflowClient(engine.settings.tracking_uri).get_experiment_by_name("pipeline-where")
     assert experiment is not None
     assert experiment.artifact_location.startswith(engine.settings.artifact_root), experiment.artifact_location
+
+
+def test_a_step_whose_kernel_dies_while_starting_runs_in_a_new_one(state_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that dies before it answers once (its port taken meanwhile, say) ran nothing: the step is not failed."""
+    notebook(tmp_path / "a.ipynb", "x = 1", "from jupyter_mlflow_k8s import output\noutput('y', x + 1)")
+    handed: list[Any] = []
+    take = KernelPool.take
+
+    def take_first_dead(pool: KernelPool, kernel_name: str, cwd: str) -> tuple[Any, Path]:
+        manager, outputs = take(pool, kernel_name, cwd)
+        if not handed:
+            os.kill(manager.provisioner.pid, 9)
+            manager.provisioner.process.wait()
+        handed.append(manager)
+        return manager, outputs
+
+    monkeypatch.setattr(KernelPool, "take", take_first_dead)
+    run = PipelineEngine().run(pipeline("restarted", base_dir=tmp_path).step("a", "a.ipynb").build())
+
+    assert run.state == "succeeded", {s.name: s.reason for s in run.steps.values()}
+    assert run.steps["a"].outputs == {"y": 2} and run.steps["a"].attempts == 1 and len(handed) == 2

@@ -24,6 +24,7 @@ from ..lifecycle import end_job
 from ..models import JobRecord, JobSpec, JobState
 from ..util.processes import process_alive, process_started, reap_children, track_child
 from .base import Backend
+from .local_supervisor import take_ticket
 
 GRACE_SECONDS = 5.0
 # A record that has had no supervisor for this long was abandoned mid-submission.
@@ -98,6 +99,7 @@ class LocalBackend(Backend):
     def prepare(self, record: JobRecord) -> JobRecord:
         """Start the supervisor, detached; it waits for the payload and a free slot."""
         folder = self.store.job_dir(record.job_id)
+        locks = self.store.root.parent / "locks"
         options = {
             "slots": self.max_concurrent_jobs,
             "gpus": self.available_gpus(),
@@ -105,9 +107,10 @@ class LocalBackend(Backend):
             "grace": self.kill_grace_seconds,
             "system_metrics_after": self.system_metrics_after,
             "system_metrics_interval": self.system_metrics_interval,
-            "locks": str(self.store.root.parent / "locks"),
+            "locks": str(locks),
         }
         (folder / "launch.json").write_text(json.dumps(options))
+        take_ticket(locks, record.job_id)
         with open(folder / "supervisor.log", "ab") as errors:
             proc = subprocess.Popen(
                 [self.python, "-m", "jupyter_mlflow_k8s.backends.local_supervisor", str(folder)],

@@ -86,6 +86,38 @@ def _stop_system_metrics(monitor: Any, job_id: str) -> None:
         print(f"[jmk] the last system metrics of job {job_id} were not logged: {exc}", file=sys.stderr)
 
 
+# Jobs start in the order they were submitted: each takes a ticket (a file named by its submission
+# time) in the locks folder's queue, and a supervisor tries for a slot only when no older ticket's
+# job still waits. Without it, whichever waiting supervisor polled first took a freed slot.
+QUEUE = "queue"
+# A ticket whose job has had no supervisor for this long was abandoned mid-submission.
+ABANDONED_TICKET_SECONDS = 300.0
+
+
+def take_ticket(locks: Path, job_id: str) -> Path:
+    """Queue ``job_id`` behind every job submitted before it (called by the submitter, in order)."""
+    queue = locks / QUEUE
+    queue.mkdir(parents=True, exist_ok=True)
+    ticket = queue / f"{time.time_ns():020d}-{job_id}"
+    ticket.touch()
+    return ticket
+
+
+def _still_waiting(store: JobStore, ticket: Path) -> bool:
+    """Whether the job of an older ticket still waits for a slot (else the ticket is stale)."""
+    from ..util.processes import process_alive
+
+    try:
+        record = store.load(ticket.name.partition("-")[2])
+    except Exception:  # its record is gone or unreadable: nobody waits on it
+        return False
+    if record.state is not JobState.QUEUED:
+        return False
+    if record.pid is None:
+        return time.time_ns() - int(ticket.name.partition("-")[0]) < ABANDONED_TICKET_SECONDS * 1e9
+    return process_alive(record.pid, record.pid_start)
+
+
 class _Supervisor:
     """Runs one job to its end. Lives in its own process and session."""
 
@@ -121,18 +153,38 @@ class _Supervisor:
             handle.close()
         self.held.clear()
 
+    def _my_turn(self) -> bool:
+        """Whether no job submitted before this one still waits for a slot; stale tickets are dropped."""
+        queue = self.locks / QUEUE
+        mine = next(iter(queue.glob(f"*-{self.job_id}")), None) if queue.is_dir() else None
+        if mine is None:  # submitted without a ticket: no place in the queue to keep
+            return True
+        for ticket in sorted(queue.iterdir()):
+            if ticket.name >= mine.name:
+                return True
+            if _still_waiting(self.store, ticket):
+                return False
+            ticket.unlink(missing_ok=True)
+        return True
+
+    def _leave_queue(self) -> None:
+        for ticket in (self.locks / QUEUE).glob(f"*-{self.job_id}"):
+            ticket.unlink(missing_ok=True)
+
     def _acquire(self, gpus_wanted: int) -> list[str] | None:
-        """Wait for a slot and the GPUs; None if cancelled while waiting."""
+        """Wait for this job's turn, then for a slot and the GPUs; None if cancelled while waiting."""
         delay = 0.05
         while True:
             if self.stop_reason or (self.folder / "cancel").exists():
+                self._leave_queue()
                 return None
-            if any(self._try_lock(f"slot-{i}") for i in range(int(self.options["slots"]))):
+            if self._my_turn() and any(self._try_lock(f"slot-{i}") for i in range(int(self.options["slots"]))):
                 gpu_ids: list[str] = []
                 for gpu in self.options["gpus"]:
                     if len(gpu_ids) < gpus_wanted and self._try_lock(f"gpu-{gpu}"):
                         gpu_ids.append(gpu)
                 if len(gpu_ids) == gpus_wanted:
+                    self._leave_queue()
                     return gpu_ids
                 self._release()
             time.sleep(delay)

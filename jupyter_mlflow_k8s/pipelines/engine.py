@@ -20,6 +20,7 @@ import concurrent.futures
 import functools
 import hashlib
 import json
+import logging
 import os
 import queue
 import re
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
 Event = Callable[[PipelineRun, StepResult], None]
 RUN_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 DONE = ("succeeded", "cached")
+# A kernel that dies before it answers once ran nothing: the step gets a new one, this many times in all.
+KERNEL_START_ATTEMPTS = 3
+_log = logging.getLogger(__name__)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -401,21 +405,29 @@ class PipelineEngine:
             return self._run_as_job(run, step, parameters)
         import papermill
 
+        from .kernel import KernelStartFailed
         from .outputs import read_outputs
 
         executed = self.run_dir(run.run_id) / f"{step.name}.ipynb"
-        manager, outputs_file = pool.take(self.kernel_name, str(step.notebook.parent))
-        log = open(job.log_path, "a") if job is not None and job.log_path else None  # noqa: SIM115
-        try:
-            papermill.execute_notebook(
-                str(step.notebook), str(executed), parameters=dict(parameters), kernel_name=self.kernel_name,
-                km=manager, progress_bar=False, execution_timeout=step.timeout, stdout_file=log, stderr_file=log,
-            )
-        finally:
-            if log is not None:
-                log.close()
-            pool.release(manager)
-            run.steps[step.name].executed_notebook = str(executed)
+        for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+            manager, outputs_file = pool.take(self.kernel_name, str(step.notebook.parent))
+            log = open(job.log_path, "a") if job is not None and job.log_path else None  # noqa: SIM115
+            try:
+                papermill.execute_notebook(
+                    str(step.notebook), str(executed), parameters=dict(parameters), kernel_name=self.kernel_name,
+                    km=manager, progress_bar=False, execution_timeout=step.timeout, stdout_file=log, stderr_file=log,
+                )
+                break
+            except KernelStartFailed:
+                if attempt == KERNEL_START_ATTEMPTS:
+                    raise
+                _log.warning("step %s: its kernel died while starting (attempt %d); running it in a new kernel",
+                             step.name, attempt)
+            finally:
+                if log is not None:
+                    log.close()
+                pool.release(manager)
+                run.steps[step.name].executed_notebook = str(executed)
         outputs = read_outputs(outputs_file) if outputs_file.exists() else {}
         outputs_file.unlink(missing_ok=True)
         return outputs

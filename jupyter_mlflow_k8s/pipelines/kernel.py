@@ -25,6 +25,14 @@ from traitlets import Float
 CLIENT_CLASS = f"{__name__}.ReadyKernelClient"
 
 
+class KernelStartFailed(RuntimeError):
+    """The kernel died before it answered once: no cell ran, so the notebook may run in a new one.
+
+    (jupyter_client picks the kernel's ports before the kernel binds them; another process can take
+    one in between, and the kernel exits with "Address already in use".)
+    """
+
+
 class ReadyKernelClient(BlockingKernelClient):
     """A blocking client whose ``wait_for_ready`` ends when IOPub has delivered the kernel_info's idle."""
 
@@ -40,7 +48,7 @@ class ReadyKernelClient(BlockingKernelClient):
                 self._handle_kernel_info_reply(reply)
                 return
             if not self.is_alive():
-                raise RuntimeError("Kernel died before replying to kernel_info")
+                raise KernelStartFailed("Kernel died before replying to kernel_info")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
 

@@ -8,6 +8,7 @@ every input pickles. Then it opens the MLflow run, stages the payload and launch
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -18,12 +19,15 @@ from typing import Any
 from . import tracking
 from .backends.base import Backend, get_backend
 from .config import JMKSettings, load_settings
+from .errors import translate
 from .exceptions import JobCancelled, JobFailed, JobNotFound
 from .lifecycle import end_job, finalize_tracking
 from .models import JobRecord, JobSpec, JobState
 from .payload import Payload, load_value, stage_inputs, write_payload
 from .records import JobStore
 from .storage import Storage, get_storage
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,7 +96,8 @@ class JobService:
             record = self.store.update(
                 record.job_id, run_id=run_id, experiment_id=experiment_id, tracking_uri=self.settings.tracking_uri
             )
-            tracking_env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri, "MLFLOW_RUN_ID": run_id}
+            tracking_env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri, "MLFLOW_RUN_ID": run_id,
+                            **tracking.bounds.bounded_environment()}
             register = None
             if spec.register:
                 register = {
@@ -129,14 +134,32 @@ class JobService:
             if not self._discover(self.store.list()):
                 raise
             record = self.store.load(job_id)
-        return self.backend(record.spec.backend).refresh(record)
+        return self._refreshed(record)
 
     def list(self) -> list[JobRecord]:
-        """Every job, newest first, reconciled with its backend (found on the cluster too, by label)."""
+        """Every job, newest first, reconciled with its backend (found on the cluster too, by label).
+
+        One job whose cluster or tracking server cannot be reached never fails the listing: it is
+        listed as last known, with what could not be reached in its ``notes``.
+        """
         records = self.store.list()
         if self._discover(records):
             records = self.store.list()
-        return [self.backend(r.spec.backend).refresh(r) for r in records]
+        return [self._refreshed(r) for r in records]
+
+    def _refreshed(self, record: JobRecord) -> JobRecord:
+        """The record reconciled with its backend, and its run's closing sent if it was left pending."""
+        try:
+            record = self.backend(record.spec.backend).refresh(record)
+        except Exception as exc:  # the backend cannot be asked now: say so, list what is known
+            family = translate(exc)
+            if family is None:  # not a dependency's error: a bug, kept in the log with its traceback
+                _log.warning("could not refresh job %s", record.job_id, exc_info=True)
+            record.unreachable = f"{record.spec.backend} backend unreachable: {family or exc}"
+            return record
+        if record.state.terminal and not record.tracking_final and record.tracking_error:
+            record = finalize_tracking(self.store, record, wait=False)  # sent now if the server answers
+        return record
 
     def _discover(self, records: Sequence[JobRecord]) -> Sequence[JobRecord]:
         """Ask the cluster backend in use for jobs this state directory has no record of."""

@@ -19,8 +19,10 @@ from .util.processes import pid_exists
 # How long a supervisor leaves closing the MLflow run to a kernel that is watching the job.
 WATCHER_GRACE_SECONDS = 5.0
 # How long a process that lost the race to close a run waits for the winner to finish.
-CLOSE_WAIT_SECONDS = 60.0
+CLOSE_WAIT_SECONDS = 30.0
 CLOSE_RUN_DUTY = "close-run"
+# How long a supervisor goes on sending what its job's tracking server did not take.
+PENDING_RETRY_SECONDS = 600.0
 
 
 def end_job(
@@ -32,21 +34,34 @@ def end_job(
     defer_to_watcher: bool = False,
 ) -> JobRecord:
     """Record how a job ended (once: a terminal record is never changed) and close its run."""
+    record = record_end(store, job_id, state, message, exit_code)
+    return finalize_tracking(store, record, defer_to_watcher=defer_to_watcher)
+
+
+def record_end(store: JobStore, job_id: str, state: JobState, message: str, exit_code: int | None = None) -> JobRecord:
+    """Record how a job ended, at once and whatever MLflow does (once: a terminal record never changes)."""
     with store.locked(job_id):
         record = store.load(job_id)
         if not record.state.terminal:
             record.state, record.message, record.exit_code = state, message, exit_code
             record.finished = time.time()
             store.save(record)
-    return finalize_tracking(store, record, defer_to_watcher=defer_to_watcher)
+    return record
 
 
-def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool = False) -> JobRecord:
+def finalize_tracking(
+    store: JobStore, record: JobRecord, defer_to_watcher: bool = False, wait: bool = True
+) -> JobRecord:
     """Close the job's MLflow run exactly once, by whichever process gets there first.
 
     A kernel that is watching the job has MLflow imported already and closes the run in
     milliseconds; the supervisor (``defer_to_watcher``) gives it a few seconds before doing it
     itself, so that a job nobody watches (kernel gone) still ends with the right status.
+
+    Never waits on tracking and never raises for it: when the tracking server cannot be reached,
+    what was not sent stays pending on the record (``tracking_sent`` says what was, and
+    ``tracking_error`` why the rest was not) and the next process that gets here once the server answers sends it.
+    A process that finds another one closing the run waits for it (``wait``) or not.
     """
     if not record.state.terminal or record.tracking_final:
         return record
@@ -54,22 +69,57 @@ def finalize_tracking(store: JobStore, record: JobRecord, defer_to_watcher: bool
         deadline = time.time() + WATCHER_GRACE_SECONDS
         while time.time() < deadline:
             record = store.load(record.job_id)
-            if record.tracking_final or not record.watcher_pid:
+            if record.tracking_final or record.tracking_error or not record.watcher_pid:
                 break
             time.sleep(0.05)
         if record.tracking_final:
             return record
     if not store.claim(record.job_id, CLOSE_RUN_DUTY):
-        # Another process is closing the run: wait for it, so that "ended" means "closed".
+        if not wait:
+            return record
+        # Another process is closing the run: wait until it has closed it or left it pending.
         deadline = time.time() + CLOSE_WAIT_SECONDS
-        while not record.tracking_final and time.time() < deadline:
+        while store.claimed(record.job_id, CLOSE_RUN_DUTY) and time.time() < deadline:
             time.sleep(0.02)
-            record = store.load(record.job_id)
-        return record
+        return store.load(record.job_id)
     try:
-        from .tracking import close_run
-
-        close_run(record)
+        return _close(store, store.load(record.job_id))
     finally:
-        record = store.update(record.job_id, tracking_final=True)
+        store.release(record.job_id, CLOSE_RUN_DUTY)
+
+
+def _close(store: JobStore, record: JobRecord) -> JobRecord:
+    """Send what is left of closing the run (the claim is held); keep the rest pending if it fails."""
+    if record.tracking_final:
+        return record
+    from .tracking import close_run
+
+    done = list(record.tracking_sent)
+
+    def sent(step: str) -> None:
+        done.append(step)
+        store.update(record.job_id, tracking_sent=list(done))
+
+    try:
+        close_run(record, done, sent)
+    except Exception as exc:  # unreachable, or refused: the job's end stands; the rest is sent later
+        reason = str(exc) if "unreachable" in str(exc) else f"tracking failed: {type(exc).__name__}: {exc}"
+        return store.update(record.job_id, tracking_error=reason)
+    return store.update(record.job_id, tracking_final=True, tracking_error="")
+
+
+def send_pending(store: JobStore, job_id: str, give_up_after: float = PENDING_RETRY_SECONDS) -> JobRecord:
+    """Keep trying to close a run left pending, with a growing pause, for ``give_up_after`` seconds.
+
+    The supervisor does this after a job whose tracking server did not answer; whatever is still
+    pending afterwards is sent by the next ``%jobs``, ``%job attach``, ``jmk jobs`` or sidebar
+    listing once the server answers.
+    """
+    deadline = time.monotonic() + give_up_after
+    pause = 2.0
+    record = store.load(job_id)
+    while not record.tracking_final and record.tracking_error and time.monotonic() + pause < deadline:
+        time.sleep(pause)
+        pause = min(pause * 2, 60.0)
+        record = finalize_tracking(store, store.load(job_id), wait=False)
     return record

@@ -171,9 +171,23 @@ class JobRecord:
     runner_pid: int | None = None
     gpu_ids: list[str] = field(default_factory=list)
     tracking_final: bool = False
+    # Closing the run when its server did not answer: the steps sent so far, and why the rest was not.
+    tracking_sent: list[str] = field(default_factory=list)
+    tracking_error: str = ""
     watcher_pid: int | None = None
     # Where the backend put the job, e.g. {"namespace": "team-a", "name": "jmk-ada-1a2b3c4d", "uid": "..."}.
     backend_ref: dict[str, str] = field(default_factory=dict)
+
+    # Set by a listing when the job's backend could not be asked (not stored).
+    unreachable: str = ""
+
+    @property
+    def notes(self) -> list[str]:
+        """What a listing should tell about the job beyond its message: what could not be reached."""
+        notes = [self.unreachable] if self.unreachable else []
+        if self.tracking_error and not self.tracking_final:
+            notes.append(f"{self.tracking_error}; its run is closed (status, log, metrics) once it answers")
+        return notes
 
     @property
     def age(self) -> float:
@@ -190,6 +204,7 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form."""
         data = dataclasses.asdict(self)
+        data.pop("unreachable")
         data["state"] = self.state.value
         data["spec"]["inputs"] = list(self.spec.inputs)
         data["spec"]["outputs"] = list(self.spec.outputs)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .exceptions import JMKUsageError, JobNotFound
 from .models import JobRecord, JobSpec
+from .util.processes import pid_exists
 
 RECORD = "record.json"
 LOG = "output.log"
@@ -96,11 +97,36 @@ class JobStore:
         return sorted(records, key=lambda r: r.created, reverse=True)
 
     def claim(self, job_id: str, duty: str) -> bool:
-        """True for exactly one caller per job and duty, across processes."""
+        """True for exactly one caller per job and duty at a time, across processes.
+
+        The claim names its process; one whose process is gone (killed while on duty) is taken over.
+        """
         folder = self.job_dir(job_id) / "claims"
         folder.mkdir(exist_ok=True)
+        path = folder / duty
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self.claimed(job_id, duty):
+                    return False
+                path.unlink(missing_ok=True)  # its holder died on duty
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return True
+        return False
+
+    def claimed(self, job_id: str, duty: str) -> bool:
+        """Whether a live process holds the claim on ``duty``."""
         try:
-            os.close(os.open(folder / duty, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
+            holder = (self.job_dir(job_id) / "claims" / duty).read_text().strip()
+        except FileNotFoundError:
             return False
-        return True
+        if not holder:
+            return True  # being written by its holder right now
+        return holder.isdigit() and pid_exists(int(holder))
+
+    def release(self, job_id: str, duty: str) -> None:
+        """Give up a claim this process holds (the duty is done, or left for later)."""
+        (self.job_dir(job_id) / "claims" / duty).unlink(missing_ok=True)

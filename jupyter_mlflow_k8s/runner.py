@@ -23,8 +23,9 @@ from typing import Any
 
 from .logchannel import PAYLOAD_ROOT_ENV, LogChannelStorage
 from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
-from .storage import get_storage, read_url
-from .tracking import fastlog
+from .storage import Storage, get_storage, read_url
+from .tracking import KEPT_METRICS, fastlog
+from .tracking.bounds import final_requests
 
 EXIT_OK, EXIT_CELL_ERROR, EXIT_RUNNER_ERROR, EXIT_REGISTER_ERROR, EXIT_TERMINATED = 0, 1, 2, 3, 143
 
@@ -58,19 +59,28 @@ def execute(payload: Payload, namespace: dict[str, Any]) -> tuple[Any, bool]:
     return eval(compile(ast.Expression(last.value), filename, "eval"), namespace), True  # noqa: S307
 
 
-def _finish_mlflow(status: str) -> None:
-    """Flush and close the run if the cell used MLflow; otherwise cost nothing."""
+def _finish_mlflow(status: str, storage: Storage, payload: Payload) -> None:
+    """Flush and close the run if the cell used MLflow; otherwise cost nothing.
+
+    Nothing here waits on the tracking server: from now on each MLflow request gets one short try.
+    The metric points it did not take are kept next to the payload; closing the run sends them.
+    """
     mlflow = sys.modules.get("mlflow")
     if mlflow is None:
         return
+    final_requests()
     try:
-        fastlog.close()
+        unsent = fastlog.close()
+        if unsent:
+            storage.put_bytes(f"jobs/{payload.job_id}/{KEPT_METRICS}", json.dumps(unsent).encode())
+            print(f"[jmk] {len(unsent)} metric points are kept with the job; they are sent when its run is "
+                  "closed", file=sys.stderr)
         if hasattr(mlflow, "flush_async_logging"):
             mlflow.flush_async_logging()
         if mlflow.active_run() is not None:
             mlflow.end_run(status=status)
     except Exception as exc:  # tracking trouble must not turn a good result into a failure
-        print(f"[jmk] could not close the MLflow run cleanly: {exc}", file=sys.stderr)
+        print(f"[jmk] could not close the MLflow run cleanly: {str(exc)[:300]}", file=sys.stderr)
 
 
 def _register(payload: Payload, namespace: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +120,7 @@ def run(payload_url: str) -> int:
         value, has_value = execute(payload, namespace)
     except (Terminated, KeyboardInterrupt):
         print(f"[jmk] job {payload.job_id} terminated", file=sys.stderr)
-        _finish_mlflow("KILLED")
+        _finish_mlflow("KILLED", storage, payload)
         return EXIT_TERMINATED
     except BaseException as exc:  # the user's exception, reported back with its traceback
         text = _cell_traceback(exc, f"<jmk-cell {payload.job_id}>")
@@ -143,7 +153,7 @@ def run(payload_url: str) -> int:
     result["duration"] = time.time() - started
     sys.stdout.flush()
     sys.stderr.flush()
-    _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED")
+    _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED", storage, payload)
     storage.put_bytes(payload.result_key, json.dumps(result).encode())
     if isinstance(storage, LogChannelStorage):
         storage.emit(last=payload.result_key)

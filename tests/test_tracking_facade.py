@@ -142,7 +142,7 @@ def test_end_job_closes_the_run_once(mlflow_uri: str, tmp_path: Path, monkeypatc
     store.update(record.job_id, run_id=run_id, tracking_uri=mlflow_uri)
     closed: list[str] = []
     close_run = tracking.close_run
-    monkeypatch.setattr(tracking, "close_run", lambda r: (closed.append(r.job_id), close_run(r)))
+    monkeypatch.setattr(tracking, "close_run", lambda r, *steps: (closed.append(r.job_id), close_run(r, *steps)))
 
     ended = lifecycle.end_job(store, record.job_id, JobState.FAILED, "boom", exit_code=1)
     assert ended.tracking_final and ended.state is JobState.FAILED and closed == [record.job_id]
@@ -160,7 +160,9 @@ def test_a_process_that_loses_the_claim_waits_and_does_not_close(tmp_path: Path,
     record = store.update(record.job_id, state=JobState.CANCELLED, run_id="r", tracking_uri="sqlite:///unused.db")
     assert store.claim(record.job_id, lifecycle.CLOSE_RUN_DUTY)  # another process closes it...
     store.update(record.job_id, tracking_final=True)  # ...and says so
-    monkeypatch.setattr(tracking, "close_run", lambda r: pytest.fail("closed twice"))
+    monkeypatch.setattr(tracking, "close_run", lambda r, *steps: pytest.fail("closed twice"))
+    assert lifecycle.finalize_tracking(store, record, wait=False).tracking_final is False  # not waiting: as it was
+    store.release(record.job_id, lifecycle.CLOSE_RUN_DUTY)
     assert lifecycle.finalize_tracking(store, record).tracking_final
 
 

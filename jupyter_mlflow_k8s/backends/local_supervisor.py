@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from ..lifecycle import end_job
+from ..lifecycle import end_job, record_end, send_pending
 from ..models import JobRecord, JobState
 from ..records import JobStore
 
@@ -56,6 +56,9 @@ def _exit_waiter(pid: int) -> Callable[[float], None]:
 def _system_metrics(record: JobRecord, interval: float) -> Any:
     """Start MLflow's system-metrics monitor for the job's run; None if it cannot run here."""
     try:
+        from ..tracking.bounds import bound_requests
+
+        bound_requests()  # a tracking server that hangs holds the monitor's calls 30 s at most
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         monitor = SystemMetricsMonitor(  # type: ignore[no-untyped-call]
@@ -227,10 +230,11 @@ class _Supervisor:
             self.job_id, state=JobState.RUNNING, started=time.time(), runner_pid=self.child.pid, gpu_ids=gpu_ids
         )
         code = self._wait(spec.timeout, record)
-        if self.monitor is not None:
-            _stop_system_metrics(self.monitor, self.job_id)
         self._release()
         state, message = self._outcome(code)
+        record_end(self.store, self.job_id, state, message, code)  # shown at once, whatever MLflow does
+        if self.monitor is not None:
+            _stop_system_metrics(self.monitor, self.job_id)
         self._finish(state, code, message)
 
     def _wait(self, timeout: float | None, record: JobRecord) -> int:
@@ -285,7 +289,9 @@ class _Supervisor:
         return JobState.FAILED, f"the runner exited with status {code}; see the log"
 
     def _finish(self, state: JobState, code: int | None, message: str) -> None:
-        end_job(self.store, self.job_id, state, message, code, defer_to_watcher=True)
+        record = end_job(self.store, self.job_id, state, message, code, defer_to_watcher=True)
+        if record.tracking_error and not record.tracking_final:
+            send_pending(self.store, self.job_id)  # the tracking server did not answer: try again for a while
 
 
 def main() -> None:

@@ -83,6 +83,7 @@ def job(record: JobRecord) -> dict[str, Any]:
         "experiment_id": record.experiment_id,
         "gpus": record.spec.resources.gpus,
         "message": record.message,
+        "notes": record.notes,
         "exit_code": record.exit_code,
     }
 

@@ -6,6 +6,8 @@ import ast
 import contextlib
 import functools
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -137,20 +139,42 @@ def stream_to_cell(service: JobService, job_id: str, view: Any = None, offset: i
 
 
 class _MetricsPoller:
-    """Reads a running job's metrics from MLflow at most once per ``interval`` seconds."""
+    """Reads a running job's metrics from MLflow at most once per ``interval`` seconds, on a thread of its own.
 
-    def __init__(self, interval: float = 1.0) -> None:
+    The log never waits on it: a slow or unreachable tracking server only leaves the metrics shown
+    older. The final read is waited for ``final_wait`` seconds at most.
+    """
+
+    def __init__(self, interval: float = 1.0, final_wait: float = 3.0) -> None:
         self.interval = interval
+        self.final_wait = final_wait
         self.last = 0.0
+        self.latest: Any = None
+        self._reading: threading.Thread | None = None
 
     def poll(self, record: Any, final: bool = False) -> Any:
-        import time
+        now = time.monotonic()
+        if not record.run_id or not record.tracking_uri:
+            return None
+        if final and self._reading is not None:
+            self._reading.join(self.final_wait)  # a read under way: the final one follows it
+        busy = self._reading is not None and self._reading.is_alive()
+        if not busy and (final or now - self.last >= self.interval):
+            self.last = now
+            self._reading = threading.Thread(target=self._read, args=(record.tracking_uri, record.run_id),
+                                             name="jmk-live-metrics", daemon=True)
+            self._reading.start()
+        if final and self._reading is not None:
+            self._reading.join(self.final_wait)
+        return self.latest
 
+    def _read(self, tracking_uri: str, run_id: str) -> None:
         from .. import tracking
 
-        now = time.monotonic()
-        if not record.run_id or not record.tracking_uri or (not final and now - self.last < self.interval):
-            return None
+        try:
+            self.latest = tracking.live_metrics(tracking_uri, run_id)
+        except Exception:  # a slow or failing tracking server must not break the cell
+            pass
         self.last = now
         try:
             return tracking.live_metrics(record.tracking_uri, record.run_id)

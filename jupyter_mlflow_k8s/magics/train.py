@@ -60,6 +60,8 @@ def attach(shell: Any, service: JobService, job_id: str, view: JobStatusView | N
     """Follow a job to its end, then put what it returned into the user namespace."""
     __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
     record = stream_to_cell(service, job_id, view)
+    for note in record.notes:
+        print(f"[jmk] job {record.job_id}: {note}")
     try:
         result = service.result(record)
     except RegistrationFailed as failure:

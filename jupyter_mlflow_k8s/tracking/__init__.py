@@ -14,14 +14,15 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import UnavailableError
 from ..exceptions import JMKUsageError
 from ..models import JobRecord, JobSpec
 from ..util.identity import current_user
-from . import model_registry
+from . import bounds, model_registry
 from .experiments import (
     RunWriter,
     ensure_experiment,
@@ -38,6 +39,10 @@ from .refs import URI_FORMS, ModelRef, check_alias, parse_model_uri
 from .store import client, mlflow_errors, translated
 
 DEFAULT_EXPERIMENT = "jmk"
+# What closing a job's run sends, in order; each is sent once (the lifecycle records which are done).
+CLOSE_STEPS = ("metrics", "artifacts", "status")
+# The metric points a job's runner could not send, next to its payload (see ``fastlog``).
+KEPT_METRICS = "unsent-metrics.json"
 # Closing a run retries transient failures: 0.2 + 0.4 + ... + 3.2 s, about 6 s in all.
 SET_TERMINATED_ATTEMPTS = 6
 _experiment_ids: dict[tuple[str, str], str] = {}
@@ -46,25 +51,15 @@ _experiment_ids: dict[tuple[str, str], str] = {}
 def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`JMKUsageError` naming the URI if an MLflow server does not answer.
 
-    MLflow's own client retries a dead server for minutes; this asks once, quickly.
+    MLflow's own client retries a dead server; this asks once, quickly, before anything is submitted.
     """
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    url = f"{tracking_uri.rstrip('/')}/health"
-    try:
-        response = requests.get(url, timeout=timeout)
-    except requests.RequestException as exc:
+    bounds.forget(tracking_uri)
+    reason = bounds.unreachable(tracking_uri, timeout)
+    if reason:
         raise JMKUsageError(
-            f"The MLflow tracking server at {tracking_uri} does not answer ({type(exc).__name__}). "
+            f"The MLflow tracking server at {tracking_uri} does not answer ({reason}). "
             "Start it, or point MLFLOW_TRACKING_URI (c.JMKSettings.tracking_uri) at one that runs; "
             "unset it to use the local SQLite default. Nothing was submitted."
-        ) from None
-    if response.status_code >= 500:
-        raise JMKUsageError(
-            f"The MLflow tracking server at {tracking_uri} answered {response.status_code} to {url}. "
-            "Nothing was submitted."
         )
 
 
@@ -164,26 +159,90 @@ def start_run(
     return experiment_id, run.info.run_id
 
 
-def close_run(record: JobRecord) -> None:
-    """Set the run's final status from the job's state and keep the job's log as an artifact."""
+def close_run(
+    record: JobRecord, done: Collection[str] = (), on_done: Callable[[str], object] = lambda step: None
+) -> None:
+    """Close the job's run: its kept metric points, its artifacts (cell, inputs, log), then its status.
+
+    Each of :data:`CLOSE_STEPS` not in ``done`` runs in order, and ``on_done(step)`` is called as
+    soon as it has been sent, so that a step is never sent twice. A tracking server that does not
+    answer raises :class:`UnavailableError` (``"tracking server unreachable: ..."``) after one quick
+    probe, not after MLflow's retries; what is left is then the caller's to keep as pending.
+    """
     if not record.run_id or not record.tracking_uri:
         return
-    mlflow_client = client(record.tracking_uri)
+    uri = record.tracking_uri
+    reason = bounds.unreachable(uri)
+    if reason:
+        raise UnavailableError(f"tracking server unreachable: {uri} ({reason})")
+    steps = {"metrics": _send_kept_metrics, "artifacts": _store_artifacts, "status": _set_status}
     try:
-        mlflow_client.log_text(record.run_id, record.spec.code, "jmk/cell.py")
-        manifest = _input_manifest(record)
-        if manifest is not None:
-            mlflow_client.log_dict(record.run_id, manifest, "jmk/inputs.json")
-        if record.log_path and Path(record.log_path).exists() and Path(record.log_path).stat().st_size:
-            mlflow_client.log_artifact(record.run_id, record.log_path, artifact_path="jmk")
-    except Exception as exc:  # the log is still kept with the job; the status matters more
+        for step in CLOSE_STEPS:
+            if step not in done:
+                steps[step](client(uri), record)
+                on_done(step)
+    except Exception as exc:
+        bounds.forget(uri)
+        family = translated(exc, uri)
+        if isinstance(family, UnavailableError):
+            raise UnavailableError(f"tracking server unreachable: {uri} ({_first_line(exc)})") from exc
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", "") or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+def kept_metrics_url(record: JobRecord) -> str | None:
+    """Where the runner keeps the metric points MLflow did not take (next to the job's payload)."""
+    uri = str(record.payload_uri or "")
+    return uri[: -len("payload.json")] + KEPT_METRICS if uri.endswith("/payload.json") else None
+
+
+def _send_kept_metrics(mlflow_client: Any, record: JobRecord) -> None:
+    import json
+
+    from mlflow.entities import Metric
+
+    from ..storage import read_url
+
+    url = kept_metrics_url(record)
+    try:
+        points = json.loads(read_url(url)) if url else []
+    except (OSError, ValueError):
+        return  # none kept (the usual case)
+    metrics = [Metric(p["key"], float(p["value"]), int(p["timestamp"]), int(p["step"])) for p in points]
+    with mlflow_errors(record.tracking_uri):
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            mlflow_client.log_batch(record.run_id, metrics=metrics[start : start + 1000])
+
+
+def _store_artifacts(mlflow_client: Any, record: JobRecord) -> None:
+    try:
+        with mlflow_errors(record.tracking_uri):
+            mlflow_client.log_text(record.run_id, record.spec.code, "jmk/cell.py")
+            manifest = _input_manifest(record)
+            if manifest is not None:
+                mlflow_client.log_dict(record.run_id, manifest, "jmk/inputs.json")
+            if record.log_path and Path(record.log_path).exists() and Path(record.log_path).stat().st_size:
+                mlflow_client.log_artifact(record.run_id, record.log_path, artifact_path="jmk")
+    except UnavailableError:
+        raise  # sent later
+    except Exception as exc:  # refused for good (permissions, say): the log is still kept with the job
         print(f"[jmk] could not store the artifacts of job {record.job_id} in MLflow: {exc}")
+
+
+def _set_status(mlflow_client: Any, record: JobRecord) -> None:
     end = int((record.finished or time.time()) * 1000)
     for attempt in range(SET_TERMINATED_ATTEMPTS):
         try:
-            mlflow_client.set_terminated(record.run_id, status=record.state.mlflow_status, end_time=end)
+            with mlflow_errors(record.tracking_uri):
+                mlflow_client.set_terminated(record.run_id, status=record.state.mlflow_status, end_time=end)
             return
-        except Exception:  # SQLite says "database is locked" while other processes write; a server may blip
+        except UnavailableError:
+            raise  # kept as pending by the caller; retrying here would only hold it
+        except Exception:  # SQLite says "database is locked" while other processes write
             if attempt == SET_TERMINATED_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 * 2**attempt)
@@ -224,9 +283,10 @@ def run_url(record: JobRecord) -> str:
 
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "URI_FORMS", "ModelRef", "RunWriter", "check_alias", "check_reachable", "client",
-    "close_run", "ensure_experiment", "experiment_by_id", "experiment_by_name", "experiment_name",
-    "experiment_names", "experiments", "get_run", "git_tags", "list_artifacts", "live_metrics", "metric_history",
-    "mlflow_errors", "model_registry", "parse_model_uri", "run_params", "run_tags", "run_url", "scalar_params",
-    "search_runs", "start_run", "translated",
+    "CLOSE_STEPS", "DEFAULT_EXPERIMENT", "KEPT_METRICS", "ModelRef", "RunWriter", "URI_FORMS", "bounds",
+    "check_alias", "check_reachable", "client", "close_run", "ensure_experiment", "experiment_by_id",
+    "experiment_by_name", "experiment_name", "experiment_names", "experiments", "get_run", "git_tags",
+    "kept_metrics_url", "list_artifacts", "live_metrics", "metric_history", "mlflow_errors", "model_registry",
+    "parse_model_uri", "run_params", "run_tags", "run_url", "scalar_params", "search_runs", "start_run",
+    "translated",
 ]

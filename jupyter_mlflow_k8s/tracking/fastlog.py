@@ -30,14 +30,21 @@ MAX_BATCH = 1000  # MLflow's limit for metrics in one log_batch call
 
 
 class MetricBuffer:
-    """Points for one run, flushed by a background thread."""
+    """Points for one run, flushed by a background thread.
+
+    A batch the tracking server does not take stays queued, in order, and is sent again at the
+    next flush: an outage of the server costs no point. What is still unsent when the job ends is
+    handed back by :meth:`close` (the runner keeps it with the job, and the run's closing sends it).
+    """
 
     def __init__(self, send: Callable[[list[Any]], object], make_metric: Callable[..., Any], interval: float = 1.0):
         self._send = send
         self._make_metric = make_metric
         self._interval = interval
         self._points: list[Any] = []
+        self._inflight: list[Any] = []
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._closed = threading.Event()
         self.sent = 0
         self.errors: list[str] = []
@@ -57,24 +64,47 @@ class MetricBuffer:
         while not self._closed.wait(self._interval):
             self.flush()
 
-    def flush(self) -> None:
-        """Send everything queued so far."""
-        with self._lock:
-            points, self._points = self._points, []
-        for start in range(0, len(points), MAX_BATCH):
-            chunk = points[start : start + MAX_BATCH]
-            try:
-                self._send(chunk)
+    def flush(self) -> bool:
+        """Send everything queued so far; False if the server did not take it (it stays queued)."""
+        with self._flushing:
+            while True:
+                with self._lock:
+                    chunk, self._points = self._points[:MAX_BATCH], self._points[MAX_BATCH:]
+                    self._inflight = chunk
+                if not chunk:
+                    return True
+                try:
+                    self._send(chunk)
+                except Exception as exc:  # keep training; the points wait for the server
+                    with self._lock:
+                        self._points[:0] = chunk
+                        self._inflight = []
+                        waiting = len(self._points)
+                    if not self.errors:
+                        print(f"[jmk] MLflow did not take {len(chunk)} metric points ({exc}); "
+                              "they are kept and sent again", file=sys.stderr)
+                    self.errors.append(f"{waiting} metric points waiting: {exc}")
+                    return False
+                with self._lock:
+                    self._inflight = []
                 self.sent += len(chunk)
-            except Exception as exc:  # keep training; say what was lost
-                self.errors.append(f"{len(chunk)} metric points not logged: {exc}")
-                print(f"[jmk] {self.errors[-1]}", file=sys.stderr)
+                if self.errors:
+                    print(f"[jmk] MLflow answers again: metric points sent ({self.sent} in all)", file=sys.stderr)
+                    self.errors.clear()
 
-    def close(self) -> None:
-        """Stop the thread and send the rest."""
+    def unsent(self) -> list[Any]:
+        """The points not known to be sent (a batch still in flight counts: the server dedups a repeat)."""
+        with self._lock:
+            return self._inflight + self._points
+
+    def close(self, timeout: float = 5.0) -> list[Any]:
+        """Stop the thread, try once more within ``timeout`` seconds, and return what is still unsent."""
         self._closed.set()
-        self._thread.join(timeout=5)
-        self.flush()
+        self._thread.join(timeout=timeout)
+        last = threading.Thread(target=self.flush, name="jmk-metrics-last", daemon=True)
+        last.start()
+        last.join(timeout=timeout)
+        return self.unsent()
 
 
 _buffer: MetricBuffer | None = None
@@ -128,10 +158,12 @@ def install(mlflow: ModuleType, run_id: str, interval: float = 1.0) -> MetricBuf
     return buffer
 
 
-def close() -> None:
-    """Send what is buffered (end of the cell, failure, termination)."""
-    if _buffer is not None:
-        _buffer.close()
+def close(timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Send what is buffered (end of the cell, failure, termination); returns the points still unsent."""
+    if _buffer is None:
+        return []
+    return [{"key": p.key, "value": p.value, "timestamp": p.timestamp, "step": p.step}
+            for p in _buffer.close(timeout)]
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

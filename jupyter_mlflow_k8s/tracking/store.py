@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JMKError, JMKUsageError, NotFoundError, UnavailableError
+from .bounds import bound_requests
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -37,6 +38,7 @@ def resolved_uri(tracking_uri: str | None) -> str:
 
 def client(tracking_uri: str | None = None) -> MlflowClient:
     """A cached client for ``tracking_uri`` (MLflow's default for ``None``)."""
+    bound_requests()
     uri = resolved_uri(tracking_uri)
     with _clients_lock:  # a status view's thread and the magic may both get here
         if uri not in _clients:

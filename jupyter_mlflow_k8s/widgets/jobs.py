@@ -24,7 +24,7 @@ class JobTable(Table):
                 r.spec.resources.describe(),
                 r.run_id or "",
                 r.spec.notebook or "",
-                r.message,
+                "; ".join(filter(None, [r.message, *r.notes])),
             )
             for r in records
         )

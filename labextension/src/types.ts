@@ -24,6 +24,8 @@ export interface IJob {
   experiment_id: string | null;
   gpus: number | null;
   message: string | null;
+  /** What could not be reached for this job (its tracking server, its cluster), said to the user. */
+  notes?: string[];
   exit_code: number | null;
 }
 

@@ -116,6 +116,11 @@ export function JobsSection(): JSX.Element {
                       {job.experiment ? ` · ${job.experiment}` : ''}
                       {job.gpus ? ` · ${job.gpus} GPU` : ''}
                     </div>
+                    {job.notes && job.notes.length > 0 && (
+                      <div className="jmk-Sub jmk-Job-notes" data-testid="jmk-job-notes">
+                        {job.notes.join('; ')}
+                      </div>
+                    )}
                   </td>
                   <td>
                     <span className={`jmk-State jmk-mod-${job.state}`} data-testid="jmk-job-state">

@@ -171,12 +171,5 @@ class _MetricsPoller:
     def _read(self, tracking_uri: str, run_id: str) -> None:
         from .. import tracking
 
-        try:
+        with contextlib.suppress(Exception):  # a slow or failing tracking server must not break the cell
             self.latest = tracking.live_metrics(tracking_uri, run_id)
-        except Exception:  # a slow or failing tracking server must not break the cell
-            pass
-        self.last = now
-        try:
-            return tracking.live_metrics(record.tracking_uri, record.run_id)
-        except Exception:  # a slow or failing tracking server must not break the cell
-            return None

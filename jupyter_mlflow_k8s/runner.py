@@ -11,6 +11,7 @@ pays no MLflow import.
 from __future__ import annotations
 
 import ast
+import atexit
 import json
 import linecache
 import os
@@ -25,7 +26,7 @@ from .logchannel import PAYLOAD_ROOT_ENV, LogChannelStorage
 from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
 from .storage import Storage, get_storage, read_url
 from .tracking import KEPT_METRICS, fastlog
-from .tracking.bounds import final_requests
+from .tracking.bounds import final_requests, unreachable
 
 EXIT_OK, EXIT_CELL_ERROR, EXIT_RUNNER_ERROR, EXIT_REGISTER_ERROR, EXIT_TERMINATED = 0, 1, 2, 3, 143
 
@@ -62,25 +63,39 @@ def execute(payload: Payload, namespace: dict[str, Any]) -> tuple[Any, bool]:
 def _finish_mlflow(status: str, storage: Storage, payload: Payload) -> None:
     """Flush and close the run if the cell used MLflow; otherwise cost nothing.
 
-    Nothing here waits on the tracking server: from now on each MLflow request gets one short try.
-    The metric points it did not take are kept next to the payload; closing the run sends them.
+    Nothing here waits on the tracking server: it is asked once, quickly, whether it answers, and
+    from then on each MLflow request gets one short try. The metric points it did not take are kept
+    next to the payload; the job's lifecycle closes the run and sends them once the server answers.
     """
     mlflow = sys.modules.get("mlflow")
     if mlflow is None:
         return
     final_requests()
+    down = unreachable(os.environ.get("MLFLOW_TRACKING_URI"), timeout=1.0)
     try:
-        unsent = fastlog.close()
+        unsent = fastlog.close(timeout=0 if down else 3, send=not down)
         if unsent:
             storage.put_bytes(f"jobs/{payload.job_id}/{KEPT_METRICS}", json.dumps(unsent).encode())
             print(f"[jmk] {len(unsent)} metric points are kept with the job; they are sent when its run is "
                   "closed", file=sys.stderr)
+        if down:
+            print(f"[jmk] tracking server unreachable ({down}): the run is closed once it answers", file=sys.stderr)
+            _leave_run_open(mlflow)
+            return
         if hasattr(mlflow, "flush_async_logging"):
             mlflow.flush_async_logging()
         if mlflow.active_run() is not None:
             mlflow.end_run(status=status)
     except Exception as exc:  # tracking trouble must not turn a good result into a failure
         print(f"[jmk] could not close the MLflow run cleanly: {str(exc)[:300]}", file=sys.stderr)
+
+
+def _leave_run_open(mlflow: Any) -> None:
+    """Keep MLflow from ending the run at exit (a request to a server that does not answer)."""
+    fluent = getattr(getattr(mlflow, "tracking", None), "fluent", None)
+    safe_end_run = getattr(fluent, "_safe_end_run", None)
+    if safe_end_run is not None:
+        atexit.unregister(safe_end_run)
 
 
 def _register(payload: Payload, namespace: dict[str, Any]) -> dict[str, Any]:

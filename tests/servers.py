@@ -264,10 +264,14 @@ class MlflowS3Server:
 
 
 def start_mlflow(
-    root: Path, extra_args: list[str], env: dict[str, str], timeout: float = 90.0, host: str = "127.0.0.1"
+    root: Path, extra_args: list[str], env: dict[str, str], timeout: float = 90.0, host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> tuple[ServerProcess, str]:
-    """``mlflow server`` with one worker and no job runner on a SQLite store under ``root``, on ``host``."""
-    port = free_port(host)
+    """``mlflow server`` with one worker and no job runner on a SQLite store under ``root``, on ``host``.
+
+    ``port`` starts it again where it was (the same store: a restart).
+    """
+    port = port or free_port(host)
     argv = [
         str(BIN / "mlflow"),
         "server",

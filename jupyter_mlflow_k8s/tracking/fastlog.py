@@ -97,13 +97,14 @@ class MetricBuffer:
         with self._lock:
             return self._inflight + self._points
 
-    def close(self, timeout: float = 5.0) -> list[Any]:
-        """Stop the thread, try once more within ``timeout`` seconds, and return what is still unsent."""
+    def close(self, timeout: float = 5.0, send: bool = True) -> list[Any]:
+        """Stop the thread, try once more (``send``) within ``timeout`` seconds, return what is still unsent."""
         self._closed.set()
         self._thread.join(timeout=timeout)
-        last = threading.Thread(target=self.flush, name="jmk-metrics-last", daemon=True)
-        last.start()
-        last.join(timeout=timeout)
+        if send:
+            last = threading.Thread(target=self.flush, name="jmk-metrics-last", daemon=True)
+            last.start()
+            last.join(timeout=timeout)
         return self.unsent()
 
 
@@ -158,12 +159,12 @@ def install(mlflow: ModuleType, run_id: str, interval: float = 1.0) -> MetricBuf
     return buffer
 
 
-def close(timeout: float = 5.0) -> list[dict[str, Any]]:
+def close(timeout: float = 5.0, send: bool = True) -> list[dict[str, Any]]:
     """Send what is buffered (end of the cell, failure, termination); returns the points still unsent."""
     if _buffer is None:
         return []
     return [{"key": p.key, "value": p.value, "timestamp": p.timestamp, "step": p.step}
-            for p in _buffer.close(timeout)]
+            for p in _buffer.close(timeout, send)]
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

@@ -15,9 +15,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import stop_jobs, wait_for
+from helpers import process_gone, stop_jobs, wait_for
 from servers import ServerProcess, _mlflow_env, free_port, start_mlflow
 
 from jupyter_mlflow_k8s.config import load_settings
@@ -54,6 +55,10 @@ class Mlflow:
     def start(self) -> None:
         args = ["--default-artifact-root", str(self.root / "artifacts")]
         self.server, _ = start_mlflow(self.root, args, _mlflow_env(), port=self.port)
+
+    @property
+    def running(self) -> bool:
+        return self.server is not None and self.server.process.poll() is None
 
     def kill(self) -> None:
         assert self.server is not None
@@ -112,16 +117,24 @@ class HangingProxy:
         self.listener.close()
 
 
-@pytest.fixture
-def mlflow_server_here(tmp_path: Path) -> Iterator[Mlflow]:
-    server = Mlflow(tmp_path / "mlflow")
-    server.root.mkdir()
+@pytest.fixture(scope="module")
+def mlflow_server_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlflow]:
+    server = Mlflow(tmp_path_factory.mktemp("mlflow-faults"))
     server.start()
     try:
         yield server
     finally:
-        if server.server is not None and server.server.process.poll() is None:
+        if server.running:
+            assert server.server is not None
             server.server.stop()
+
+
+@pytest.fixture
+def mlflow_server_here(mlflow_server_once: Mlflow) -> Mlflow:
+    """The module's server, running (a test before may have killed it)."""
+    if not mlflow_server_once.running:
+        mlflow_server_once.start()
+    return mlflow_server_once
 
 
 @pytest.fixture
@@ -155,7 +168,8 @@ def _check_closed_once(tracking_uri: str, run_id: str) -> None:
 
 
 def test_tracking_server_killed_mid_job_then_back(state_dir: Path, mlflow_server_here: Mlflow, gate: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch, shell: Any,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     service = _service(state_dir, mlflow_server_here.url, monkeypatch)
     try:
         job_id = _run_until_the_gate(service, gate)
@@ -171,6 +185,10 @@ def test_tracking_server_killed_mid_job_then_back(state_dir: Path, mlflow_server
         assert not listed.tracking_final and "status" not in listed.tracking_sent
         log = service.read_log(job_id)
         assert "metric points are kept with the job" in log and "step 29" in log
+        capsys.readouterr()
+        shell.run_line_magic("job", f"attach {job_id}")  # a notebook finds the job again: results come back
+        assert shell.user_ns["answer"] == 42
+        assert f"[jmk] job {job_id}: tracking server unreachable" in capsys.readouterr().out
 
         # Back: the next listing sends what was pending, once.
         mlflow_server_here.start()
@@ -214,3 +232,38 @@ def test_tracking_server_that_hangs_holds_nothing(state_dir: Path, mlflow_server
 
 def _listed(service: JobService, job_id: str):  # type: ignore[no-untyped-def]
     return next(r for r in service.list() if r.job_id == job_id)
+
+
+def test_a_job_ended_by_a_listing_while_its_tracking_server_is_gone(
+        state_dir: Path, mlflow_server_here: Mlflow, gate: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listing that finds a job's supervisor dead ends the job; its run cannot be closed: it lists on."""
+    service = _service(state_dir, mlflow_server_here.url, monkeypatch)
+    try:
+        job_id = _run_until_the_gate(service, gate)
+        record = service.store.load(job_id)
+        os.kill(int(record.pid or 0), signal.SIGKILL)  # the supervisor: nobody records the end
+        mlflow_server_here.kill()
+        wait_for(lambda: process_gone(record.pid), timeout=10)
+        listed = _listed(service, job_id)  # ends the job, cannot close its run, does not raise
+        assert listed.state is JobState.FAILED and "supervisor" in listed.message
+        assert listed.notes and "tracking server unreachable" in listed.notes[0]
+        from jupyter_mlflow_k8s.widgets.jobs import JobTable
+
+        assert "tracking server unreachable" in repr(JobTable(service.list()))
+    finally:
+        gate.touch()
+        stop_jobs(state_dir)
+
+
+def test_mlflow_requests_are_bounded_in_every_process(monkeypatch: pytest.MonkeyPatch, mlflow_uri: str) -> None:
+    from jupyter_mlflow_k8s import tracking
+    from jupyter_mlflow_k8s.tracking import bounds
+
+    for name in bounds.HTTP_BOUNDS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")  # the user's own choice wins
+    tracking.client(mlflow_uri)  # the kernel, the CLI, the server extension, the supervisor
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == bounds.HTTP_BOUNDS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    job_env = bounds.bounded_environment()  # what a job's runner (a pod too) is given with its payload
+    assert job_env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30" and set(job_env) == set(bounds.HTTP_BOUNDS)

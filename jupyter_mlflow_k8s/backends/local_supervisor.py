@@ -17,12 +17,13 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from ..lifecycle import end_job, record_end, send_pending
+from ..lifecycle import end_job, send_pending
 from ..models import JobRecord, JobState
 from ..records import JobStore
 
@@ -71,13 +72,22 @@ def _system_metrics(record: JobRecord, interval: float) -> Any:
         return None
 
 
-def _stop_system_metrics(monitor: Any, job_id: str) -> None:
+def _stop_system_metrics(monitor: Any, job_id: str, tracking_uri: str | None = None) -> None:
     """Stop the monitor and log what it sampled since it last logged, with one sample taken now.
 
     MLflow's monitor logs only a full sampling cycle of a still running run: the samples of the cycle
     the job's end cut short are dropped, so a job that ends soon after its monitor started (or whose
-    supervisor took long to import MLflow) would have no system metrics at all.
+    supervisor took long to import MLflow) would have no system metrics at all. A tracking server
+    that does not answer a quick probe gets none of them: the job's end is recorded without waiting.
     """
+    from ..tracking.bounds import unreachable
+
+    down = unreachable(tracking_uri, timeout=1.0)
+    if down:
+        threading.Thread(target=monitor.finish, name="jmk-metrics-stop", daemon=True).start()
+        print(f"[jmk] the last system metrics of job {job_id} were not logged: tracking server "
+              f"unreachable ({down})", file=sys.stderr)
+        return
     try:
         monitor.finish()  # stops and joins the sampling thread, flushes what it logged
         monitor.collect_metrics()
@@ -231,10 +241,12 @@ class _Supervisor:
         )
         code = self._wait(spec.timeout, record)
         self._release()
-        state, message = self._outcome(code)
-        record_end(self.store, self.job_id, state, message, code)  # shown at once, whatever MLflow does
         if self.monitor is not None:
-            _stop_system_metrics(self.monitor, self.job_id)
+            from ..tracking.bounds import final_requests
+
+            final_requests()  # the job has ended: its end waits on no MLflow retry
+            _stop_system_metrics(self.monitor, self.job_id, record.tracking_uri)
+        state, message = self._outcome(code)
         self._finish(state, code, message)
 
     def _wait(self, timeout: float | None, record: JobRecord) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 
+from .errors import UnavailableError
 from .models import JobRecord, JobState
 from .records import JobStore
 from .util.processes import pid_exists
@@ -60,8 +61,8 @@ def finalize_tracking(
 
     Never waits on tracking and never raises for it: when the tracking server cannot be reached,
     what was not sent stays pending on the record (``tracking_sent`` says what was, and
-    ``tracking_error`` why the rest was not) and the next process that gets here once the server answers sends it.
-    A process that finds another one closing the run waits for it (``wait``) or not.
+    ``tracking_error`` why the rest was not), and the next process that gets here once the server
+    answers sends it. A process that finds another one closing the run waits for it (``wait``) or not.
     """
     if not record.state.terminal or record.tracking_final:
         return record
@@ -102,9 +103,11 @@ def _close(store: JobStore, record: JobRecord) -> JobRecord:
 
     try:
         close_run(record, done, sent)
-    except Exception as exc:  # unreachable, or refused: the job's end stands; the rest is sent later
-        reason = str(exc) if "unreachable" in str(exc) else f"tracking failed: {type(exc).__name__}: {exc}"
-        return store.update(record.job_id, tracking_error=reason)
+    except UnavailableError as exc:  # the job's end stands; the rest is sent once the server answers
+        return store.update(record.job_id, tracking_error=str(exc))
+    except Exception as exc:  # refused for good (the run was deleted, say): trying again would not help
+        print(f"[jmk] the MLflow run of job {record.job_id} could not be closed: {type(exc).__name__}: {exc}")
+        return store.update(record.job_id, tracking_final=True, tracking_error=f"not closed: {exc}")
     return store.update(record.job_id, tracking_final=True, tracking_error="")
 
 

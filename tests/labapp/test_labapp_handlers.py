@@ -132,7 +132,7 @@ async def test_jobs_list_detail_log_stream_and_cancel(jp_fetch: Any, jp_http_por
     assert listed["state"] == "running" and listed["name"] == "chatty" and listed["experiment"] == "sidebar-jobs"
     assert listed["backend"] == "local" and listed["run_id"] and listed["started"] and listed["finished"] is None
     assert set(listed) == {"id", "state", "backend", "name", "experiment", "created", "started", "finished", "run_id",
-                           "experiment_id", "gpus", "message", "exit_code"}
+                           "experiment_id", "gpus", "message", "notes", "exit_code"}
 
     status, detail = await call(jp_fetch, "jobs", job_id[:6])  # a unique prefix is enough
     assert status == 200 and detail["id"] == job_id and detail["code"] == CHATTY and detail["log_size"] > 0

@@ -231,16 +231,26 @@ class JobService:
         return self._load_result(record, document, storage)
 
     def _load_result(self, record: JobRecord, document: dict[str, Any], storage: Storage | None = None) -> JobResult:
-        storage = storage or get_storage(self._storage_url_of(record), **self.settings.storage_options)
+        job_storage = get_storage(self._storage_url_of(record), **self.settings.storage_options)
+        storage = storage or job_storage
+
+        def load(entry: dict[str, Any]) -> Any:
+            try:
+                return load_value(storage, entry)
+            except FileNotFoundError:  # kept results: a value the store took before it went down is there
+                if storage is job_storage:
+                    raise
+                return load_value(job_storage, entry)
+
         result = JobResult(
-            values={e["name"]: load_value(storage, e) for e in document["outputs"]},
+            values={e["name"]: load(e) for e in document["outputs"]},
             skipped=dict(document.get("skipped", {})),
             registered=document.get("registered"),
         )
         display = document.get("display")
         if display:
             result.has_display = True
-            result.display = load_value(storage, display) if "key" in display else _Repr(display["repr"])
+            result.display = load(display) if "key" in display else _Repr(display["repr"])
         return result
 
     def _storage_url_of(self, record: JobRecord) -> str:

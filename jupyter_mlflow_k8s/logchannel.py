@@ -99,6 +99,7 @@ class FrameCollector:
         self.storage = storage
         self.parts = parts_dir
         self.kept = LocalStorage(str(parts_dir.parent / KEPT_FOLDER))
+        self.refused: str | None = None
 
     def feed(self, line: str) -> bool:
         """Whether ``line`` was a frame (then it is not part of the log the user sees)."""
@@ -116,9 +117,13 @@ class FrameCollector:
         return True
 
     def _store(self, key: str, data: bytes) -> None:
-        try:
-            self.storage.put_bytes(key, data)
-        except Exception as exc:  # the value would be lost with the log line: keep it here
-            self.kept.put_bytes(key, data)
-            print(f"[jmk] {self.storage.url} did not take {key} ({type(exc).__name__}: {exc}); "
-                  f"kept in {self.kept.url}", file=sys.stderr)
+        """Into ``storage`` (one attempt); once it has refused a value, the rest go to the kept folder."""
+        if self.refused is None:
+            try:
+                self.storage.fail_fast().put_bytes(key, data)
+                return
+            except Exception as exc:  # the value would be lost with the log line: keep it here
+                self.refused = f"{type(exc).__name__}: {exc}"
+                print(f"[jmk] {self.storage.url} did not take the job's results ({self.refused}); "
+                      f"they are kept in {self.kept.url}", file=sys.stderr)
+        self.kept.put_bytes(key, data)

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,8 @@ from .lifecycle import end_job, finalize_tracking
 from .models import JobRecord, JobSpec, JobState
 from .payload import Payload, load_value, stage_inputs, write_payload
 from .records import JobStore
-from .storage import Storage, get_storage
+from .storage import LocalStorage, Storage, get_storage
+from .storage.kept import KEPT_FOLDER
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +41,11 @@ class JobResult:
     display: Any = None
     has_display: bool = False
     registered: dict[str, Any] | None = None
+    warning: str | None = None  # why the values came from somewhere else than the job storage
+
+
+class ResultsKeptWarning(UserWarning):
+    """A job's results came back from where they were kept, not from the job storage."""
 
 
 class RegistrationFailed(JobFailed):
@@ -219,34 +226,54 @@ class JobService:
             self.store.update(record.job_id, watcher_pid=None)
 
     def result(self, record: JobRecord) -> JobResult:
-        """The values a succeeded job returned; raises :class:`JobFailed` otherwise."""
-        document = self._result_document(record)
+        """The values a succeeded job returned; raises :class:`JobFailed` otherwise.
+
+        A job whose storage was unreachable when it wrote its results failed, but its values are
+        kept in its folder (see :mod:`.storage.kept`): they come back from there, with a
+        :class:`ResultsKeptWarning` that says so.
+        """
+        document, storage = self._result_document(record)
         if record.state is JobState.CANCELLED:
             raise JobCancelled(record.job_id, record.message or "cancelled")
         if document and document.get("register_error") and document.get("ok"):
             error = document["register_error"]
             failure = RegistrationFailed(record.job_id, error["message"], error.get("traceback", ""))
-            failure.result = self._load_result(record, document)
+            failure.result = self._load_result(record, document, storage)
             raise failure
+        if document and document.get("ok") and document.get("kept"):
+            result = self._load_result(record, document, storage)
+            result.warning = f"Job {record.job_id} failed, but its results came back: {document['kept']}"
+            warnings.warn(result.warning, ResultsKeptWarning, stacklevel=2)
+            return result
         if record.state is not JobState.SUCCEEDED:
             error = (document or {}).get("error") or {}
             message = f"{error['type']}: {error['message']}" if error else record.message
             raise JobFailed(record.job_id, message or "unknown failure; see %job logs", error.get("traceback", ""))
         if document is None:
             raise JobFailed(record.job_id, "the job succeeded but stored no result document")
-        return self._load_result(record, document)
+        return self._load_result(record, document, storage)
 
-    def _load_result(self, record: JobRecord, document: dict[str, Any]) -> JobResult:
-        storage = get_storage(self._storage_url_of(record), **self.settings.storage_options)
+    def _load_result(self, record: JobRecord, document: dict[str, Any], storage: Storage | None = None) -> JobResult:
+        job_storage = get_storage(self._storage_url_of(record), **self.settings.storage_options)
+        storage = storage or job_storage
+
+        def load(entry: dict[str, Any]) -> Any:
+            try:
+                return load_value(storage, entry)
+            except FileNotFoundError:  # kept results: a value the store took before it went down is there
+                if storage is job_storage:
+                    raise
+                return load_value(job_storage, entry)
+
         result = JobResult(
-            values={e["name"]: load_value(storage, e) for e in document["outputs"]},
+            values={e["name"]: load(e) for e in document["outputs"]},
             skipped=dict(document.get("skipped", {})),
             registered=document.get("registered"),
         )
         display = document.get("display")
         if display:
             result.has_display = True
-            result.display = load_value(storage, display) if "key" in display else _Repr(display["repr"])
+            result.display = load(display) if "key" in display else _Repr(display["repr"])
         return result
 
     def _storage_url_of(self, record: JobRecord) -> str:
@@ -254,14 +281,23 @@ class JobService:
         uri = str(record.payload_uri or "")
         return uri[: -len(suffix)] if uri.endswith(suffix) else self.settings.storage_url
 
-    def _result_document(self, record: JobRecord) -> dict[str, Any] | None:
+    def _result_document(self, record: JobRecord) -> tuple[dict[str, Any] | None, Storage | None]:
+        """The job's result document and the storage holding its values (None, None if there is none).
+
+        The job's folder is looked at first: results kept there (the job storage did not take them)
+        are the job's only results, and reading them needs no network.
+        """
         if not record.result_uri:
-            return None
-        storage = get_storage(self._storage_url_of(record), **self.settings.storage_options)
-        try:
-            return json.loads(storage.get_bytes(f"jobs/{record.job_id}/result.json"))  # type: ignore[no-any-return]
-        except (FileNotFoundError, OSError, ValueError):
-            return None
+            return None, None
+        key = f"jobs/{record.job_id}/result.json"
+        kept = LocalStorage(str(self.store.job_dir(record.job_id) / KEPT_FOLDER))
+        for where in (kept, None):
+            storage = where or get_storage(self._storage_url_of(record), **self.settings.storage_options)
+            try:
+                return json.loads(storage.get_bytes(key)), storage
+            except (FileNotFoundError, OSError, ValueError):
+                continue
+        return None, None
 
 
 class _Repr:

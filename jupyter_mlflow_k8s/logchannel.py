@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from .storage import LocalStorage, Storage
+from .storage.kept import KEPT_FOLDER
 
 MARK = "\x1eJMK-FRAME-1 "
 CHUNK = 8 * 1024
@@ -88,11 +89,17 @@ class LogChannelStorage(Storage):
 
 
 class FrameCollector:
-    """Takes frames out of a job's log and stores each finished value in ``storage``."""
+    """Takes frames out of a job's log and stores each finished value in ``storage``.
+
+    A value ``storage`` does not take (its endpoint is down now) is kept in the job's folder, next to
+    ``parts_dir``, where the job service looks for kept results: the log is read only once.
+    """
 
     def __init__(self, storage: Storage, parts_dir: Path) -> None:
         self.storage = storage
         self.parts = parts_dir
+        self.kept = LocalStorage(str(parts_dir.parent / KEPT_FOLDER))
+        self.refused: str | None = None
 
     def feed(self, line: str) -> bool:
         """Whether ``line`` was a frame (then it is not part of the log the user sees)."""
@@ -104,8 +111,19 @@ class FrameCollector:
         (folder / f"{int(index):08d}").write_bytes(base64.b64decode(chunk))
         pieces = sorted(folder.iterdir())
         if len(pieces) == int(count):
-            self.storage.put_bytes(key, b"".join(p.read_bytes() for p in pieces))
+            self._store(key, b"".join(p.read_bytes() for p in pieces))
             for piece in pieces:
                 os.remove(piece)
         return True
 
+    def _store(self, key: str, data: bytes) -> None:
+        """Into ``storage`` (one attempt); once it has refused a value, the rest go to the kept folder."""
+        if self.refused is None:
+            try:
+                self.storage.fail_fast().put_bytes(key, data)
+                return
+            except Exception as exc:  # the value would be lost with the log line: keep it here
+                self.refused = f"{type(exc).__name__}: {exc}"
+                print(f"[jmk] {self.storage.url} did not take the job's results ({self.refused}); "
+                      f"they are kept in {self.kept.url}", file=sys.stderr)
+        self.kept.put_bytes(key, data)

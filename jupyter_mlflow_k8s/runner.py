@@ -4,8 +4,9 @@ Fetches the staged payload, restores the inputs, points MLflow at the job's run,
 cell in a fresh ``__main__``, and stages a result document (assigned names, the final
 expression's value, or the error with its traceback). Output goes to stdout/stderr unbuffered;
 the launcher keeps the log. Exit status: 0 success, 1 the cell raised, 2 the runner itself
-failed, 143 terminated. MLflow is imported only if the cell imports it, so that a trivial cell
-pays no MLflow import.
+failed, 3 the model was not registered, 4 the job storage did not take the results (they are
+kept elsewhere: :class:`ResultWriter`), 143 terminated. MLflow is imported only if the cell
+imports it, so that a trivial cell pays no MLflow import.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import linecache
 import os
 import signal
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -24,11 +26,13 @@ from typing import Any
 
 from .logchannel import PAYLOAD_ROOT_ENV, LogChannelStorage
 from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
-from .storage import Storage, get_storage, read_url
+from .storage import LocalStorage, Storage, get_storage, read_url
+from .storage.kept import KEEP_DIR_ENV, RETRY_SECONDS_ENV, retry_seconds, with_retries
 from .tracking import KEPT_METRICS, fastlog
 from .tracking.bounds import final_requests, unreachable
 
 EXIT_OK, EXIT_CELL_ERROR, EXIT_RUNNER_ERROR, EXIT_REGISTER_ERROR, EXIT_TERMINATED = 0, 1, 2, 3, 143
+EXIT_RESULTS_KEPT = 4  # the cell ran, but the job storage did not take its results: they are kept elsewhere
 
 
 class Terminated(BaseException):
@@ -98,6 +102,72 @@ def _leave_run_open(mlflow: Any) -> None:
         atexit.unregister(safe_end_run)
 
 
+class ResultWriter:
+    """Stages the job's values and its result document, so that a store that is down loses nothing.
+
+    Each write to the job storage is retried for up to ``JMK_STORAGE_RETRY_SECONDS``. If the store
+    still fails, every value (those it took too) and the document go under the same keys into a
+    folder the job's owner can reach: ``JMK_RESULTS_KEEP_DIR`` for a local job; otherwise (a pod,
+    no shared disk) a scratch folder printed into the log as frames, which the notebook side keeps
+    (:class:`~.logchannel.FrameCollector`).
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        local = storage.is_local  # a local disk that fails is no blip: no waiting on it
+        self.seconds = 0.0 if local else retry_seconds()
+        self.target = storage if local else storage.fail_fast()
+        self.staged: list[tuple[str, Any]] = []
+        self.kept: Storage | None = None
+        self.reason = ""
+
+    def stage(self, name: str, value: Any) -> dict[str, Any]:
+        """Stage one value (raises :class:`UnpicklableValue` if it does not pickle); returns its entry."""
+        entry: dict[str, Any] | None = None
+        if self.kept is None:
+            try:
+                entry = with_retries(lambda: stage_value(self.target, name, value).__dict__, self.seconds,
+                                     f"{name!r} to {self.storage.url}")
+            except UnpicklableValue:
+                raise
+            except Exception as exc:
+                self._keep(exc)
+        if self.kept is not None:
+            entry = stage_value(self.kept, name, value).__dict__
+        assert entry is not None
+        self.staged.append((name, value))
+        return entry
+
+    def finish(self, key: str, document: dict[str, Any]) -> None:
+        """Write the result document, last: a reader that finds it finds every value it names."""
+        if self.kept is None:
+            data = json.dumps(document).encode()
+            try:
+                with_retries(lambda: self.target.put_bytes(key, data), self.seconds,
+                             f"the result to {self.storage.url}")
+            except Exception as exc:
+                self._keep(exc)
+        if self.kept is not None:
+            self.kept.put_bytes(key, json.dumps({**document, "kept": self.reason}).encode())
+        for storage in (self.storage, self.kept):
+            if isinstance(storage, LogChannelStorage):
+                storage.emit(last=key)
+
+    def _keep(self, exc: BaseException) -> None:
+        """Switch to the fallback folder and stage there again what the store already took."""
+        folder = os.environ.get(KEEP_DIR_ENV)
+        self.kept = LocalStorage(folder) if folder else LogChannelStorage(tempfile.mkdtemp(prefix="jmk-payload-"))
+        where = f"in {folder}" if folder else "in this job's log, for the notebook server to collect"
+        self.reason = (
+            f"the job storage {self.storage.url} was unreachable for {self.seconds:g} s "
+            f"({type(exc).__name__}: {exc}); the results are kept {where}. `%job attach` (or "
+            f"JobService.result) still brings them back; set {RETRY_SECONDS_ENV} to wait longer."
+        )
+        print(f"[jmk] {self.reason}", file=sys.stderr, flush=True)
+        for name, value in self.staged:
+            stage_value(self.kept, name, value)
+
+
 def _register(payload: Payload, namespace: dict[str, Any]) -> dict[str, Any]:
     """Log and register the cell's model (``--register``); imports MLflow."""
     from .tracking.registry import pick_model, register
@@ -130,6 +200,7 @@ def run(payload_url: str) -> int:
 
     result: dict[str, Any] = {"ok": False, "outputs": [], "skipped": {}, "display": None, "error": None}
     status = EXIT_OK
+    writer = ResultWriter(storage)
     started = time.time()
     try:
         value, has_value = execute(payload, namespace)
@@ -148,7 +219,7 @@ def run(payload_url: str) -> int:
             if name not in namespace or isinstance(namespace[name], types.ModuleType):
                 continue  # modules the cell imported: the notebook imports its own
             try:
-                result["outputs"].append(stage_value(storage, name, namespace[name]).__dict__)
+                result["outputs"].append(writer.stage(name, namespace[name]))
             except UnpicklableValue as exc:
                 result["skipped"][name] = str(exc)
                 print(f"[jmk] not returning {name!r}: cannot pickle it", file=sys.stderr)
@@ -162,16 +233,16 @@ def run(payload_url: str) -> int:
                 status = EXIT_REGISTER_ERROR
         if has_value and value is not None:
             try:
-                result["display"] = stage_value(storage, "_", value).__dict__
+                result["display"] = writer.stage("_", value)
             except UnpicklableValue:
                 result["display"] = {"repr": repr(value)}
     result["duration"] = time.time() - started
     sys.stdout.flush()
     sys.stderr.flush()
     _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED", storage, payload)
-    storage.put_bytes(payload.result_key, json.dumps(result).encode())
-    if isinstance(storage, LogChannelStorage):
-        storage.emit(last=payload.result_key)
+    writer.finish(payload.result_key, result)
+    if writer.kept is not None and status == EXIT_OK:
+        return EXIT_RESULTS_KEPT
     return status
 
 

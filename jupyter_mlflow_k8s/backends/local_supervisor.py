@@ -26,6 +26,7 @@ from typing import IO, Any
 from ..lifecycle import end_job, send_pending
 from ..models import JobRecord, JobState
 from ..records import JobStore
+from ..storage.kept import KEEP_DIR_ENV, KEPT_FOLDER
 
 
 def _parent_death_signal() -> Callable[[], Any] | None:
@@ -226,6 +227,7 @@ class _Supervisor:
             return
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1", "JMK_JOB_ID": self.job_id}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
+        env[KEEP_DIR_ENV] = str(self.folder / KEPT_FOLDER)  # results the job storage would not take
         with open(self.folder / "output.log", "ab") as log:
             self.child = subprocess.Popen(
                 [self.options["python"], "-m", "jupyter_mlflow_k8s.runner", str(record.payload_uri)],
@@ -294,6 +296,9 @@ class _Supervisor:
             return JobState.FAILED, "the cell raised an exception"
         if code == 3:
             return JobState.FAILED, "the cell ran, but its model could not be registered"
+        if code == 4:
+            return JobState.FAILED, (f"the cell ran, but the job storage was unreachable: its results are kept in "
+                                     f"{self.folder / KEPT_FOLDER} (see the log)")
         if code < 0:
             name = signal.Signals(-code).name
             hint = " (the machine may have run out of memory)" if name == "SIGKILL" else ""

@@ -265,7 +265,9 @@ def _follow_log(service: SidebarService, record: JobRecord, offset: int, stop: t
 
     Reads through the backend's ``follow_log`` (what ``JobService.follow`` wraps) without registering
     this server as the job's watcher: a kernel that watches the job keeps closing its MLflow run.
-    ``follow_log`` yields at least every half second, so ``stop`` is seen within that.
+    ``follow_log`` yields at least every half second, so ``stop`` is seen within that. Each ``log``
+    event's offset is where a client that got it resumes (``?offset=`` or Last-Event-ID): the end of
+    its text in the file, never inside a character split between two reads.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     state, checked = record.state, time.monotonic()
@@ -284,8 +286,8 @@ def _follow_log(service: SidebarService, record: JobRecord, offset: int, stop: t
                 if item:
                     offset += len(item)
                     text = decoder.decode(item)
-                    if text:
-                        emit(("log", {"text": text, "offset": offset}))
+                    if text:  # the offset to resume from: before the bytes of a character not yet whole
+                        emit(("log", {"text": text, "offset": offset - len(decoder.getstate()[0])}))
                 if time.monotonic() - checked >= STATE_CHECK_SECONDS:
                     checked = time.monotonic()
                     current = service.jobs.store.load(record.job_id)

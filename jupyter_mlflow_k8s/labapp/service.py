@@ -9,6 +9,7 @@ wire shapes of ``shapes.py``; raises the package's errors, which ``handlers.py``
 
 from __future__ import annotations
 
+import codecs
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -111,7 +112,9 @@ class SidebarService:
             newline = data.find(b"\n")
             if 0 <= newline < len(data) - 1:
                 data = data[newline + 1:]  # begin at a whole line (and never inside a UTF-8 character)
-        return {"text": data.decode(errors="replace"), "offset": end, "truncated": truncated}
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = decoder.decode(data)  # a character the job has not finished writing is left for the stream
+        return {"text": text, "offset": end - len(decoder.getstate()[0]), "truncated": truncated}
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Ask a running job to stop; :class:`Conflict` when it has already ended."""

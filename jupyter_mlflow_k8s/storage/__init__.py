@@ -51,6 +51,14 @@ class Storage:
         """
         return {}
 
+    def fail_fast(self) -> Storage:
+        """The same store, with each call giving up quickly when the store does not answer.
+
+        For writes the caller retries on its own terms (:func:`.kept.with_retries`), so that its
+        bound in seconds holds; the default has no retries of its own to cut.
+        """
+        return self
+
     def path(self, key: str) -> str:
         """Filesystem path of ``key`` (no scheme)."""
         return f"{self.root.rstrip('/')}/{key}"

@@ -279,6 +279,20 @@ class S3Storage(Storage):
         except Exception as exc:  # every failure here means jobs cannot use this storage
             raise self._explain(exc, probe_fs) from None
 
+    def fail_fast(self) -> S3Storage:
+        """The same storage with botocore's and s3fs's own retries switched off: one attempt per call.
+
+        Against a dead endpoint a default call retries for 4-13 s inside botocore and s3fs; the
+        caller's own retries (a bound in seconds) are the ones that count.
+        """
+        options = dict(self.options)
+        config = dict(options.get("config_kwargs") or {})
+        config["retries"] = {"max_attempts": 1, "mode": "standard"}
+        options["config_kwargs"] = config
+        storage = S3Storage(self.url, **options)
+        storage.fs.retries = 1  # a class attribute of s3fs, not an option; this filesystem is ours alone
+        return storage
+
     def job_environment(self) -> dict[str, str]:
         """AWS variables carrying this storage's connection options to a job's runner.
 

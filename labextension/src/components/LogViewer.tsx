@@ -104,6 +104,8 @@ export function LogViewer(props: ILogViewerProps): JSX.Element {
     ready ? jobId : null,
     () => apiPath('jobs', jobId, 'log', 'stream') + query({ offset: offsetRef.current }),
     event => {
+      // An event after a lost connection (a restarted server): the stream is back, so is the log.
+      setError(null);
       if (event.event === 'log') {
         const chunk = JSON.parse(event.data) as ILogChunk;
         if (typeof chunk.offset === 'number') {

@@ -1,0 +1,183 @@
+"""Serving under real faults (issue 16): a worker SIGKILLed under load, a supervisor killed, a new version
+that cannot load while the old one serves.
+
+Every fault is real: a real server process with a model from the real registry, real HTTP clients, real
+signals. Each test counts what the clients saw (answers, connection errors, hangs) and checks that the
+server is whole again afterwards, and that the user was told.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import requests
+from helpers import process_gone, wait_for
+
+from tests.serving_fixtures import FEATURES, Served
+from tests.test_serving_server import Server, parse_metrics, split, value
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 3
+CLIENTS = 6
+CLIENT_TIMEOUT = 20.0
+
+
+@pytest.fixture
+def env(mlflow_uri: str, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "JMK_STATE_DIR": str(tmp_path / "state")}
+
+
+@pytest.fixture
+def workers(served_model: Served, env: dict[str, str]) -> Iterator[Server]:
+    running = Server(served_model.uri("1"), "--workers", str(WORKERS), env=env)
+    yield running
+    running.stop()
+
+
+def worker_pids(server: Server) -> set[int]:
+    """The live worker processes of a server (its children that are not zombies)."""
+    try:
+        children = psutil.Process(server.process.pid).children()
+    except psutil.NoSuchProcess:
+        return set()
+    return {child.pid for child in children if not process_gone(child.pid)}
+
+
+def all_workers(server: Server, count: int = WORKERS) -> set[int]:
+    """The worker pids once ``count`` of them run."""
+    found: set[int] = set()
+
+    def complete() -> bool:
+        found.clear()
+        found.update(worker_pids(server))
+        return len(found) == count
+
+    wait_for(complete, timeout=15)
+    return set(found)
+
+
+def rest_of_output(server: Server) -> str:
+    """What the server printed after it said it was listening (read once it has exited)."""
+    assert server.process.stdout is not None and server.process.poll() is not None
+    return server.output + server.process.stdout.read()
+
+
+class Load:
+    """Clients posting the same rows over and over, each on a new connection, until stopped; outcomes counted."""
+
+    def __init__(self, url: str, frame: Any, expected: list[Any]) -> None:
+        self.url, self.body, self.expected = f"{url}/invocations", split(frame), expected
+        self.outcomes: Counter[str] = Counter()
+        self.wrong: list[str] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=CLIENT_TIMEOUT + 5)
+        assert not any(thread.is_alive() for thread in self.threads), "a client hung past its timeout"
+
+    def _client(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                response = requests.post(self.url, json=self.body, timeout=CLIENT_TIMEOUT)
+                outcome = "answered" if response.status_code == 200 and \
+                    response.json()["predictions"] == self.expected else "wrong"
+                if outcome == "wrong":
+                    self.wrong.append(f"{response.status_code}: {response.text[:200]}")
+            except requests.Timeout:  # before ConnectionError: a connect timeout is both
+                outcome = "timed out"
+            except requests.ConnectionError:
+                outcome = "connection error"
+            with self.lock:
+                self.outcomes[outcome] += 1
+
+    def answered(self) -> int:
+        with self.lock:
+            return self.outcomes["answered"]
+
+
+def test_a_worker_killed_under_load_is_replaced_counted_and_logged(served_model: Served, workers: Server) -> None:
+    rows = served_model.frame.head(5)[list(FEATURES)]
+    expected = served_model.models[0].predict(rows).tolist()
+    before = all_workers(workers)
+
+    with Load(workers.url, rows, expected) as load:
+        wait_for(lambda: load.answered() >= 100, timeout=30)
+        victim = sorted(before)[1]
+        os.kill(victim, signal.SIGKILL)  # the fault: a worker dies mid-request, its connections with it
+        killed_at = load.answered()
+        wait_for(lambda: len(worker_pids(workers) - before) == 1 and victim not in worker_pids(workers), timeout=15)
+        wait_for(lambda: load.answered() >= killed_at + 100, timeout=30)  # the replacement and the others answer
+
+    outcomes = load.outcomes
+    print(f"\nclients saw: {dict(outcomes)}")
+    assert set(outcomes) <= {"answered", "connection error"}, (dict(outcomes), load.wrong[:3])
+    assert outcomes["answered"] >= 200
+    after = worker_pids(workers)
+    assert len(after) == WORKERS and victim not in after and len(after & before) == WORKERS - 1
+
+    for _ in range(2 * WORKERS):  # each scrape may reach another worker: every one reads the same count
+        samples = parse_metrics(requests.get(f"{workers.url}/metrics", timeout=10).text)
+        assert value(samples, "jmk_worker_restarts_total") == 1
+    assert workers.post(split(rows)).json()["predictions"] == expected
+
+    workers.process.send_signal(signal.SIGTERM)  # and SIGTERM still stops every worker, the new one too
+    assert workers.process.wait(timeout=30) == 0
+    assert all(process_gone(pid) for pid in before | after)
+    log = rest_of_output(workers)
+    assert f"(pid {victim}) killed by SIGKILL" in log and "starting a new one (restart 1)" in log, log
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(workers: Server) -> None:
+    pids = all_workers(workers)
+    workers.process.kill()  # nothing can forward a SIGKILL: the kernel tells each worker (PR_SET_PDEATHSIG)
+    workers.process.wait(timeout=10)
+    wait_for(lambda: all(process_gone(pid) for pid in pids), timeout=20)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{workers.url}/ping", timeout=5)
+
+
+def test_workers_that_keep_dying_at_once_stop_the_server_with_a_reason(served_model: Served,
+                                                                         env: dict[str, str]) -> None:
+    server = Server(served_model.uri("1"), "--workers", "2", env=env)
+    killed: set[int] = set()
+
+    def kill_every_worker() -> bool:
+        for pid in worker_pids(server) - killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        return server.process.poll() is not None
+
+    wait_for(kill_every_worker, timeout=30, interval=0.02)
+    assert server.process.returncode == 1
+    log = rest_of_output(server)
+    assert "workers in a row died within 2 s of starting, so the server stops" in log, log
+    assert all(process_gone(pid) for pid in killed)
+
+
+def test_one_worker_serves_without_a_supervisor(served_model: Served, env: dict[str, str]) -> None:
+    server = Server(served_model.uri("1"), env=env)
+    try:
+        assert worker_pids(server) == set(), "--workers 1 forks nothing"
+        samples = parse_metrics(requests.get(f"{server.url}/metrics", timeout=10).text)
+        assert value(samples, "jmk_worker_restarts_total") == 0
+    finally:
+        server.stop()
+    assert server.process.returncode == 0

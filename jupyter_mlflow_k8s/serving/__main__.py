@@ -1,7 +1,8 @@
 """``python -m jupyter_mlflow_k8s.serving MODEL_URI``: run the inference server in the foreground.
 
 Exit codes: 0 after SIGTERM/SIGINT, 1 when ``--workers`` processes keep dying as soon as they start,
-2 for bad arguments or a model that cannot be found or loaded, 3 when the port is taken. With
+2 for bad arguments or a model that cannot be found or loaded, 3 when the port is taken, 4 when the
+tracking server does not answer (a later try may work). With
 ``--workers N`` (N > 1) this process loads the model and supervises N forked workers, replacing any
 that dies (:mod:`.workers`). The line ``jmk-serve: listening on http://HOST:PORT`` is
 printed once requests are accepted (``jmk serve`` waits for it).

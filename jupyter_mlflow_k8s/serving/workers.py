@@ -140,7 +140,7 @@ class Supervisor:
                 self._become_worker(parent, blocked)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # noqa: BLE001 - a worker never returns into the supervisor's code
+            except BaseException:  # a worker never returns into the supervisor's code
                 import traceback
 
                 traceback.print_exc()
@@ -152,7 +152,7 @@ class Supervisor:
         self.workers[pid] = (slot, time.monotonic())
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
-    def _become_worker(self, parent: int, blocked: set[signal.Signals]) -> None:
+    def _become_worker(self, parent: int, blocked: set[int | signal.Signals]) -> None:
         signal.set_wakeup_fd(-1)
         for number in _HANDLED:
             signal.signal(number, signal.SIG_DFL)
@@ -161,7 +161,11 @@ class Supervisor:
         _die_with(parent)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         ready_write = self._ready_write
-        self.work(lambda: os.write(ready_write, b"."))
+
+        def ready() -> None:
+            os.write(ready_write, b".")
+
+        self.work(ready)
 
     def _stop_all(self) -> None:
         """SIGTERM every worker, SIGKILL those still there after the grace period, and reap them all."""

@@ -21,7 +21,10 @@ import pytest
 import requests
 from helpers import process_gone, wait_for
 
-from tests.serving_fixtures import FEATURES, Served
+from jupyter_mlflow_k8s.errors import JMKUsageError
+from jupyter_mlflow_k8s.serving.errors import EndpointNotFound
+from jupyter_mlflow_k8s.serving.manager import ServerStartError, ServingManager
+from tests.serving_fixtures import FEATURES, Served, make_broken
 from tests.test_serving_server import Server, parse_metrics, split, value
 
 pytestmark = pytest.mark.slow
@@ -181,3 +184,35 @@ def test_one_worker_serves_without_a_supervisor(served_model: Served, env: dict[
     finally:
         server.stop()
     assert server.process.returncode == 0
+
+
+# -- a new version that cannot load, while the old one serves ---------------------------------------
+
+
+def test_a_local_version_that_cannot_load_is_reported_and_the_running_one_keeps_serving(
+    served_model: Served, mlflow_uri: str, state_dir: Path
+) -> None:
+    """A local endpoint is a process on its port: a second version starts beside it under another name and
+    replaces it only once it answers (the user stops the old one). Asking for the running name is refused."""
+    rows = served_model.frame.head(5)[list(FEATURES)]
+    expected = served_model.models[0].predict(rows).tolist()
+    manager = ServingManager()
+    live = manager.start(served_model.uri("1"), name="iris-live")
+    try:
+        with pytest.raises(JMKUsageError, match="already running .* it keeps serving.*start the new one under another"):
+            manager.start(served_model.uri("2"), name="iris-live")
+        for damage, reason in (("corrupt", "BadZipFile: File is not a zip file"),
+                               ("missing", "[Errno 2] No such file or directory")):
+            broken = make_broken("iris-damaged", mlflow_uri, served_model, damage)
+            with pytest.raises(ServerStartError) as failed:
+                manager.start(broken, name="iris-next")
+            message = str(failed.value)
+            assert failed.value.exit_code == 2, message
+            assert f"{broken}: the model could not be loaded ({reason}" in message, message
+            assert "register a version that does" in message, message
+            with pytest.raises(EndpointNotFound):  # no record of the failed one, no process left
+                manager.get("iris-next")
+            assert manager.predict("iris-live", rows) == expected
+        assert manager.get("iris-live").running and manager.get("iris-live").pid == live.pid
+    finally:
+        manager.stop("iris-live")

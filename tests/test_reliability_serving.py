@@ -13,6 +13,7 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,7 @@ def test_a_local_version_that_cannot_load_is_reported_and_the_running_one_keeps_
     manager = ServingManager()
     live = manager.start(served_model.uri("1"), name="iris-live")
     try:
-        with pytest.raises(JMKUsageError, match="already running .* it keeps serving.*start the new one under another"):
+        with pytest.raises(JMKUsageError, match=r"already running .* it keeps serving.*start the new one under another"):
             manager.start(served_model.uri("2"), name="iris-live")
         for damage, reason in (("corrupt", "BadZipFile: File is not a zip file"),
                                ("missing", "[Errno 2] No such file or directory")):
@@ -216,3 +217,62 @@ def test_a_local_version_that_cannot_load_is_reported_and_the_running_one_keeps_
         assert manager.get("iris-live").running and manager.get("iris-live").pid == live.pid
     finally:
         manager.stop("iris-live")
+
+
+@pytest.mark.k8s
+def test_a_rollout_to_a_version_that_cannot_load_is_undone_and_the_old_pods_keep_answering(
+    real_node: Any, k8s_api: Any, k8s_namespace: str, k8s_served_model: Served, k8s_mlflow_server: str
+) -> None:
+    """maxUnavailable 0: the old pod serves while the new one fails to load; deploy says why and undoes the rollout."""
+    import kubernetes
+    import mlflow
+
+    from jupyter_mlflow_k8s.k8s.pods import PodSettings
+    from jupyter_mlflow_k8s.serving.kubernetes import EndpointNotReady, EndpointSpec, deploy, list_endpoints, undeploy
+    from tests.test_serving_k8s import address, free_port, predict, version_served
+
+    served, rows = k8s_served_model, k8s_served_model.frame.head(5)[list(FEATURES)]
+    settings = PodSettings(namespace=k8s_namespace, image=real_node.pod_image)
+    endpoint = EndpointSpec(name="iris", model_uri=served.uri("1"), port=free_port(), tracking_uri=k8s_mlflow_server)
+    assert (endpoint.max_surge, endpoint.max_unavailable) == (1, 0)
+    deploy(k8s_api, endpoint, settings, credentials={}, wait=180)
+    base = address(real_node, k8s_api, k8s_namespace, "iris", endpoint.port)
+    assert wait_for(lambda: version_served(base), timeout=30, interval=0.5) == "1"
+    old_pods = {pod.metadata.name for pod in kubernetes.client.CoreV1Api(k8s_api).list_namespaced_pod(
+        k8s_namespace).items}
+    before = mlflow.get_tracking_uri()
+    try:
+        broken = make_broken("iris-damaged", k8s_mlflow_server, served)
+    finally:
+        mlflow.set_tracking_uri(before)
+
+    answers: Counter[str] = Counter()
+    done = threading.Event()
+
+    def keep_asking() -> None:  # a client of the endpoint through the whole failed rollout
+        while not done.is_set():
+            answers[version_served(base) or "no answer"] += 1
+            done.wait(0.2)
+
+    client = threading.Thread(target=keep_asking, daemon=True)
+    client.start()
+    try:
+        with pytest.raises(EndpointNotReady) as failed:
+            deploy(k8s_api, replace(endpoint, model_uri=broken), settings, credentials={}, wait=120)
+    finally:
+        done.set()
+        client.join(timeout=15)
+    message = str(failed.value)
+    print(f"\nanswers during the rollout: {dict(answers)}\n{message}")
+    assert f"the new version {broken} did not come up, so the rollout was undone: {served.uri('1')} still serves" \
+        in message, message
+    assert "exited with code 2 (bad arguments or a model URI that cannot be loaded)" in message, message
+    assert f"{broken}: the model could not be loaded (BadZipFile" in message, message
+    assert set(answers) == {"1"}, answers  # every request during the rollout answered, by the old version
+
+    [listed] = list_endpoints(k8s_api, k8s_namespace)
+    assert (listed.model_uri, listed.version, listed.ready) == (served.uri("1"), "1", True)
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    wait_for(lambda: {p.metadata.name for p in core.list_namespaced_pod(k8s_namespace).items} == old_pods, timeout=60)
+    assert predict(base, rows) == served.models[0].predict(rows).tolist()
+    undeploy(k8s_api, "iris", k8s_namespace)

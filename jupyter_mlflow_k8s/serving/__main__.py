@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -75,6 +76,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(argv: Sequence[str] | None = None) -> int:
     """Parse, bind, load, and serve until a signal; return the exit code."""
     args = parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log's last lines say why, not 100%
     try:
         settings = settings_from(args)
         sock = bind(settings.host, settings.port)

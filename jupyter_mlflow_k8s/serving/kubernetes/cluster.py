@@ -147,7 +147,7 @@ def _roll_back(api: Any, previous: Mapping[str, Any], spec: EndpointSpec, failed
     where = f"Endpoint {meta['namespace']}/{meta['name']}"
     try:
         apply(api, restored, patch=rollout_patch(restored, keep_replicas=keep_replicas))
-        wait_ready(api, meta["name"], meta["namespace"], timeout=ROLLBACK_WAIT_SECONDS)
+        _wait_available(api, meta["name"], meta["namespace"], timeout=ROLLBACK_WAIT_SECONDS)
     except JMKError as exc:
         return EndpointNotReady(f"{where}: the rollout to {spec.model_uri} failed, and going back to {old_uri} "
                                 f"failed too ({exc}). Check it with `jmk serve list`, then deploy {old_uri} again.",
@@ -218,6 +218,22 @@ def wait_ready(api: Any, name: str, namespace: str, *, timeout: float = 300.0, p
                 f"Endpoint {namespace}/{name} {why}: {endpoint.available} of {endpoint.replicas} replicas available, "
                 f"{endpoint.updated} updated.", [p for p in problems if p] or ["no pod of it is failing yet"])
         time.sleep(poll)
+
+
+def _wait_available(api: Any, name: str, namespace: str, *, timeout: float, poll: float = 0.5) -> Endpoint:
+    """Wait until every replica runs the current template and is available, whatever pods of an older one do.
+
+    Unlike :func:`wait_ready` this does not give up on a failing pod: after a rollout is undone, the failed
+    new pods are still there, going away.
+    """
+    deadline = time.monotonic() + timeout
+    while not (endpoint := _endpoint(_deployment(api, name, namespace))).ready:
+        if time.monotonic() >= deadline:
+            raise EndpointNotReady(f"Endpoint {namespace}/{name} is not ready after {timeout:g} s: "
+                                   f"{endpoint.available} of {endpoint.replicas} replicas available, "
+                                   f"{endpoint.updated} updated.")
+        time.sleep(poll)
+    return endpoint
 
 
 def _pods(api: Any, name: str, namespace: str) -> list[dict[str, Any]]:

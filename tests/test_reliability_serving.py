@@ -169,7 +169,10 @@ def test_workers_that_keep_dying_at_once_stop_the_server_with_a_reason(served_mo
             killed.add(pid)
         return server.process.poll() is not None
 
-    wait_for(kill_every_worker, timeout=30, interval=0.02)
+    try:
+        wait_for(kill_every_worker, timeout=30, interval=0.02)
+    finally:
+        server.stop()
     assert server.process.returncode == 1
     log = rest_of_output(server)
     assert "workers in a row died within 2 s of starting, so the server stops" in log, log

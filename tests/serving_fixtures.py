@@ -73,3 +73,31 @@ def served_tensor_model(mlflow_uri: str, served_model: Served) -> Served:
     labels = (array[:, 2] > 3.8).astype(int)
     model = LogisticRegression(max_iter=500).fit(array, labels)
     return Served("iris-tensor", (_register("iris-tensor", model, array),), served_model.frame, (model,))
+
+
+def make_broken(name: str, tracking_uri: str, served: Served, damage: str = "corrupt") -> str:
+    """A version of model ``name`` that the registry has but that cannot load; its ``models:/`` URI.
+
+    ``served``'s first model is saved, then its serialized estimator is overwritten with junk (``corrupt``) or deleted
+    (``missing``) before the files are logged and registered: what a half-copied or damaged artifact store holds.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import mlflow.sklearn
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("serving-tests")
+    with tempfile.TemporaryDirectory() as folder:
+        model_dir = Path(folder) / "model"
+        mlflow.sklearn.save_model(served.models[0], str(model_dir), pip_requirements=[])  # no inference: seconds
+        [weights] = [path for path in model_dir.iterdir() if path.stem == "model"]  # model.skops or model.pkl
+        if damage == "corrupt":
+            weights.write_bytes(b"not a model: the upload was cut off here")
+        else:
+            weights.unlink()
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(model_dir), "model")
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
+    return f"models:/{name}/{version.version}"

@@ -1,24 +1,30 @@
 """``python -m jupyter_mlflow_k8s.serving MODEL_URI``: run the inference server in the foreground.
 
-Exit codes: 0 after SIGTERM/SIGINT, 2 for bad arguments or a model that cannot be found or
-loaded, 3 when the port is taken. The line ``jmk-serve: listening on http://HOST:PORT`` is
+Exit codes: 0 after SIGTERM/SIGINT, 1 when ``--workers`` processes keep dying as soon as they start,
+2 for bad arguments or a model that cannot be found or loaded, 3 when the port is taken, 4 when the
+tracking server does not answer (a later try may work). With
+``--workers N`` (N > 1) this process loads the model and supervises N forked workers, replacing any
+that dies (:mod:`.workers`). The line ``jmk-serve: listening on http://HOST:PORT`` is
 printed once requests are accepted (``jmk serve`` waits for it).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
-import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .model_loading import ServerStartupError, load
 from .options import add_server_arguments, settings_values
 from .server import ServerSettings
+from .workers import SharedCount, Supervisor
+
+if TYPE_CHECKING:
+    from .server import InferenceServer
 
 EXAMPLES = """examples:
   python -m jupyter_mlflow_k8s.serving models:/churn@prod --port 8080
@@ -70,6 +76,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(argv: Sequence[str] | None = None) -> int:
     """Parse, bind, load, and serve until a signal; return the exit code."""
     args = parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log's last lines say why, not 100%
     try:
         settings = settings_from(args)
         sock = bind(settings.host, settings.port)
@@ -81,43 +88,40 @@ def serve(argv: Sequence[str] | None = None) -> int:
     except ServerStartupError as exc:
         print(f"jmk-serve: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    children = _fork(args.workers - 1)
-    if children is None:  # a worker
-        _run(InferenceServer(primary, settings, canary, shadow), sock, announce=False)
+    restarts = SharedCount()
+
+    def server() -> InferenceServer:
+        return InferenceServer(primary, settings, canary, shadow)
+
+    def announce() -> None:
+        print(f"jmk-serve: listening on http://{_address(sock)}", flush=True)
+
+    if args.workers == 1:  # one process: no supervisor, nothing forked
+        _run(server(), sock, restarts, on_ready=announce)
         return 0
-    _run(InferenceServer(primary, settings, canary, shadow), sock, announce=True)
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(pid, signal.SIGTERM)
-            os.waitpid(pid, 0)
-    return 0
+    supervisor = Supervisor(args.workers, lambda ready: _run(server(), sock, restarts, on_ready=ready),
+                            announce, restarts)
+    return supervisor.run()
 
 
-def _fork(count: int) -> list[int] | None:
-    """Fork ``count`` workers that share the socket; None in a worker, the children's pids in the parent."""
-    children = []
-    for _ in range(count):
-        pid = os.fork()
-        if pid == 0:
-            return None
-        children.append(pid)
-    return children
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _run(server: object, sock: socket.socket, announce: bool) -> None:
+def _run(server: InferenceServer, sock: socket.socket, restarts: SharedCount, on_ready: Callable[[], object]) -> None:
+    """Serve on ``sock`` until SIGTERM/SIGINT; ``on_ready`` once requests are accepted."""
     from aiohttp import web
 
-    from .server import InferenceServer
-
-    assert isinstance(server, InferenceServer)
     app = server.app()
-    host, port = sock.getsockname()[:2]
+    server.metrics.registry.counter(
+        "jmk_worker_restarts_total", "Server processes (--workers) started in place of one that died.",
+    ).labels().set_function(lambda: restarts.value)
 
-    async def announced(_: object) -> None:
-        print(f"jmk-serve: listening on http://{host}:{port}", flush=True)
+    async def ready(_: object) -> None:
+        on_ready()
 
-    if announce:
-        app.on_startup.append(announced)
+    app.on_startup.append(ready)
     web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
 
 

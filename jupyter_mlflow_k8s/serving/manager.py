@@ -243,8 +243,10 @@ class ServingManager:
             existing = self._read(folder)
             if existing is not None and existing.running:
                 raise JMKUsageError(
-                    f"An endpoint named {name!r} is already running ({existing.model_uri} at {existing.url}). "
-                    f"Stop it first with `jmk serve stop {name}` (or %serve stop {name}), or pick another --name."
+                    f"An endpoint named {name!r} is already running ({existing.model_uri} at {existing.url}); it "
+                    f"keeps serving. Stop it first with `jmk serve stop {name}` (or %serve stop {name}), or pick "
+                    "another --name: to change versions with no gap, start the new one under another name, check "
+                    "that it answers, then stop this one."
                 )
             if port is None:
                 port = free_port(host)

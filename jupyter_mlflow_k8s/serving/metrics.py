@@ -60,14 +60,15 @@ def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
 
 
 class CounterChild:
-    """One series of a counter: a value that only goes up."""
+    """One series of a counter: a value that only goes up (or one read from a function that only goes up)."""
 
-    __slots__ = ("_lock", "_value", "label_text")
+    __slots__ = ("_function", "_lock", "_value", "label_text")
 
     def __init__(self, label_text: str) -> None:
         self.label_text = label_text
         self._lock = threading.Lock()
         self._value = 0.0
+        self._function: Callable[[], float] | None = None
 
     def inc(self, n: float = 1) -> None:
         """Add ``n`` (>= 0)."""
@@ -76,10 +77,15 @@ class CounterChild:
         with self._lock:
             self._value += n
 
+    def set_function(self, function: Callable[[], float] | None) -> None:
+        """Read the total from ``function()`` at each render/collect (a count kept elsewhere, e.g. shared memory)."""
+        self._function = function
+
     @property
     def value(self) -> float:
-        """The current total."""
-        return self._value
+        """The current total (the function's, where one is set)."""
+        function = self._function
+        return float(function()) if function is not None else self._value
 
 
 class GaugeChild:

@@ -13,13 +13,17 @@ import json
 import os
 from typing import Any
 
-from ..errors import JMKError, NotFoundError
+from ..errors import JMKError, NotFoundError, UnavailableError
 from ..exceptions import JMKUsageError
 from ..tracking import model_registry
 from ..tracking.refs import ModelRef
 
 NUMERIC = {"double": (int, float), "float": (int, float), "long": (int,), "integer": (int,)}
 SCALAR_TYPES = {**NUMERIC, "string": (str,), "boolean": (bool,)}
+
+
+#: The server's exit code when the tracking server did not answer: trying again later may work (unlike 2).
+EXIT_UNAVAILABLE = 4
 
 
 class ServerStartupError(JMKUsageError):
@@ -74,7 +78,9 @@ def _resolve(uri: str) -> tuple[str, str, str | None, str]:
         said = f" {ref.name} has {known}." if known else ""
         raise ServerStartupError(f"{uri}: no such model version in the registry at {where}.{said} "
                            "Check the name, the version or alias, and MLFLOW_TRACKING_URI.") from exc
-    except JMKError as exc:  # the tracking server does not answer, or refused
+    except UnavailableError as exc:  # the tracking server does not answer: a later try may work
+        raise ServerStartupError(f"{uri}: {exc}", exit_code=EXIT_UNAVAILABLE) from exc
+    except JMKError as exc:  # the tracking server refused
         raise ServerStartupError(f"{uri}: {exc}") from exc
     version = str(found.version)
     return ref.name, version, (found.tags or {}).get("jmk.baseline"), ref.pinned(version).uri
@@ -88,8 +94,8 @@ def load(uri: str, role: str = "primary") -> LoadedModel:
     name, version, baseline_uri, source = _resolve(uri)
     try:
         model = mlflow.pyfunc.load_model(source)
-    except (MlflowException, OSError) as exc:
-        raise ServerStartupError(f"{uri}: the model could not be loaded ({str(exc).splitlines()[0]}).") from exc
+    except Exception as exc:  # missing or damaged artifacts, or the flavor's own loader failing: all the user's to fix
+        raise ServerStartupError(_load_failure(uri, exc)) from exc
     baseline = None
     if baseline_uri:
         try:
@@ -100,6 +106,17 @@ def load(uri: str, role: str = "primary") -> LoadedModel:
     columns, types = _columns(schema)
     return LoadedModel(uri, name, version, role, model, schema, columns, types, baseline, _tensor(schema),
                        _direct(model))
+
+
+def _load_failure(uri: str, exc: Exception) -> str:
+    """Why ``uri`` did not load, and what to do: the error's first line with its type when it is not MLflow's."""
+    lines = str(exc).strip().splitlines()
+    said = lines[0] if lines else "no message"
+    if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] != "mlflow":
+        said = f"{type(exc).__name__}: {said}"
+    return (f"{uri}: the model could not be loaded ({said}). Its artifacts may be missing or damaged, or its "
+            "loader fails in this environment: check that mlflow.pyfunc.load_model loads it here, and register a "
+            "version that does.")
 
 
 # Flavors whose predict is a plain function of the (already schema-typed) input. For them a checked

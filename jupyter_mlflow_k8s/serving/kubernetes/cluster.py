@@ -40,6 +40,8 @@ from .spec import (
 )
 
 HPA = "HorizontalPodAutoscaler"
+# After an undone rollout the old pods are normally still ready: this only bounds a check of that.
+ROLLBACK_WAIT_SECONDS = 120.0
 
 
 def _objects(name: str) -> list[tuple[str, str]]:
@@ -76,6 +78,11 @@ def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
     Deployment created or patched (:func:`rollout_patch`), the Service created or patched, and the
     autoscaler created, replaced, or deleted when no longer asked for.
 
+    When waiting, a rollout of an endpoint that was serving and whose new pods do not come up (a model
+    that cannot load fails at its first exit) is undone: the Deployment goes back to its old pod template,
+    whose pods were kept (``max_unavailable`` 0), and the error says why the new pods failed and that the
+    old version still serves.
+
     Args:
         api: An ``ApiClient`` of the official client (``KubernetesBackend.api``).
         spec: The endpoint. ``models:/NAME@ALIAS`` is pinned to the alias's version (``pin_alias``).
@@ -89,7 +96,7 @@ def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
 
     Raises:
         EndpointError: A bad spec, an unknown alias, a cluster without autoscaling/v2, or (when waiting)
-            pods that did not come up.
+            pods that did not come up (:class:`EndpointNotReady`, after undoing the rollout).
         ConflictError: A Deployment, Service, autoscaler or Secret of the endpoint's names exists that
             this package did not make.
         InvalidManifest: Settings the API server would refuse.
@@ -103,7 +110,7 @@ def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
     hpa = autoscaler[0] if autoscaler else None
 
     namespace = settings.namespace
-    ensure_owned(api, _objects(spec.name), namespace)
+    previous = ensure_owned(api, _objects(spec.name), namespace)[("Deployment", spec.name)]
     apply(api, secret)
     apply(api, deployment, patch=rollout_patch(deployment, keep_replicas=hpa is not None))
     apply(api, service, patch=[
@@ -111,9 +118,43 @@ def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
         {"op": "add", "path": "/spec/selector", "value": service["spec"]["selector"]},
         {"op": "add", "path": "/spec/ports", "value": service["spec"]["ports"]}])
     _apply_autoscaler(api, spec.name, namespace, hpa)
-    if wait is not None:
+    if wait is None:
+        return _endpoint(_deployment(api, spec.name, namespace))
+    try:
         return wait_ready(api, spec.name, namespace, timeout=wait)
-    return _endpoint(_deployment(api, spec.name, namespace))
+    except EndpointNotReady as failed:
+        if previous is None or not _endpoint(previous).ready:  # nothing served before: nothing to go back to
+            raise
+        raise _roll_back(api, previous, spec, failed, keep_replicas=hpa is not None) from failed
+
+
+def _roll_back(api: Any, previous: Mapping[str, Any], spec: EndpointSpec, failed: EndpointNotReady, *,
+               keep_replicas: bool) -> EndpointNotReady:
+    """Put back the pod template the endpoint served with before a rollout whose new pods did not come up.
+
+    The old pods were never taken down beyond ``max_unavailable`` (0 by default), so the Deployment goes
+    back to them at once and the new pods are removed. The error says why the new version failed (each
+    pod's problem, with its log's end) and what serves now.
+    """
+    meta = previous["metadata"]
+    annotations = {key: value for key, value in (meta.get("annotations") or {}).items()
+                   if not key.startswith("deployment.kubernetes.io/")}  # the controller's own bookkeeping
+    restored = {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"], "labels": meta.get("labels", {}),
+                             "annotations": annotations},
+                "spec": previous["spec"]}
+    old_uri = annotations.get(MODEL_URI_ANNOTATION, "the previous version")
+    where = f"Endpoint {meta['namespace']}/{meta['name']}"
+    try:
+        apply(api, restored, patch=rollout_patch(restored, keep_replicas=keep_replicas))
+        _wait_available(api, meta["name"], meta["namespace"], timeout=ROLLBACK_WAIT_SECONDS)
+    except JMKError as exc:
+        return EndpointNotReady(f"{where}: the rollout to {spec.model_uri} failed, and going back to {old_uri} "
+                                f"failed too ({exc}). Check it with `jmk serve list`, then deploy {old_uri} again.",
+                                failed.problems)
+    return EndpointNotReady(f"{where}: the new version {spec.model_uri} did not come up, so the rollout was undone: "
+                            f"{old_uri} still serves. Fix what its pods say below, then deploy again.",
+                            failed.problems)
 
 
 def _apply_autoscaler(api: Any, name: str, namespace: str, hpa: dict[str, Any] | None) -> None:
@@ -179,6 +220,22 @@ def wait_ready(api: Any, name: str, namespace: str, *, timeout: float = 300.0, p
         time.sleep(poll)
 
 
+def _wait_available(api: Any, name: str, namespace: str, *, timeout: float, poll: float = 0.5) -> Endpoint:
+    """Wait until every replica runs the current template and is available, whatever pods of an older one do.
+
+    Unlike :func:`wait_ready` this does not give up on a failing pod: after a rollout is undone, the failed
+    new pods are still there, going away.
+    """
+    deadline = time.monotonic() + timeout
+    while not (endpoint := _endpoint(_deployment(api, name, namespace))).ready:
+        if time.monotonic() >= deadline:
+            raise EndpointNotReady(f"Endpoint {namespace}/{name} is not ready after {timeout:g} s: "
+                                   f"{endpoint.available} of {endpoint.replicas} replicas available, "
+                                   f"{endpoint.updated} updated.")
+        time.sleep(poll)
+    return endpoint
+
+
 def _pods(api: Any, name: str, namespace: str) -> list[dict[str, Any]]:
     import kubernetes
 
@@ -211,11 +268,15 @@ def _failing(pod: Mapping[str, Any]) -> bool:
     if state.get("waiting", {}).get("reason", "") in ("InvalidImageName", "CreateContainerConfigError"):
         return True
     terminated = state.get("terminated") or status.get("lastState", {}).get("terminated") or {}
-    return bool(terminated.get("exitCode")) and int(status.get("restartCount") or 0) >= CRASH_RESTARTS
+    code = int(terminated.get("exitCode") or 0)
+    return code == EXIT_CANNOT_LOAD or (code != 0 and int(status.get("restartCount") or 0) >= CRASH_RESTARTS)
 
 
-# What the server's exit codes mean (see jupyter_mlflow_k8s/serving/__main__.py).
-_EXIT_CODES = {2: "bad arguments or a model URI that cannot be loaded", 3: "its port was already in use"}
+# What the server's exit codes mean (see jupyter_mlflow_k8s/serving/__main__.py). A server that exits with
+# EXIT_CANNOT_LOAD fails the same way at every restart (its model or flags are bad): no use waiting for more.
+EXIT_CANNOT_LOAD = 2
+_EXIT_CODES = {EXIT_CANNOT_LOAD: "bad arguments or a model URI that cannot be loaded", 3: "its port was already in use",
+               4: "the tracking server did not answer; the pod retries"}
 
 
 def _pod_problem(api: Any, pod: Mapping[str, Any]) -> str:

@@ -1,0 +1,169 @@
+"""Faults of the real node under a followed ``%%train --backend kubernetes`` job (issue 16).
+
+Each fault is injected for real on the test cluster's node while a job prints numbered lines and the test
+follows it: the kubelet restarted, containerd restarted, the node NotReady (its kubelet stopped until the
+controller manager marks it so, ``NODE_MONITOR_GRACE`` s on the test cluster). The container must run on
+(same container, same processes, no restart), the job must end succeeded with its values, and the followed
+log must hold every line exactly once and in order; while the node is NotReady the user is told so.
+
+Real node only: the node agent has no kubelet or containerd to restart (its own tests stand in there).
+The API server restart is ``test_k8s_backend.py::test_api_server_restart_loses_neither_the_job_nor_log_lines``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from helpers import wait_for
+from k8s_fixtures import KubeTarget, pod_processes
+from test_k8s_backend import k8s_shell, only_record, service  # noqa: F401  (the shell on the test cluster)
+
+pytestmark = pytest.mark.k8s
+
+
+@pytest.fixture
+def node(real_node: KubeTarget) -> Iterator[Any]:
+    """The test cluster's real node, to inject faults into; left with kubelet and containerd running and Ready."""
+    if real_node.cluster is None:
+        pytest.skip("needs the test cluster's own node (its kubelet and containerd are restarted); "
+                    "JMK_TEST_KUBECONFIG names another cluster")
+    from cluster.node import RealNode
+
+    control = RealNode(real_node.cluster)
+    try:
+        yield control
+    finally:
+        running = real_node.cluster.running()
+        if not running.get("containerd"):
+            real_node.cluster.start_component("containerd")
+        if not running.get("kubelet"):
+            control.start_kubelet()
+        else:
+            control._wait_node(real_node.cluster._components["kubelet"])
+
+
+def numbered_lines(count: int, pace: float) -> str:
+    """A cell printing ``line 0`` ... ``line {count-1}``, one every ``pace`` s, that then sets ``done``."""
+    return f"import time\nfor i in range({count}):\n    print('line', i, flush=True)\n    time.sleep({pace})\ndone = {count}"
+
+
+def follow_with_fault(shell: Any, record: Any, inject: Callable[[], None]) -> tuple[str, Any]:
+    """Follow the job as a cell does; once ``line 3`` has come, inject the fault (the follow waits meanwhile,
+    as a busy kernel would). Returns everything followed and the final record."""
+    received = b""
+    injected = False
+    for item in service(shell).follow(record.job_id):
+        if not isinstance(item, bytes):
+            assert injected, "the job ended before the fault was injected"
+            return received.decode(), item
+        received += item
+        if not injected and b"line 3\n" in received:
+            injected = True
+            inject()
+    raise AssertionError("the follow ended without the final record")
+
+
+def container(k8s_api: Any, record: Any) -> tuple[str, str, int, set[int]]:
+    """The job's pod uid, its container's id and restart count, and the pids of the pod's processes."""
+    core = kubernetes.client.CoreV1Api(k8s_api)
+    namespace, job = record.backend_ref["namespace"], record.backend_ref["name"]
+    (pod,) = core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    (status,) = pod.status.container_statuses
+    pids = {p.pid for p in pod_processes(f"{namespace}/{pod.metadata.name}")}
+    return pod.metadata.uid, status.container_id, status.restart_count, pids
+
+
+def running_container(k8s_api: Any, record: Any) -> tuple[str, str, int, set[int]]:
+    """``container()`` once the container runs (its id is known and its processes are there)."""
+    return wait_for(lambda: (found := container(k8s_api, record))[1] and found[3] and found, timeout=30)
+
+
+def numbered(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("line ")]
+
+
+def test_kubelet_restart_loses_no_log_line_and_keeps_the_container(
+    k8s_shell: Any, node: Any, k8s_api: Any  # noqa: F811
+) -> None:
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", numbered_lines(40, 0.25))
+    record = only_record(k8s_shell)
+    seen: dict[str, Any] = {}
+
+    def restart_kubelet() -> None:
+        seen["before"] = running_container(k8s_api, record)
+        kubelet = node.cluster._components["kubelet"].pid
+        node.restart_kubelet(down_for=3)
+        assert node.cluster._components["kubelet"].pid != kubelet
+        seen["after"] = container(k8s_api, record)
+
+    text, final = follow_with_fault(k8s_shell, record, restart_kubelet)
+
+    assert seen["after"] == seen["before"], "the same container runs on, with the same processes, not restarted"
+    assert container(k8s_api, record)[:3] == (*seen["before"][:2], 0), "the same container ran to its end"
+    assert numbered(text) == [f"line {i}" for i in range(40)]
+    assert final.state.value == "succeeded" and final.exit_code == 0
+    k8s_shell.run_line_magic("job", f"attach {record.job_id}")
+    assert k8s_shell.user_ns["done"] == 40
+
+
+def test_containerd_restart_loses_no_log_line_and_keeps_the_container(
+    k8s_shell: Any, node: Any, k8s_api: Any  # noqa: F811
+) -> None:
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", numbered_lines(40, 0.25))
+    record = only_record(k8s_shell)
+    seen: dict[str, Any] = {}
+
+    def restart_containerd() -> None:
+        seen["before"] = running_container(k8s_api, record)
+        containerd = node.cluster._components["containerd"].pid
+        node.restart_containerd(down_for=3)
+        assert node.cluster._components["containerd"].pid != containerd
+        seen["after"] = container(k8s_api, record)
+
+    text, final = follow_with_fault(k8s_shell, record, restart_containerd)
+
+    assert seen["after"] == seen["before"], "the same container runs on, with the same processes, not restarted"
+    assert container(k8s_api, record)[:3] == (*seen["before"][:2], 0), "the same container ran to its end"
+    assert numbered(text) == [f"line {i}" for i in range(40)]
+    assert final.state.value == "succeeded" and final.exit_code == 0
+    k8s_shell.run_line_magic("job", f"attach {record.job_id}")
+    assert k8s_shell.user_ns["done"] == 40
+
+
+def test_node_not_ready_is_told_and_the_job_runs_on(k8s_shell: Any, node: Any, k8s_api: Any) -> None:  # noqa: F811
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", numbered_lines(150, 0.25))
+    record = only_record(k8s_shell)
+    svc = service(k8s_shell)
+    seen: dict[str, Any] = {}
+
+    def node_not_ready() -> None:
+        seen["before"] = running_container(k8s_api, record)
+        node.make_not_ready()
+        assert node.ready_condition()["status"] != "True"
+        # Told while it lasts: in the followed log (once), and in the job's record.
+        wait_for(lambda: "is NotReady since" in Path(record.log_path).read_text(), timeout=15)
+        seen["message"] = wait_for(lambda: "NotReady" in (m := svc.get(record.job_id).message) and m, timeout=15)
+        seen["state"] = svc.get(record.job_id).state.value
+        seen["during"] = container(k8s_api, record)
+        node.start_kubelet()
+
+    text, final = follow_with_fault(k8s_shell, record, node_not_ready)
+
+    assert seen["state"] == "running", "a job on a NotReady node is not failed"
+    assert re.fullmatch(rf"running in pod \S+; node {node.cluster.node_name} is NotReady since \d\d:\d\d:\d\d UTC: "
+                        r"the job's pod keeps running there, .*", seen["message"]), seen["message"]
+    uid, container_id, _, pids = seen["before"]
+    assert seen["during"] == seen["before"], "not evicted, not stopped"
+    assert container(k8s_api, record)[:3] == (uid, container_id, 0), "the same container ran to its end"
+    told = [line for line in text.splitlines() if line.startswith("[jmk] ")]
+    assert len(told) == 2 and "is NotReady since" in told[0], told
+    assert told[1] == f"[jmk] node {node.cluster.node_name} answers again: the log goes on"
+    assert numbered(text) == [f"line {i}" for i in range(150)]
+    assert final.state.value == "succeeded" and final.exit_code == 0 and final.message == "succeeded"
+    k8s_shell.run_line_magic("job", f"attach {record.job_id}")
+    assert k8s_shell.user_ns["done"] == 150

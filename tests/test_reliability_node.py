@@ -157,7 +157,7 @@ def test_node_not_ready_is_told_and_the_job_runs_on(k8s_shell: Any, node: Any, k
     assert seen["state"] == "running", "a job on a NotReady node is not failed"
     assert re.fullmatch(rf"running in pod \S+; node {node.cluster.node_name} is NotReady since \d\d:\d\d:\d\d UTC: "
                         r"the job's pod keeps running there, .*", seen["message"]), seen["message"]
-    uid, container_id, _, pids = seen["before"]
+    uid, container_id = seen["before"][:2]
     assert seen["during"] == seen["before"], "not evicted, not stopped"
     assert container(k8s_api, record)[:3] == (uid, container_id, 0), "the same container ran to its end"
     told = [line for line in text.splitlines() if line.startswith("[jmk] ")]

@@ -23,8 +23,6 @@ from helpers import wait_for
 from k8s_fixtures import KubeTarget, pod_processes
 from test_k8s_backend import k8s_shell, only_record, service  # noqa: F401  (the shell on the test cluster)
 
-pytestmark = pytest.mark.k8s
-
 
 @pytest.fixture
 def node(real_node: KubeTarget) -> Iterator[Any]:
@@ -87,6 +85,18 @@ def numbered(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("line ")]
 
 
+def test_log_timestamps_are_ordered_as_times_not_as_strings() -> None:
+    """After a reconnect the pump skips lines up to the last one written: by time. The kubelet trims trailing
+    zeros from nanoseconds, so ``05.1Z`` (written) sorts after ``05.12Z`` (new) as strings: it would be lost."""
+    from jupyter_mlflow_k8s.backends.kubernetes.watch import _stamp_key
+
+    stamps = ["2026-12-06T04:40:05Z", "2026-12-06T04:40:05.000000001Z", "2026-12-06T04:40:05.1Z",
+              "2026-12-06T04:40:05.12Z", "2026-12-06T04:40:05.123456789Z", "2026-12-06T04:40:06.01Z"]
+    assert sorted(stamps, key=_stamp_key) == stamps
+    assert sorted(stamps) != stamps
+
+
+@pytest.mark.k8s
 def test_kubelet_restart_loses_no_log_line_and_keeps_the_container(
     k8s_shell: Any, node: Any, k8s_api: Any  # noqa: F811
 ) -> None:
@@ -111,6 +121,7 @@ def test_kubelet_restart_loses_no_log_line_and_keeps_the_container(
     assert k8s_shell.user_ns["done"] == 40
 
 
+@pytest.mark.k8s
 def test_containerd_restart_loses_no_log_line_and_keeps_the_container(
     k8s_shell: Any, node: Any, k8s_api: Any  # noqa: F811
 ) -> None:
@@ -135,6 +146,7 @@ def test_containerd_restart_loses_no_log_line_and_keeps_the_container(
     assert k8s_shell.user_ns["done"] == 40
 
 
+@pytest.mark.k8s
 def test_node_not_ready_is_told_and_the_job_runs_on(k8s_shell: Any, node: Any, k8s_api: Any) -> None:  # noqa: F811
     k8s_shell.run_cell_magic("train", "--backend kubernetes --async", numbered_lines(150, 0.25))
     record = only_record(k8s_shell)

@@ -36,13 +36,7 @@ def node(real_node: KubeTarget) -> Iterator[Any]:
     try:
         yield control
     finally:
-        running = real_node.cluster.running()
-        if not running.get("containerd"):
-            real_node.cluster.start_component("containerd")
-        if not running.get("kubelet"):
-            control.start_kubelet()
-        else:
-            control._wait_node(real_node.cluster._components["kubelet"])
+        control.ensure_running()
 
 
 def numbered_lines(count: int, pace: float) -> str:

@@ -577,10 +577,19 @@ fileCheckFrequency: 60s
         return once it serves its socket again and the node is Ready."""
         self.cluster.stop_component("containerd")
         time.sleep(down_for)
-        containerd = self.cluster.start_component("containerd")
-        self.cluster._wait(containerd, "serving its socket again", lambda: self.ctr("version").returncode == 0,
-                           RESTART_TIMEOUT)
-        self._wait_node(self.cluster._components["kubelet"])
+        self.ensure_running()
+
+    def ensure_running(self) -> None:
+        """After a fault test: containerd and the kubelet running again (started if stopped), the node Ready."""
+        cluster = self.cluster
+        if not cluster.running().get("containerd"):
+            containerd = cluster.start_component("containerd")
+            cluster._wait(containerd, "serving its socket again", lambda: self.ctr("version").returncode == 0,
+                          RESTART_TIMEOUT)
+        if not cluster.running().get("kubelet"):
+            self.start_kubelet()
+        else:
+            self._wait_node(cluster._components["kubelet"])
 
     def make_not_ready(self, timeout: float = RESTART_TIMEOUT) -> float:
         """Stop the kubelet and wait until the controller manager marks the node NotReady (its Lease expired:

@@ -551,13 +551,16 @@ fileCheckFrequency: 60s
 
     # ------------------------------------------------------------ faults, for tests
 
-    def restart_kubelet(self, down_for: float = 2.0) -> None:
-        """Stop the kubelet, wait ``down_for`` s, start it again; return once the node is Ready again.
+    def restart_kubelet(self, down_for: float = 2.0, while_down: Callable[[], None] | None = None) -> None:
+        """Stop the kubelet, call ``while_down()``, wait ``down_for`` s, start it again; return once the node is
+        Ready again.
 
         Containers keep running meanwhile (containerd runs them); what the kubelet serves (pod logs,
         status updates) stops.
         """
         self.stop_kubelet()
+        if while_down is not None:
+            while_down()
         time.sleep(down_for)
         self.start_kubelet()
 
@@ -572,10 +575,12 @@ fileCheckFrequency: 60s
         kubelet = self.cluster.start_component("kubelet")
         self._wait_node(kubelet, heartbeat_after=started)
 
-    def restart_containerd(self, down_for: float = 2.0) -> None:
-        """Stop containerd (not its shims: the containers keep running), wait ``down_for`` s, start it again;
-        return once it serves its socket again and the node is Ready."""
+    def restart_containerd(self, down_for: float = 2.0, while_down: Callable[[], None] | None = None) -> None:
+        """Stop containerd (not its shims: the containers keep running), call ``while_down()``, wait ``down_for``
+        s, start it again; return once it serves its socket again and the node is Ready."""
         self.cluster.stop_component("containerd")
+        if while_down is not None:
+            while_down()
         time.sleep(down_for)
         self.ensure_running()
 

@@ -508,9 +508,9 @@ fileCheckFrequency: 60s
     def _wait_node(self, kubelet: Any, heartbeat_after: float | None = None) -> None:
         """Until the Node is Ready; then give it the GPUs (an extended resource) the cluster was asked for.
 
-        ``heartbeat_after``: a kubelet (re)started then must have reported the node Ready since. A restarted
-        kubelet zeroes extended resources it has no device plugin for when it registers again; the GPUs
-        are given back after that (its first status report).
+        ``heartbeat_after``: a kubelet (re)started then must have reported the node Ready since (so it has
+        registered again). A kubelet without a device-manager checkpoint zeroes extended resources that no
+        device plugin serves when it registers: the GPUs are given back if they are missing then.
         """
         from kubernetes import client, config
         from kubernetes.client.exceptions import ApiException

@@ -90,6 +90,20 @@ def test_log_timestamps_are_ordered_as_times_not_as_strings() -> None:
     assert sorted(stamps) != stamps
 
 
+def test_only_the_node_controllers_mark_reads_as_a_node_outage() -> None:
+    """A pod whose own container is not ready (a failing readiness probe) is not a NotReady node."""
+    from jupyter_mlflow_k8s.backends.kubernetes.diagnosis import node_outage
+
+    def pod(ready: str, containers_ready: str) -> dict[str, Any]:
+        conditions = [{"type": "Ready", "status": ready, "lastTransitionTime": "2026-12-06T05:00:17Z"},
+                      {"type": "ContainersReady", "status": containers_ready}]
+        return {"spec": {"nodeName": "gpu-7"}, "status": {"phase": "Running", "conditions": conditions}}
+
+    assert node_outage(pod("False", "True")).startswith("node gpu-7 is NotReady since 05:00:17 UTC: ")
+    assert node_outage(pod("False", "False")) == ""
+    assert node_outage(pod("True", "True")) == ""
+
+
 @pytest.mark.k8s
 def test_kubelet_restart_loses_no_log_line_and_keeps_the_container(
     k8s_shell: Any, node: Any, k8s_api: Any  # noqa: F811

@@ -410,7 +410,7 @@ class Cluster:
             time.sleep(0.1)
 
     def _start(self, bin_dir: Path, *, with_node: bool, local_images: dict[str, str]) -> None:
-        from .node import NODE_IP, RealNode
+        from .node import NODE_IP, NODE_MONITOR_GRACE, RealNode
 
         real = RealNode(self) if with_node and self.real_node else None
         if real is not None:
@@ -514,7 +514,10 @@ class Cluster:
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 # The node agent heartbeats every 10 s (status + Lease): leave a wide margin on a loaded machine.
-                "--node-monitor-grace-period=60s",
+                # The real kubelet renews its Lease every 2.5 s: a node whose kubelet stopped is NotReady within
+                # seconds (tests inject that), while its pods tolerate NotReady for 300 s (DefaultTolerationSeconds).
+                *(["--node-monitor-grace-period=60s"] if real is None else
+                  [f"--node-monitor-grace-period={NODE_MONITOR_GRACE}s", "--node-monitor-period=1s"]),
                 "--node-startup-grace-period=60s",
                 "--profiling=false",
             ],
@@ -626,16 +629,30 @@ class Cluster:
         For tests of clients that must survive an API server restart: watches and log streams break,
         and state lives on in etcd.
         """
-        comp = self._components["kube-apiserver"]
+        self.stop_component("kube-apiserver")
+        time.sleep(down_for)
+        restarted = self.start_component("kube-apiserver")
+        self._wait(restarted, "ready again (/readyz)", lambda: self.ready(timeout=2), APISERVER_TIMEOUT)
+
+    def stop_component(self, name: str) -> None:
+        """Stop one component (SIGTERM, SIGKILL after ~5 s) and nothing else: a fault injected in a test.
+
+        Only that process is signalled: containerd's shims, say, keep running the containers.
+        """
+        comp = self._components[name]
         proc = comp.process()
         if proc is not None:
             _terminate([proc], TERM_GRACE)
         if comp.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 comp.popen.wait(timeout=1)
-        time.sleep(down_for)
-        restarted = self._spawn("kube-apiserver", comp.argv)
-        self._wait(restarted, "ready again (/readyz)", lambda: self.ready(timeout=2), APISERVER_TIMEOUT)
+
+    def start_component(self, name: str) -> _Component:
+        """Start a stopped component again with the flags it was started with (recorded in ``cluster.json``)."""
+        comp = self._components[name]
+        if comp.process() is not None:
+            raise RuntimeError(f"{name} (pid {comp.pid}) is still running; stop_component({name!r}) first")
+        return self._spawn(name, comp.argv)
 
     # ------------------------------------------------------------------ stop
 

@@ -74,6 +74,14 @@ PACKAGES_LINE = "apt-get install -y " + " ".join(sorted(set(TOOLS.values()) | {"
 NODE_TIMEOUT = 90.0
 PREPULL = ("pause", "runner")  # the images most pods run; others are pulled when a pod first needs them
 DRAIN_TIMEOUT = 60.0
+# The kubelet renews its Lease every LEASE_SECONDS / 4 (2.5 s); the controller manager marks the node NotReady
+# NODE_MONITOR_GRACE seconds after the last renewal (upstream: 40 s, 10 s renewals). Pods tolerate a NotReady
+# node for 300 s (DefaultTolerationSeconds) before they are evicted: a fault test stays far below.
+LEASE_SECONDS = 10
+NODE_MONITOR_GRACE = 15
+RESTART_TIMEOUT = 60.0
+# Taints the controller manager puts on a node that is not Ready (and takes off once it is again).
+OUTAGE_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")
 
 
 class NodeUnavailable(RuntimeError):
@@ -475,6 +483,7 @@ clusterDomain: {DNS_DOMAIN}
 resolvConf: {resolv}
 oomScoreAdj: 0
 nodeStatusUpdateFrequency: 5s
+nodeLeaseDurationSeconds: {LEASE_SECONDS}
 fileCheckFrequency: 60s
 """
         (k / "config.yaml").write_text(config)
@@ -496,8 +505,13 @@ fileCheckFrequency: 60s
             "--v=1",
         ]
 
-    def _wait_node(self, kubelet: Any) -> None:
-        """Until the Node is Ready; then give it the GPUs (an extended resource) the cluster was asked for."""
+    def _wait_node(self, kubelet: Any, heartbeat_after: float | None = None) -> None:
+        """Until the Node is Ready; then give it the GPUs (an extended resource) the cluster was asked for.
+
+        ``heartbeat_after``: a kubelet (re)started then must have reported the node Ready since (so it has
+        registered again). A kubelet without a device-manager checkpoint zeroes extended resources that no
+        device plugin serves when it registers: the GPUs are given back if they are missing then.
+        """
         from kubernetes import client, config
         from kubernetes.client.exceptions import ApiException
 
@@ -512,13 +526,20 @@ fileCheckFrequency: 60s
                 if exc.status == 404:
                     return False
                 raise
-            return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+            tainted = [t.key for t in node.spec.taints or [] if t.key in OUTAGE_TAINTS]
+            return not tainted and any(
+                c.type == "Ready" and c.status == "True"
+                and (heartbeat_after is None or c.last_heartbeat_time.timestamp() >= int(heartbeat_after))
+                for c in (node.status.conditions or [])
+            )
 
         try:
             self.cluster._wait(kubelet, f"reporting Node {name} Ready", ready, NODE_TIMEOUT)
             gpus = str(self.cluster.gpus)
             patch = [{"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": gpus}]
-            core.patch_node_status(name, patch)  # a list body goes as application/json-patch+json
+            node = core.read_node(name, _request_timeout=5)
+            if (node.status.capacity or {}).get("nvidia.com/gpu") != gpus:
+                core.patch_node_status(name, patch)  # a list body goes as application/json-patch+json
 
             def has_gpus() -> bool:
                 node = core.read_node(name, _request_timeout=5)
@@ -527,6 +548,76 @@ fileCheckFrequency: 60s
             self.cluster._wait(kubelet, f"showing {gpus} nvidia.com/gpu allocatable", has_gpus, 30)
         finally:
             api_client.close()
+
+    # ------------------------------------------------------------ faults, for tests
+
+    def restart_kubelet(self, down_for: float = 2.0, while_down: Callable[[], None] | None = None) -> None:
+        """Stop the kubelet, call ``while_down()``, wait ``down_for`` s, start it again; return once the node is
+        Ready again.
+
+        Containers keep running meanwhile (containerd runs them); what the kubelet serves (pod logs,
+        status updates) stops.
+        """
+        self.stop_kubelet()
+        if while_down is not None:
+            while_down()
+        time.sleep(down_for)
+        self.start_kubelet()
+
+    def stop_kubelet(self) -> float:
+        """Stop the kubelet (SIGTERM) and nothing else; returns when it stopped (``time.time()``)."""
+        self.cluster.stop_component("kubelet")
+        return time.time()
+
+    def start_kubelet(self) -> None:
+        """Start the kubelet again and wait until the node is Ready with a heartbeat of the new kubelet."""
+        started = time.time()
+        kubelet = self.cluster.start_component("kubelet")
+        self._wait_node(kubelet, heartbeat_after=started)
+
+    def restart_containerd(self, down_for: float = 2.0, while_down: Callable[[], None] | None = None) -> None:
+        """Stop containerd (not its shims: the containers keep running), call ``while_down()``, wait ``down_for``
+        s, start it again; return once it serves its socket again and the node is Ready."""
+        self.cluster.stop_component("containerd")
+        if while_down is not None:
+            while_down()
+        time.sleep(down_for)
+        self.ensure_running()
+
+    def ensure_running(self) -> None:
+        """After a fault test: containerd and the kubelet running again (started if stopped), the node Ready."""
+        cluster = self.cluster
+        if not cluster.running().get("containerd"):
+            containerd = cluster.start_component("containerd")
+            cluster._wait(containerd, "serving its socket again", lambda: self.ctr("version").returncode == 0,
+                          RESTART_TIMEOUT)
+        if not cluster.running().get("kubelet"):
+            self.start_kubelet()
+        else:
+            self._wait_node(cluster._components["kubelet"])
+
+    def make_not_ready(self, timeout: float = RESTART_TIMEOUT) -> float:
+        """Stop the kubelet and wait until the controller manager marks the node NotReady (its Lease expired:
+        ``NODE_MONITOR_GRACE`` s). Returns when the kubelet stopped. ``start_kubelet()`` ends the outage."""
+        stopped = self.stop_kubelet()
+        deadline = time.monotonic() + timeout
+        while self.ready_condition().get("status") == "True":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.cluster.node_name} still Ready {timeout:.0f} s after its kubelet stopped")
+            time.sleep(0.2)
+        return stopped
+
+    def ready_condition(self) -> dict[str, Any]:
+        """The node's Ready condition as the API has it now (``{}`` when it has none)."""
+        from kubernetes import client, config
+
+        api_client = config.new_client_from_config(config_file=str(self.cluster.kubeconfig))
+        try:
+            node = client.CoreV1Api(api_client).read_node(self.cluster.node_name, _request_timeout=5)
+        finally:
+            api_client.close()
+        found = [c for c in node.status.conditions or [] if c.type == "Ready"]
+        return found[0].to_dict() if found else {}
 
     # ------------------------------------------------------------ teardown
 

@@ -65,8 +65,9 @@ def diagnose(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pull_gra
     phase = latest.get("status", {}).get("phase", "Pending")
     state = _container_state(latest)
     if phase == "Running" or "running" in state:
-        return Verdict(JobState.RUNNING, f"running in pod {latest['metadata']['name']}",
-                       started=_time(state.get("running", {}).get("startedAt")))
+        outage = node_outage(latest)
+        message = f"running in pod {latest['metadata']['name']}" + (f"; {outage}" if outage else "")
+        return Verdict(JobState.RUNNING, message, started=_time(state.get("running", {}).get("startedAt")))
     if phase == "Failed" and latest.get("status", {}).get("reason") == "Evicted":
         why = latest["status"].get("message", "")
         return Verdict(JobState.QUEUED, f"pod evicted ({why}); the Job controller may retry")
@@ -141,6 +142,26 @@ def _deleted_under_the_job(pod: Mapping[str, Any], events: Sequence[Mapping[str,
     return Verdict(JobState.FAILED, f"stopped: pod {name} was deleted while the job ran (evicted through the "
                                     "Eviction API, drained from its node, or deleted by hand); resubmit the cell",
                    terminated.get("exitCode"), with_log=True, delete=still_coming)
+
+
+def node_outage(pod: Mapping[str, Any]) -> str:
+    """What to tell the user when a running pod's node stopped reporting (NotReady), else ``""``.
+
+    The pod keeps the last status its kubelet reported, so its container still looks running and ready;
+    only the controller manager's mark says the node is gone: it sets the pod's ``Ready`` condition to
+    False and leaves ``ContainersReady`` True, which a kubelet never reports itself. The pod is not
+    stopped for that: it runs on, and is evicted only after its toleration (300 s by default).
+    """
+    status = pod.get("status", {})
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready, containers = conditions.get("Ready", {}), conditions.get("ContainersReady", {})
+    if status.get("phase") != "Running" or ready.get("status") != "False" or containers.get("status") != "True":
+        return ""
+    node = pod.get("spec", {}).get("nodeName") or "its node"
+    since = ready.get("lastTransitionTime", "")
+    when = f" since {since[11:19]} UTC" if len(since) >= 19 else ""
+    return (f"node {node} is NotReady{when}: the job's pod keeps running there, and its log and status go on "
+            "when the node is Ready again (Kubernetes evicts the pod if the node stays NotReady, by default for 5 min)")
 
 
 def _disruption(pod: Mapping[str, Any]) -> str | None:

@@ -21,13 +21,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ...logchannel import FrameCollector
 from ...models import JobRecord
 from ...storage import get_storage
-from .diagnosis import _container_done, _container_started, _time
+from .diagnosis import _container_done, _container_started, _time, node_outage
 
 if TYPE_CHECKING:
     from . import KubernetesBackend
 
 CONTAINER = "train"
 DELETED_PODS_KEPT = 500  # per namespace watch
+# A pod log stream that broke (the node's kubelet or the API server restarting, the node NotReady) is asked for
+# again after 0.2 s, doubling up to this: the log goes on within seconds of the node answering again.
+LOG_RETRY_MAX_SECONDS = 2.0
 # (kind, namespace, **options) -> the raw response of a list (or, with watch=True, a watch) of our Jobs or pods
 Lister = Callable[..., Any]
 
@@ -176,8 +179,25 @@ class ClusterWatch:
                 backoff = min(backoff * 2, 10.0)
 
 
+def _stamp_key(stamp: str) -> tuple[str, int]:
+    """An RFC 3339 timestamp of a log line as a key that sorts as the times do.
+
+    The kubelet trims trailing zeros from the nanoseconds, so as strings ``...:05.1Z`` sorts after
+    ``...:05.12Z``, though it is earlier.
+    """
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    digits = "".join(c for c in fraction if c.isdigit())
+    return whole, int(digits[:9].ljust(9, "0") or 0)
+
+
 class LogPump:
-    """Copies a job's pod logs into its local log file, reconnecting without losing or doubling lines."""
+    """Copies a job's pod logs into its local log file, reconnecting without losing or doubling lines.
+
+    The log stream is served by the pod's node (its kubelet): it breaks when the kubelet or containerd
+    restarts or the node goes NotReady, while the container runs on. The pump then asks again, quietly,
+    with a bounded back-off, from the last line written; a node NotReady is said once in the log, and
+    that the log goes on once lines come again.
+    """
 
     def __init__(self, backend: KubernetesBackend, record: JobRecord) -> None:
         self.backend, self.record = backend, record
@@ -192,6 +212,8 @@ class LogPump:
         except (OSError, ValueError):
             self.position = {}  # pod name -> last timestamp written
         self.frames = FrameCollector(result_storage(record), self.path.parent / "frames") if record.result_uri else None
+        self.outage = ""  # the node outage last told in the log (until lines come again)
+        self.last_error = ""  # why the stream last broke, for debugging (never shown: it is retried)
 
     def stop(self) -> None:
         """Stop following (closing a stream in progress)."""
@@ -225,17 +247,29 @@ class LogPump:
             if not live:
                 self._stop.wait(0.1)
                 continue
+            self._tell_outage(live[0])
             try:
-                self._copy(live[0], follow=True)
+                written = self._copy(live[0], follow=True)
+            except Exception as exc:  # the node or the API server went away: ask again, quietly
+                self.last_error, written = f"{type(exc).__name__}: {exc}"[:300], 0
+            if written:
                 backoff = 0.2
                 self._stop.wait(0.05)  # the stream ended: the pod finished, or the connection dropped
-            except Exception:
-                if self._stop.wait(backoff):
-                    return
-                backoff = min(backoff * 2, 5.0)
+                continue
+            if self._stop.wait(backoff):  # nothing came (the node does not answer, or the pod just ended)
+                return
+            backoff = min(backoff * 2, LOG_RETRY_MAX_SECONDS)
 
-    def _copy(self, pod: dict[str, Any], follow: bool) -> None:
-        """Stream one pod's log from the last timestamp written; write each new line once."""
+    def _tell_outage(self, pod: dict[str, Any]) -> None:
+        """Say once in the log that the pod's node is NotReady (the stream stays broken until it is back)."""
+        outage = node_outage(pod)
+        if outage and not self.outage:
+            self.outage = outage
+            with self.path.open("ab") as out:
+                out.write(f"[jmk] {outage}\n".encode())
+
+    def _copy(self, pod: dict[str, Any], follow: bool) -> int:
+        """Stream one pod's log from the last timestamp written; write each new line once; return how many."""
         from kubernetes.watch.watch import iter_resp_lines
 
         name = pod["metadata"]["name"]
@@ -248,6 +282,7 @@ class LogPump:
         response = self.backend.read_pod_log(name, self.record.backend_ref["namespace"], **kwargs)
         self._response = response
         header = name not in self.position and len(self._pods()) > 1
+        written = 0
         try:
             with self.path.open("ab") as out:
                 if header:
@@ -255,12 +290,18 @@ class LogPump:
                 self.position.setdefault(name, "")
                 for line in iter_resp_lines(response):
                     stamp, _, text = line.partition(" ")
-                    if stamp <= last:
+                    if last and _stamp_key(stamp) <= _stamp_key(last):
                         continue  # already written before a reconnect
+                    if self.outage:
+                        node = pod.get("spec", {}).get("nodeName", "")
+                        out.write(f"[jmk] node {node} answers again: the log goes on\n".encode())
+                        self.outage = ""
                     if self.frames is None or not self.frames.feed(text):
                         out.write(text.encode() + b"\n")
                     out.flush()
                     last = self.position[name] = stamp
+                    written += 1
+            return written
         finally:
             self._response = None
             response.release_conn()

@@ -17,10 +17,9 @@ from fuzzing import bounded, tried
 from hypothesis import example, given
 from hypothesis import strategies as st
 from IPython.core.error import UsageError
-from IPython.core.magic_arguments import parse_argstring
 
 from jupyter_mlflow_k8s.exceptions import JMKUsageError
-from jupyter_mlflow_k8s.magics.common import service_for
+from jupyter_mlflow_k8s.magics.common import parse_flags, service_for
 from jupyter_mlflow_k8s.models import JobSpec
 from jupyter_mlflow_k8s.pipelines.spec import RESOURCE_KEYS, STEP_KEYS, TOP_LEVEL_KEYS, load_pipeline
 
@@ -154,7 +153,7 @@ CELL = "x = 1\ny = x + 1\n"
 
 def spec_of(magics: Any, line: str) -> JobSpec:
     """The job spec ``%%train LINE`` builds for a small cell: the magic's own parsing, nothing submitted."""
-    args = parse_argstring(magics.train, line)
+    args = parse_flags(magics.train, line)
     return magics._spec(args, CELL)  # type: ignore[no-any-return]
 
 
@@ -185,9 +184,9 @@ def test_train_flag_lines_give_a_spec_or_a_usage_error(train_magics: Any, line: 
 
 def test_a_bad_flag_line_in_a_notebook_shows_the_message_without_a_traceback(shell: Any,
                                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    tried("%%train flags")
     for line, said in (("--gpus -1", "--gpus"), ("--timeout soon", "is not a duration"),
-                       ("--param 'unbalanced", "")):
+                       ("--param 'unbalanced", "Close the quote")):
+        tried("%%train flags")
         result = shell.run_cell(f"%%train {line}\nx = 1\n")
         out = capsys.readouterr()
         assert isinstance(result.error_in_exec, UsageError), (line, result.error_in_exec)

@@ -7,7 +7,6 @@ any other exception is a bug the user would see as a traceback.
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +39,11 @@ names = st.one_of(st.sampled_from(["prepare", "train", "a", "b", "x" * 300, "a b
 
 def step_dicts() -> st.SearchStrategy[dict[Any, Any]]:
     """Steps that mostly look like steps: known keys (and a few unknown ones) with any values."""
-    known = st.sampled_from(sorted(STEP_KEYS) + ["notebok", "need", "resource"])
+    known = st.sampled_from([*sorted(STEP_KEYS), "notebok", "need", "resource"])
     special = {
         "notebook": st.one_of(st.sampled_from(["a.ipynb", "missing.ipynb", "", "/", "..", "~/x.ipynb"]), values),
         "needs": st.one_of(st.lists(names, max_size=3), values),
-        "resources": st.one_of(st.dictionaries(st.sampled_from(sorted(RESOURCE_KEYS) + ["gpu", "mem"]), values,
+        "resources": st.one_of(st.dictionaries(st.sampled_from([*sorted(RESOURCE_KEYS), "gpu", "mem"]), values,
                                                max_size=4), values),
     }
     return st.dictionaries(known, values, max_size=6).flatmap(

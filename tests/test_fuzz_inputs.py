@@ -6,7 +6,6 @@ any other exception is a bug the user would see as a traceback.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +101,7 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@bounded(int(os.environ.get('N','600')))
+@bounded(2000)
 @given(text=documents())
 @example(text="a: &a [*a]\n")  # a recursive alias: the structure refers to itself
 @example(text="name: p\nsteps:\n  a: &a {notebook: a.ipynb, needs: *a}\n")

@@ -71,8 +71,7 @@ def _check_expansion(root: yaml.Node) -> None:
 
 
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]
-    """``yaml.SafeLoader`` that keeps dates as strings and refuses a key given twice in one mapping,
-    a value that contains itself, and an alias bomb."""
+    """``yaml.SafeLoader`` keeping dates as strings; refusing a repeated key, a self-containing value, an alias bomb."""
 
     def construct_document(self, node: Any) -> Any:
         """Check the whole document's expansion before building any of it."""

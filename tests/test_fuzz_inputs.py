@@ -101,7 +101,7 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@bounded(2000)
+@bounded(3000)
 @given(text=documents())
 @example(text="a: &a [*a]\n")  # a recursive alias: the structure refers to itself
 @example(text="name: p\nsteps:\n  a: &a {notebook: a.ipynb, needs: *a}\n")

@@ -130,7 +130,7 @@ async def test_the_rest_api_answers_every_fuzzed_request_with_json_and_never_a_5
     # jp_fetch: pytest-jupyter's HTTP server listens only for a test that asks for its client
     client = Client(jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
 
-    @bounded(3000)
+    @bounded(4000)
     @given(request=requests())
     @example(request=("PUT", f"models/{served_model.name}/aliases/fuzz", b'{"version": "\\u0663"}'))  # an Arabic 3
     @example(request=("PUT", f"models/{served_model.name}/aliases/fuzz", b'{"version": "\\u00b2"}'))  # superscript 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import errno
 import functools
 import json
 import threading
@@ -54,10 +55,14 @@ def http_error(exc: BaseException) -> tornado.web.HTTPError | None:
     The one mapping of the REST API: our errors and the ones :func:`~jupyter_mlflow_k8s.errors.translate`
     recognises (MLflow, Kubernetes, storage, a server that does not answer) answer their family's
     ``http_status`` with their message (an endpoint's failed scrape is a 502 because its error says
-    so). A ``LookupError`` that is not ours is a bug, not a 404.
+    so). A ``LookupError`` that is not ours is a bug, not a 404; a name too long for a file name (a job id of
+    thousands of characters) names nothing: a 404.
     """
     if isinstance(exc, tornado.web.HTTPError):
         return exc
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # an id longer than a file name can be
+        return APIError(404, "No such item: the name in the path is longer than any name this server keeps. "
+                             "The list (GET /jmk/api/jobs, /runs, /models, /endpoints) shows the names.")
     error = translate(exc)
     if error is None:
         return None
@@ -130,6 +135,9 @@ class JMKHandler(APIHandler):
             return json.loads(self.request.body or b"")
         except ValueError as exc:
             raise APIError(400, f"The request body is not JSON ({exc}).") from exc
+        except RecursionError as exc:  # the json module parses nested arrays recursively
+            raise APIError(400, "The request body nests arrays or objects too deeply: send a flat JSON object "
+                                "such as {\"version\": \"3\"}.") from exc
 
 
 class StatusHandler(JMKHandler):
@@ -382,6 +390,9 @@ class RunsHandler(JMKHandler):
         order_by = [o for o in self.get_query_arguments("order_by") if o.strip()]
         experiment_ids = [e.strip() for e in self.get_query_argument("experiment_ids", "").split(",") if e.strip()]
         page_token = self.get_query_argument("page_token", None) or None
+        if page_token is not None and not page_token.isascii():  # MLflow's base64 would fail as a dead store
+            raise APIError(400, f"?page_token={page_token}: not a page token. Pass the next_page_token of the "
+                                "previous page, or no page_token for the first page.")
         max_results = self.number_arg("max_results", 100, 1, shapes.MAX_RESULTS)
         self.send_json(await self.call(self.service.search_runs, filter_string, order_by, experiment_ids,
                                        page_token, max_results))
@@ -452,6 +463,9 @@ class ModelAliasHandler(JMKHandler):
             version = shapes.parse_version(self.json_body())
         except JMKUsageError as exc:
             raise APIError(400, str(exc)) from exc
+        except ValueError as exc:  # int() refuses what str.isdigit() accepts: "²", or more than 4300 digits
+            raise APIError(400, 'The version must be the plain digits of a model version, like {"version": "3"} '
+                                f"({exc}).") from exc
         self.send_json(await self.call(self.service.set_alias, name, alias, version))
 
     @tornado.web.authenticated

@@ -20,8 +20,8 @@ from ..util.durations import duration_seconds
 from ..util.pairs import parse_pairs
 
 F = TypeVar("F", bound=Callable[..., Any])
-__all__ = ["cancel_on_interrupt", "literal", "notebook_path", "parse_duration", "parse_pairs", "service_for",
-           "stream_to_cell", "user_errors"]
+__all__ = ["cancel_on_interrupt", "literal", "notebook_path", "parse_duration", "parse_flags", "parse_pairs",
+           "service_for", "stream_to_cell", "user_errors"]
 
 
 def service_for(shell: Any) -> JobService:
@@ -58,6 +58,21 @@ def user_errors(func: F) -> F:
             raise UsageError(str(error)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def parse_flags(magic: Callable[..., Any], line: str) -> Any:
+    """The magic's flags from ``line`` (IPython's ``parse_argstring``), every mistake a usage error.
+
+    IPython splits the line like a shell and lets ``shlex``'s ``ValueError`` through for an
+    unbalanced quote: the user would get a traceback for a typo.
+    """
+    from IPython.core.magic_arguments import parse_argstring
+
+    try:
+        return parse_argstring(magic, line)
+    except ValueError as exc:
+        raise JMKUsageError(f"Cannot read the flags {line.strip()!r}: {exc}. Close the quote, or put a value "
+                            "with a quote or a space in the other kind of quotes (--run-name \"it's mine\").") from None
 
 
 def literal(text: str) -> Any:

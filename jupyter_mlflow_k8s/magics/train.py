@@ -8,7 +8,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..exceptions import JMKUsageError
 from ..jobs import JobService, RegistrationFailed
@@ -17,7 +17,16 @@ from ..models import JobRecord, JobSpec, Resources, parse_gpus, parse_retries
 from ..payload import analyze_cell
 from ..tracking import run_url
 from ..widgets import JobStatusView
-from .common import literal, notebook_path, parse_duration, parse_pairs, service_for, stream_to_cell, user_errors
+from .common import (
+    literal,
+    notebook_path,
+    parse_duration,
+    parse_flags,
+    parse_pairs,
+    service_for,
+    stream_to_cell,
+    user_errors,
+)
 
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
@@ -146,7 +155,7 @@ class TrainMagics(Magics):
         """
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         assert self.shell is not None
-        args = parse_argstring(self.train, line)
+        args = parse_flags(self.train, line)
         service = service_for(self.shell)
         spec = self._spec(args, cell)
         values = {name: self.shell.user_ns[name] for name in spec.inputs}

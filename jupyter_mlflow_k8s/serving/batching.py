@@ -12,7 +12,9 @@ import asyncio
 import collections
 import dataclasses
 import json
+import logging
 import math
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,9 @@ from .model_loading import SCALAR_TYPES, LoadedModel
 if TYPE_CHECKING:
     from .server import ServerMetrics, ServerSettings
 
+_log = logging.getLogger(__name__)
+# The first line naming an exception in a traceback: the root cause (a chained traceback starts with it).
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Warning): ")
 # The dtypes MLflow's schema enforcement gives each column type.
 NUMPY_TYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "string": "object",
                "boolean": "bool"}
@@ -80,7 +85,7 @@ def _tensor_input(document: dict[str, Any], model: LoadedModel) -> Any:
     dtype, shape = model.tensor
     try:
         array = np.asarray(payload, dtype=dtype)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
         return None  # MLflow words the conversion error
     if array.ndim != len(shape) or any(w not in (-1, g) for w, g in zip(shape[1:], array.shape[1:], strict=True)):
         expected = "(" + ", ".join("any" if d == -1 else str(d) for d in shape) + ")"
@@ -142,6 +147,36 @@ def _check_types(rows: list[list[Any]], model: LoadedModel) -> None:
 
 def _expected(model: LoadedModel) -> str:
     return ", ".join(f"{c} ({model.types[c]})" for c in model.columns or ())
+
+
+def mlflow_error(body: str | bytes, status: int) -> bytes:
+    """MLflow's error answer as JSON with a message, without its ``stack_trace``, the cause kept in the message.
+
+    ``mlflow models serve`` answers an unsupported content type with plain text (this server says
+    JSON), and sends the Python traceback of a failed prediction to the client, who needs what was
+    wrong ("Input X contains NaN."), not the server's paths and code. The trace goes to the
+    server's log at debug level.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or not isinstance(document.get("message"), str):
+        return error_body(text.strip() or f"HTTP {status}", "UNSUPPORTED_MEDIA_TYPE" if status == 415 else
+                          "BAD_REQUEST")
+    trace = str(document.pop("stack_trace", "") or "")
+    if trace:
+        _log.debug("an MLflow error answer's stack trace:\n%s", trace)
+    cause = next((line.strip() for line in trace.splitlines() if _ERROR_LINE.match(line)), "")
+    if cause and cause not in document["message"]:
+        document["message"] = f"{document['message']} The model said: {cause[:500]}".strip()
+    return json.dumps(document).encode()
+
+
+def _utf8(text: str | bytes) -> bytes:
+    """An answer's bytes; a header byte that is not UTF-8 (echoed back by MLflow as a surrogate) as an escape."""
+    return text.encode("utf-8", "backslashreplace") if isinstance(text, str) else text
 
 
 def error_body(message: str, code: str = "BAD_REQUEST") -> bytes:
@@ -246,13 +281,14 @@ class Batcher:
             result = invocations(  # type: ignore[no-untyped-call]
                 item.body, item.content_type, self.model.pyfunc, self.model.input_schema)
         except MlflowException as exc:
-            return exc.get_http_status_code(), exc.serialize_as_json().encode()  # type: ignore[no-untyped-call]
+            status = exc.get_http_status_code()  # type: ignore[no-untyped-call]
+            return status, mlflow_error(exc.serialize_as_json(), status)  # type: ignore[no-untyped-call]
         except Exception as exc:  # the model raised: a 400, as mlflow models serve gives
             return 400, error_body(f"The model failed on this input: {exc!r}")
         if result.status == 200:
             self.metrics.batch(self.labels, _length(result.response))
-        body = result.response.encode() if isinstance(result.response, str) else result.response
-        return result.status, body
+            return 200, _utf8(result.response)
+        return result.status, mlflow_error(result.response, result.status)
 
     def _joined(self, batch: list[Item]) -> Any:
         """One model input for the batch: a DataFrame of all rows, or the arrays stacked."""

@@ -203,6 +203,10 @@ class InferenceServer:
                 return 400, error_body(str(exc))
             except ValueError:
                 found = None  # MLflow's path words the JSON error
+            except RecursionError:  # the json module reads nested arrays recursively
+                return 400, error_body("The request nests arrays or objects too deeply to read. Send rows as "
+                                       '{"dataframe_split": {"columns": [...], "data": [[...], ...]}} or '
+                                       '{"instances": [...]}, a few levels deep.')
         kind, data = found or ("raw", None)
         return Item(kind, data, body, content_type or JSON, future, started)
 

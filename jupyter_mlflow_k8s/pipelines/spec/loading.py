@@ -28,8 +28,55 @@ from .validation import _problems, _resource_problem
 # -- loading ---------------------------------------------------------------------------------
 
 
+# More values than any pipeline has: a document that expands beyond it through aliases is an alias bomb.
+MAX_YAML_NODES = 100_000
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document that refers to itself through an alias, or grows past :data:`MAX_YAML_NODES` values.
+
+    PyYAML builds ``&a [*a]`` as a list that contains itself, and nine aliases of nine aliases as
+    hundreds of millions of values: either one would hang (or overflow) whatever walks the data.
+    Counted on the node graph, each shared node once (iteratively: the nesting may be deep).
+    """
+    sizes: dict[int, int] = {}
+    entered: set[int] = set()  # the nodes on the path from the root to the one being read
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            entered.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > MAX_YAML_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases (*name) expand to more than {MAX_YAML_NODES:,} values: "
+                    "write the values out, or use fewer aliases of aliases", node.start_mark)
+        elif key in entered:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a value contains an alias (*name) of itself: a pipeline cannot refer to itself",
+                node.start_mark)
+        elif key not in sizes:
+            entered.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]
-    """``yaml.SafeLoader`` that keeps dates as strings and refuses a key given twice in one mapping."""
+    """``yaml.SafeLoader`` keeping dates as strings; refusing a repeated key, a self-containing value, an alias bomb."""
+
+    def construct_document(self, node: Any) -> Any:
+        """Check the whole document's expansion before building any of it."""
+        _check_expansion(node)
+        return super().construct_document(node)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         """Refuse duplicate keys (PyYAML would silently keep the last one, e.g. a step defined twice)."""
@@ -64,7 +111,7 @@ def parse_value(text: str) -> Any:
         return text
     try:
         value = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
     if isinstance(value, (list, dict)) and not text.lstrip().startswith(("[", "{")):
         return text
@@ -103,6 +150,9 @@ def load_pipeline(
                 'write lr: "{{ parameters.lr }}", not lr: {{ parameters.lr }}.'
             )
         raise JMKUsageError(f"{path} is not valid YAML: {exc}{hint}") from None
+    except RecursionError:  # PyYAML reads nested blocks recursively
+        raise JMKUsageError(f"{path} nests lists or mappings too deeply to read: a pipeline needs a few "
+                            "levels, not hundreds.") from None
     if data is None:
         data = {}
     return pipeline_from_dict(data, source.parent, source=source, overrides=overrides, check=check)

@@ -52,7 +52,7 @@ def _seconds(millis: int | None) -> float | None:
 
 def check_job_id(job_id: str) -> str:
     """``job_id`` if it can name a job folder; :class:`NotFound` otherwise (no path tricks)."""
-    if not _JOB_ID.match(job_id or "") or ".." in job_id:
+    if not _JOB_ID.match(job_id or "") or ".." in job_id or len(job_id) > 64:
         raise NotFound(f"No job {job_id!r}. GET /jmk/api/jobs lists the jobs.")
     return job_id
 
@@ -233,9 +233,10 @@ def list_versions(tracking_uri: str, name: str) -> dict[str, Any]:
 def parse_version(body: Any) -> str:
     """The version number of a set-alias body ``{"version": "3"}`` (or 3)."""
     version = body.get("version") if isinstance(body, dict) else None
-    if isinstance(version, bool) or not isinstance(version, (str, int)) or not str(version).strip().isdigit():
+    text = str(version).strip() if isinstance(version, (str, int)) and not isinstance(version, bool) else ""
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):  # "²" is a digit to isdigit(), not to int()
         raise JMKUsageError('The body must be JSON like {"version": "3"}: the model version the alias points to.')
-    return str(int(str(version).strip()))
+    return str(int(text))
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> dict[str, Any]:

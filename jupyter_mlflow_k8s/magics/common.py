@@ -75,6 +75,17 @@ def parse_flags(magic: Callable[..., Any], line: str) -> Any:
                             "with a quote or a space in the other kind of quotes (--run-name \"it's mine\").") from None
 
 
+def split_words(line: str) -> list[str]:
+    """``line`` split like a shell; an unbalanced quote is a usage error, not a traceback."""
+    import shlex
+
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise JMKUsageError(f"Cannot read {line.strip()!r}: {exc}. Close the quote, or put a value with a quote "
+                            "or a space in the other kind of quotes.") from None
+
+
 def literal(text: str) -> Any:
     """A ``--param`` value as the cell sees it: a Python literal when it is one, else the string."""
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -10,7 +9,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from ..exceptions import JMKUsageError
 from ..widgets import JobStatusView
 from ..widgets.jobs import JobTable
-from .common import service_for, stream_to_cell, user_errors
+from .common import service_for, split_words, stream_to_cell, user_errors
 from .train import attach
 
 JOB_USAGE = """Usage:
@@ -55,7 +54,7 @@ class JobMagics(Magics):
             %job cancel 1a2b3c4d
         """
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
-        words = shlex.split(line)
+        words = split_words(line)
         if len(words) < 2 or words[0] not in ("logs", "attach", "cancel", "status"):
             raise JMKUsageError(JOB_USAGE)
         action, job_id, *rest = words

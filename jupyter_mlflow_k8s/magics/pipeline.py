@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
@@ -10,7 +9,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from ..exceptions import JMKUsageError
 from ..util.pairs import parse_pairs
 from ..widgets.pipelines import format_run, run_html
-from .common import service_for, user_errors
+from .common import service_for, split_words, user_errors
 
 USAGE = ("%pipeline run PIPELINE.yaml [-p NAME=VALUE ...] [--resume RUN_ID] [--explain] | "
          "%pipeline validate PIPELINE.yaml [-p ...] [--cron EXPR] | %pipeline show RUN_ID | %pipeline list")
@@ -37,7 +36,7 @@ class PipelineMagics(Magics):
 
         Returns the run (``.steps[name].outputs`` holds what each step published).
         """
-        words = shlex.split(line)
+        words = split_words(line)
         if not words or words[0] not in ("run", "validate", "show", "list"):
             raise JMKUsageError(f"Usage: {USAGE}")
         command, rest = words[0], words[1:]

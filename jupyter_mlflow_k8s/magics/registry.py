@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import keyword
 import re
-import shlex
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ from ..exceptions import JMKUsageError
 from ..tracking import model_registry
 from ..tracking.refs import URI_FORMS, ModelRef, check_alias, parse_model_uri
 from ..widgets.table import Table
-from .common import service_for, user_errors
+from .common import service_for, split_words, user_errors
 
 MODEL_USAGE = """Usage:
   %model alias NAME VERSION ALIAS            point models:/NAME@ALIAS at version VERSION
@@ -87,7 +86,7 @@ class RegistryMagics(Magics):
             %models
             %models iris-classifier
         """
-        words = shlex.split(line)
+        words = split_words(line)
         if len(words) > 1:
             raise JMKUsageError("%models takes at most one model name: %models or %models NAME.")
         uri = self._tracking_uri()
@@ -122,7 +121,7 @@ class RegistryMagics(Magics):
             baseline.predict(X_test)
         """
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
-        words = shlex.split(line)
+        words = split_words(line)
         if not words or words[0] not in ("alias", "load"):
             raise JMKUsageError(MODEL_USAGE)
         if words[0] == "alias":

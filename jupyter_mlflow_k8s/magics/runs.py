@@ -9,13 +9,13 @@ import difflib
 from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from .. import tracking
 from ..errors import NotFoundError
 from ..exceptions import JMKUsageError
 from ..widgets.runs import RunsTable, RunSummary, runs_display
-from .common import notebook_path, service_for, user_errors
+from .common import notebook_path, parse_flags, service_for, user_errors
 
 DEFAULT_MAX_RUNS = 20
 
@@ -80,7 +80,7 @@ class RunsMagics(Magics):
         """
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         assert self.shell is not None
-        args = parse_argstring(self.runs, line)
+        args = parse_flags(self.runs, line)
         if args.max < 1:
             raise JMKUsageError(f"--max {args.max}: give the number of runs to list, such as --max 20.")
         uri = service_for(self.shell).settings.tracking_uri

@@ -12,14 +12,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import JMKUsageError
 from ..serving.options import front_arguments, given_flags, given_options
 from ..serving.targets import EndpointTarget, get_target
 from ..serving.targets.listing import find, list_all, started_message
 from ..widgets.endpoints import EndpointTable
-from .common import user_errors
+from .common import parse_flags, user_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVE_USAGE = """Usage:
@@ -90,7 +90,7 @@ class ServingMagics(Magics):
         """
         __tracebackhide__ = True
         assert self.shell is not None
-        args = parse_argstring(self.serve, line)
+        args = parse_flags(self.serve, line)
         target, rest = args.target, args.rest
         flags = given_flags(args)
         if target in ("list", "stop"):

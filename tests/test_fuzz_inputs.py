@@ -193,3 +193,13 @@ def test_a_bad_flag_line_in_a_notebook_shows_the_message_without_a_traceback(she
         assert "UsageError" in out.out + out.err
     assert "x" not in shell.user_ns  # nothing ran
     assert not service_for(shell).list()  # nothing was submitted
+
+
+@pytest.mark.parametrize("line", ["job logs 'abc", "runs 'mnist", "serve 'models:/m/1", "model show 'm",
+                                  "pipeline run 'p.yaml"])
+def test_every_magic_says_an_unbalanced_quote_is_one(shell: Any, capsys: pytest.CaptureFixture[str],
+                                                     line: str) -> None:
+    result = shell.run_cell(f"%{line}")
+    out = capsys.readouterr()
+    assert isinstance(result.error_in_exec, UsageError), (line, result.error_in_exec)
+    assert "No closing quotation" in str(result.error_in_exec) and "Traceback" not in out.out + out.err

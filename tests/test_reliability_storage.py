@@ -88,11 +88,20 @@ def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Endpoint]:
                  "AWS_ENDPOINT_URL": endpoint.url, "AWS_EC2_METADATA_DISABLED": "true",
                  "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
                  "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials")}
+    # MLflow caches its S3 client for artifacts by MLFLOW_S3_ENDPOINT_URL, not by the AWS variables, and
+    # boto3's default session keeps the credentials it first read: both are reset below, so that this
+    # endpoint's credentials do not follow the next test to its own endpoint.
+    variables["MLFLOW_S3_ENDPOINT_URL"] = endpoint.url
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     endpoint.start()
     yield endpoint
     endpoint.stop()
+    import boto3
+    from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
+
+    _cached_get_s3_client.cache_clear()
+    boto3.DEFAULT_SESSION = None
 
 
 def _submit(shell: Any, s3: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, retry: float) -> Any:

@@ -105,44 +105,23 @@ def test_only_the_node_controllers_mark_reads_as_a_node_outage() -> None:
 
 
 @pytest.mark.k8s
-def test_kubelet_restart_loses_no_log_line_and_keeps_the_container(
-    k8s_shell: Any, node: Any, k8s_api: Any  # noqa: F811
+@pytest.mark.parametrize("component", ["kubelet", "containerd"])
+def test_a_node_component_restart_loses_no_log_line_and_keeps_the_container(
+    k8s_shell: Any, node: Any, k8s_api: Any, component: str  # noqa: F811
 ) -> None:
+    """The kubelet, or containerd (its shims keep the containers), stopped for 3 s while a job prints."""
     k8s_shell.run_cell_magic("train", "--backend kubernetes --async", numbered_lines(48, 0.25))
     record = only_record(k8s_shell)
     seen: dict[str, Any] = {}
 
-    def restart_kubelet() -> None:
+    def restart() -> None:
         seen["before"] = running_container(k8s_api, record)
-        kubelet = node.cluster._components["kubelet"].pid
-        node.restart_kubelet(down_for=3, while_down=lambda: seen.update(during=container(k8s_api, record)))
-        assert node.cluster._components["kubelet"].pid != kubelet
+        pid = node.cluster._components[component].pid
+        restart_component = getattr(node, f"restart_{component}")
+        restart_component(down_for=3, while_down=lambda: seen.update(during=container(k8s_api, record)))
+        assert node.cluster._components[component].pid != pid
 
-    text, final = follow_with_fault(k8s_shell, record, restart_kubelet)
-
-    assert seen["during"] == seen["before"], "the same container runs on, with the same processes"
-    assert container(k8s_api, record)[:3] == (*seen["before"][:2], 0), "the same container ran to its end, not restarted"
-    assert numbered(text) == [f"line {i}" for i in range(48)]
-    assert final.state.value == "succeeded" and final.exit_code == 0
-    k8s_shell.run_line_magic("job", f"attach {record.job_id}")
-    assert k8s_shell.user_ns["done"] == 48
-
-
-@pytest.mark.k8s
-def test_containerd_restart_loses_no_log_line_and_keeps_the_container(
-    k8s_shell: Any, node: Any, k8s_api: Any  # noqa: F811
-) -> None:
-    k8s_shell.run_cell_magic("train", "--backend kubernetes --async", numbered_lines(48, 0.25))
-    record = only_record(k8s_shell)
-    seen: dict[str, Any] = {}
-
-    def restart_containerd() -> None:
-        seen["before"] = running_container(k8s_api, record)
-        containerd = node.cluster._components["containerd"].pid
-        node.restart_containerd(down_for=3, while_down=lambda: seen.update(during=container(k8s_api, record)))
-        assert node.cluster._components["containerd"].pid != containerd
-
-    text, final = follow_with_fault(k8s_shell, record, restart_containerd)
+    text, final = follow_with_fault(k8s_shell, record, restart)
 
     assert seen["during"] == seen["before"], "the same container runs on, with the same processes"
     assert container(k8s_api, record)[:3] == (*seen["before"][:2], 0), "the same container ran to its end, not restarted"

@@ -76,6 +76,33 @@ def parse_retries(text: str | int) -> int:
     return _count(text, "--retries", "retries", 2)
 
 
+# The rendezvous of a distributed job waits this long for every pod (pods that start minutes apart).
+RENDEZVOUS_TIMEOUT_SECONDS = 900.0
+
+
+def parse_nodes(text: str | int) -> int:
+    """A whole, positive number of pods for ``--nodes``."""
+    value = _count(text, "--nodes", "pods", 2)
+    if value < 1:
+        raise JMKUsageError("--nodes 0 runs nothing: give the number of pods to train on, e.g. --nodes 2.")
+    return value
+
+
+def parse_procs(text: str | int | None, gpus: int) -> int:
+    """Processes per node for ``--procs`` (None: not given); each gets the same share of the node's GPUs."""
+    if text is None:
+        return 0
+    value = _count(text, "--procs", "processes", 2)
+    if value < 1:
+        raise JMKUsageError("--procs 0 runs nothing: give the processes per node, e.g. --procs 2.")
+    if gpus and gpus % value:
+        raise JMKUsageError(
+            f"--gpus {gpus} cannot be shared by --procs {value}: each process gets the same number of GPUs. "
+            f"Use a --procs that divides {gpus} (e.g. --procs {gpus}), or a --gpus that --procs {value} divides."
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Resources:
     """What a job asks for. Quantities keep the user's spelling (Kubernetes wants strings)."""
@@ -146,6 +173,26 @@ class JobSpec:
     volumes: tuple[str, ...] = ()
     preset: str | None = None
     retries: int = 0
+    # Distributed training under torchrun (``--nodes``/``--procs``): pods, processes per pod (0: not
+    # given), and how long the rendezvous waits for every pod.
+    nodes: int = 1
+    procs: int = 0
+    rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_SECONDS
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the cell runs under torchrun: on several pods, or with ``--procs``."""
+        return self.nodes > 1 or self.procs > 0
+
+    @property
+    def procs_per_node(self) -> int:
+        """Processes per node: ``--procs``, else one per GPU, else one."""
+        return self.procs or self.resources.gpus or 1
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train together."""
+        return self.nodes * self.procs_per_node if self.distributed else 1
 
 
 @dataclass

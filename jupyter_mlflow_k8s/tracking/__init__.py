@@ -128,6 +128,8 @@ def run_params(spec: JobSpec, scalars: Mapping[str, str] | None = None) -> dict[
     params.update({key: str(value) for key, value in spec.params.items()})
     res = spec.resources
     flags = {"jmk.gpus": str(res.gpus), "jmk.cpu": res.cpu, "jmk.memory": res.memory, "jmk.timeout": spec.timeout}
+    if spec.distributed:
+        flags.update({"jmk.nodes": spec.nodes, "jmk.procs": spec.procs_per_node, "jmk.world_size": spec.world_size})
     params.update({k: str(v) for k, v in flags.items() if v not in (None, "")})
     return params
 

@@ -122,7 +122,7 @@ class Gang:
                 try:
                     socket.create_connection((self.host, self.port), timeout=1).close()
                     self.store = self._connect()
-                except Exception:
+                except Exception:  # noqa: S112 - not listening yet: asked again at the next turn
                     continue
             try:
                 if self.store.check([ABORT_KEY]):

@@ -16,6 +16,9 @@ import signal
 
 # Set by the launcher for its workers: the job runs under torchrun (the runner acts as one rank).
 DISTRIBUTED_ENV = "JMK_DISTRIBUTED"
+# A folder where each rank whose cell raised writes when it did (a file named by its rank): the
+# launcher tells the rank that failed first from those that failed because of it.
+ERROR_TIMES_ENV = "JMK_ERROR_TIMES"
 # How many of the node's GPUs each process gets; its first one becomes its default CUDA device.
 GPUS_PER_PROC_ENV = "JMK_GPUS_PER_PROC"
 # What the launcher says when a rank of its node failed: the backends read the rank back from it.
@@ -35,6 +38,19 @@ def worker_rank() -> int | None:
     if not os.environ.get(DISTRIBUTED_ENV) or "RANK" not in os.environ:
         return None
     return int(os.environ["RANK"])
+
+
+def note_error_time(rank: int) -> None:
+    """Record when this rank's cell raised, for its launcher (see :data:`ERROR_TIMES_ENV`)."""
+    import time
+
+    folder = os.environ.get(ERROR_TIMES_ENV)
+    if folder:
+        try:
+            with open(os.path.join(folder, str(rank)), "w") as handle:
+                handle.write(repr(time.time()))
+        except OSError:  # the launcher then goes by when it saw the process end
+            pass
 
 
 def lines_of_rank(text: str, rank: int) -> str:

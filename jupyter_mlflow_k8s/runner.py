@@ -27,7 +27,7 @@ from typing import Any
 
 from .logchannel import PAYLOAD_ROOT_ENV, LogChannelStorage
 from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
-from .ranks import GPUS_PER_PROC_ENV, prefix_output, rank_prefix, worker_rank
+from .ranks import GPUS_PER_PROC_ENV, note_error_time, prefix_output, rank_prefix, worker_rank
 from .storage import LocalStorage, Storage, get_storage, read_url
 from .storage.kept import KEEP_DIR_ENV, RETRY_SECONDS_ENV, retry_seconds, with_retries
 from .tracking import KEPT_METRICS, fastlog
@@ -240,6 +240,8 @@ def run(payload_url: str) -> int:
         _finish_mlflow("KILLED", storage, payload, rank)
         return EXIT_TERMINATED
     except BaseException as exc:  # the user's exception, reported back with its traceback
+        if rank is not None:
+            note_error_time(rank)
         text = _cell_traceback(exc, f"<jmk-cell {payload.job_id}>")
         sys.stderr.write(text)
         result["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": text}
@@ -294,13 +296,21 @@ def main(argv: list[str] | None = None) -> int:
         prefix_output(rank_prefix(rank))  # first, before any thread: it forks
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return run(args[0])
+        status = run(args[0])
     except Terminated:
-        return EXIT_TERMINATED
+        status = EXIT_TERMINATED
     except Exception:
         print("[jmk] the runner failed before or after the cell ran:", file=sys.stderr)
         traceback.print_exc()
-        return EXIT_RUNNER_ERROR
+        status = EXIT_RUNNER_ERROR
+    if rank is not None:
+        # A rank leaves without the interpreter's teardown: a process group the cell left open
+        # (no destroy_process_group) can abort there ("terminate called without an active
+        # exception") and turn a good end into a crash. Its results and run are closed already.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

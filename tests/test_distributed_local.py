@@ -121,27 +121,38 @@ def _launch(url: str, *extra: str) -> subprocess.Popen[str]:
                             env={"PATH": "/usr/bin:/bin", "JMK_JOB_ID": "d15c0de5", "PYTHONPATH": ":".join(sys.path)})
 
 
-def test_two_nodes_stop_together_when_a_rank_fails_before_they_meet(tmp_path: Path) -> None:
-    """Rank 1 fails before init_process_group, where rank 0 would wait 30 minutes: the abort key stops it."""
-    code = ("import os, time, torch.distributed as dist\nrank = int(os.environ['RANK'])\n"
-            "if rank == 1:\n    time.sleep(1)\n    raise ValueError('rank 1 gives up')\n"
-            "dist.init_process_group()\n")
-    url, storage = _payload(tmp_path, code)
-    nodes = ["--nodes", "2", "--procs", "1", "--hosts", "127.0.0.1{rank}", "--port", "29467",
+# Rank R raises where the other would wait 30 minutes (before init_process_group meets it), or where
+# the other's collective breaks at once (after): either way only R's node names itself the cause.
+FAILS_BEFORE = ("import os, time, torch.distributed as dist\nrank = int(os.environ['RANK'])\n"
+                "if rank == {rank}:\n    time.sleep(1)\n    raise ValueError('rank {rank} gives up')\n"
+                "dist.init_process_group()\n")
+FAILS_AFTER = ("import os, time, torch.distributed as dist\ndist.init_process_group()\nrank = dist.get_rank()\n"
+               "if rank == {rank}:\n    time.sleep(0.5)\n    raise ValueError('rank {rank} gives up')\n"
+               "dist.barrier()\n")
+
+
+@pytest.mark.parametrize(("cell", "failing", "port"), [(FAILS_BEFORE, 1, 29471), (FAILS_BEFORE, 0, 29474),
+                                                       (FAILS_AFTER, 1, 29477)])
+def test_two_nodes_stop_together_and_name_the_rank_that_failed(tmp_path: Path, cell: str, failing: int,
+                                                                port: int) -> None:
+    url, storage = _payload(tmp_path, cell.format(rank=failing))
+    nodes = ["--nodes", "2", "--procs", "1", "--hosts", "127.0.0.1{rank}", "--port", str(port),
              "--rendezvous-timeout", "60"]
     started = time.monotonic()
     first = _launch(url, *nodes, "--node-rank", "0")
     time.sleep(2)  # the second pod starts late: the rendezvous waits for it
     second = _launch(url, *nodes, "--node-rank", "1")
-    out1, _ = second.communicate(timeout=120)
-    out0, _ = first.communicate(timeout=120)
+    outputs = [first.communicate(timeout=120)[0], second.communicate(timeout=120)[0]]
     took = time.monotonic() - started
-    assert second.returncode == 1, out1
-    assert "[rank 1] ValueError: rank 1 gives up" in out1
-    assert "[jmk] rank 1 failed with exit code 1" in out1
-    assert first.returncode == EXIT_STOPPED, out0
-    assert "[jmk] stopping: rank 1 on node 1 failed with exit code 1" in out0
-    assert not storage.exists("jobs/d15c0de5/result.json")
+    codes = [first.returncode, second.returncode]
+    other = 1 - failing
+    assert codes[failing] == 1 and codes[other] == EXIT_STOPPED, (codes, outputs)
+    assert f"[rank {failing}] ValueError: rank {failing} gives up" in outputs[failing]
+    assert f"[jmk] rank {failing} failed with exit code 1" in outputs[failing]
+    assert "failed with exit code" not in outputs[other].replace(f"rank {failing} on node {failing} failed", "")
+    assert f"[jmk] stopping: rank {failing} on node {failing} failed with exit code 1" in outputs[other]
+    if storage.exists("jobs/d15c0de5/result.json"):  # rank 0 raised (or its collective broke): its error
+        assert b'"ok": false' in storage.get_bytes("jobs/d15c0de5/result.json")
     print(f"both nodes ended {took:.1f} s after the first started")
 
 
@@ -149,7 +160,7 @@ def test_two_nodes_agree_and_rank_zero_writes_the_result(tmp_path: Path) -> None
     code = ("import torch, torch.distributed as dist\ndist.init_process_group()\nrank = dist.get_rank()\n"
             "total = torch.tensor([rank + 1.0])\ndist.all_reduce(total)\ntotal = total.item()\n")
     url, storage = _payload(tmp_path, code)
-    nodes = ["--nodes", "2", "--procs", "1", "--hosts", "127.0.0.1{rank}", "--port", "29468",
+    nodes = ["--nodes", "2", "--procs", "1", "--hosts", "127.0.0.1{rank}", "--port", "29480",
              "--rendezvous-timeout", "60"]
     launched = [_launch(url, *nodes, "--node-rank", str(rank)) for rank in (1, 0)]
     outputs = [p.communicate(timeout=120)[0] for p in launched]

@@ -14,10 +14,12 @@
 - Torchrun's elastic agent runs ``P`` workers, each ``python -m jupyter_mlflow_k8s.runner
   PAYLOAD_URL`` with ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``
   set; the rendezvous waits ``--rendezvous-timeout`` seconds for every node; there are no restarts.
-- The nodes stop together. A node whose rank failed says so (``[jmk] rank R failed with exit code
-  C``) and puts the reason under a key of the rendezvous store; every node watches that key (and
-  its contact with node 0's store) and stops its workers when it appears. Without it, the ranks left
-  would wait in their next collective until its timeout (30 minutes).
+- The nodes stop together, through a small store of their own that node 0 serves on ``--port`` + 1.
+  A node whose rank failed puts the time of that rank's error there and waits a second for the
+  others': the earliest error is the cause (a rank whose peer died fails too, often first), and
+  only its node says so (``[jmk] rank R failed with exit code C``) and asks every node to stop.
+  Every node watches for that (and for node 0 going away) and stops its workers. Without it, the
+  ranks left would wait in their next collective until its timeout (30 minutes).
 
 Exit status: 0; the failed worker's own status (1: the cell raised; see the runner); 143 stopped
 (cancelled, or another node's rank failed); 2 this node could not start (no torch in the image,
@@ -31,21 +33,26 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from ..ranks import DISTRIBUTED_ENV, EXIT_STOPPED, FAILED_LINE, GPUS_PER_PROC_ENV
+from ..ranks import DISTRIBUTED_ENV, ERROR_TIMES_ENV, EXIT_STOPPED, FAILED_LINE, GPUS_PER_PROC_ENV
 
 EXIT_CANNOT_START = 2
 DEFAULT_PORT = 29400
 # Keys this launcher keeps in the rendezvous store (beside torch's own).
 ABORT_KEY = "jmk/abort"
+FAILURE_KEY = "jmk/failure/{node}"
 # How often a node looks at the abort key, and how long it keeps in touch with node 0's store.
 WATCH_SECONDS = 0.5
 LOST_CONTACT_SECONDS = 10.0
 SHUTDOWN_SECONDS = 5
+# How long a node whose rank failed waits for the other nodes' failures before it names the cause.
+SETTLE_SECONDS = 1.0
 
 
 class Stopped(BaseException):
@@ -101,27 +108,33 @@ def _resolves(name: str) -> bool:
 
 
 class Gang:
-    """A node's watch on the others, through the rendezvous store on node 0."""
+    """A node's watch on the others, through a store of the gang's own that node 0 serves on ``port``.
+
+    Not torch's rendezvous store: that one closes with node 0's agent, and node 0 must still be
+    able to say that its rank failed once its agent has ended.
+    """
 
     def __init__(self, host: str, port: int, node_rank: int, nodes: int) -> None:
         self.host, self.port, self.node_rank, self.nodes = host, port, node_rank, nodes
-        self.store: Any = None
+        self.server = self._store(is_master=True) if node_rank == 0 else None
+        self.store: Any = None  # the watch thread's connection
         self.reason = ""  # why this node was stopped ('' while it was not)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="jmk-gang", daemon=True)
 
-    def _connect(self) -> Any:
+    def _store(self, is_master: bool = False) -> Any:
         from torch.distributed import TCPStore  # type: ignore[attr-defined]
 
-        return TCPStore(self.host, self.port, is_master=False, timeout=timedelta(seconds=5), wait_for_workers=False)
+        return TCPStore(self.host, self.port, is_master=is_master, timeout=timedelta(seconds=5),
+                        wait_for_workers=False)
 
     def _watch(self) -> None:
         lost_since: float | None = None
         while not self.done.wait(WATCH_SECONDS):
-            if self.store is None:  # node 0's store is not up yet: the rendezvous itself waits for it
+            if self.store is None:  # node 0 is not up yet: the rendezvous itself waits for it
                 try:
                     socket.create_connection((self.host, self.port), timeout=1).close()
-                    self.store = self._connect()
+                    self.store = self._store()
                 except Exception:  # noqa: S112 - not listening yet: asked again at the next turn
                     continue
             try:
@@ -129,7 +142,7 @@ class Gang:
                     self.stop(self.store.get(ABORT_KEY).decode(errors="replace"))
                     return
                 lost_since = None
-            except Exception as exc:  # node 0 is gone (or its store closed as the job ended)
+            except Exception as exc:  # node 0 is gone
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > LOST_CONTACT_SECONDS and not self.done.is_set():
                     self.stop(f"node 0 no longer answers ({type(exc).__name__}: {str(exc)[:200]})")
@@ -141,16 +154,58 @@ class Gang:
         _say(f"stopping: {reason}")
         os.kill(os.getpid(), signal.SIGTERM)
 
-    def tell(self, reason: str) -> None:
-        """Ask every node to stop (this node's rank failed)."""
+    def settle(self, rank: int, code: int, error_time: float) -> bool:
+        """Whether this node's failed rank is the cause, not a consequence of another node's failure.
+
+        A rank whose peer died fails too (its collective breaks), often before the peer's node has
+        said anything. So every node with a failed rank puts the time of its rank's error in the
+        store and waits a moment for the others': the earliest error is the cause, and its node
+        alone tells everyone to stop.
+        """
+        self.done.set()
         try:
-            self._connect().set(ABORT_KEY, reason)  # a connection of its own: the watch thread uses its one
-        except Exception as exc:  # node 0 is gone itself: the others lose contact with it and stop
+            store = self._store()  # a connection of its own: the watch thread uses its one
+            store.set(FAILURE_KEY.format(node=self.node_rank), f"{error_time:.6f} {rank} {code}")
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while time.monotonic() < deadline and not store.check([ABORT_KEY]):
+                time.sleep(0.05)
+            if store.check([ABORT_KEY]):
+                self.reason = store.get(ABORT_KEY).decode(errors="replace")
+                return False
+            failures = [(*store.get(key).decode().split(), str(n)) for n in range(self.nodes)
+                        if store.check([key := FAILURE_KEY.format(node=n)])]
+            _, first, status, node = min(failures, key=lambda f: (float(f[0]), int(f[1])))
+            if int(first) != rank:
+                self.reason = f"rank {first} on node {node} failed with exit code {status}"
+                return False
+            store.set(ABORT_KEY, f"rank {rank} on node {self.node_rank} failed with exit code {code}")
+        except Exception as exc:  # node 0 is gone: this rank's failure is the one this node knows
             _say(f"could not tell the other nodes to stop: {exc}")
+        return True
 
     def finished(self) -> None:
-        """Stop watching: this node's agent is done (node 0's store goes with its agent)."""
+        """Stop watching; node 0 keeps serving a moment, so that every node reads what was decided."""
         self.done.set()
+        if self.server is not None:
+            time.sleep(2 * WATCH_SECONDS)
+
+
+def _first_error(failure: Any, errors: str) -> tuple[int, int, float]:
+    """``(rank, exit status, when)`` of the local rank whose cell failed first.
+
+    A rank whose cell raised wrote when (see :func:`~jupyter_mlflow_k8s.ranks.note_error_time`); one
+    that died otherwise (a crash, or stopped by the agent once another had failed) comes after them,
+    by when the agent saw it end.
+    """
+    candidates = []
+    for rank, process in failure.failures.items():
+        try:
+            when, noted = float(Path(errors, str(rank)).read_text()), 0
+        except (OSError, ValueError):
+            when, noted = float(process.timestamp or time.time()), 1
+        candidates.append((noted, when, rank, _exit_status(int(process.exitcode))))
+    _, when, rank, code = min(candidates)
+    return rank, code, when
 
 
 def launch_config(args: argparse.Namespace, job_id: str) -> Any:
@@ -212,36 +267,34 @@ def run(args: argparse.Namespace) -> int:
                  "pods did not start (see %jobs for why), or the cluster's DNS does not serve the job's headless "
                  "Service. Stopping.")
             return EXIT_CANNOT_START
-        gang = Gang(args.hosts.format(rank=0), args.port, args.node_rank, args.nodes)
+        gang = Gang(args.hosts.format(rank=0), args.port + 1, args.node_rank, args.nodes)
         gang.thread.start()
     gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
     os.environ[DISTRIBUTED_ENV] = "1"
     os.environ[GPUS_PER_PROC_ENV] = str(len(gpus) // args.procs if gpus else 0)
+    errors = os.environ[ERROR_TIMES_ENV] = tempfile.mkdtemp(prefix="jmk-errors-")
     entrypoint = (sys.executable, "-m", "jupyter_mlflow_k8s.runner", args.payload_url)
     try:
         elastic_launch(launch_config(args, job_id), entrypoint[0])(*entrypoint[1:])
     except ChildFailedError as failure:
-        if gang is not None:
-            gang.finished()
         if gang is not None and gang.reason:
             return EXIT_STOPPED
-        rank, first = failure.get_first_failure()
-        code = _exit_status(int(first.exitcode))
+        rank, code, when = _first_error(failure, errors)
+        if gang is not None and not gang.settle(rank, code, when):
+            _say(f"stopping: {gang.reason}")
+            gang.finished()
+            return EXIT_STOPPED
         print(FAILED_LINE.format(rank=rank, code=code), file=sys.stderr, flush=True)
         if gang is not None:
-            gang.tell(f"rank {rank} on node {args.node_rank} failed with exit code {code}")
+            gang.finished()
         return code
     except (SignalException, Stopped):
         return EXIT_STOPPED
     except Exception as exc:  # the rendezvous timed out or broke
-        if gang is not None:
-            gang.finished()
         if gang is not None and gang.reason:
             return EXIT_STOPPED
         _say(f"node {args.node_rank} could not join the other {args.nodes - 1} node(s) within "
              f"{args.rendezvous_timeout:g} s ({type(exc).__name__}: {str(exc)[:300]}). Stopping.")
-        if gang is not None:
-            gang.tell(f"node {args.node_rank} could not join the rendezvous")
         return EXIT_CANNOT_START
     if gang is not None:
         gang.finished()

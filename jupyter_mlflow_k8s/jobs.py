@@ -25,6 +25,7 @@ from .exceptions import JobCancelled, JobFailed, JobNotFound
 from .lifecycle import end_job, finalize_tracking
 from .models import JobRecord, JobSpec, JobState
 from .payload import Payload, load_value, stage_inputs, write_payload
+from .ranks import failed_rank, rank_traceback
 from .records import JobStore
 from .storage import LocalStorage, Storage, get_storage
 from .storage.kept import KEPT_FOLDER
@@ -245,6 +246,8 @@ class JobService:
             result.warning = f"Job {record.job_id} failed, but its results came back: {document['kept']}"
             warnings.warn(result.warning, ResultsKeptWarning, stacklevel=2)
             return result
+        if record.state is JobState.FAILED and record.spec.distributed:
+            self._raise_rank_failure(record)
         if record.state is not JobState.SUCCEEDED:
             error = (document or {}).get("error") or {}
             message = f"{error['type']}: {error['message']}" if error else record.message
@@ -252,6 +255,19 @@ class JobService:
         if document is None:
             raise JobFailed(record.job_id, "the job succeeded but stored no result document")
         return self._load_result(record, document, storage)
+
+    def _raise_rank_failure(self, record: JobRecord) -> None:
+        """Raise the error of the rank whose failure stopped a distributed job (not what it did to the others)."""
+        try:
+            text = self.read_log(record.job_id)
+        except Exception:  # the log cannot be read: the record's message and rank 0's document still tell
+            return
+        failed = failed_rank(text)
+        if failed is None:
+            return
+        rank, code = failed
+        last, traceback = rank_traceback(text, rank)
+        raise JobFailed(record.job_id, f"rank {rank} failed (exit code {code}): {last or 'see %job logs'}", traceback)
 
     def _load_result(self, record: JobRecord, document: dict[str, Any], storage: Storage | None = None) -> JobResult:
         job_storage = get_storage(self._storage_url_of(record), **self.settings.storage_options)

@@ -6,7 +6,8 @@ expression's value, or the error with its traceback). Output goes to stdout/stde
 the launcher keeps the log. Exit status: 0 success, 1 the cell raised, 2 the runner itself
 failed, 3 the model was not registered, 4 the job storage did not take the results (they are
 kept elsewhere: :class:`ResultWriter`), 143 terminated. MLflow is imported only if the cell
-imports it, so that a trivial cell pays no MLflow import.
+imports it, so that a trivial cell pays no MLflow import. Under torchrun (:mod:`.distributed`) it
+is one rank: its lines carry the rank's prefix, and only rank 0 stages results.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from .logchannel import PAYLOAD_ROOT_ENV, LogChannelStorage
 from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
+from .ranks import GPUS_PER_PROC_ENV, prefix_output, rank_prefix, worker_rank
 from .storage import LocalStorage, Storage, get_storage, read_url
 from .storage.kept import KEEP_DIR_ENV, RETRY_SECONDS_ENV, retry_seconds, with_retries
 from .tracking import KEPT_METRICS, fastlog
@@ -64,8 +66,11 @@ def execute(payload: Payload, namespace: dict[str, Any]) -> tuple[Any, bool]:
     return eval(compile(ast.Expression(last.value), filename, "eval"), namespace), True  # noqa: S307
 
 
-def _finish_mlflow(status: str, storage: Storage, payload: Payload) -> None:
+def _finish_mlflow(status: str, storage: Storage, payload: Payload, rank: int | None = None) -> None:
     """Flush and close the run if the cell used MLflow; otherwise cost nothing.
+
+    A rank other than 0 of a distributed job only flushes what it logged: the run is the job's,
+    closed once, by rank 0 and the job's lifecycle.
 
     Nothing here waits on the tracking server: it is asked once, quickly, whether it answers, and
     from then on each MLflow request gets one short try. The metric points it did not take are kept
@@ -78,7 +83,9 @@ def _finish_mlflow(status: str, storage: Storage, payload: Payload) -> None:
     down = unreachable(os.environ.get("MLFLOW_TRACKING_URI"), timeout=1.0)
     try:
         unsent = fastlog.close(timeout=0 if down else 3, send=not down)
-        if unsent:
+        if unsent and rank:  # only rank 0's points are the run's (and kept for its closing)
+            print(f"[jmk] {len(unsent)} metric points of rank {rank} were not sent", file=sys.stderr)
+        elif unsent:
             storage.put_bytes(f"jobs/{payload.job_id}/{KEPT_METRICS}", json.dumps(unsent).encode())
             print(f"[jmk] {len(unsent)} metric points are kept with the job; they are sent when its run is "
                   "closed", file=sys.stderr)
@@ -88,7 +95,9 @@ def _finish_mlflow(status: str, storage: Storage, payload: Payload) -> None:
             return
         if hasattr(mlflow, "flush_async_logging"):
             mlflow.flush_async_logging()
-        if mlflow.active_run() is not None:
+        if rank:
+            _leave_run_open(mlflow)
+        elif mlflow.active_run() is not None:
             mlflow.end_run(status=status)
     except Exception as exc:  # tracking trouble must not turn a good result into a failure
         print(f"[jmk] could not close the MLflow run cleanly: {str(exc)[:300]}", file=sys.stderr)
@@ -181,8 +190,30 @@ def _register(payload: Payload, namespace: dict[str, Any]) -> dict[str, Any]:
     return registered
 
 
+def _use_own_gpus() -> None:
+    """A rank of a job with GPUs makes the first of its share of the node's GPUs its default CUDA device.
+
+    Every rank sees all the node's GPUs (so ``cuda:LOCAL_RANK`` is its own, as under torchrun), and
+    ``torch.device("cuda")`` or ``init_process_group("nccl")`` without a device work too.
+    """
+    share = int(os.environ.get(GPUS_PER_PROC_ENV) or 0)
+    if not share:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) * share)
+
+
 def run(payload_url: str) -> int:
-    """Execute one payload; returns the process exit status."""
+    """Execute one payload; returns the process exit status.
+
+    As a rank of a distributed job (under :mod:`.distributed`), only rank 0 stages results and
+    registers the model; every rank runs the cell with the same inputs.
+    """
+    rank = worker_rank()
+    if rank is not None:
+        _use_own_gpus()
     payload = Payload.from_json(read_url(payload_url))
     root = os.environ.get(PAYLOAD_ROOT_ENV)  # a mounted payload: results leave through the log
     storage = LogChannelStorage(root) if root else get_storage(payload.storage_url)
@@ -206,7 +237,7 @@ def run(payload_url: str) -> int:
         value, has_value = execute(payload, namespace)
     except (Terminated, KeyboardInterrupt):
         print(f"[jmk] job {payload.job_id} terminated", file=sys.stderr)
-        _finish_mlflow("KILLED", storage, payload)
+        _finish_mlflow("KILLED", storage, payload, rank)
         return EXIT_TERMINATED
     except BaseException as exc:  # the user's exception, reported back with its traceback
         text = _cell_traceback(exc, f"<jmk-cell {payload.job_id}>")
@@ -214,6 +245,10 @@ def run(payload_url: str) -> int:
         result["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": text}
         status = EXIT_CELL_ERROR
     else:
+        if rank:  # the results are rank 0's
+            sys.stdout.flush()
+            _finish_mlflow("FINISHED", storage, payload, rank)
+            return EXIT_OK
         result["ok"] = True
         for name in payload.outputs:
             if name not in namespace or isinstance(namespace[name], types.ModuleType):
@@ -239,7 +274,9 @@ def run(payload_url: str) -> int:
     result["duration"] = time.time() - started
     sys.stdout.flush()
     sys.stderr.flush()
-    _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED", storage, payload)
+    _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED", storage, payload, rank)
+    if rank:
+        return status  # rank 0 writes the job's result; this rank's error is in the log, under its prefix
     writer.finish(payload.result_key, result)
     if writer.kept is not None and status == EXIT_OK:
         return EXIT_RESULTS_KEPT
@@ -252,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m jupyter_mlflow_k8s.runner PAYLOAD_URL", file=sys.stderr)
         return EXIT_RUNNER_ERROR
+    rank = worker_rank()
+    if rank is not None:
+        prefix_output(rank_prefix(rank))  # first, before any thread: it forks
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return run(args[0])

@@ -82,7 +82,13 @@ class LocalBackend(Backend):
         return list(self.gpu_ids) if self.gpu_ids is not None else list(detect_gpus())
 
     def check(self, spec: JobSpec) -> None:
-        """Refuse GPU requests this machine can never satisfy."""
+        """Refuse GPU requests this machine can never satisfy, and jobs across several machines."""
+        if spec.nodes > 1:
+            raise JMKUsageError(
+                f"--nodes {spec.nodes} runs the cell on {spec.nodes} pods, which needs a cluster: add --backend "
+                f"kubernetes. On this machine alone, --procs {spec.nodes * spec.procs_per_node} runs as many "
+                "processes. Nothing was submitted."
+            )
         wanted = spec.resources.gpus
         have = self.available_gpus()
         if wanted > len(have):

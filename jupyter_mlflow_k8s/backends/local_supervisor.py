@@ -228,9 +228,14 @@ class _Supervisor:
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1", "JMK_JOB_ID": self.job_id}
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
         env[KEEP_DIR_ENV] = str(self.folder / KEPT_FOLDER)  # results the job storage would not take
+        command = [self.options["python"], "-m", "jupyter_mlflow_k8s.runner", str(record.payload_uri)]
+        if spec.distributed:  # torchrun's agent runs the runner as --procs ranks
+            command[2:3] = ["jupyter_mlflow_k8s.distributed"]
+            command += ["--nodes", "1", "--procs", str(spec.procs_per_node),
+                        "--rendezvous-timeout", f"{spec.rendezvous_timeout:g}"]
         with open(self.folder / "output.log", "ab") as log:
             self.child = subprocess.Popen(
-                [self.options["python"], "-m", "jupyter_mlflow_k8s.runner", str(record.payload_uri)],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -249,6 +254,8 @@ class _Supervisor:
             final_requests()  # the job has ended: its end waits on no MLflow retry
             _stop_system_metrics(self.monitor, self.job_id, record.tracking_uri)
         state, message = self._outcome(code)
+        if spec.distributed and state is JobState.FAILED and not self.stop_reason:
+            message = _rank_failure(self.folder / "output.log") or message
         self._finish(state, code, message)
 
     def _wait(self, timeout: float | None, record: JobRecord) -> int:
@@ -309,6 +316,18 @@ class _Supervisor:
         record = end_job(self.store, self.job_id, state, message, code, defer_to_watcher=True)
         if record.tracking_error and not record.tracking_final:
             send_pending(self.store, self.job_id)  # the tracking server did not answer: try again for a while
+
+
+def _rank_failure(log: Path) -> str:
+    """Which rank of a distributed job failed, with its last lines (from the end of the log)."""
+    from ..ranks import failure_summary
+
+    try:
+        with log.open("rb") as handle:
+            handle.seek(max(0, log.stat().st_size - 256 * 1024))
+            return failure_summary(handle.read().decode(errors="replace"))
+    except OSError:
+        return ""
 
 
 def main() -> None:

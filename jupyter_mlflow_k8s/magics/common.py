@@ -94,13 +94,13 @@ def literal(text: str) -> Any:
         return text
 
 
-def parse_duration(text: str | None) -> float | None:
-    """Seconds of ``--timeout`` from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
+def parse_duration(text: str | None, flag: str = "--timeout") -> float | None:
+    """Seconds of ``--timeout`` (or ``flag``) from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
     if text is None:
         return None
     seconds = duration_seconds(text)
-    if seconds is None:
-        raise JMKUsageError(f"--timeout {text!r} is not a duration. Use seconds (900) or 15m, 2h, 1d.")
+    if seconds is None or seconds <= 0:
+        raise JMKUsageError(f"{flag} {text!r} is not a duration. Use seconds (900) or 15m, 2h, 1d.")
     return seconds
 
 

@@ -13,7 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..exceptions import JMKUsageError
 from ..jobs import JobService, RegistrationFailed
 from ..k8s.presets import parse_secret, parse_volume
-from ..models import JobRecord, JobSpec, Resources, parse_gpus, parse_retries
+from ..models import JobRecord, JobSpec, Resources, parse_gpus, parse_nodes, parse_procs, parse_retries
 from ..payload import analyze_cell
 from ..tracking import run_url
 from ..widgets import JobStatusView
@@ -115,6 +115,9 @@ class TrainMagics(Magics):
     @argument("--secret", action="append", metavar="NAME", help="Kubernetes: a Secret as environment (repeatable)")
     @argument("--volume", action="append", metavar="pvc:CLAIM:/path[:ro]", help="Kubernetes: mount a PVC (repeatable)")
     @argument("--retries", default="0", help="Kubernetes: run the cell again this many times if it fails")
+    @argument("--nodes", default="1", help="train on this many pods under torchrun (Kubernetes), e.g. --nodes 2")
+    @argument("--procs", help="processes per pod (or on this machine) under torchrun; default: one per GPU, else 1")
+    @argument("--rendezvous-timeout", default="15m", help="with --nodes: how long the pods wait for each other")
     @cell_magic
     @user_errors
     def train(self, line: str, cell: str) -> Any:
@@ -144,6 +147,14 @@ class TrainMagics(Magics):
 
             %%train --register churn-clf --input-example X_sample
             clf = GradientBoostingClassifier().fit(X_train, y_train)
+
+        Train on 2 pods with 4 GPUs each, one process per GPU (8 ranks under torchrun, DDP on nccl);
+        the names rank 0 assigns come back::
+
+            %%train --backend kubernetes --nodes 2 --gpus 4
+            import torch.distributed as dist
+            dist.init_process_group()
+            model = fit_ddp(model, data)
 
         Fire and forget, collect later (also after a kernel restart)::
 
@@ -200,11 +211,13 @@ class TrainMagics(Magics):
         inputs = analysis.inputs(self.shell.user_ns, exclude=params)
         inputs = self._check_register(args, analysis.assigns, inputs)
         service = service_for(self.shell)
+        gpus = parse_gpus(args.gpus)
+        rendezvous = parse_duration(args.rendezvous_timeout, "--rendezvous-timeout")
         return JobSpec(
             code=code,
             inputs=inputs,
             outputs=outputs,
-            resources=Resources(cpu=args.cpu, memory=args.memory, gpus=parse_gpus(args.gpus)),
+            resources=Resources(cpu=args.cpu, memory=args.memory, gpus=gpus),
             backend=args.backend or service.settings.default_backend,
             image=args.image,
             env=parse_pairs(args.env, "--env"),
@@ -223,6 +236,9 @@ class TrainMagics(Magics):
             volumes=tuple(text for text in args.volume or () if parse_volume(text)),  # checked now, kept as given
             preset=args.preset,
             retries=parse_retries(args.retries),
+            nodes=parse_nodes(args.nodes),
+            procs=parse_procs(args.procs, gpus),
+            rendezvous_timeout=rendezvous or 0.0,
         )
 
     def _check_register(self, args: Any, assigns: tuple[str, ...], inputs: tuple[str, ...]) -> tuple[str, ...]:

@@ -205,6 +205,25 @@ def test_the_rank_that_failed_is_blamed_not_the_ranks_it_stopped() -> None:
     assert verdict.with_log
 
 
+def test_of_two_ranks_failed_in_the_same_second_the_one_the_log_names_first_is_blamed() -> None:
+    both = [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=1)]
+    assert judge(both).ranks == (0,), "without the log: the lower rank"
+    verdict = diagnose_gang([job()], both, nodes=2, procs=1, pull_grace=30, failed_first=1)
+    assert (verdict.ranks, verdict.exit_code) == ((1,), 1)
+
+
+def test_a_job_failed_before_its_pod_shows_waits_a_moment_for_the_pods_exit_code() -> None:
+    failed = job(condition="Failed")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    failed["status"]["conditions"][0]["lastTransitionTime"] = now
+    verdict = judge([pod(0, "Running"), pod(1, "Running")], jobs=[failed])
+    assert verdict.state is JobState.RUNNING and not verdict.delete
+    failed["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:00:00Z"
+    verdict = judge([pod(0, "Running"), pod(1, "Running")], jobs=[failed])
+    assert (verdict.state, verdict.delete) == (JobState.FAILED, True)
+    assert verdict.message == "Job jmk-ada-1a2b3c4d-0 failed: BackoffLimitExceeded"
+
+
 def test_a_failed_rank_while_the_others_run_stops_the_gang() -> None:
     verdict = judge([pod(0, "Running"), pod(1, "Failed", exit_code=2, indexed=True)], jobs=[job()])
     assert (verdict.state, verdict.exit_code, verdict.delete) == (JobState.FAILED, 2, True)
@@ -363,7 +382,7 @@ def test_a_rank_that_raises_stops_every_rank_and_fails_the_job_with_its_tracebac
     raised_at = float(re.search(r"^\[rank 1\] raising at ([0-9.]+)$", Path(record.log_path).read_text(),
                                 re.MULTILINE)[1])  # type: ignore[index]
     print(f"rank 1 raised; the job was FAILED {record.finished - raised_at:.1f} s later")
-    assert (record.state, record.exit_code) == (JobState.FAILED, 1)
+    assert (record.state, record.exit_code) == (JobState.FAILED, 1), record.message
     assert "RuntimeError: rank 1 found a bad batch" in str(failure.value)
     assert re.match(r"rank 1 \(pod \S+-1-\w+\) failed with exit code 1", record.message), record.message
     assert "[rank 1] RuntimeError: rank 1 found a bad batch" in record.message, "the message shows rank 1's lines"
@@ -405,7 +424,7 @@ def test_a_rank_pending_for_gpus_is_explained_in_the_cell(k8s_shell: Any, k8s_ap
     assert ("--nodes 2 asks for 2 pods with 2 nvidia.com/gpu each; only 1 node of the cluster has that many, room "
             "for 1 such pod at once: the job will wait in Pending until the cluster grows.") in err
 
-    waiting = wait_for(lambda: "pods scheduled" in (r := svc.get(record.job_id)).message and r, timeout=60,
+    waiting = wait_for(lambda: "Insufficient" in (r := svc.get(record.job_id)).message and r, timeout=60,
                        interval=0.2)
     assert waiting.message.startswith("1 of 2 pods scheduled: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu")
     assert waiting.state in (JobState.QUEUED, JobState.RUNNING)

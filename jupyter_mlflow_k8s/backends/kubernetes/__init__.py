@@ -51,6 +51,7 @@ from ...lifecycle import end_job
 from ...logchannel import PAYLOAD_ROOT_ENV
 from ...models import JobRecord, JobSpec, JobState
 from ...payload import Payload
+from ...ranks import failed_rank
 from ...storage import get_storage, read_url
 from ...util.identity import current_user
 from ..base import Backend
@@ -615,7 +616,8 @@ class KubernetesBackend(Backend):
 
         def judge(events: list[dict[str, Any]] | None = None) -> Any:
             return diagnose_gang(jobs, pods, nodes=spec.nodes, procs=spec.procs_per_node,
-                                 pull_grace=self.image_pull_failure_seconds, events=events)
+                                 pull_grace=self.image_pull_failure_seconds, events=events,
+                                 failed_first=first_failed_rank(record))
 
         verdict = judge()
         if verdict.needs_events:
@@ -659,7 +661,8 @@ class KubernetesBackend(Backend):
         service = record.backend_ref.get("service")
         if service:
             with contextlib.suppress(kubernetes.client.ApiException):
-                kubernetes.client.CoreV1Api(self.api).delete_namespaced_service(service, namespace)
+                kubernetes.client.CoreV1Api(self.api).delete_namespaced_service(service, namespace,
+                                                                                _preload_content=False)
 
     # -- logs ---------------------------------------------------------------------------------
 
@@ -723,6 +726,15 @@ def gang_jobs(record: JobRecord) -> list[str]:
     """The names of a job's Jobs: every rank's for a gang (``backend_ref["jobs"]``), else its one Job."""
     names = record.backend_ref.get("jobs", "")
     return names.split(",") if names else [record.backend_ref["name"]]
+
+
+def first_failed_rank(record: JobRecord) -> int | None:
+    """The global rank whose failure a launcher reported first in the job's log (``[jmk] rank R failed ...``)."""
+    try:
+        found = failed_rank(Path(str(record.log_path)).read_text(errors="replace"))
+    except OSError:
+        return None
+    return found[0] if found else None
 
 
 def rank_lines(record: JobRecord, ranks: tuple[int, ...], count: int = RANK_LOG_LINES) -> str:

@@ -9,6 +9,7 @@ controller's completion index (an Indexed Job). No API call.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from .manifests import COMPLETION_INDEX_ANNOTATION, NODE_RANK_LABEL
 
 # The launcher's exit status when it was stopped (SIGTERM), or stopped itself because another rank failed.
 STOPPED_EXIT = 143
+# A Job that failed before the watch shows its failed pod (two watches, two streams) waits this long for it.
+POD_STATUS_WAIT_SECONDS = 5.0
 
 
 class GangVerdict(Verdict):
@@ -95,7 +98,8 @@ def _who(rank: int, pod: Mapping[str, Any], procs: int) -> str:
 
 
 def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]], *, nodes: int, procs: int,
-                  pull_grace: float, events: Sequence[Mapping[str, Any]] | None = None) -> GangVerdict:
+                  pull_grace: float, events: Sequence[Mapping[str, Any]] | None = None,
+                  failed_first: int | None = None) -> GangVerdict:
     """A gang's state: the rank that failed first (then every rank must be stopped), success, or why it waits.
 
     Args:
@@ -105,6 +109,8 @@ def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str,
         procs: Processes per pod (to name a failed pod's global ranks).
         pull_grace: Seconds an image that cannot be pulled is waited for before the job fails.
         events: The events of the pod a first verdict named in ``needs_events``.
+        failed_first: The global rank the log says failed first (``[jmk] rank R failed ...``), if any: it is
+            blamed when several ranks failed in the same second (a peer's failure breaks the others' collectives).
 
     Returns:
         The verdict; a failure has ``delete`` set (stop every rank) and ``ranks``, whose log lines to show.
@@ -114,7 +120,8 @@ def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str,
     if failed:
         # A rank stopped because another failed exits 143: the other one is at fault, and the earliest.
         at_fault = [(rank, pod) for rank, pod in failed if _exit_code(pod) != STOPPED_EXIT] or failed
-        rank, pod = min(at_fault, key=lambda item: (_finished(item[1]), item[0]))
+        rank, pod = min(at_fault, key=lambda item: (
+            _finished(item[1]), failed_first not in global_ranks(item[0], procs), item[0]))
         return _rank_failure(rank, pod, procs, jobs)
     for job in jobs:
         verdict = _job_failure(job)
@@ -142,10 +149,18 @@ def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
 
 
 def _job_failure(job: Mapping[str, Any]) -> GangVerdict | None:
-    """A gang Job failed with no failed pod to blame (its deadline deletes the pods first)."""
+    """A gang Job failed with no failed pod to blame (its deadline deletes the pods first).
+
+    When the Job failed because a pod did (its backoff limit), the watch of pods may show that pod's
+    failure a moment after the watch of Jobs shows the Job's: for a few seconds this waits for it, so
+    that the job fails with the rank's own exit code and lines.
+    """
     condition = _condition(job, "Failed")
     if condition is None:
         return None
+    since = _time(condition.get("lastTransitionTime")) or 0.0
+    if condition.get("reason") == "BackoffLimitExceeded" and time.time() - since < POD_STATUS_WAIT_SECONDS:
+        return GangVerdict(JobState.RUNNING, f"Job {job['metadata']['name']} failed; waiting for its pod's status")
     if condition.get("reason") == "DeadlineExceeded":
         return GangVerdict(JobState.FAILED, "deadline exceeded: the job ran longer than --timeout and every rank "
                                             "was stopped", with_log=True, delete=True)

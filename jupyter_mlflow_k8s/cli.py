@@ -32,11 +32,11 @@ def _cmd_jobs(service: JobService, args: argparse.Namespace) -> int:
 
 def _cmd_logs(service: JobService, args: argparse.Namespace) -> int:
     if not args.follow:
-        print(service.read_log(args.job_id), end="")
+        print(service.read_log(args.job_id, args.rank), end="")
         return 0
     from .models import JobRecord
 
-    for item in service.follow(args.job_id):
+    for item in service.follow(args.job_id, rank=args.rank):
         if isinstance(item, JobRecord):
             return 0 if item.state.value == "succeeded" else 1
         sys.stdout.write(item.decode(errors="replace"))
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="print a job's log")
     logs.add_argument("job_id")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--rank", type=int, help="only the lines of this rank of a distributed job")
     logs.set_defaults(func=_cmd_logs)
     cancel = sub.add_parser("cancel", help="stop a job")
     cancel.add_argument("job_id")

@@ -21,11 +21,11 @@ from . import tracking
 from .backends.base import Backend, get_backend
 from .config import JMKSettings, load_settings
 from .errors import translate
-from .exceptions import JobCancelled, JobFailed, JobNotFound
+from .exceptions import JMKUsageError, JobCancelled, JobFailed, JobNotFound
 from .lifecycle import end_job, finalize_tracking
 from .models import JobRecord, JobSpec, JobState
 from .payload import Payload, load_value, stage_inputs, write_payload
-from .ranks import failed_rank, rank_traceback
+from .ranks import failed_rank, lines_of_rank, rank_prefix, rank_traceback
 from .records import JobStore
 from .storage import LocalStorage, Storage, get_storage
 from .storage.kept import KEPT_FOLDER
@@ -180,19 +180,31 @@ class JobService:
             self.backend("kubernetes").log.warning("could not look for jobs on the cluster: %s", exc)
             return []
 
-    def read_log(self, job_id: str) -> str:
-        """The whole log so far."""
+    def read_log(self, job_id: str, rank: int | None = None) -> str:
+        """The whole log so far; with ``rank``, only the lines that rank of a distributed job wrote."""
         record = self.get(job_id)
-        return self.backend(record.spec.backend).read_log(record).decode(errors="replace")
+        if rank is not None:
+            check_rank(record, rank)
+        text = self.backend(record.spec.backend).read_log(record).decode(errors="replace")
+        return text if rank is None else lines_of_rank(text, rank)
 
-    def follow(self, job_id: str, offset: int = 0) -> Iterator[bytes | JobRecord]:
-        """Log chunks as they arrive, then the final record. Registers this process as watcher."""
+    def follow(self, job_id: str, offset: int = 0, rank: int | None = None) -> Iterator[bytes | JobRecord]:
+        """Log chunks as they arrive (with ``rank``: that rank's lines), then the final record.
+
+        Registers this process as the job's watcher.
+        """
         record = self.get(job_id)
+        if rank is not None:
+            check_rank(record, rank)
+        prefix, pending = rank_prefix(rank).encode() if rank is not None else b"", b""
         self.store.update(record.job_id, watcher_pid=os.getpid())
         try:
             for item in self.backend(record.spec.backend).follow_log(record.job_id, offset):
                 if isinstance(item, JobRecord):
                     item = finalize_tracking(self.store, item)
+                elif prefix:  # whole lines of the rank only; the rest of a line waits for its end
+                    *lines, pending = (pending + item).split(b"\n")
+                    item = b"".join(line[len(prefix):] + b"\n" for line in lines if line.startswith(prefix))
                 yield item
         finally:
             self.store.update(record.job_id, watcher_pid=None)
@@ -314,6 +326,17 @@ class JobService:
             except (FileNotFoundError, OSError, ValueError):
                 continue
         return None, None
+
+
+def check_rank(record: JobRecord, rank: int) -> None:
+    """Refuse a rank the job does not have (:class:`JMKUsageError` saying which it has)."""
+    if not record.spec.distributed:
+        raise JMKUsageError(f"Job {record.job_id} ran as one process: it has no ranks. Leave out --rank.")
+    if not 0 <= rank < record.spec.world_size:
+        raise JMKUsageError(
+            f"Job {record.job_id} has ranks 0 to {record.spec.world_size - 1} "
+            f"({record.spec.nodes} node(s) x {record.spec.procs_per_node} process(es)); there is no rank {rank}."
+        )
 
 
 class _Repr:

@@ -194,6 +194,14 @@ class JobSpec:
         """How many processes train together."""
         return self.nodes * self.procs_per_node if self.distributed else 1
 
+    def describe_resources(self) -> str:
+        """What the job asks for, per pod, and its ranks: ``2 pods x 1 GPU, 2 ranks``."""
+        text = self.resources.describe()
+        if not self.distributed:
+            return text
+        where = f"{self.nodes} pods x {text}" if self.nodes > 1 else text
+        return f"{where}, {self.world_size} ranks"
+
 
 @dataclass
 class JobRecord:

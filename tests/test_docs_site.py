@@ -176,4 +176,4 @@ def test_troubleshooting_lists_every_user_error(site: Path) -> None:
         assert group in found, group
     # a message is shown as the user sees it, not as source code
     assert "No job <job_id>. Run %jobs (or `jmk jobs`) to list jobs." in text
-    assert "--timeout <text> is not a duration." in text
+    assert "<flag> <text> is not a duration." in text

@@ -25,7 +25,8 @@ def test_durations_read(value: object, seconds: float) -> None:
     assert duration_seconds(value) == seconds
 
 
-@pytest.mark.parametrize("value", [0, -5, "0", "soon", "5w", "", None, True, [], "1h30m"])
+@pytest.mark.parametrize("value", [0, -5, "0", "soon", "5w", "", None, True, [], "1h30m", 10**400, "9" * 400 + "d",
+                                   float("inf"), float("nan")])
 def test_what_is_not_a_duration(value: object) -> None:
     assert duration_seconds(value) is None
 

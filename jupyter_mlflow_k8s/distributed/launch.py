@@ -42,10 +42,10 @@ EXIT_CANNOT_START = 2
 DEFAULT_PORT = 29400
 # Keys this launcher keeps in the rendezvous store (beside torch's own).
 ABORT_KEY = "jmk/abort"
-FINISHED_KEY = "jmk/finished/{rank}"
 # How often a node looks at the abort key, and how long it keeps in touch with node 0's store.
 WATCH_SECONDS = 0.5
 LOST_CONTACT_SECONDS = 10.0
+SHUTDOWN_SECONDS = 5
 
 
 class Stopped(BaseException):
@@ -118,16 +118,18 @@ class Gang:
     def _watch(self) -> None:
         lost_since: float | None = None
         while not self.done.wait(WATCH_SECONDS):
-            try:
-                if self.store is None:
+            if self.store is None:  # node 0's store is not up yet: the rendezvous itself waits for it
+                try:
+                    socket.create_connection((self.host, self.port), timeout=1).close()
                     self.store = self._connect()
+                except Exception:  # noqa: S112 - not listening yet: asked again at the next turn
+                    continue
+            try:
                 if self.store.check([ABORT_KEY]):
                     self.stop(self.store.get(ABORT_KEY).decode(errors="replace"))
                     return
                 lost_since = None
-            except Exception as exc:  # node 0 is not up yet, or it is gone
-                if self.store is None:
-                    continue  # not in touch yet: the rendezvous itself waits for node 0
+            except Exception as exc:  # node 0 is gone (or its store closed as the job ended)
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > LOST_CONTACT_SECONDS and not self.done.is_set():
                     self.stop(f"node 0 no longer answers ({type(exc).__name__}: {str(exc)[:200]})")
@@ -147,18 +149,8 @@ class Gang:
             _say(f"could not tell the other nodes to stop: {exc}")
 
     def finished(self) -> None:
-        """Say that the node's workers all succeeded, and (node 0) keep the store up until every node has."""
+        """Stop watching: this node's agent is done (node 0's store goes with its agent)."""
         self.done.set()
-        try:
-            store = self._connect()
-            store.set(FINISHED_KEY.format(rank=self.node_rank), "1")
-            if self.node_rank == 0:
-                keys = [FINISHED_KEY.format(rank=r) for r in range(1, self.nodes)]
-                deadline = time.monotonic() + LOST_CONTACT_SECONDS
-                while keys and not store.check(keys) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-        except Exception as exc:  # the others have their results; node 0 leaving early only ends its store sooner
-            _say(f"could not say that node {self.node_rank} finished: {exc}")
 
 
 def launch_config(args: argparse.Namespace, job_id: str) -> Any:
@@ -185,6 +177,9 @@ def launch_config(args: argparse.Namespace, job_id: str) -> Any:
         monitor_interval=0.1,
         start_method="spawn",
         local_addr=local_addr,
+        # A rank stopped inside a collective cannot run Python (nor its SIGTERM handler) until it returns:
+        # it gets this long, then SIGKILL (torch's default, 30 s, would hold every stop that long).
+        shutdown_timeout=SHUTDOWN_SECONDS,
     )
 
 
@@ -195,6 +190,8 @@ def _exit_status(code: int) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run this node; returns its exit status."""
     job_id = os.environ.get("JMK_JOB_ID", "jmk")
+    user_level = os.environ.get("TORCH_CPP_LOG_LEVEL")
+    os.environ["TORCH_CPP_LOG_LEVEL"] = user_level or "ERROR"  # not a line per retry of the store's client
     try:
         from torch.distributed.elastic.multiprocessing.api import SignalException
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -203,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
         _say(f"torch is not installed where this job runs ({exc}), and --nodes/--procs run the cell under "
              f"torchrun. Use an image with torch (pip install torch), or run without --nodes/--procs.")
         return EXIT_CANNOT_START
+    finally:
+        if user_level is None:
+            del os.environ["TORCH_CPP_LOG_LEVEL"]  # the workers log as the user configured
     gang = None
     if args.nodes > 1:
         peers = [args.hosts.format(rank=r) for r in range(args.nodes)]
@@ -221,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         elastic_launch(launch_config(args, job_id), entrypoint[0])(*entrypoint[1:])
     except ChildFailedError as failure:
+        if gang is not None:
+            gang.finished()
         if gang is not None and gang.reason:
             return EXIT_STOPPED
         rank, first = failure.get_first_failure()
@@ -232,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
     except (SignalException, Stopped):
         return EXIT_STOPPED
     except Exception as exc:  # the rendezvous timed out or broke
+        if gang is not None:
+            gang.finished()
         if gang is not None and gang.reason:
             return EXIT_STOPPED
         _say(f"node {args.node_rank} could not join the other {args.nodes - 1} node(s) within "

@@ -124,8 +124,8 @@ def cancel_on_interrupt(service: JobService, job_id: str) -> Iterator[None]:
         raise
 
 
-def stream_to_cell(service: JobService, job_id: str, view: Any = None, offset: int = 0) -> Any:
-    """Print a job's output into the cell as it arrives; return the final record.
+def stream_to_cell(service: JobService, job_id: str, view: Any = None, offset: int = 0, rank: int | None = None) -> Any:
+    """Print a job's output (or one rank's) into the cell as it arrives; return the final record.
 
     Whole lines go to stdout at once; a progress bar's redraws update ``view`` instead.
     """
@@ -139,7 +139,7 @@ def stream_to_cell(service: JobService, job_id: str, view: Any = None, offset: i
     record = None
     said = ""
     with cancel_on_interrupt(service, job_id):
-        for item in service.follow(job_id, offset):
+        for item in service.follow(job_id, offset, rank):
             if isinstance(item, JobRecord):
                 record = item
                 break

@@ -13,7 +13,8 @@ from .common import service_for, split_words, stream_to_cell, user_errors
 from .train import attach
 
 JOB_USAGE = """Usage:
-  %job logs ID [--follow]   print the job's log (and keep following it)
+  %job logs ID [--follow] [--rank R]
+                            print the job's log (and keep following it); --rank: one rank's lines
   %job attach ID            wait for the job, stream the rest of its log, collect its results
   %job cancel ID            stop the job (its MLflow run ends KILLED)
   %job status ID            one line about the job"""
@@ -58,6 +59,7 @@ class JobMagics(Magics):
         if len(words) < 2 or words[0] not in ("logs", "attach", "cancel", "status"):
             raise JMKUsageError(JOB_USAGE)
         action, job_id, *rest = words
+        rank = _take_rank(rest) if action == "logs" else None
         allowed = {"logs": {"--follow", "-f"}}.get(action, set())
         unknown = [w for w in rest if w not in allowed]
         if unknown:
@@ -70,9 +72,9 @@ class JobMagics(Magics):
             print(describe(record))
         elif action == "logs":
             if rest:
-                stream_to_cell(service, record.job_id)
+                stream_to_cell(service, record.job_id, rank=rank)
             else:
-                print(service.read_log(record.job_id), end="")
+                print(service.read_log(record.job_id, rank), end="")
         elif action == "cancel":
             record = service.cancel_and_wait(record.job_id)
             suffix = f" ({record.message})" if record.message else ""
@@ -83,3 +85,15 @@ class JobMagics(Magics):
             result = attach(self.shell, service, record.job_id, view)
             return result.display if result.has_display else None
         return None
+
+
+def _take_rank(words: list[str]) -> int | None:
+    """Remove ``--rank R`` from ``words``; returns R (None when not given)."""
+    if "--rank" not in words:
+        return None
+    at = words.index("--rank")
+    value = words[at + 1] if at + 1 < len(words) else ""
+    if not value.isdigit():
+        raise JMKUsageError(f"--rank needs a rank number, e.g. %job logs ID --rank 1 (got {value or 'nothing'!r}).")
+    del words[at : at + 2]
+    return int(value)

@@ -22,11 +22,16 @@ def duration_seconds(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) if value > 0 else None
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int with hundreds of digits: no duration
+            return None
+        return seconds if 0 < seconds < float("inf") else None
     if isinstance(value, str):
         match = _DURATION.match(value.strip())
-        if match and float(match["num"]) > 0:
-            return float(match["num"]) * UNIT_SECONDS[match["unit"]]
+        seconds = float(match["num"]) * UNIT_SECONDS[match["unit"]] if match else 0.0
+        if 0 < seconds < float("inf"):
+            return seconds
     return None
 
 

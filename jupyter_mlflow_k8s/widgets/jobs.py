@@ -21,7 +21,7 @@ class JobTable(Table):
                 r.state.value,
                 r.spec.backend,
                 short_age(r.age),
-                r.spec.resources.describe(),
+                r.spec.describe_resources(),
                 r.run_id or "",
                 r.spec.notebook or "",
                 "; ".join(filter(None, [r.message, *r.notes])),

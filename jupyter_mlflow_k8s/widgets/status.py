@@ -29,7 +29,7 @@ MIN_REDRAW_SECONDS = 0.25
 def describe(record: JobRecord) -> str:
     """One line: ``job 1a2b3c4d · running · 12.3 s · local · 1 GPU · run 5f6e...``."""
     elapsed = seconds_text(record.elapsed) if record.started else f"waiting {seconds_text(record.age)}"
-    parts = [f"job {record.job_id}", record.state.value, elapsed, record.spec.backend, record.spec.resources.describe()]
+    parts = [f"job {record.job_id}", record.state.value, elapsed, record.spec.backend, record.spec.describe_resources()]
     if record.gpu_ids:
         parts.append(f"CUDA_VISIBLE_DEVICES={','.join(record.gpu_ids)}")
     if record.run_id:

@@ -431,3 +431,51 @@ def test_a_rank_pending_for_gpus_is_explained_in_the_cell(k8s_shell: Any, k8s_ap
     ended = svc.cancel_and_wait(record.job_id)
     assert ended.state is JobState.CANCELLED
     wait_for(lambda: nothing_left(k8s_api, record.backend_ref["namespace"], record), timeout=60, interval=0.2)
+
+
+@pytest.mark.k8s
+def test_a_new_notebook_pod_finds_a_gang_as_one_job(k8s_shell: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                     tmp_path: Path) -> None:
+    """The state directory is gone (a new JupyterHub pod): %jobs finds the gang once, not once per rank's Job."""
+    from jupyter_mlflow_k8s.backends.kubernetes import ClusterWatch
+
+    cell = ("import torch, torch.distributed as dist\ndist.init_process_group('gloo')\n"
+            "total = torch.tensor([dist.get_rank() + 1])\ndist.all_reduce(total)\ntotal = int(total)")
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --nodes 2 --cpu 1 --memory 1Gi --async", cell)
+    record = only_record(k8s_shell)
+    monkeypatch.setenv("JMK_STATE_DIR", str(tmp_path / "new-pod-state"))
+    monkeypatch.setenv("JMK_BACKEND", "kubernetes")
+    k8s_shell.__dict__.pop("_jmk_service", None)
+    ClusterWatch.stop_all()
+
+    (found,) = service(k8s_shell).list()
+    assert found.job_id == record.job_id
+    assert {k: found.backend_ref[k] for k in ("form", "service", "jobs", "nodes")} == {
+        k: record.backend_ref[k] for k in ("form", "service", "jobs", "nodes")}
+    k8s_shell.run_line_magic("job", f"attach {record.job_id}")
+
+    assert k8s_shell.user_ns["total"] == 3, "rank 0's value, summed over both ranks"
+
+
+@pytest.mark.k8s
+def test_the_indexed_form_end_to_end(k8s_shell: Any, k8s_api: Any, k8s_namespace: str,  # noqa: F811
+                                     tmp_path: Path) -> None:
+    backend = KubernetesBackend(JobStore(tmp_path), kubeconfig=k8s_shell.config.KubernetesBackend.kubeconfig,
+                                namespace=k8s_namespace)
+    settings_ = backend.configured_settings()
+    if backend.probe_indexed_jobs(settings_) != INDEXED:
+        version = kubernetes.client.VersionApi(k8s_api).get_code().git_version
+        pytest.skip(f"the API server ({version}) drops an Indexed Job's completionMode: this cluster has no Indexed "
+                    "Jobs; run with JMK_TEST_KUBECONFIG naming a Kubernetes 1.22+ cluster")
+    k8s_shell.config.KubernetesBackend.distributed_form = INDEXED
+    try:
+        cell = ("import os, torch, torch.distributed as dist\ndist.init_process_group('gloo')\n"
+                "total = torch.tensor([dist.get_rank() + 1])\ndist.all_reduce(total)\ntotal = int(total)\n"
+                "print('index', os.environ['JOB_COMPLETION_INDEX'], flush=True)")
+        k8s_shell.run_cell_magic("train", "--backend kubernetes --nodes 2 --cpu 1 --memory 1Gi", cell)
+    finally:
+        k8s_shell.config.KubernetesBackend.pop("distributed_form", None)
+    record = only_record(k8s_shell)
+    assert record.backend_ref["form"] == INDEXED and k8s_shell.user_ns["total"] == 3
+    log = Path(record.log_path).read_text()
+    assert "[rank 0] index 0" in log and "[rank 1] index 1" in log

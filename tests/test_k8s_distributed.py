@@ -205,6 +205,14 @@ def test_the_rank_that_failed_is_blamed_not_the_ranks_it_stopped() -> None:
     assert verdict.with_log
 
 
+def test_a_pod_whose_launcher_could_not_start_keeps_its_own_last_lines() -> None:
+    no_torch = pod(0, "Failed", exit_code=2)
+    said = "[jmk] torch is not installed where this job runs (No module named 'torch'), ...\n"
+    no_torch["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = said
+    verdict = judge([no_torch, pod(1, "Running")])
+    assert (verdict.exit_code, verdict.pod_tail) == (2, said)
+
+
 def test_of_two_ranks_failed_in_the_same_second_the_one_the_log_names_first_is_blamed() -> None:
     both = [pod(0, "Failed", exit_code=1), pod(1, "Failed", exit_code=1)]
     assert judge(both).ranks == (0,), "without the log: the lower rank"

@@ -630,8 +630,11 @@ class KubernetesBackend(Backend):
         message = verdict.message
         if verdict.state is not JobState.SUCCEEDED and verdict.with_log:
             lines = rank_lines(record, verdict.ranks) if verdict.ranks else ""
+            pod_tail = "\n".join(verdict.pod_tail.rstrip("\n").splitlines()[-RANK_LOG_LINES:])
             if lines:
                 message += f"\nLast lines of its log ({', '.join(f'[rank {r}]' for r in verdict.ranks)}):\n{lines}"
+            elif pod_tail:  # no rank printed anything: what its launcher said, from the pod itself
+                message += f"\nLast lines of its pod's log:\n{pod_tail}"
             elif tail:
                 message += f"\nLast lines of the log:\n{tail}"
         return end_job(self.store, record.job_id, verdict.state, message, verdict.exit_code)

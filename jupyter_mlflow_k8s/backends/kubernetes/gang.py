@@ -32,12 +32,17 @@ POD_STATUS_WAIT_SECONDS = 5.0
 
 
 class GangVerdict(Verdict):
-    """A :class:`Verdict` about a gang, naming the global ranks of the pod at fault (whose log lines to show)."""
+    """A :class:`Verdict` about a gang, naming the pod at fault.
+
+    ``ranks`` are its global ranks (whose log lines to show); ``pod_tail`` the last lines of its own log as
+    the kubelet kept them (``FallbackToLogsOnError``), with what its launcher said when no rank got to
+    print anything (no torch in the image, the peers' names never resolved).
+    """
 
     def __init__(self, state: JobState, message: str, exit_code: int | None = None, *,
-                 ranks: Sequence[int] = (), **kwargs: Any) -> None:
+                 ranks: Sequence[int] = (), pod_tail: str = "", **kwargs: Any) -> None:
         super().__init__(state, message, exit_code, **kwargs)
-        self.ranks = tuple(ranks)
+        self.ranks, self.pod_tail = tuple(ranks), pod_tail
 
 
 def pod_rank(pod: Mapping[str, Any]) -> int | None:
@@ -190,7 +195,7 @@ def _rank_failure(rank: int, pod: Mapping[str, Any], procs: int, jobs: Sequence[
         return GangVerdict(JobState.FAILED, message, code, ranks=ranks, with_log=True, delete=True)
     if code is not None:
         return GangVerdict(JobState.FAILED, f"{who} failed with exit code {code}; the other ranks were stopped",
-                           code, ranks=ranks, with_log=True, delete=True)
+                           code, ranks=ranks, with_log=True, delete=True, pod_tail=terminated.get("message", ""))
     reason = status.get("reason") or "Failed"
     return GangVerdict(JobState.FAILED, f"{who} failed: {reason}: {status.get('message', '')}".rstrip(": "),
                        ranks=ranks, with_log=True, delete=True)

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from test_k8s_backend import k8s_shell, only_record, service  # noqa: F401 (k8s_shell is a fixture)
 
 from jupyter_mlflow_k8s.backends.kubernetes import KubernetesBackend, gang_jobs, rank_lines
+from jupyter_mlflow_k8s.backends.kubernetes import gang as gang_module
 from jupyter_mlflow_k8s.backends.kubernetes.gang import STOPPED_EXIT, diagnose_gang, pod_rank, pods_by_rank
 from jupyter_mlflow_k8s.backends.kubernetes.manifests import (
     COMPLETION_INDEX_ANNOTATION,
@@ -218,6 +219,27 @@ def test_of_two_ranks_failed_in_the_same_second_the_one_the_log_names_first_is_b
     assert judge(both).ranks == (0,), "without the log: the lower rank"
     verdict = diagnose_gang([job()], both, nodes=2, procs=1, pull_grace=30, failed_first=1)
     assert (verdict.ranks, verdict.exit_code) == ((1,), 1)
+
+
+def test_the_rank_whose_error_came_first_is_the_cause_whatever_the_pods_end_times() -> None:
+    # Rank 1 raised; rank 0's barrier lost its peer a moment later, and rank 0's launcher, not knowing yet,
+    # said its own rank failed; its pod even ended first (rank 1's launcher was still telling the others).
+    rank0_log = ("2026-12-06T08:00:05.100000000Z [rank 0] step 3\n"
+                 "2026-12-06T08:00:05.912345678Z [rank 0] Traceback (most recent call last):\n"
+                 "2026-12-06T08:00:05.93Z [rank 0] RuntimeError: Connection closed by peer\n"
+                 "2026-12-06T08:00:06.01Z [jmk] rank 0 failed with exit code 1\n")
+    rank1_log = ("2026-12-06T08:00:05.4Z [rank 1] Traceback (most recent call last):\n"
+                 "2026-12-06T08:00:05.41Z [rank 1] RuntimeError: rank 1 found a bad batch\n"
+                 "2026-12-06T08:00:06.2Z [jmk] rank 1 failed with exit code 1\n")
+    times = {0: gang_module.first_error_time(rank0_log), 1: gang_module.first_error_time(rank1_log)}
+    assert times[1] < times[0]
+    assert times[0] == pytest.approx(gang_module.first_error_time("x 1\n" + rank0_log.splitlines()[1]))
+    both = [pod(0, "Failed", exit_code=1, finished="2026-12-06T08:00:06Z"),
+            pod(1, "Failed", exit_code=1, finished="2026-12-06T08:00:07Z")]
+    assert judge(both).ranks == (0,), "by the pods' ends alone, rank 0 looks first"
+    verdict = diagnose_gang([job()], both, nodes=2, procs=1, pull_grace=30, failed_first=0, error_times=times)
+    assert (verdict.ranks, verdict.exit_code) == ((1,), 1)
+    assert gang_module.failed_pods([*both, pod(2, "Failed", exit_code=STOPPED_EXIT)]).keys() == {0, 1}
 
 
 def test_a_job_failed_before_its_pod_shows_waits_a_moment_for_the_pods_exit_code() -> None:
@@ -439,6 +461,22 @@ def test_a_rank_pending_for_gpus_is_explained_in_the_cell(k8s_shell: Any, k8s_ap
     ended = svc.cancel_and_wait(record.job_id)
     assert ended.state is JobState.CANCELLED
     wait_for(lambda: nothing_left(k8s_api, record.backend_ref["namespace"], record), timeout=60, interval=0.2)
+
+
+@pytest.mark.k8s
+def test_a_rank_never_scheduled_fails_the_gang_at_the_rendezvous_timeout(k8s_shell: Any, k8s_api: Any,  # noqa: F811
+                                                                          k8s_namespace: str) -> None:
+    """Rank 1 never gets a node (real capacity: the node has 2 GPUs, each pod asks for 2): rank 0 does not wait
+    forever; after --rendezvous-timeout the job fails with what rank 0's launcher said, and rank 1 is deleted."""
+    with pytest.raises(Exception) as failure:
+        k8s_shell.run_cell_magic(
+            "train", "--backend kubernetes --nodes 2 --gpus 2 --procs 1 --rendezvous-timeout 5s", "x = 1")
+    record = only_record(k8s_shell)
+    assert (record.state, record.exit_code) == (JobState.FAILED, 2), record.message
+    assert re.match(r"rank 0 \(pod \S+-0-\w+\) failed with exit code 2", record.message), record.message
+    assert "did not resolve within 5 s" in record.message, "what rank 0's launcher said, from its pod"
+    assert "rank 0 (pod" in str(failure.value)
+    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=60, interval=0.2)
 
 
 @pytest.mark.k8s

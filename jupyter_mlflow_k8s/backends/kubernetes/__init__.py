@@ -56,7 +56,7 @@ from ...storage import get_storage, read_url
 from ...util.identity import current_user
 from ..base import Backend
 from .diagnosis import EVENT_WAIT_SECONDS, Verdict, diagnose
-from .gang import diagnose_gang
+from .gang import diagnose_gang, failed_pods, first_error_time
 from .manifests import (
     CONTAINER,
     GANG_ANNOTATION,
@@ -614,10 +614,13 @@ class KubernetesBackend(Backend):
         spec = record.spec
         pods = watch.job_pods(record.job_id, with_deleted=True)
 
+        failed = failed_pods(pods)
+        error_times = self.error_times(record, failed) if len(failed) > 1 else {}
+
         def judge(events: list[dict[str, Any]] | None = None) -> Any:
             return diagnose_gang(jobs, pods, nodes=spec.nodes, procs=spec.procs_per_node,
                                  pull_grace=self.image_pull_failure_seconds, events=events,
-                                 failed_first=first_failed_rank(record))
+                                 failed_first=first_failed_rank(record), error_times=error_times)
 
         verdict = judge()
         if verdict.needs_events:
@@ -638,6 +641,26 @@ class KubernetesBackend(Backend):
             elif tail:
                 message += f"\nLast lines of the log:\n{tail}"
         return end_job(self.store, record.job_id, verdict.state, message, verdict.exit_code)
+
+    def error_times(self, record: JobRecord, failed: dict[int, Any]) -> dict[int, float]:
+        """When each failed pod's log first showed an error (its own lines, with the kubelet's timestamps).
+
+        Asked only when several ranks failed, to tell the cause from its consequences; a log that
+        cannot be read (the pod is gone) leaves that rank out.
+        """
+        times = {}
+        for rank, pod in failed.items():
+            try:
+                response = self.read_pod_log(pod["metadata"]["name"], record.backend_ref["namespace"],
+                                             container=CONTAINER, timestamps=True, tail_lines=2000,
+                                             _request_timeout=5)
+                log = response.data.decode(errors="replace")
+            except Exception:  # noqa: S112 (the others still tell; the pod's end time stands in)
+                continue
+            found = first_error_time(log)
+            if found is not None:
+                times[rank] = found
+        return times
 
     def gone(self, record: JobRecord) -> JobRecord:
         """The Job is not on the cluster any more: deleted, or cleaned up after it ended (its TTL)."""

@@ -9,6 +9,7 @@ controller's completion index (an Indexed Job). No API call.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +30,8 @@ from .manifests import COMPLETION_INDEX_ANNOTATION, NODE_RANK_LABEL
 STOPPED_EXIT = 143
 # A Job that failed before the watch shows its failed pod (two watches, two streams) waits this long for it.
 POD_STATUS_WAIT_SECONDS = 5.0
+# The first line of a failure in a pod's log: a rank's traceback, or its launcher saying a rank failed.
+_ERROR_LINE = re.compile(r"^(\[rank \d+\] Traceback \(most recent call last\):|\[jmk\] rank \d+ failed with exit code)")
 
 
 class GangVerdict(Verdict):
@@ -102,9 +105,37 @@ def _who(rank: int, pod: Mapping[str, Any], procs: int) -> str:
     return f"node {rank} (pod {name}, ranks {ranks[0]}-{ranks[-1]})"
 
 
+def failed_pods(pods: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    """The ranks whose pod failed on its own (a non-zero exit other than the 143 of a rank stopped by the others)."""
+    return {rank: pod for rank, pod in pods_by_rank(pods).items() if _failed(pod) and _exit_code(pod) != STOPPED_EXIT}
+
+
+def first_error_time(log: str) -> float | None:
+    """When a pod's log (read with timestamps) first shows a failure: a rank's traceback, or a failed rank.
+
+    When one rank fails, its peers fail too a moment later (their collectives lose the connection); the
+    rank whose error came first is the cause. These are the kubelet's times of the lines themselves,
+    not of the pods' ends, which also count how long each launcher took to stop.
+    """
+    for line in log.splitlines():
+        stamp, _, text = line.partition(" ")
+        if _ERROR_LINE.match(text):
+            return _precise_time(stamp)
+    return None
+
+
+def _precise_time(stamp: str) -> float | None:
+    whole = _time(stamp)
+    if whole is None:
+        return None
+    fraction = stamp[19:].rstrip("Z").lstrip(".")
+    digits = "".join(c for c in fraction if c.isdigit())
+    return whole + (int(digits[:9].ljust(9, "0")) / 1e9 if digits else 0.0)
+
+
 def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]], *, nodes: int, procs: int,
                   pull_grace: float, events: Sequence[Mapping[str, Any]] | None = None,
-                  failed_first: int | None = None) -> GangVerdict:
+                  failed_first: int | None = None, error_times: Mapping[int, float] | None = None) -> GangVerdict:
     """A gang's state: the rank that failed first (then every rank must be stopped), success, or why it waits.
 
     Args:
@@ -116,6 +147,8 @@ def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str,
         events: The events of the pod a first verdict named in ``needs_events``.
         failed_first: The global rank the log says failed first (``[jmk] rank R failed ...``), if any: it is
             blamed when several ranks failed in the same second (a peer's failure breaks the others' collectives).
+        error_times: When each failed pod's log first showed an error, by node rank (:func:`first_error_time`),
+            when several failed: the earliest is the cause, the others its consequences.
 
     Returns:
         The verdict; a failure has ``delete`` set (stop every rank) and ``ranks``, whose log lines to show.
@@ -125,8 +158,10 @@ def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str,
     if failed:
         # A rank stopped because another failed exits 143: the other one is at fault, and the earliest.
         at_fault = [(rank, pod) for rank, pod in failed if _exit_code(pod) != STOPPED_EXIT] or failed
+        times = error_times or {}
         rank, pod = min(at_fault, key=lambda item: (
-            _finished(item[1]), failed_first not in global_ranks(item[0], procs), item[0]))
+            times.get(item[0], float("inf")), _finished(item[1]), failed_first not in global_ranks(item[0], procs),
+            item[0]))
         return _rank_failure(rank, pod, procs, jobs)
     for job in jobs:
         verdict = _job_failure(job)

@@ -164,7 +164,7 @@ def test_the_service_is_headless_and_selects_every_pod_of_the_gang() -> None:
 # -- the diagnosis of a gang, from pod objects ----------------------------------------------------
 
 
-def pod(rank: int, phase: str, *, exit_code: int | None = None, finished: str = "2026-12-06T08:00:10Z",
+def pod(rank: int, phase: str, *, exit_code: int | None = None, finished: str = "2026-01-01T08:00:10Z",
         node: str | None = "node-1", indexed: bool = False, unschedulable: str = "", reason: str = "",
         deleting: bool = False) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": f"jmk-ada-1a2b3c4d-{rank}-abcde", "creationTimestamp": "2026-12-06T08:00:00Z",
@@ -199,8 +199,8 @@ def judge(pods: list[dict[str, Any]], nodes: int = 2, procs: int = 1, jobs: list
 
 def test_the_rank_that_failed_is_blamed_not_the_ranks_it_stopped() -> None:
     # Rank 0 was stopped (143) and its pod even finished first: rank 1's exit code 1 is the job's.
-    verdict = judge([pod(0, "Failed", exit_code=STOPPED_EXIT, finished="2026-12-06T08:00:09Z"),
-                     pod(1, "Failed", exit_code=1, finished="2026-12-06T08:00:10Z")])
+    verdict = judge([pod(0, "Failed", exit_code=STOPPED_EXIT, finished="2026-01-01T08:00:09Z"),
+                     pod(1, "Failed", exit_code=1, finished="2026-01-01T08:00:10Z")])
     assert (verdict.state, verdict.exit_code, verdict.ranks, verdict.delete) == (JobState.FAILED, 1, (1,), True)
     assert verdict.message.startswith("rank 1 (pod jmk-ada-1a2b3c4d-1-abcde) failed with exit code 1")
     assert verdict.with_log
@@ -234,12 +234,31 @@ def test_the_rank_whose_error_came_first_is_the_cause_whatever_the_pods_end_time
     times = {0: gang_module.first_error_time(rank0_log), 1: gang_module.first_error_time(rank1_log)}
     assert times[1] < times[0]
     assert times[0] == pytest.approx(gang_module.first_error_time("x 1\n" + rank0_log.splitlines()[1]))
-    both = [pod(0, "Failed", exit_code=1, finished="2026-12-06T08:00:06Z"),
-            pod(1, "Failed", exit_code=1, finished="2026-12-06T08:00:07Z")]
+    both = [pod(0, "Failed", exit_code=1, finished="2026-01-01T08:00:06Z"),
+            pod(1, "Failed", exit_code=1, finished="2026-01-01T08:00:07Z")]
     assert judge(both).ranks == (0,), "by the pods' ends alone, rank 0 looks first"
     verdict = diagnose_gang([job()], both, nodes=2, procs=1, pull_grace=30, failed_first=0, error_times=times)
     assert (verdict.ranks, verdict.exit_code) == ((1,), 1)
-    assert gang_module.failed_pods([*both, pod(2, "Failed", exit_code=STOPPED_EXIT)]).keys() == {0, 1}
+    assert gang_module.failed_pods([*both, pod(2, "Failed", exit_code=STOPPED_EXIT), pod(3, "Running")]).keys() == {
+        0, 1, 2}
+
+
+def test_a_pod_that_ended_first_waits_a_moment_for_the_rank_that_failed_first() -> None:
+    just_now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    stopped = pod(0, "Failed", exit_code=STOPPED_EXIT, finished=just_now)
+    broken = pod(0, "Failed", exit_code=1, finished=just_now)
+    verdict = judge([stopped, pod(1, "Running")])
+    assert (verdict.state, verdict.delete) == (JobState.RUNNING, False), "rank 0 was only stopped: rank 1 is the cause"
+    verdict = diagnose_gang([job()], [broken, pod(1, "Running")], nodes=2, procs=1, pull_grace=30,
+                            error_times={0: 12.5, 1: 12.0})
+    assert (verdict.state, verdict.message) == (
+        JobState.RUNNING, "rank 1 (pod jmk-ada-1a2b3c4d-1-abcde) failed; waiting for its pod to end")
+    verdict = diagnose_gang([job()], [broken, pod(1, "Running")], nodes=2, procs=1, pull_grace=30,
+                            error_times={0: 12.0, 1: 12.5})
+    assert (verdict.state, verdict.ranks, verdict.delete) == (JobState.FAILED, (0,), True), "rank 0 came first"
+    long_ago = pod(0, "Failed", exit_code=STOPPED_EXIT, finished="2026-01-01T00:00:00Z")
+    verdict = judge([long_ago, pod(1, "Running")])
+    assert (verdict.state, verdict.exit_code) == (JobState.FAILED, STOPPED_EXIT), "the wait is bounded"
 
 
 def test_a_job_failed_before_its_pod_shows_waits_a_moment_for_the_pods_exit_code() -> None:

@@ -56,7 +56,7 @@ from ...storage import get_storage, read_url
 from ...util.identity import current_user
 from ..base import Backend
 from .diagnosis import EVENT_WAIT_SECONDS, Verdict, diagnose
-from .gang import diagnose_gang, failed_pods, first_error_time
+from .gang import diagnose_gang, failed_pods, first_error_time, started_pods
 from .manifests import (
     CONTAINER,
     GANG_ANNOTATION,
@@ -217,6 +217,8 @@ class KubernetesBackend(Backend):
         self._pumps: dict[str, LogPump] = {}
         self._access_checked: dict[str, float] = {}  # namespace -> when its access was last reviewed
         self._forms: dict[str, str] = {}  # namespace -> the form of gang its cluster runs (distributed_form 'auto')
+        # job id -> (what the pods were, when, the times their logs first showed an error): see error_times
+        self._error_times: dict[str, tuple[Any, float, dict[int, float]]] = {}
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -614,8 +616,7 @@ class KubernetesBackend(Backend):
         spec = record.spec
         pods = watch.job_pods(record.job_id, with_deleted=True)
 
-        failed = failed_pods(pods)
-        error_times = self.error_times(record, failed) if len(failed) > 1 else {}
+        error_times = self.error_times(record, started_pods(pods)) if failed_pods(pods) else {}
 
         def judge(events: list[dict[str, Any]] | None = None) -> Any:
             return diagnose_gang(jobs, pods, nodes=spec.nodes, procs=spec.procs_per_node,
@@ -642,14 +643,18 @@ class KubernetesBackend(Backend):
                 message += f"\nLast lines of the log:\n{tail}"
         return end_job(self.store, record.job_id, verdict.state, message, verdict.exit_code)
 
-    def error_times(self, record: JobRecord, failed: dict[int, Any]) -> dict[int, float]:
-        """When each failed pod's log first showed an error (its own lines, with the kubelet's timestamps).
+    def error_times(self, record: JobRecord, pods: dict[int, Any]) -> dict[int, float]:
+        """When each pod's log first showed an error (its own lines, with the kubelet's timestamps), by rank.
 
-        Asked only when several ranks failed, to tell the cause from its consequences; a log that
-        cannot be read (the pod is gone) leaves that rank out.
+        Asked once a rank has failed (at most once a second per job), to tell the cause from its
+        consequences; a log that cannot be read (the pod is gone) leaves that rank out.
         """
+        key = (record.job_id, tuple(sorted((rank, _status_key(pod)) for rank, pod in pods.items())))
+        cached = self._error_times.get(record.job_id)
+        if cached is not None and cached[0] == key and time.monotonic() - cached[1] < 1.0:
+            return cached[2]
         times = {}
-        for rank, pod in failed.items():
+        for rank, pod in pods.items():
             try:
                 response = self.read_pod_log(pod["metadata"]["name"], record.backend_ref["namespace"],
                                              container=CONTAINER, timestamps=True, tail_lines=2000,
@@ -660,6 +665,7 @@ class KubernetesBackend(Backend):
             found = first_error_time(log)
             if found is not None:
                 times[rank] = found
+        self._error_times[record.job_id] = (key, time.monotonic(), times)
         return times
 
     def gone(self, record: JobRecord) -> JobRecord:
@@ -752,6 +758,11 @@ def gang_jobs(record: JobRecord) -> list[str]:
     """The names of a job's Jobs: every rank's for a gang (``backend_ref["jobs"]``), else its one Job."""
     names = record.backend_ref.get("jobs", "")
     return names.split(",") if names else [record.backend_ref["name"]]
+
+
+def _status_key(pod: dict[str, Any]) -> str:
+    """What changes when a pod starts or ends: its name and phase."""
+    return f"{pod['metadata']['name']}:{pod.get('status', {}).get('phase', '')}"
 
 
 def first_failed_rank(record: JobRecord) -> int | None:

@@ -30,6 +30,8 @@ from .manifests import COMPLETION_INDEX_ANNOTATION, NODE_RANK_LABEL
 STOPPED_EXIT = 143
 # A Job that failed before the watch shows its failed pod (two watches, two streams) waits this long for it.
 POD_STATUS_WAIT_SECONDS = 5.0
+# How long after a pod of the gang failed its failure may wait for the pod of the rank that caused it.
+CAUSE_WAIT_SECONDS = 10.0
 # The first line of a failure in a pod's log: a rank's traceback, or its launcher saying a rank failed.
 _ERROR_LINE = re.compile(r"^(\[rank \d+\] Traceback \(most recent call last\):|\[jmk\] rank \d+ failed with exit code)")
 
@@ -106,8 +108,14 @@ def _who(rank: int, pod: Mapping[str, Any], procs: int) -> str:
 
 
 def failed_pods(pods: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
-    """The ranks whose pod failed on its own (a non-zero exit other than the 143 of a rank stopped by the others)."""
-    return {rank: pod for rank, pod in pods_by_rank(pods).items() if _failed(pod) and _exit_code(pod) != STOPPED_EXIT}
+    """The ranks whose pod failed (a non-zero exit, the 143 of a rank stopped by the others included)."""
+    return {rank: pod for rank, pod in pods_by_rank(pods).items() if _failed(pod)}
+
+
+def started_pods(pods: Sequence[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    """The ranks whose container has started (running or ended): those with a log to read."""
+    return {rank: pod for rank, pod in pods_by_rank(pods).items()
+            if {"running", "terminated"} & set(_container_state(pod))}
 
 
 def first_error_time(log: str) -> float | None:
@@ -147,8 +155,8 @@ def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str,
         events: The events of the pod a first verdict named in ``needs_events``.
         failed_first: The global rank the log says failed first (``[jmk] rank R failed ...``), if any: it is
             blamed when several ranks failed in the same second (a peer's failure breaks the others' collectives).
-        error_times: When each failed pod's log first showed an error, by node rank (:func:`first_error_time`),
-            when several failed: the earliest is the cause, the others its consequences.
+        error_times: When each pod's log first showed an error, by node rank (:func:`first_error_time`), once
+            one failed: the earliest is the cause, the others its consequences (its pod may end after theirs).
 
     Returns:
         The verdict; a failure has ``delete`` set (stop every rank) and ``ranks``, whose log lines to show.
@@ -157,8 +165,12 @@ def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str,
     failed = [(rank, pod) for rank, pod in ranks.items() if _failed(pod)]
     if failed:
         # A rank stopped because another failed exits 143: the other one is at fault, and the earliest.
-        at_fault = [(rank, pod) for rank, pod in failed if _exit_code(pod) != STOPPED_EXIT] or failed
+        own = [(rank, pod) for rank, pod in failed if _exit_code(pod) != STOPPED_EXIT]
+        at_fault = own or failed
         times = error_times or {}
+        waiting = _cause_still_running(ranks, failed, own, times, procs)
+        if waiting is not None:
+            return waiting
         rank, pod = min(at_fault, key=lambda item: (
             times.get(item[0], float("inf")), _finished(item[1]), failed_first not in global_ranks(item[0], procs),
             item[0]))
@@ -179,6 +191,29 @@ def diagnose_gang(jobs: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str,
     if len(succeeded) >= nodes or (jobs and all(_condition(job, "Complete") for job in jobs)):
         return GangVerdict(JobState.SUCCEEDED, f"succeeded on {nodes} pods", 0)
     return _waiting(ranks, nodes, procs, pull_grace)
+
+
+def _cause_still_running(ranks: Mapping[int, Mapping[str, Any]], failed: Sequence[tuple[int, Mapping[str, Any]]],
+                         own: Sequence[tuple[int, Mapping[str, Any]]], times: Mapping[int, float],
+                         procs: int) -> GangVerdict | None:
+    """Wait (a few seconds at most) for the pod of the rank that failed first, when another pod ended before it.
+
+    A rank that fails makes its peers fail a moment later, and their pods may end first: one stopped by
+    the gang (143), or one whose collective lost its peer (1). The rank whose error line came first
+    (``times``), or, with only stopped ranks ended, any rank still running, is the one to wait for, so
+    that the job fails with that rank's own exit code and lines.
+    """
+    running = [rank for rank, pod in ranks.items()
+               if pod.get("status", {}).get("phase") not in ("Succeeded", "Failed") and not _failed(pod)]
+    first_end = min(_finished(pod) for _, pod in failed)
+    if not running or time.time() - first_end >= CAUSE_WAIT_SECONDS:
+        return None
+    cause = min(times, key=lambda rank: times[rank]) if times else None
+    if cause in running:
+        return GangVerdict(JobState.RUNNING, f"{_who(cause, ranks[cause], procs)} failed; waiting for its pod to end")
+    if not own:
+        return GangVerdict(JobState.RUNNING, "a rank was stopped because another failed; waiting for that one's pod")
+    return None
 
 
 def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:

@@ -464,6 +464,25 @@ def test_cancel_stops_every_rank(k8s_shell: Any, k8s_cluster: KubeTarget, k8s_ap
 
 
 @pytest.mark.k8s
+def test_a_ranks_job_deleted_by_hand_ends_the_whole_gang(k8s_shell: Any, k8s_cluster: KubeTarget,  # noqa: F811
+                                                         k8s_api: Any, k8s_namespace: str) -> None:
+    svc = service(k8s_shell)
+    cell = "import time\nimport torch.distributed as dist\ndist.init_process_group('gloo')\ntime.sleep(600)"
+    k8s_shell.run_cell_magic("train", "--backend kubernetes --nodes 2 --cpu 1 --memory 1Gi --async", cell)
+    record = only_record(k8s_shell)
+    wait_for(lambda: svc.get(record.job_id).message.startswith("running on 2 pods"), timeout=120, interval=0.2)
+
+    kubernetes.client.BatchV1Api(k8s_api).delete_namespaced_job(gang_jobs(record)[1], k8s_namespace,
+                                                                 propagation_policy="Background")
+
+    ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=60, interval=0.2)
+    assert ended.state is JobState.CANCELLED and "the Job is gone from the cluster" in ended.message
+    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=60, interval=0.2)
+    if k8s_cluster.local:
+        wait_for(lambda: not pod_processes(f"{k8s_namespace}/"), timeout=30)
+
+
+@pytest.mark.k8s
 def test_a_rank_pending_for_gpus_is_explained_in_the_cell(k8s_shell: Any, k8s_api: Any,  # noqa: F811
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     svc = service(k8s_shell)

@@ -51,12 +51,21 @@ from ...lifecycle import end_job
 from ...logchannel import PAYLOAD_ROOT_ENV
 from ...models import JobRecord, JobSpec, JobState
 from ...payload import Payload
-from ...ranks import failed_rank
 from ...storage import get_storage, read_url
 from ...util.identity import current_user
 from ..base import Backend
 from .diagnosis import EVENT_WAIT_SECONDS, Verdict, diagnose
-from .gang import diagnose_gang, failed_pods, first_error_time, started_pods
+from .gang import (
+    diagnose_gang,
+    failed_pods,
+    failure_message,
+    first_error_time,
+    first_failed_rank,
+    gang_jobs,
+    rank_lines,
+    started_pods,
+    status_key,
+)
 from .manifests import (
     CONTAINER,
     GANG_ANNOTATION,
@@ -85,13 +94,12 @@ NEEDED_ACCESS = (
     ("create", "", "secrets", ""), ("patch", "", "secrets", ""), ("watch", "", "pods", ""), ("get", "", "pods", "log"),
     ("create", "", "services", ""), ("delete", "", "services", ""),
 )
-# How many of a failed rank's last log lines the job's message shows.
-RANK_LOG_LINES = 20
+
 
 __all__ = [
     "ACCESS_CHECK_SECONDS", "CONTAINER", "CREDENTIAL_VARIABLES", "DELETED_PODS_KEPT", "EVENT_WAIT_SECONDS",
     "NEEDED_ACCESS", "SELECTOR", "WAITING_FAILURES", "ClusterWatch", "KubernetesBackend", "LogPump", "Verdict",
-    "diagnose", "payload_files", "result_storage",
+    "diagnose", "gang_jobs", "payload_files", "rank_lines", "result_storage",
 ]
 
 
@@ -631,17 +639,8 @@ class KubernetesBackend(Backend):
         tail = self.save_log(record)
         if verdict.delete:
             self.delete_job(record)
-        message = verdict.message
-        if verdict.state is not JobState.SUCCEEDED and verdict.with_log:
-            lines = rank_lines(record, verdict.ranks) if verdict.ranks else ""
-            pod_tail = "\n".join(verdict.pod_tail.rstrip("\n").splitlines()[-RANK_LOG_LINES:])
-            if lines:
-                message += f"\nLast lines of its log ({', '.join(f'[rank {r}]' for r in verdict.ranks)}):\n{lines}"
-            elif pod_tail:  # no rank printed anything: what its launcher said, from the pod itself
-                message += f"\nLast lines of its pod's log:\n{pod_tail}"
-            elif tail:
-                message += f"\nLast lines of the log:\n{tail}"
-        return end_job(self.store, record.job_id, verdict.state, message, verdict.exit_code)
+        return end_job(self.store, record.job_id, verdict.state, failure_message(record, verdict, tail),
+                       verdict.exit_code)
 
     def error_times(self, record: JobRecord, pods: dict[int, Any]) -> dict[int, float]:
         """When each pod's log first showed an error (its own lines, with the kubelet's timestamps), by rank.
@@ -649,7 +648,7 @@ class KubernetesBackend(Backend):
         Asked once a rank has failed (at most once a second per job), to tell the cause from its
         consequences; a log that cannot be read (the pod is gone) leaves that rank out.
         """
-        key = (record.job_id, tuple(sorted((rank, _status_key(pod)) for rank, pod in pods.items())))
+        key = (record.job_id, tuple(sorted((rank, status_key(pod)) for rank, pod in pods.items())))
         cached = self._error_times.get(record.job_id)
         if cached is not None and cached[0] == key and time.monotonic() - cached[1] < 1.0:
             return cached[2]
@@ -752,36 +751,6 @@ class KubernetesBackend(Backend):
         except FileNotFoundError:
             return ""
         return "\n".join(lines[-20:])
-
-
-def gang_jobs(record: JobRecord) -> list[str]:
-    """The names of a job's Jobs: every rank's for a gang (``backend_ref["jobs"]``), else its one Job."""
-    names = record.backend_ref.get("jobs", "")
-    return names.split(",") if names else [record.backend_ref["name"]]
-
-
-def _status_key(pod: dict[str, Any]) -> str:
-    """What changes when a pod starts or ends: its name and phase."""
-    return f"{pod['metadata']['name']}:{pod.get('status', {}).get('phase', '')}"
-
-
-def first_failed_rank(record: JobRecord) -> int | None:
-    """The global rank whose failure a launcher reported first in the job's log (``[jmk] rank R failed ...``)."""
-    try:
-        found = failed_rank(Path(str(record.log_path)).read_text(errors="replace"))
-    except OSError:
-        return None
-    return found[0] if found else None
-
-
-def rank_lines(record: JobRecord, ranks: tuple[int, ...], count: int = RANK_LOG_LINES) -> str:
-    """The last ``count`` lines of the job's log that ``ranks`` printed (each starts ``[rank R] ``)."""
-    prefixes = tuple(f"[rank {rank}] " for rank in ranks)
-    try:
-        lines = Path(str(record.log_path)).read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join([line for line in lines if line.startswith(prefixes)][-count:])
 
 
 def payload_files(record: JobRecord) -> dict[str, bytes]:

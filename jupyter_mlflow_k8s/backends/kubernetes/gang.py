@@ -1,10 +1,11 @@
 """What a distributed job's gang of pods means, in the user's words: which rank failed, why ranks wait.
 
 A gang stands or falls together: the ranks of a torchrun job block on each other, so one rank that
-fails (or never gets a node) leaves the others waiting. These pure functions read the gang's Jobs and
-pods as the watch last saw them, name the rank at fault and say whether the gang must be stopped.
-Pods are told apart by their rank: the ``jmk.io/node-rank`` label (one Job per rank) or the Job
-controller's completion index (an Indexed Job). No API call.
+fails (or never gets a node) leaves the others waiting. These functions read the gang's Jobs and
+pods as the watch last saw them, name the rank at fault and say whether the gang must be stopped;
+the failure's message takes that rank's lines from the job's local log. Pods are told apart by their
+rank: the ``jmk.io/node-rank`` label (one Job per rank) or the Job controller's completion index (an
+Indexed Job). No API call.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from ...models import JobState
+from ...models import JobRecord, JobState
+from ...ranks import failed_rank
 from .diagnosis import (
     Verdict,
     _container_state,
@@ -30,6 +33,8 @@ from .manifests import COMPLETION_INDEX_ANNOTATION, NODE_RANK_LABEL
 STOPPED_EXIT = 143
 # A Job that failed before the watch shows its failed pod (two watches, two streams) waits this long for it.
 POD_STATUS_WAIT_SECONDS = 5.0
+# How many of a failed rank's last log lines the job's message shows.
+RANK_LOG_LINES = 20
 # How long after a pod of the gang failed its failure may wait for the pod of the rank that caused it.
 CAUSE_WAIT_SECONDS = 10.0
 # The first line of a failure in a pod's log: a rank's traceback, or its launcher saying a rank failed.
@@ -307,3 +312,51 @@ def _waiting(ranks: Mapping[int, Mapping[str, Any]], nodes: int, procs: int, pul
                        if ranks[rank].get("status", {}).get("phase") != "Succeeded")
     message = f"{len(running)} of {nodes} pods running" + (f"; {detail}" if detail else "")
     return GangVerdict(state, message, started=started)
+
+
+def gang_jobs(record: JobRecord) -> list[str]:
+    """The names of a job's Jobs: every rank's for a gang (``backend_ref["jobs"]``), else its one Job."""
+    names = record.backend_ref.get("jobs", "")
+    return names.split(",") if names else [record.backend_ref["name"]]
+
+
+def status_key(pod: dict[str, Any]) -> str:
+    """What changes when a pod starts or ends: its name and phase."""
+    return f"{pod['metadata']['name']}:{pod.get('status', {}).get('phase', '')}"
+
+
+def first_failed_rank(record: JobRecord) -> int | None:
+    """The global rank whose failure a launcher reported first in the job's log (``[jmk] rank R failed ...``)."""
+    try:
+        found = failed_rank(Path(str(record.log_path)).read_text(errors="replace"))
+    except OSError:
+        return None
+    return found[0] if found else None
+
+
+def rank_lines(record: JobRecord, ranks: tuple[int, ...], count: int = RANK_LOG_LINES) -> str:
+    """The last ``count`` lines of the job's log that ``ranks`` printed (each starts ``[rank R] ``)."""
+    prefixes = tuple(f"[rank {rank}] " for rank in ranks)
+    try:
+        lines = Path(str(record.log_path)).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join([line for line in lines if line.startswith(prefixes)][-count:])
+
+
+def failure_message(record: JobRecord, verdict: GangVerdict, tail: str) -> str:
+    """The job's message when its gang ended: the verdict, then the failed rank's last lines.
+
+    Those are the lines its ranks printed (``[rank R] ...``) from the merged log; when they printed
+    none, what its pod's launcher said (the kubelet's copy); else the merged log's ``tail``.
+    """
+    message = verdict.message
+    if verdict.state is JobState.SUCCEEDED or not verdict.with_log:
+        return message
+    lines = rank_lines(record, verdict.ranks) if verdict.ranks else ""
+    pod_tail = "\n".join(verdict.pod_tail.rstrip("\n").splitlines()[-RANK_LOG_LINES:])
+    if lines:
+        return message + f"\nLast lines of its log ({', '.join(f'[rank {r}]' for r in verdict.ranks)}):\n{lines}"
+    if pod_tail:
+        return message + f"\nLast lines of its pod's log:\n{pod_tail}"
+    return message + (f"\nLast lines of the log:\n{tail}" if tail else "")

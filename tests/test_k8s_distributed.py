@@ -524,7 +524,8 @@ def test_a_new_notebook_pod_finds_a_gang_as_one_job(k8s_shell: Any, monkeypatch:
     from jupyter_mlflow_k8s.backends.kubernetes import ClusterWatch
 
     cell = ("import torch, torch.distributed as dist\ndist.init_process_group('gloo')\n"
-            "total = torch.tensor([dist.get_rank() + 1])\ndist.all_reduce(total)\ntotal = int(total)")
+            "total = torch.tensor([dist.get_rank() + 1])\ndist.all_reduce(total)\ntotal = int(total)\n"
+            "dist.destroy_process_group()")
     k8s_shell.run_cell_magic("train", "--backend kubernetes --nodes 2 --cpu 1 --memory 1Gi --async", cell)
     record = only_record(k8s_shell)
     monkeypatch.setenv("JMK_STATE_DIR", str(tmp_path / "new-pod-state"))
@@ -555,7 +556,7 @@ def test_the_indexed_form_end_to_end(k8s_shell: Any, k8s_api: Any, k8s_namespace
     try:
         cell = ("import os, torch, torch.distributed as dist\ndist.init_process_group('gloo')\n"
                 "total = torch.tensor([dist.get_rank() + 1])\ndist.all_reduce(total)\ntotal = int(total)\n"
-                "print('index', os.environ['JOB_COMPLETION_INDEX'], flush=True)")
+                "print('index', os.environ['JOB_COMPLETION_INDEX'], flush=True)\ndist.destroy_process_group()")
         k8s_shell.run_cell_magic("train", "--backend kubernetes --nodes 2 --cpu 1 --memory 1Gi", cell)
     finally:
         k8s_shell.config.KubernetesBackend.pop("distributed_form", None)

@@ -474,10 +474,13 @@ def test_a_ranks_job_deleted_by_hand_ends_the_whole_gang(k8s_shell: Any, k8s_clu
 
     kubernetes.client.BatchV1Api(k8s_api).delete_namespaced_job(gang_jobs(record)[1], k8s_namespace,
                                                                  propagation_policy="Background")
+    deleted = time.monotonic()
 
     ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=60, interval=0.2)
+    print(f"rank 1's Job deleted: the job ended {time.monotonic() - deleted:.1f} s later")
     assert ended.state is JobState.CANCELLED and "the Job is gone from the cluster" in ended.message
     wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=60, interval=0.2)
+    print(f"rank 1's Job deleted: every pod gone {time.monotonic() - deleted:.1f} s later")
     if k8s_cluster.local:
         wait_for(lambda: not pod_processes(f"{k8s_namespace}/"), timeout=30)
 

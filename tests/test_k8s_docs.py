@@ -52,8 +52,10 @@ Request = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC sees a req
 #       (may I create jobs / secrets here?)
 #   KubernetesBackend.most_gpus_on_a_node: list_node (an ApiException skips the GPU warning)
 #   KubernetesBackend.launch: create_namespaced_secret (<job>-env), create_namespaced_job,
-#       delete_namespaced_secret (when the Job is refused), patch_namespaced_secret (the Job becomes its owner)
-#   KubernetesBackend.cancel and delete_job: delete_namespaced_job
+#       delete_namespaced_secret (when the Job is refused), patch_namespaced_secret (the Job becomes its owner);
+#       for a distributed job create_namespaced_service (its headless Service) and create_namespaced_job (each
+#       rank's Job; once per namespace a dry run, to ask whether the cluster has Indexed Jobs)
+#   KubernetesBackend.cancel and delete_job: delete_namespaced_job, delete_namespaced_service (a gang's)
 #   ClusterWatch._list: list_namespaced_job and list_namespaced_pod, each also with watch=True
 #   LogPump._copy: read_namespaced_pod_log
 # test_the_request_list_is_the_backends_own fails when the backend calls a method not listed here.
@@ -66,6 +68,8 @@ API_CALLS: dict[str, set[Request]] = {
     "delete_namespaced_secret": {("", "secrets", "delete")},
     "create_namespaced_job": {("batch", "jobs", "create")},
     "delete_namespaced_job": {("batch", "jobs", "delete")},
+    "create_namespaced_service": {("", "services", "create")},
+    "delete_namespaced_service": {("", "services", "delete")},
     "list_namespaced_job": {("batch", "jobs", "list"), ("batch", "jobs", "watch")},
     "list_namespaced_pod": {("", "pods", "list"), ("", "pods", "watch")},
     "read_namespaced_pod_log": {("", "pods/log", "get")},
@@ -154,7 +158,7 @@ def test_the_role_grants_no_more_than_the_page_explains() -> None:
         (group, resource) for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
     }
     assert resources == {("batch", "jobs"), ("", "pods"), ("", "pods/log"), ("", "secrets"), ("", "events"),
-                         ("", "services/proxy"), ("", "pods/proxy")}
+                         ("", "services"), ("", "services/proxy"), ("", "pods/proxy")}
 
 
 def test_the_optional_cluster_role_only_reads_nodes() -> None:

@@ -4,7 +4,10 @@ Submission: ``check`` validates everything it can without the API (preset, image
 then asks the API whether the namespace exists and the user may create Jobs there
 (SelfSubjectAccessReview), and warns when no node can hold the GPUs asked for. ``launch`` creates a
 per-job Secret with the credentials the pod needs (storage, tracking; never in the Job's manifest,
-never logged), the Job, and makes the Job the Secret's owner so that both go together.
+never logged), the Job, and makes the Job the Secret's owner so that both go together. A
+distributed job (``--nodes N``) is a gang: the same Secrets, a headless Service, and one Indexed Job
+or one Job per rank (whichever the cluster supports, asked once per namespace with a dry run); when
+one rank fails, every Job of the gang is deleted at once, so that no rank waits for it forever.
 
 This module is the orchestration, and it makes every request the backend sends (the list in
 docs/kubernetes-rbac.yaml is read from it): configuration, namespace and pod settings come from
@@ -52,14 +55,32 @@ from ...storage import get_storage, read_url
 from ...util.identity import current_user
 from ..base import Backend
 from .diagnosis import EVENT_WAIT_SECONDS, Verdict, diagnose
+from .gang import (
+    diagnose_gang,
+    failed_pods,
+    failure_message,
+    first_error_time,
+    first_failed_rank,
+    gang_jobs,
+    rank_lines,
+    started_pods,
+    status_key,
+)
 from .manifests import (
     CONTAINER,
+    GANG_ANNOTATION,
+    INDEXED,
     JOB_ID_LABEL,
+    JOBS,
     RECORD_ANNOTATION,
     USER_LABEL,
     build_env_secret,
+    build_gang,
+    build_gang_service,
     build_job,
     build_payload_secret,
+    gang_name,
+    indexed_job_probe,
     job_name,
 )
 from .watch import DELETED_PODS_KEPT, ClusterWatch, LogPump, result_storage
@@ -71,12 +92,14 @@ ACCESS_CHECK_SECONDS = 300.0
 NEEDED_ACCESS = (
     ("create", "batch", "jobs", ""), ("delete", "batch", "jobs", ""), ("watch", "batch", "jobs", ""),
     ("create", "", "secrets", ""), ("patch", "", "secrets", ""), ("watch", "", "pods", ""), ("get", "", "pods", "log"),
+    ("create", "", "services", ""), ("delete", "", "services", ""),
 )
+
 
 __all__ = [
     "ACCESS_CHECK_SECONDS", "CONTAINER", "CREDENTIAL_VARIABLES", "DELETED_PODS_KEPT", "EVENT_WAIT_SECONDS",
     "NEEDED_ACCESS", "SELECTOR", "WAITING_FAILURES", "ClusterWatch", "KubernetesBackend", "LogPump", "Verdict",
-    "diagnose", "payload_files", "result_storage",
+    "diagnose", "gang_jobs", "payload_files", "rank_lines", "result_storage",
 ]
 
 
@@ -172,6 +195,15 @@ class KubernetesBackend(Backend):
         300.0, help="A cell following a job stops waiting (the job keeps running) after the Kubernetes API has not "
         "answered for this long. Example: c.KubernetesBackend.api_patience_seconds = 900",
     ).tag(config=True)
+    cluster_domain = Unicode(
+        "cluster.local", help="The cluster's DNS domain, in the names a distributed job's pods find each other by. "
+        "Example: c.KubernetesBackend.cluster_domain = 'cluster.example.internal'",
+    ).tag(config=True)
+    distributed_form = Unicode(
+        "auto", help="How a distributed job (--nodes N) runs: 'indexed' (one Indexed Job, Kubernetes 1.22+), "
+        "'jobs' (one Job per rank, any cluster), or 'auto' (indexed where the API server keeps an Indexed Job's "
+        "completionMode, asked once per namespace). Example: c.KubernetesBackend.distributed_form = 'jobs'",
+    ).tag(config=True)
     image_pull_failure_seconds = Float(
         30.0, help="A job whose image cannot be pulled for this long fails (the kubelet would retry forever). "
         "Example: c.KubernetesBackend.image_pull_failure_seconds = 120",
@@ -192,6 +224,9 @@ class KubernetesBackend(Backend):
         self._lock = threading.Lock()
         self._pumps: dict[str, LogPump] = {}
         self._access_checked: dict[str, float] = {}  # namespace -> when its access was last reviewed
+        self._forms: dict[str, str] = {}  # namespace -> the form of gang its cluster runs (distributed_form 'auto')
+        # job id -> (what the pods were, when, the times their logs first showed an error): see error_times
+        self._error_times: dict[str, tuple[Any, float, dict[int, float]]] = {}
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -262,8 +297,20 @@ class KubernetesBackend(Backend):
 
     def check(self, spec: JobSpec) -> None:
         """Flags and configuration first (no API call), then namespace, permissions and GPU capacity."""
+        if spec.distributed and spec.retries:
+            raise JMKUsageError(
+                f"--retries {spec.retries} cannot be used with --nodes/--procs on Kubernetes: the pods of a "
+                "distributed job start, wait for each other and fail together, and one pod started again would "
+                "wait for peers that have stopped. Leave out --retries and run the cell again if it fails (or "
+                "checkpoint to storage and resume from there)."
+            )
+        if self.distributed_form not in ("auto", INDEXED, JOBS):
+            raise JMKUsageError(
+                f"c.KubernetesBackend.distributed_form = {self.distributed_form!r} is not one of 'auto', "
+                f"'{INDEXED}', '{JOBS}'. Use 'auto' unless the cluster needs one form, e.g. 'jobs'."
+            )
         settings = self.pod_settings(spec)
-        self.check_cluster(settings)
+        self.check_cluster(settings, nodes=spec.nodes)
 
     def check_environment(self, storage_url: str, tracking_uri: str) -> None:
         """Pods must be able to reach the tracking store (payloads without object storage go in a Secret)."""
@@ -276,13 +323,13 @@ class KubernetesBackend(Backend):
                 "c.KubernetesBackend.pods_share_filesystem = True if pods mount this filesystem at the same paths."
             )
 
-    def check_cluster(self, settings: PodSettings) -> None:
-        """Access to the namespace (reviewed every few minutes, not at each job); warn if no node has the GPUs."""
+    def check_cluster(self, settings: PodSettings, nodes: int = 1) -> None:
+        """Access to the namespace (reviewed every few minutes, not at each job); warn if the GPUs are not there."""
         last = self._access_checked.get(settings.namespace)
         if last is None or time.monotonic() - last > ACCESS_CHECK_SECONDS:
             self.check_access(settings)
             self._access_checked[settings.namespace] = time.monotonic()
-        self.warn_about_gpus(settings)
+        self.warn_about_gpus(settings, nodes)
 
     def check_access(self, settings: PodSettings) -> None:
         """The namespace exists and every verb jobs need is allowed there (SelfSubjectAccessReviews)."""
@@ -315,23 +362,43 @@ class KubernetesBackend(Backend):
                     "platform team for the Role in docs/kubernetes-rbac.yaml, or use another namespace."
                 )
 
-    def warn_about_gpus(self, settings: PodSettings) -> None:
-        """Warn (before submitting) when no node can hold the GPUs asked for."""
-        if settings.gpus:
-            most = self.most_gpus_on_a_node(settings.gpu_resource)
-            if most is not None and most < settings.gpus:
-                print(f"[jmk] warning: No node of the cluster has {settings.gpus} {settings.gpu_resource} (the most "
-                      f"on one node: {most}). The job will stay Pending unless the cluster grows.", file=sys.stderr)
+    def warn_about_gpus(self, settings: PodSettings, nodes: int = 1) -> None:
+        """Warn (before submitting) when no node can hold a pod's GPUs, or the nodes cannot hold all ``nodes`` pods.
+
+        Only a warning: the cluster may grow (an autoscaler adds nodes for pods that wait).
+        """
+        if not settings.gpus:
+            return
+        counts = self.gpus_per_node(settings.gpu_resource)
+        if counts is None:
+            return
+        most, resource = max(counts, default=0), settings.gpu_resource
+        if most < settings.gpus:
+            print(f"[jmk] warning: No node of the cluster has {settings.gpus} {resource} (the most "
+                  f"on one node: {most}). The job will stay Pending unless the cluster grows.", file=sys.stderr)
+            return
+        room = sum(count // settings.gpus for count in counts)
+        if room < nodes:
+            having = sum(1 for count in counts if count >= settings.gpus)
+            print(f"[jmk] warning: --nodes {nodes} asks for {nodes} pods with {settings.gpus} {resource} each; only "
+                  f"{having} node{'s' if having != 1 else ''} of the cluster {'have' if having != 1 else 'has'} that "
+                  f"many, room for {room} such pod{'s' if room != 1 else ''} at once: the job will wait in Pending "
+                  "until the cluster grows.", file=sys.stderr)
 
     def most_gpus_on_a_node(self, resource: str) -> int | None:
         """The largest allocatable count of ``resource`` on any node; None when nodes cannot be listed."""
+        counts = self.gpus_per_node(resource)
+        return None if counts is None else max(counts, default=0)
+
+    def gpus_per_node(self, resource: str) -> list[int] | None:
+        """The allocatable count of ``resource`` on each node; None when nodes cannot be listed."""
         import kubernetes
 
         try:
             nodes = json.loads(kubernetes.client.CoreV1Api(self.api).list_node(_preload_content=False).data)["items"]
         except kubernetes.client.ApiException:
             return None
-        return max((int(n.get("status", {}).get("allocatable", {}).get(resource, "0")) for n in nodes), default=0)
+        return [int(n.get("status", {}).get("allocatable", {}).get(resource, "0")) for n in nodes]
 
     def pod_events(self, pod: str) -> list[dict[str, Any]]:
         """The events about pod ``pod`` (namespace of this backend's jobs); empty when they cannot be read."""
@@ -346,12 +413,13 @@ class KubernetesBackend(Backend):
             return []
 
     def launch(self, record: JobRecord) -> JobRecord:
-        """Create the job's Secret and Job; the Job owns the Secret."""
+        """Create the job's Secrets and Job (a gang: its Service and every Job); the (first) Job owns the rest."""
         import kubernetes
 
         settings = self.pod_settings(record.spec)
         user = current_user()
-        name = job_name(record.job_id, user)
+        distributed = record.spec.distributed
+        name = gang_name(record.job_id, user, record.spec.nodes) if distributed else job_name(record.job_id, user)
         env = {k: v for k, v in os.environ.items() if k in CREDENTIAL_VARIABLES}
         env.update(self.job_environment)
         core, batch = kubernetes.client.CoreV1Api(self.api), kubernetes.client.BatchV1Api(self.api)
@@ -363,34 +431,92 @@ class KubernetesBackend(Backend):
             payload_path = f"{PAYLOAD_MOUNT}/jobs/{record.job_id}/payload.json"
             job_args.update(payload_url=payload_path, payload_secret=f"{name}-payload", payload_files=list(files))
             settings = replace(settings, env={**settings.env, PAYLOAD_ROOT_ENV: PAYLOAD_MOUNT})
-        manifest = build_job(record, settings, user=user, **job_args)
+        form = self.gang_form(settings) if distributed else ""
+        manifests = (build_gang(record, settings, user=user, form=form, cluster_domain=self.cluster_domain, **job_args)
+                     if distributed else [build_job(record, settings, user=user, **job_args)])
+        first = manifests[0]["metadata"]["name"]
         created_secrets: list[str] = []
         try:
-            with translated(f"create Job {settings.namespace}/{name} and its Secrets"):
+            with translated(f"create Job {settings.namespace}/{first} and its Secrets"):
                 for secret in secrets:
                     core.create_namespaced_secret(settings.namespace, secret)
                     created_secrets.append(secret["metadata"]["name"])
                 created = json.loads(
-                    batch.create_namespaced_job(settings.namespace, manifest, _preload_content=False).data)
+                    batch.create_namespaced_job(settings.namespace, manifests[0], _preload_content=False).data)
         except Exception:
             for secret_name in created_secrets:
                 with contextlib.suppress(Exception):
                     core.delete_namespaced_secret(secret_name, settings.namespace)
             raise
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": created["metadata"]["uid"],
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": first, "uid": created["metadata"]["uid"],
                  "blockOwnerDeletion": False}
-        with translated(f"make Job {settings.namespace}/{name} the owner of its Secrets"):
+        with translated(f"make Job {settings.namespace}/{first} the owner of its Secrets"):
             for secret_name in created_secrets:
                 core.patch_namespaced_secret(secret_name, settings.namespace,
                                              {"metadata": {"ownerReferences": [owner]}})
+        backend_ref = {"namespace": settings.namespace, "name": first, "uid": created["metadata"]["uid"]}
+        message = f"submitted Job {settings.namespace}/{first}"
+        if distributed:
+            self.create_gang(record, settings, user, name, manifests[1:], owner)
+            backend_ref |= {"form": form, "service": name, "nodes": str(record.spec.nodes),
+                            "jobs": ",".join(m["metadata"]["name"] for m in manifests)}
+            what = "an Indexed Job" if form == INDEXED else f"{len(manifests)} Jobs"
+            message = (f"submitted {record.spec.nodes} pods as {what} ({settings.namespace}/{first}"
+                       f"{' ...' if len(manifests) > 1 else ''}) with Service {name}")
         log_path = str(self.store.job_dir(record.job_id) / "output.log")
         Path(log_path).touch()
         self.watch()  # start watching now: the first events come while the cell sets up its view
-        return self.store.update(
-            record.job_id, log_path=log_path,
-            backend_ref={"namespace": settings.namespace, "name": name, "uid": created["metadata"]["uid"]},
-            message=f"submitted Job {settings.namespace}/{name}",
-        )
+        return self.store.update(record.job_id, log_path=log_path, backend_ref=backend_ref, message=message)
+
+    def create_gang(self, record: JobRecord, settings: PodSettings, user: str, service: str,
+                    rest: list[dict[str, Any]], owner: dict[str, Any]) -> None:
+        """Create a gang's headless Service and its other Jobs, all owned by its first Job (already created).
+
+        If one cannot be created, the first Job is deleted (and with it whatever it owns): a gang missing
+        a rank would wait for it until its rendezvous times out.
+        """
+        import kubernetes
+
+        core, batch = kubernetes.client.CoreV1Api(self.api), kubernetes.client.BatchV1Api(self.api)
+        namespace = settings.namespace
+        try:
+            with translated(f"create Service {namespace}/{service} for the pods of job {record.job_id}"):
+                core.create_namespaced_service(
+                    namespace, build_gang_service(record, settings, service, user=user, owner=owner))
+            for job in rest:
+                owned = {**job, "metadata": {**job["metadata"], "ownerReferences": [owner]}}
+                with translated(f"create Job {namespace}/{job['metadata']['name']}"):
+                    batch.create_namespaced_job(namespace, owned, _preload_content=False)
+        except Exception:
+            with contextlib.suppress(Exception):
+                batch.delete_namespaced_job(owner["name"], namespace, propagation_policy="Background")
+            raise
+
+    def gang_form(self, settings: PodSettings) -> str:
+        """The form of a gang on this cluster: ``distributed_form``, or (``auto``) what the API server supports."""
+        if self.distributed_form != "auto":
+            return str(self.distributed_form)
+        form = self._forms.get(settings.namespace)
+        if form is None:
+            form = self._forms[settings.namespace] = self.probe_indexed_jobs(settings)
+        return form
+
+    def probe_indexed_jobs(self, settings: PodSettings) -> str:
+        """``indexed`` when the API server keeps an Indexed Job's ``completionMode`` (a dry run, nothing stored).
+
+        Before 1.21, or with the IndexedJob feature gate off, the server drops the field without an
+        error, so the version number alone does not tell. Any refusal means ``jobs``, which works anywhere.
+        """
+        import kubernetes
+
+        try:
+            answer = kubernetes.client.BatchV1Api(self.api).create_namespaced_job(
+                settings.namespace, indexed_job_probe(settings), dry_run="All", _preload_content=False)
+            spec = json.loads(answer.data).get("spec", {})
+        except Exception as exc:
+            self.log.warning("cannot tell whether the cluster has Indexed Jobs (%s); one Job per rank it is", exc)
+            return JOBS
+        return INDEXED if spec.get("completionMode") == "Indexed" else JOBS
 
     def discover(self) -> list[JobRecord]:
         """Rebuild the records of this user's Jobs in the namespace from their ``jmk.io/record`` annotation."""
@@ -413,6 +539,8 @@ class KubernetesBackend(Backend):
             record = JobRecord.from_dict(json.loads(annotations[RECORD_ANNOTATION]))
             record.log_path, record.watcher_pid = str(folder / "output.log"), None
             record.backend_ref = {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}
+            if GANG_ANNOTATION in annotations:  # the first Job of a gang: its Service and the other ranks' Jobs
+                record.backend_ref |= {k: str(v) for k, v in json.loads(annotations[GANG_ANNOTATION]).items()}
             record.message = f"found on the cluster: Job {meta['namespace']}/{meta['name']}"
             Path(record.log_path).touch()
             self.store.save(record)
@@ -424,7 +552,7 @@ class KubernetesBackend(Backend):
         return str(record.payload_uri).startswith("file:") and not self.pods_share_filesystem
 
     def cancel(self, record: JobRecord) -> None:
-        """Delete the Job and its pods (their processes get SIGTERM, then SIGKILL)."""
+        """Delete the Job (a gang: every Job and its Service) and the pods (SIGTERM, then SIGKILL)."""
         if record.backend_ref:
             self.delete_job(record)
         self.stop_pump(record.job_id)
@@ -440,6 +568,8 @@ class KubernetesBackend(Backend):
         except Exception as exc:  # no cluster configured or reachable here: the record stays as it was
             self.log.warning("cannot look at job %s on the cluster: %s", record.job_id, exc)
             return record
+        if record.backend_ref.get("form"):
+            return self.refresh_gang(record, watch)
         job = watch.job(record.backend_ref["name"])
         pods = watch.pods(record.backend_ref["name"], with_deleted=True)
         if job is None:
@@ -459,6 +589,10 @@ class KubernetesBackend(Backend):
             if verdict.delete:
                 self.delete_job(record)
             return end_job(self.store, record.job_id, verdict.state, message, verdict.exit_code)
+        return self.update_waiting(record, verdict)
+
+    def update_waiting(self, record: JobRecord, verdict: Verdict) -> JobRecord:
+        """Record that a job runs, or why it waits (with the cluster's GPU capacity, said once)."""
         gpus = f"Insufficient {self.gpu_resource}"
         if gpus in verdict.message and gpus in record.message:
             verdict.message = record.message  # already said, with the cluster's capacity
@@ -472,6 +606,66 @@ class KubernetesBackend(Backend):
         if verdict.message != record.message:
             changes["message"] = verdict.message
         return self.store.update(record.job_id, **changes) if changes else record
+
+    def refresh_gang(self, record: JobRecord, watch: ClusterWatch) -> JobRecord:
+        """A distributed job's record, reconciled with its Jobs and every rank's pod.
+
+        When one rank fails, its log lines are kept first (its pod may go with the Jobs), then every
+        Job of the gang is deleted at once: the other ranks would otherwise wait for it until the
+        rendezvous or a collective times out.
+        """
+        names = gang_jobs(record)
+        jobs = [job for name in names if (job := watch.job(name)) is not None]
+        if len(jobs) < len(names):
+            if not watch.synced or time.time() - record.created < 5:
+                return record
+            self.delete_job(record)  # a rank's Job was deleted: the others cannot go on without it
+            return self.gone(record)
+        spec = record.spec
+        pods = watch.job_pods(record.job_id, with_deleted=True)
+
+        error_times = self.error_times(record, started_pods(pods)) if failed_pods(pods) else {}
+
+        def judge(events: list[dict[str, Any]] | None = None) -> Any:
+            return diagnose_gang(jobs, pods, nodes=spec.nodes, procs=spec.procs_per_node,
+                                 pull_grace=self.image_pull_failure_seconds, events=events,
+                                 failed_first=first_failed_rank(record), error_times=error_times)
+
+        verdict = judge()
+        if verdict.needs_events:
+            verdict = judge(self.pod_events(verdict.needs_events))
+        if not verdict.state.terminal:
+            return self.update_waiting(record, verdict)
+        tail = self.save_log(record)
+        if verdict.delete:
+            self.delete_job(record)
+        return end_job(self.store, record.job_id, verdict.state, failure_message(record, verdict, tail),
+                       verdict.exit_code)
+
+    def error_times(self, record: JobRecord, pods: dict[int, Any]) -> dict[int, float]:
+        """When each pod's log first showed an error (its own lines, with the kubelet's timestamps), by rank.
+
+        Asked once a rank has failed (at most once a second per job), to tell the cause from its
+        consequences; a log that cannot be read (the pod is gone) leaves that rank out.
+        """
+        key = (record.job_id, tuple(sorted((rank, status_key(pod)) for rank, pod in pods.items())))
+        cached = self._error_times.get(record.job_id)
+        if cached is not None and cached[0] == key and time.monotonic() - cached[1] < 1.0:
+            return cached[2]
+        times = {}
+        for rank, pod in pods.items():
+            try:
+                response = self.read_pod_log(pod["metadata"]["name"], record.backend_ref["namespace"],
+                                             container=CONTAINER, timestamps=True, tail_lines=2000,
+                                             _request_timeout=5)
+                log = response.data.decode(errors="replace")
+            except Exception:  # noqa: S112 (the others still tell; the pod's end time stands in)
+                continue
+            found = first_error_time(log)
+            if found is not None:
+                times[rank] = found
+        self._error_times[record.job_id] = (key, time.monotonic(), times)
+        return times
 
     def gone(self, record: JobRecord) -> JobRecord:
         """The Job is not on the cluster any more: deleted, or cleaned up after it ended (its TTL)."""
@@ -487,12 +681,19 @@ class KubernetesBackend(Backend):
                        "the Job is gone from the cluster (deleted outside this notebook, or removed after it ended)")
 
     def delete_job(self, record: JobRecord) -> None:
-        """Delete the Job; its pods go with it (propagation Background)."""
+        """Delete the Job (a gang: each of its Jobs, then its Service); pods go with them (propagation Background)."""
         import kubernetes
 
-        with contextlib.suppress(kubernetes.client.ApiException):
-            kubernetes.client.BatchV1Api(self.api).delete_namespaced_job(
-                record.backend_ref["name"], record.backend_ref["namespace"], propagation_policy="Background")
+        namespace = record.backend_ref["namespace"]
+        for name in gang_jobs(record):
+            with contextlib.suppress(kubernetes.client.ApiException):
+                kubernetes.client.BatchV1Api(self.api).delete_namespaced_job(
+                    name, namespace, propagation_policy="Background")
+        service = record.backend_ref.get("service")
+        if service:
+            with contextlib.suppress(kubernetes.client.ApiException):
+                kubernetes.client.CoreV1Api(self.api).delete_namespaced_service(service, namespace,
+                                                                                _preload_content=False)
 
     # -- logs ---------------------------------------------------------------------------------
 

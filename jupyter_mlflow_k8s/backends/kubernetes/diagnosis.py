@@ -62,31 +62,43 @@ def diagnose(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], pull_gra
         return _deleted_under_the_job(last, events, still_coming=True)
     if latest is None:
         return Verdict(JobState.QUEUED, "waiting for the Job controller to create the pod")
-    phase = latest.get("status", {}).get("phase", "Pending")
-    state = _container_state(latest)
+    return pod_verdict(latest, pull_grace)
+
+
+def pod_verdict(pod: Mapping[str, Any], pull_grace: float) -> Verdict:
+    """What one pod of a job that has not ended is doing: running, or why it waits (or cannot start)."""
+    phase = pod.get("status", {}).get("phase", "Pending")
+    state = _container_state(pod)
     if phase == "Running" or "running" in state:
-        outage = node_outage(latest)
-        message = f"running in pod {latest['metadata']['name']}" + (f"; {outage}" if outage else "")
+        outage = node_outage(pod)
+        message = f"running in pod {pod['metadata']['name']}" + (f"; {outage}" if outage else "")
         return Verdict(JobState.RUNNING, message, started=_time(state.get("running", {}).get("startedAt")))
-    if phase == "Failed" and latest.get("status", {}).get("reason") == "Evicted":
-        why = latest["status"].get("message", "")
+    if phase == "Failed" and pod.get("status", {}).get("reason") == "Evicted":
+        why = pod["status"].get("message", "")
         return Verdict(JobState.QUEUED, f"pod evicted ({why}); the Job controller may retry")
     waiting = state.get("waiting", {})
     reason = waiting.get("reason", "")
     if reason in WAITING_FAILURES:
-        since = _time(latest["metadata"].get("creationTimestamp")) or time.time()
+        since = _time(pod["metadata"].get("creationTimestamp")) or time.time()
         message = f"{WAITING_FAILURES[reason]}: {reason}: {waiting.get('message', '')}".rstrip(": ")
         if reason in ("ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError") and \
                 time.time() - since >= pull_grace:
             return Verdict(JobState.FAILED, message, delete=True)
         return Verdict(JobState.QUEUED, message)
-    for condition in latest.get("status", {}).get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return Verdict(JobState.QUEUED, f"Pending: {condition.get('reason', 'Unschedulable')}: "
-                                            f"{condition.get('message', '')}".rstrip())
+    unschedulable = unscheduled_reason(pod)
+    if unschedulable:
+        return Verdict(JobState.QUEUED, f"Pending: {unschedulable}")
     if reason:
         return Verdict(JobState.QUEUED, f"Pending: {reason}")
     return Verdict(JobState.QUEUED, "Pending: waiting for a node")
+
+
+def unscheduled_reason(pod: Mapping[str, Any]) -> str:
+    """The scheduler's reason a pod has no node (``Unschedulable: 0/1 nodes are available: ...``), else ``""``."""
+    for condition in pod.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason', 'Unschedulable')}: {condition.get('message', '')}".rstrip(": ")
+    return ""
 
 
 def _failure(condition: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], resources: Mapping[str, Any],

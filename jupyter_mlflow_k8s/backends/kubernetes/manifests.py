@@ -1,10 +1,15 @@
-"""The Kubernetes manifests of one ``%%train`` job: its batch/v1 Job and the Secrets the Job reads.
+"""The Kubernetes manifests of one ``%%train`` job: its batch/v1 Job(s), the Secrets they read, a gang's Service.
 
 Pure functions of a job record and :class:`~jupyter_mlflow_k8s.k8s.PodSettings`: no API call, no I/O.
 Every builder ends with :func:`jupyter_mlflow_k8s.k8s.ensure_valid`, so a manifest it returns is one
 the API server of Kubernetes 1.27+ accepts, and a bad value is refused before anything is submitted.
 The pod is placed as every pod of ours is (:func:`jupyter_mlflow_k8s.k8s.pod_spec`). Only the
 Secrets ever hold credentials or payload bytes; the Job refers to them by name.
+
+A distributed job (``%%train --nodes N``) is a gang of N pods that find each other through a headless
+Service: one Indexed Job where the cluster has them (:data:`INDEXED`), else one Job per rank
+(:data:`JOBS`), which works on any cluster. Each pod runs the launcher
+(``python -m jupyter_mlflow_k8s.distributed``) instead of the runner; see :func:`build_gang`.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ...exceptions import JMKUsageError
-from ...k8s.names import MANAGED_BY, dns_slug, label_value, payload_key
+from ...k8s.names import MANAGED_BY, MANAGED_BY_LABEL, dns_slug, label_value, payload_key
 from ...k8s.pods import PAYLOAD_MOUNT, PodSettings, Volume, compact, pod_spec, pvc_volumes, resources, shm_volume
 from ...k8s.validation import ensure_valid
 from ...models import JobRecord
 
 RUNNER_MODULE = "jupyter_mlflow_k8s.runner"
+LAUNCHER_MODULE = "jupyter_mlflow_k8s.distributed"
 CONTAINER = "train"
 # Raw bytes of a payload carried in a Secret; base64 and the keys must stay under the API's 1 MiB.
 PAYLOAD_LIMIT = 900 * 1024
@@ -34,6 +40,15 @@ JOB_ID_LABEL = "jmk.io/job-id"
 USER_LABEL = "jmk.io/user"
 RECORD_ANNOTATION = "jmk.io/record"
 RECORD_OMITTED_ANNOTATION = "jmk.io/record-omitted"
+# On the first Job of a gang: its form, Service and Jobs (JSON), so that a notebook finding it rebuilds the gang.
+GANG_ANNOTATION = "jmk.io/gang"
+# The rank of a pod (and Job) of the one-Job-per-rank form; Indexed pods carry the Job controller's annotation.
+NODE_RANK_LABEL = "jmk.io/node-rank"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# The two forms of a gang: one Indexed Job (Kubernetes 1.22+), or one Job per rank (any cluster).
+INDEXED, JOBS = "indexed", "jobs"
+RENDEZVOUS_PORT = 29400
+RENDEZVOUS_PORT_NAME = "rendezvous"
 
 _LABEL_MAX_LENGTH = 63
 
@@ -41,7 +56,7 @@ _LABEL_MAX_LENGTH = 63
 # -- names -----------------------------------------------------------------------------------
 
 
-def job_name(job_id: str, user: str) -> str:
+def job_name(job_id: str, user: str, reserve: int = 0) -> str:
     """The name of a job's Kubernetes Job: ``jmk-<user>-<job id>``.
 
     A Job's name becomes a label value on its pods, so it is an RFC 1123 label of at most 63
@@ -51,13 +66,32 @@ def job_name(job_id: str, user: str) -> str:
     Args:
         job_id: The job's id, lowercase hex as the job store makes them.
         user: Who submits the job; may be any text.
+        reserve: Characters to leave free for a suffix (a gang's ``-<rank>``, see :func:`gang_name`).
 
     Returns:
         e.g. ``jmk-jane-doe-1a2b3c4d``, or ``jmk-1a2b3c4d`` when nothing of the user's name is usable.
     """
-    budget = max(_LABEL_MAX_LENGTH - len("jmk--") - len(job_id), 0)
+    budget = max(_LABEL_MAX_LENGTH - reserve - len("jmk--") - len(job_id), 0)
     slug = dns_slug(user)[:budget].rstrip("-")
     return "-".join(part for part in ("jmk", slug, job_id) if part)
+
+
+def gang_name(job_id: str, user: str, nodes: int) -> str:
+    """The name of a distributed job's Service (and Indexed Job): :func:`job_name` with room for ``-<rank>``.
+
+    Each pod's hostname, and each Job of the one-Job-per-rank form, is this name plus ``-<rank>``,
+    which must still be an RFC 1123 label of at most 63 characters.
+    """
+    return job_name(job_id, user, reserve=len(f"-{max(nodes - 1, 0)}"))
+
+
+def gang_hosts(name: str, namespace: str, cluster_domain: str) -> str:
+    """The pods' DNS names with ``{rank}`` for the rank: ``<name>-{rank}.<name>.<namespace>.svc.<domain>``.
+
+    A pod with ``hostname`` H and ``subdomain`` S gets the name ``H.S.<namespace>.svc.<domain>`` once a
+    headless Service S selects it (:func:`build_gang_service`).
+    """
+    return f"{name}-{{rank}}.{name}.{namespace}.svc.{cluster_domain}"
 
 
 def _file_name(path: str) -> str:
@@ -212,16 +246,25 @@ def _pod_spec(
     env_secret: str | None,
     payload_secret: str | None,
     payload_files: Collection[str],
+    *,
+    command: list[str] | None = None,
+    ports: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     volumes = [*shm_volume(settings), *pvc_volumes(settings), *_payload_volume(payload_secret, payload_files)]
     mounts = [mount for _, mount in volumes]
-    container = _container(record, settings, payload_url, env_secret, mounts)
+    command = command or [settings.python, "-m", RUNNER_MODULE, payload_url]
+    container = _container(record, settings, command, env_secret, mounts, ports)
     return pod_spec(settings, [container], [volume for volume, _ in volumes], restart_policy="Never",
                     termination_grace_seconds=30)
 
 
 def _container(
-    record: JobRecord, settings: PodSettings, payload_url: str, env_secret: str | None, mounts: list[dict[str, Any]]
+    record: JobRecord,
+    settings: PodSettings,
+    command: list[str],
+    env_secret: str | None,
+    mounts: list[dict[str, Any]],
+    ports: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     env = {**settings.env, **record.spec.env, "JMK_JOB_ID": record.job_id, "PYTHONUNBUFFERED": "1"}
     secrets = [*settings.secrets, *([env_secret] if env_secret else [])]
@@ -230,9 +273,10 @@ def _container(
             "name": CONTAINER,
             "image": settings.image,
             "imagePullPolicy": settings.image_pull_policy,
-            "command": [settings.python, "-m", RUNNER_MODULE, payload_url],
+            "command": command,
             "env": [{"name": name, "value": value} for name, value in env.items()],
             "envFrom": [{"secretRef": {"name": name}} for name in secrets],
+            "ports": ports,
             "resources": resources(settings),
             "volumeMounts": mounts,
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -246,6 +290,172 @@ def _payload_volume(payload_secret: str | None, payload_files: Collection[str]) 
     items = [{"key": payload_key(path), "path": path} for path in sorted(payload_files)]
     volume = {"name": "payload", "secret": compact({"secretName": payload_secret, "items": items})}
     return [(volume, {"name": "payload", "mountPath": PAYLOAD_MOUNT, "readOnly": True})]
+
+
+# -- a distributed job: the gang of pods and their Service -------------------------------------
+
+
+def build_gang(
+    record: JobRecord,
+    settings: PodSettings,
+    *,
+    user: str,
+    payload_url: str,
+    form: str,
+    cluster_domain: str = "cluster.local",
+    env_secret: str | None = None,
+    payload_secret: str | None = None,
+    payload_files: Collection[str] = (),
+) -> list[dict[str, Any]]:
+    """The Jobs of a distributed job: ``record.spec.nodes`` pods, each running the launcher.
+
+    Each pod runs ``PYTHON -m jupyter_mlflow_k8s.distributed PAYLOAD_URL --nodes N --procs P --hosts
+    HOSTS --port 29400 --rendezvous-timeout S``, where HOSTS are the pods' DNS names
+    (:func:`gang_hosts`) under the Service :func:`build_gang_service` makes. The pods are alike but for
+    their rank:
+
+    - ``form="indexed"``: one Indexed Job (completions = parallelism = N); the Job controller names
+      each pod's host ``<name>-<index>`` and gives the launcher its rank in ``$JOB_COMPLETION_INDEX``.
+    - ``form="jobs"``: one Job per rank, ``<name>-<rank>``, its pod's ``hostname`` the same, labelled
+      ``jmk.io/node-rank`` and given ``--node-rank R``: for clusters without Indexed Jobs (before 1.22).
+
+    A gang is never retried (``backoffLimit: 0``): a pod started again would wait for peers that have
+    moved on. The first Job carries the record (``jmk.io/record``) and the gang's names
+    (``jmk.io/gang``); every pod carries the job's labels, which the Service selects on.
+
+    Args:
+        record: The job; its spec's ``nodes``, ``procs_per_node`` and ``rendezvous_timeout`` shape the gang.
+        settings: Each pod's settings (``gpus`` is per pod).
+        user: Who submits the job.
+        payload_url: Where the launcher finds the payload (the same for every pod).
+        form: :data:`INDEXED` or :data:`JOBS`.
+        cluster_domain: The cluster's DNS domain.
+        env_secret: As for :func:`build_job`.
+        payload_secret: As for :func:`build_job`.
+        payload_files: As for :func:`build_job`.
+
+    Returns:
+        The Jobs as plain JSON data, the first one (rank 0's, or the Indexed Job) first.
+
+    Raises:
+        InvalidManifest: The settings make a Job the API server would refuse.
+        ValueError: ``form`` is neither form.
+    """
+    if form not in (INDEXED, JOBS):
+        raise ValueError(f"form {form!r} is not {INDEXED!r} or {JOBS!r}")
+    nodes = record.spec.nodes
+    name = gang_name(record.job_id, user, nodes)
+    hosts = gang_hosts(name, settings.namespace, cluster_domain)
+    job_names = gang_job_names(name, nodes, form)
+    gang = {"form": form, "service": name, "jobs": ",".join(job_names), "nodes": str(nodes)}
+    ranks: list[int | None] = [None] if form == INDEXED else list(range(nodes))
+    jobs = []
+    for rank, job_name_ in zip(ranks, job_names, strict=True):
+        labels = _labels(record, settings, user) | ({NODE_RANK_LABEL: str(rank)} if rank is not None else {})
+        annotations = dict(settings.annotations)
+        if rank in (None, 0):
+            annotations |= {**_job_annotations(record), GANG_ANNOTATION: json.dumps(gang, sort_keys=True)}
+        command = launcher_command(record, settings, payload_url, hosts, rank)
+        pod = _pod_spec(record, settings, payload_url, env_secret, payload_secret, payload_files, command=command,
+                        ports=[{"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}])
+        pod = {**pod, "subdomain": name} | ({"hostname": job_name_} if rank is not None else {})
+        count = nodes if rank is None else 1
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": _metadata(job_name_, settings, labels, annotations),
+            "spec": compact(
+                {
+                    "completionMode": "Indexed" if rank is None else None,
+                    "completions": count,
+                    "parallelism": count,
+                    "backoffLimit": 0,
+                    "activeDeadlineSeconds": _deadline(record.spec.timeout),
+                    "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+                    "template": {
+                        "metadata": compact({"labels": labels, "annotations": dict(settings.annotations)}),
+                        "spec": pod,
+                    },
+                }
+            ),
+        }
+        ensure_valid(job)
+        jobs.append(job)
+    return jobs
+
+
+def gang_job_names(name: str, nodes: int, form: str) -> list[str]:
+    """The names of a gang's Jobs: ``[name]`` for an Indexed Job, else ``name-0`` ... ``name-<N-1>``."""
+    return [name] if form == INDEXED else [f"{name}-{rank}" for rank in range(nodes)]
+
+
+def launcher_command(
+    record: JobRecord, settings: PodSettings, payload_url: str, hosts: str, node_rank: int | None = None
+) -> list[str]:
+    """The command of a gang's pod: the launcher, which runs the cell under torchrun (no ``--node-rank``: Indexed)."""
+    spec = record.spec
+    command = [
+        settings.python, "-m", LAUNCHER_MODULE, payload_url,
+        "--nodes", str(spec.nodes), "--procs", str(spec.procs_per_node), "--hosts", hosts,
+        "--port", str(RENDEZVOUS_PORT), "--rendezvous-timeout", str(int(spec.rendezvous_timeout)),
+    ]
+    return command + (["--node-rank", str(node_rank)] if node_rank is not None else [])
+
+
+def build_gang_service(
+    record: JobRecord, settings: PodSettings, name: str, *, user: str, owner: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The headless Service that gives a gang's pods their DNS names, ready or not.
+
+    ``clusterIP: None`` makes each selected pod with ``subdomain: <name>`` and a ``hostname`` resolvable
+    as ``<hostname>.<name>.<namespace>.svc.<domain>``; ``publishNotReadyAddresses`` publishes them as
+    soon as the pods have addresses (the pods have no readiness probe, and must find each other before
+    the rendezvous). It selects the job's pods by ``jmk.io/job-id``.
+
+    Args:
+        record: The job.
+        settings: The pods' settings (namespace, configured labels).
+        name: The Service's name (:func:`gang_name`), which every pod's ``subdomain`` names.
+        user: Who submits the job.
+        owner: An ownerReference (the gang's first Job), so that the Service goes with it.
+
+    Returns:
+        A v1 Service as plain JSON data.
+    """
+    metadata = _metadata(name, settings, _labels(record, settings, user))
+    if owner is not None:
+        metadata["ownerReferences"] = [dict(owner)]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_ID_LABEL: record.job_id},
+            "ports": [{"name": RENDEZVOUS_PORT_NAME, "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                       "protocol": "TCP"}],
+        },
+    }
+    ensure_valid(service)
+    return service
+
+
+def indexed_job_probe(settings: PodSettings) -> dict[str, Any]:
+    """A tiny Indexed Job to create with ``dryRun=All``: where ``spec.completionMode`` comes back, Indexed Jobs work.
+
+    Clusters before 1.21 (or with the IndexedJob feature gate off) drop the field they do not know
+    without an error, so only the answer tells; nothing is stored by a dry run.
+    """
+    container = {"name": CONTAINER, "image": settings.image, "command": [settings.python, "-c", "pass"]}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "jmk-indexed-job-probe", "namespace": settings.namespace,
+                     "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+        "spec": {"completionMode": "Indexed", "completions": 1, "parallelism": 1, "backoffLimit": 0,
+                 "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+    }
 
 
 # -- the Secrets -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from ...logchannel import FrameCollector
 from ...models import JobRecord
 from ...storage import get_storage
 from .diagnosis import _container_done, _container_started, _time, node_outage
+from .manifests import JOB_ID_LABEL
 
 if TYPE_CHECKING:
     from . import KubernetesBackend
@@ -31,6 +33,8 @@ DELETED_PODS_KEPT = 500  # per namespace watch
 # A pod log stream that broke (the node's kubelet or the API server restarting, the node NotReady) is asked for
 # again after 0.2 s, doubling up to this: the log goes on within seconds of the node answering again.
 LOG_RETRY_MAX_SECONDS = 2.0
+# What a gang's worker puts before each line it prints (its global rank); results' frames come after it.
+_RANK_PREFIX = re.compile(r"^\[rank \d+\] ")
 # (kind, namespace, **options) -> the raw response of a list (or, with watch=True, a watch) of our Jobs or pods
 Lister = Callable[..., Any]
 
@@ -123,6 +127,12 @@ class ClusterWatch:
             found = list(self.pod_objects.values()) + (list(self.deleted_pods.values()) if with_deleted else [])
             return [p for p in found if p["metadata"].get("labels", {}).get("job-name") == job]
 
+    def job_pods(self, job_id: str, with_deleted: bool = False) -> list[dict[str, Any]]:
+        """Every pod of job ``job_id`` (label ``jmk.io/job-id``): all ranks of a gang, whatever its Jobs."""
+        with self.lock:
+            found = list(self.pod_objects.values()) + (list(self.deleted_pods.values()) if with_deleted else [])
+            return [p for p in found if p["metadata"].get("labels", {}).get(JOB_ID_LABEL) == job_id]
+
     def _list(self, kind: str, **kwargs: Any) -> Any:
         self.requests += 1
         return self.lister(kind, self.namespace, **kwargs)
@@ -197,6 +207,11 @@ class LogPump:
     restarts or the node goes NotReady, while the container runs on. The pump then asks again, quietly,
     with a bounded back-off, from the last line written; a node NotReady is said once in the log, and
     that the log goes on once lines come again.
+
+    A distributed job's pods all run at once, so the pump follows each in a thread of its own (a
+    pod's log would otherwise wait for the pods before it to end), writing whole lines under one lock:
+    lines of different ranks interleave, never their characters. Each line already says its rank
+    (``[rank 1] ...``), so no pod headers are written for a gang.
     """
 
     def __init__(self, backend: KubernetesBackend, record: JobRecord) -> None:
@@ -204,8 +219,10 @@ class LogPump:
         self.path = Path(str(record.log_path))
         self.state_path = self.path.with_suffix(".pump.json")
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._response: Any = None
+        self._lock = threading.Lock()  # one line, or the position file, written at a time
+        self._responses: set[Any] = set()
+        self.gang = bool(record.backend_ref.get("form"))
+        self._followers: dict[str, threading.Thread] = {}  # gang pod name -> the thread following its log
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"jmk-k8s-log-{record.job_id}")
         try:
             self.position: dict[str, str] = json.loads(self.state_path.read_text())
@@ -218,11 +235,12 @@ class LogPump:
     def stop(self) -> None:
         """Stop following (closing a stream in progress)."""
         self._stop.set()
-        response = self._response
-        if response is not None:
+        for response in list(self._responses):
             with contextlib.suppress(Exception):
                 response.close()
         self.thread.join(timeout=5)
+        for follower in list(self._followers.values()):
+            follower.join(timeout=5)
 
     def finish(self) -> None:
         """Stop following and fetch whatever the pods still have."""
@@ -236,10 +254,14 @@ class LogPump:
                 self._copy(pod, follow=False)
 
     def _pods(self) -> list[dict[str, Any]]:
-        pods = self.backend.watch_of(self.record).pods(self.record.backend_ref["name"])
+        watch = self.backend.watch_of(self.record)
+        pods = watch.job_pods(self.record.job_id) if self.gang else watch.pods(self.record.backend_ref["name"])
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
 
     def _run(self) -> None:
+        if self.gang:
+            self._run_gang()
+            return
         backoff = 0.2
         while not self._stop.is_set():
             started = [p for p in self._pods() if _container_started(p)]
@@ -260,12 +282,48 @@ class LogPump:
                 return
             backoff = min(backoff * 2, LOG_RETRY_MAX_SECONDS)
 
+    def _run_gang(self) -> None:
+        """Follow every pod of a gang at once: a thread per pod, started when its container starts."""
+        while not self._stop.is_set():
+            for pod in self._pods():
+                name = pod["metadata"]["name"]
+                if name in self._followers or not _container_started(pod):
+                    continue
+                follower = threading.Thread(target=self._follow, args=(name,), daemon=True, name=f"jmk-k8s-log-{name}")
+                self._followers[name] = follower
+                follower.start()
+            self._stop.wait(0.1)
+
+    def _follow(self, name: str) -> None:
+        """Follow one gang pod's log until its container has ended and all its lines are in (or the pod is gone)."""
+        backoff = 0.2
+        while not self._stop.is_set():
+            pod = next((p for p in self._pods() if p["metadata"]["name"] == name), None)
+            if pod is None:
+                return
+            done = _container_done(pod)
+            self._tell_outage(pod)
+            try:
+                written = self._copy(pod, follow=not done)
+            except Exception as exc:  # the node or the API server went away: ask again, quietly
+                self.last_error, written = f"{type(exc).__name__}: {exc}"[:300], 0
+            else:
+                if done:
+                    return
+            if written:
+                backoff = 0.2
+                self._stop.wait(0.05)
+                continue
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, LOG_RETRY_MAX_SECONDS)
+
     def _tell_outage(self, pod: dict[str, Any]) -> None:
         """Say once in the log that the pod's node is NotReady (the stream stays broken until it is back)."""
         outage = node_outage(pod)
         if outage and not self.outage:
             self.outage = outage
-            with self.path.open("ab") as out:
+            with self._lock, self.path.open("ab") as out:
                 out.write(f"[jmk] {outage}\n".encode())
 
     def _copy(self, pod: dict[str, Any], follow: bool) -> int:
@@ -280,8 +338,8 @@ class LogPump:
         watch = self.backend.watch_of(self.record)
         watch.requests += 1
         response = self.backend.read_pod_log(name, self.record.backend_ref["namespace"], **kwargs)
-        self._response = response
-        header = name not in self.position and len(self._pods()) > 1
+        self._responses.add(response)
+        header = not self.gang and name not in self.position and len(self._pods()) > 1
         written = 0
         try:
             with self.path.open("ab") as out:
@@ -292,18 +350,19 @@ class LogPump:
                     stamp, _, text = line.partition(" ")
                     if last and _stamp_key(stamp) <= _stamp_key(last):
                         continue  # already written before a reconnect
-                    if self.outage:
-                        node = pod.get("spec", {}).get("nodeName", "")
-                        out.write(f"[jmk] node {node} answers again: the log goes on\n".encode())
-                        self.outage = ""
-                    if self.frames is None or not self.frames.feed(text):
-                        out.write(text.encode() + b"\n")
-                    out.flush()
+                    with self._lock:
+                        if self.outage:
+                            node = pod.get("spec", {}).get("nodeName", "")
+                            out.write(f"[jmk] node {node} answers again: the log goes on\n".encode())
+                            self.outage = ""
+                        if self.frames is None or not self.frames.feed(_RANK_PREFIX.sub("", text, count=1)):
+                            out.write(text.encode() + b"\n")
+                        out.flush()
                     last = self.position[name] = stamp
                     written += 1
             return written
         finally:
-            self._response = None
+            self._responses.discard(response)
             response.release_conn()
-            with contextlib.suppress(OSError):
-                self.state_path.write_text(json.dumps(self.position))
+            with self._lock, contextlib.suppress(OSError):
+                self.state_path.write_text(json.dumps(dict(self.position)))

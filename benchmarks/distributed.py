@@ -89,6 +89,8 @@ def run_ours(service: Any) -> Sample:
     for item in service.follow(record.job_id):
         if isinstance(item, JobRecord):
             sample.end, sample.state = time.time() - start, item.state.value
+            if item.state.value != "succeeded":
+                progress(f"ours ended {item.state.value}: {item.message}\n{service.read_log(record.job_id)[-3000:]}")
             break
         if time.time() - start > TIMEOUT_S:
             service.cancel(record.job_id)

@@ -85,14 +85,14 @@ def failure_summary(text: str, lines: int = 20) -> str:
     return summary + (f"\nLast lines of rank {rank}:\n" + "\n".join(tail) if tail else "")
 
 
-def prefix_output(prefix: str) -> None:
+def prefix_output(prefix: str) -> int:
     """Prefix every line this process (and what it starts) writes to fds 1 and 2 with ``prefix``.
 
     Both fds go into a pipe read by a forked child, which writes each line, prefixed, to the
     original stdout in one write (lines of several ranks sharing a log never mix inside a line).
     The child outlives this process's signals and ends at end of file, once every writer has
-    exited: what the rank wrote last, a traceback included, is not lost when it is stopped.
-    Called first thing, before any thread starts (``fork``).
+    exited. Returns the child's pid, for :func:`drain_output`. Called first thing, before any
+    thread starts (``fork``).
     """
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -106,6 +106,30 @@ def prefix_output(prefix: str) -> None:
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
     os.close(write_end)
+    return pid
+
+
+def drain_output(pid: int, timeout: float = 5.0) -> None:
+    """Close this process's end of the prefixing pipe and wait (up to ``timeout``) for its last lines.
+
+    A pod ends when its first process does, killing what is left: without this, the last lines a
+    rank wrote (its traceback, or rank 0's results sent through the log) could still be in the pipe.
+    A process the cell started that keeps the pipe open only costs the ``timeout``.
+    """
+    import time
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.005)
 
 
 def _copy_lines(source: int, target: int, prefix: bytes) -> None:

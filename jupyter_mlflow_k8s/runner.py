@@ -27,7 +27,7 @@ from typing import Any
 
 from .logchannel import PAYLOAD_ROOT_ENV, LogChannelStorage
 from .payload import Payload, UnpicklableValue, load_value, new_main_module, stage_value
-from .ranks import GPUS_PER_PROC_ENV, note_error_time, prefix_output, rank_prefix, worker_rank
+from .ranks import GPUS_PER_PROC_ENV, drain_output, note_error_time, prefix_output, rank_prefix, worker_rank
 from .storage import LocalStorage, Storage, get_storage, read_url
 from .storage.kept import KEEP_DIR_ENV, RETRY_SECONDS_ENV, retry_seconds, with_retries
 from .tracking import KEPT_METRICS, fastlog
@@ -292,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m jupyter_mlflow_k8s.runner PAYLOAD_URL", file=sys.stderr)
         return EXIT_RUNNER_ERROR
     rank = worker_rank()
-    if rank is not None:
-        prefix_output(rank_prefix(rank))  # first, before any thread: it forks
+    prefixer = prefix_output(rank_prefix(rank)) if rank is not None else 0  # first, before any thread: it forks
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         status = run(args[0])
@@ -306,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     if rank is not None:
         # A rank leaves without the interpreter's teardown: a process group the cell left open
         # (no destroy_process_group) can abort there ("terminate called without an active
-        # exception") and turn a good end into a crash. Its results and run are closed already.
+        # exception") and turn a good end into a crash. Its results and run are closed already;
+        # its last lines are let out of the prefixing pipe first.
         sys.stdout.flush()
         sys.stderr.flush()
+        drain_output(prefixer)
         os._exit(status)
     return status
 

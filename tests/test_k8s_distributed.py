@@ -379,12 +379,17 @@ def gang_pods(core: Any, namespace: str, record: Any) -> list[Any]:
 
 
 def nothing_left(k8s_api: Any, namespace: str, record: Any) -> bool:
-    """Whether every Job, pod and the Service of the gang are gone."""
+    """Whether every Job, pod and the Service of the gang are gone (what is left is printed)."""
     core, batch = kubernetes.client.CoreV1Api(k8s_api), kubernetes.client.BatchV1Api(k8s_api)
     selector = f"{JOB_ID_LABEL}={record.job_id}"
-    return not (batch.list_namespaced_job(namespace, label_selector=selector).items
-                or core.list_namespaced_pod(namespace, label_selector=selector).items
-                or core.list_namespaced_service(namespace, label_selector=selector).items)
+    left = [f"{kind} {item.metadata.name} ({getattr(item.status, 'phase', '') or ''})"
+            for kind, items in (("Job", batch.list_namespaced_job(namespace, label_selector=selector).items),
+                                ("pod", core.list_namespaced_pod(namespace, label_selector=selector).items),
+                                ("Service", core.list_namespaced_service(namespace, label_selector=selector).items))
+            for item in items]
+    if left:
+        print("left:", ", ".join(left))
+    return not left
 
 
 def expected_form(k8s_cluster: KubeTarget) -> str:
@@ -436,7 +441,7 @@ def test_a_rank_that_raises_stops_every_rank_and_fails_the_job_with_its_tracebac
     assert re.match(r"rank 1 \(pod \S+-1-\w+\) failed with exit code 1", record.message), record.message
     assert "[rank 1] RuntimeError: rank 1 found a bad batch" in record.message, "the message shows rank 1's lines"
     core = kubernetes.client.CoreV1Api(k8s_api)
-    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=60, interval=0.2)
+    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=120, interval=0.2)
     assert not gang_pods(core, k8s_namespace, record), "rank 0's pod was stopped with the gang"
     if k8s_cluster.local:
         wait_for(lambda: not pod_processes(f"{k8s_namespace}/"), timeout=30)
@@ -458,7 +463,7 @@ def test_cancel_stops_every_rank(k8s_shell: Any, k8s_cluster: KubeTarget, k8s_ap
     ended = svc.cancel_and_wait(running.job_id)
 
     assert ended.state is JobState.CANCELLED
-    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=60, interval=0.2)
+    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=120, interval=0.2)
     if k8s_cluster.local:
         wait_for(lambda: not pod_processes(f"{k8s_namespace}/"), timeout=30)
 
@@ -479,7 +484,7 @@ def test_a_ranks_job_deleted_by_hand_ends_the_whole_gang(k8s_shell: Any, k8s_clu
     ended = wait_for(lambda: (r := svc.get(record.job_id)).state.terminal and r, timeout=60, interval=0.2)
     print(f"rank 1's Job deleted: the job ended {time.monotonic() - deleted:.1f} s later")
     assert ended.state is JobState.CANCELLED and "the Job is gone from the cluster" in ended.message
-    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=60, interval=0.2)
+    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=120, interval=0.2)
     print(f"rank 1's Job deleted: every pod gone {time.monotonic() - deleted:.1f} s later")
     if k8s_cluster.local:
         wait_for(lambda: not pod_processes(f"{k8s_namespace}/"), timeout=30)
@@ -517,7 +522,7 @@ def test_a_rank_never_scheduled_fails_the_gang_at_the_rendezvous_timeout(k8s_she
     assert re.match(r"rank 0 \(pod \S+-0-\w+\) failed with exit code 2", record.message), record.message
     assert "did not resolve within 5 s" in record.message, "what rank 0's launcher said, from its pod"
     assert "rank 0 (pod" in str(failure.value)
-    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=60, interval=0.2)
+    wait_for(lambda: nothing_left(k8s_api, k8s_namespace, record), timeout=120, interval=0.2)
 
 
 @pytest.mark.k8s

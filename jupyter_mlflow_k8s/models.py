@@ -39,18 +39,19 @@ _CPU_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]+)?)(?P<milli>m)?$")
 def parse_memory(text: str) -> int:
     """Bytes from a Kubernetes memory quantity such as ``16Gi``, ``512Mi`` or ``2G``."""
     match = _MEMORY_RE.match(str(text).strip())
-    if not match or float(match["num"]) <= 0:
+    size = float(match["num"]) * _MEMORY_FACTORS[match["unit"]] if match else 0.0
+    if not 0 < size < float("inf"):  # hundreds of digits make an infinite float
         raise JMKUsageError(
             f"--memory {text!r} is not a memory size. Use a Kubernetes quantity such as 512Mi, 16Gi or 2G."
         )
-    return int(float(match["num"]) * _MEMORY_FACTORS[match["unit"]])
+    return int(size)
 
 
 def parse_cpu(text: str) -> float:
     """Cores from a Kubernetes CPU quantity such as ``2``, ``0.5`` or ``500m``."""
     match = _CPU_RE.match(str(text).strip())
     value = float(match["num"]) / (1000 if match["milli"] else 1) if match else 0.0
-    if value <= 0:
+    if not 0 < value < float("inf"):
         raise JMKUsageError(f"--cpu {text!r} is not a CPU amount. Use cores (2, 0.5) or millicores (500m).")
     return value
 

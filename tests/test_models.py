@@ -16,7 +16,7 @@ def test_parse_memory(text: str, value: int) -> None:
     assert parse_memory(text) == value
 
 
-@pytest.mark.parametrize("text", ["lots", "16 GB", "-1Gi", "0", "Gi"])
+@pytest.mark.parametrize("text", ["lots", "16 GB", "-1Gi", "0", "Gi", "9" * 400, "9" * 320 + "Ei"])
 def test_parse_memory_rejects(text: str) -> None:
     with pytest.raises(JMKUsageError, match="--memory"):
         parse_memory(text)
@@ -28,8 +28,9 @@ def test_parse_cpu_and_gpus() -> None:
     for bad in ("abc", "-1", "1.5"):
         with pytest.raises(JMKUsageError, match="--gpus"):
             parse_gpus(bad)
-    with pytest.raises(JMKUsageError, match="--cpu"):
-        parse_cpu("fast")
+    for bad in ("fast", "9" * 400):
+        with pytest.raises(JMKUsageError, match="--cpu"):
+            parse_cpu(bad)
 
 
 def test_record_roundtrip() -> None:

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .status import JobStatusView
+from .sweep import SweepTable, SweepView
 
-__all__ = ["JobStatusView"]
+__all__ = ["JobStatusView", "SweepTable", "SweepView"]

@@ -78,8 +78,9 @@ def _objective_text(trial: Mapping[str, Any]) -> str:
 
 
 def _duration(trial: Mapping[str, Any]) -> str:
+    """How long a trial ran; so far, while it runs; empty before it started or without its end."""
     started, finished = _number(trial.get("started")), _number(trial.get("finished"))
-    if started is None:
+    if started is None or (finished is None and trial.get("state") != "running"):
         return ""
     return clock_duration(max(0.0, (finished if finished is not None else time.time()) - started))
 

@@ -232,9 +232,9 @@ def _split_entries(text: str) -> list[str]:
     escaped = False
     for char in text:
         if quote:
-            escaped = not escaped and char == "\\"
             if char == quote and not escaped:
                 quote = ""
+            escaped = not escaped and char == "\\"
         elif char in "'\"":
             quote = char
         elif char in "([{":
@@ -261,10 +261,12 @@ def _parse_entry(entry: str) -> Dimension:
         raise _EntryError(f"nothing after '='; give {name} a list or a distribution, e.g. {name}=[1, 2].")
     try:
         node = ast.parse(expr, mode="eval").body
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise _EntryError(f"{expr!r} is not a Python expression.") from None
+    except SyntaxError as exc:
+        raise _EntryError(f"{expr!r} is not a Python expression ({exc.msg}).") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, 5000 digits, deep nesting
+        raise _EntryError(f"{expr!r} cannot be read: {exc or type(exc).__name__}.") from None
     if isinstance(node, ast.List):
-        return Dimension(name, "choice", _choice_values(node.elts, name))
+        return Dimension(name, "choice", _choice_values(node.elts, name, expr))
     if isinstance(node, ast.Tuple | ast.Set):
         raise _EntryError(f"write the values as a list in square brackets, e.g. {name}=[32, 64].")
     if not isinstance(node, ast.Call):
@@ -279,7 +281,7 @@ def _parse_entry(entry: str) -> Dimension:
         raise _EntryError(f"unknown distribution {function}(); known: choice, range, uniform, loguniform, int.")
     if node.keywords or any(isinstance(arg, ast.Starred) for arg in node.args):
         raise _EntryError(f"{function}() takes its values by position, e.g. {name}={_FORMS[function]}.")
-    return _PARSERS[function](name, node.args)
+    return _PARSERS[function](name, node.args, expr)
 
 
 def _is_literal(node: ast.expr) -> bool:
@@ -290,22 +292,27 @@ def _is_literal(node: ast.expr) -> bool:
     return True
 
 
-def _literal(node: ast.expr, what: str) -> Any:
+def _shown(node: ast.expr, source: str) -> str:
+    """``node`` as the user typed it (``ast.unparse`` would show 1e999 as 1e309)."""
+    return ast.get_source_segment(source, node) or ast.unparse(node)
+
+
+def _literal(node: ast.expr, what: str, source: str) -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise _EntryError(f"{ast.unparse(node)!r} is not {what}.") from None
+        raise _EntryError(f"{_shown(node, source)!r} is not {what}.") from None
 
 
-def _choice_values(nodes: list[ast.expr], name: str) -> tuple[Any, ...]:
+def _choice_values(nodes: list[ast.expr], name: str, source: str) -> tuple[Any, ...]:
     if not nodes:
         raise _EntryError(f"the list is empty; give {name} at least one value, e.g. {name}=[32, 64].")
     values: list[Any] = []
     for node in nodes:
-        value = _literal(node, "a literal value (a number, a string, True/False or None)")
+        value = _literal(node, "a literal value (a number, a string, True/False or None)", source)
         if not isinstance(value, _LITERAL_TYPES):
             raise _EntryError(
-                f"{ast.unparse(node)} is a {type(value).__name__}; a value must be a number, a string, "
+                f"{_shown(node, source)} is a {type(value).__name__}; a value must be a number, a string, "
                 "True/False or None."
             )
         twin = next((seen for seen in values if seen == value), _MISSING)
@@ -317,9 +324,13 @@ def _choice_values(nodes: list[ast.expr], name: str) -> tuple[Any, ...]:
 
 
 _MISSING = object()
+# Optuna stores every param as a float: whole numbers beyond 2**53 would come back changed.
+_WHOLE_LIMIT = 2**53
 
 
-def _numbers(function: str, name: str, args: list[ast.expr], counts: tuple[int, ...], whole: bool) -> list[Any]:
+def _numbers(
+    function: str, name: str, args: list[ast.expr], source: str, counts: tuple[int, ...], whole: bool
+) -> list[Any]:
     """The arguments of ``function``: ``counts`` of them, each a (whole) number."""
     if len(args) not in counts:
         wanted = " or ".join(str(count) for count in counts)
@@ -327,21 +338,31 @@ def _numbers(function: str, name: str, args: list[ast.expr], counts: tuple[int, 
     kind = "whole number" if whole else "number"
     values = []
     for arg in args:
-        value = _literal(arg, f"a {kind}")
+        value = _literal(arg, f"a {kind}", source)
         allowed = (int,) if whole else (int, float)
-        if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value):
-            raise _EntryError(f"{function}() arguments must be {kind}s, not {ast.unparse(arg)}: "
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise _EntryError(f"{function}() arguments must be {kind}s, not {_shown(arg, source)}: "
                               f"e.g. {name}={_FORMS[function]}.")
+        if not _finite(value) or (whole and abs(value) > _WHOLE_LIMIT):
+            limit = f"whole numbers within +-{_WHOLE_LIMIT} (2**53)" if whole else "finite numbers"
+            raise _EntryError(f"{_shown(arg, source)} is too large for {function}(); give {limit}.")
         values.append(value)
     return values
 
 
-def _parse_choice(name: str, args: list[ast.expr]) -> Dimension:
-    return Dimension(name, "choice", _choice_values(args, name))
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int of hundreds of digits
+        return False
 
 
-def _parse_range(name: str, args: list[ast.expr]) -> Dimension:
-    bounds = _numbers("range", name, args, (1, 2, 3), whole=True)
+def _parse_choice(name: str, args: list[ast.expr], source: str) -> Dimension:
+    return Dimension(name, "choice", _choice_values(args, name, source))
+
+
+def _parse_range(name: str, args: list[ast.expr], source: str) -> Dimension:
+    bounds = _numbers("range", name, args, source, (1, 2, 3), whole=True)
     if len(bounds) == 3 and bounds[2] == 0:
         raise _EntryError("range() step must not be zero.")
     values = range(*bounds)
@@ -353,9 +374,9 @@ def _parse_range(name: str, args: list[ast.expr]) -> Dimension:
     return Dimension(name, "choice", tuple(values))
 
 
-def _parse_interval(kind: str) -> Callable[[str, list[ast.expr]], Dimension]:
-    def parse(name: str, args: list[ast.expr]) -> Dimension:
-        low, high = _numbers(kind, name, args, (2,), whole=kind == "int")
+def _parse_interval(kind: str) -> Callable[[str, list[ast.expr], str], Dimension]:
+    def parse(name: str, args: list[ast.expr], source: str) -> Dimension:
+        low, high = _numbers(kind, name, args, source, (2,), whole=kind == "int")
         if kind == "int":
             if low > high:
                 raise _EntryError(f"int({low}, {high}) needs low <= high.")

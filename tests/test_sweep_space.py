@@ -6,6 +6,7 @@ import math
 import random
 import statistics
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ def test_every_form_of_the_grammar() -> None:
     assert (drop.kind, drop.low, drop.high, drop.continuous) == ("uniform", 0.0, 0.5, True)
     assert every.values == (10, 6, 2)
     assert widths.values == (16, 32)  # a list may span lines
+    assert parse_space(space.describe()) == space
 
 
 @pytest.mark.parametrize(
@@ -417,4 +419,8 @@ def test_bad_optuna_arguments(optuna: Any, tmp_path: Path) -> None:
         search.tell(number, "complete")
     with pytest.raises(ValueError, match="not one of complete, pruned, fail"):
         search.tell(number, "done")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        search.tell(number, "complete", math.nan)  # a NaN objective cannot be ranked: the trial fails, silently
+    assert search.study.trials[number].state == optuna.trial.TrialState.FAIL
 

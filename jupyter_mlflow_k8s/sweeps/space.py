@@ -307,7 +307,8 @@ def _literal(node: ast.expr, what: str, source: str) -> Any:
 def _choice_values(nodes: list[ast.expr], name: str, source: str) -> tuple[Any, ...]:
     if not nodes:
         raise _EntryError(f"the list is empty; give {name} at least one value, e.g. {name}=[32, 64].")
-    values: list[Any] = []
+    # Keyed by value, so 1, 1.0 and True are one key, as they are one choice to Optuna (it finds them by ==).
+    values: dict[Any, Any] = {}
     for node in nodes:
         value = _literal(node, "a literal value (a number, a string, True/False or None)", source)
         if not isinstance(value, _LITERAL_TYPES):
@@ -315,15 +316,14 @@ def _choice_values(nodes: list[ast.expr], name: str, source: str) -> tuple[Any, 
                 f"{_shown(node, source)} is a {type(value).__name__}; a value must be a number, a string, "
                 "True/False or None."
             )
-        twin = next((seen for seen in values if seen == value), _MISSING)
-        if twin is not _MISSING:
+        if value in values:
+            twin = values[value]
             same = "twice" if _same_value(twin, value) else f"twice ({twin!r} == {value!r} in Python)"
             raise _EntryError(f"{value!r} is listed {same}; list each value once.")
-        values.append(value)
-    return tuple(values)
+        values[value] = value
+    return tuple(values.values())
 
 
-_MISSING = object()
 # Optuna stores every param as a float: whole numbers beyond 2**53 would come back changed.
 _WHOLE_LIMIT = 2**53
 
@@ -625,7 +625,10 @@ class OptunaSearch:
         if state == "complete":
             if value is None:
                 raise ValueError(f"trial {number} is complete but has no objective value")
-            self.study.tell(number, float(value), skip_if_finished=True)
+            if math.isnan(value):  # Optuna cannot rank NaN: it would fail the trial, with a warning
+                self.study.tell(number, state=states.FAIL, skip_if_finished=True)
+            else:
+                self.study.tell(number, float(value), skip_if_finished=True)
         else:
             self.study.tell(number, state=states.PRUNED if state == "pruned" else states.FAIL, skip_if_finished=True)
         self._trials.pop(number, None)

@@ -28,7 +28,11 @@ behind in the layer of the step that mounted them, so the Debian base carries th
 Command line (from ``tests/``): ``python -m cluster.images build [runner] [singleuser] [--pause BINARY]``
 prints the image references as JSON on the last line of stdout; exit status 3 means building is
 impossible on this machine (the reason is one line on stderr), 1 a failed build (with the tail of its
-log). ``push REF... --registry 127.0.0.1:PORT`` and ``list`` also exist.
+log). ``push REF... --registry 127.0.0.1:PORT``, ``list`` and ``prune`` also exist.
+
+Every build ends with :func:`prune`: each image keeps the tags just built and its ``KEEP`` newest others
+(another checkout, a helper's worktree, may run on them), so that buildah's storage does not grow by an
+image of 2 GB for each change to the package until the disk is full.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# Tags of each image kept beside the ones just built, and untagged images (earlier stages) kept.
+KEEP = 2
 # Bump to give every image a new tag (a change in how they are built that the keys do not see).
 RECIPE = "1"
 NAMESPACE = "localhost/jmk"
@@ -711,12 +717,48 @@ def build(
     refs: dict[str, str] = {}
     with build_lock(), build_config() as config:
         base = build_base(config)
+        bases = {base}
         for name in names:
             image_base = build_singleuser_base(base, config, root) if name == "singleuser" else base
+            bases.add(image_base)
             refs[name] = build_image(name, image_base, config, root)
         if pause is not None:
             refs["pause"] = build_pause(pause)
+        prune([*refs.values(), *bases])
     return refs
+
+
+def prune(current: Iterable[str], keep: int = KEEP) -> list[str]:
+    """Remove our images that are neither in ``current`` nor among the ``keep`` newest of their name.
+
+    Untagged images (the wheel stage of a multi-stage build) keep their ``keep`` newest too: the newest
+    holds buildah's layer cache for the next build. Returns what was removed (references or IDs).
+    """
+    result = subprocess.run(["buildah", "images", "--json"], capture_output=True, text=True, check=False)
+    try:
+        images = json.loads(result.stdout or "[]") or []
+    except ValueError:
+        return []
+    wanted = set(current)
+    by_repository: dict[str, list[tuple[int, str]]] = {}
+    for image in images:
+        created = int(image.get("created") or 0)
+        names = [name for name in image.get("names") or [] if name.startswith(f"{NAMESPACE}/")]
+        if not image.get("names"):
+            by_repository.setdefault("", []).append((created, str(image.get("id", ""))))
+        for name in names:
+            by_repository.setdefault(name.rpartition(":")[0], []).append((created, name))
+    doomed = []
+    for entries in by_repository.values():
+        others = sorted((entry for entry in entries if entry[1] not in wanted), reverse=True)
+        doomed += [ref for _, ref in others[keep:] if ref]
+    removed = []
+    for ref in doomed:
+        if subprocess.run(["buildah", "rmi", ref], capture_output=True, check=False).returncode == 0:
+            removed.append(ref)
+    if removed:
+        _say(f"pruned {len(removed)} older images: {' '.join(removed)}")
+    return removed
 
 
 def build_pause(pause_binary: Path) -> str:
@@ -892,6 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     push_cmd.add_argument("refs", nargs="+")
     push_cmd.add_argument("--registry", required=True, help="HOST:PORT of a plain-HTTP registry")
     commands.add_parser("list", help="our images in buildah's storage")
+    commands.add_parser("prune", help=f"remove all but the {KEEP} newest tags of each image")
     commands.add_parser("check", help="print why images cannot be built here (exit 3), or nothing")
     args = parser.parse_args(argv)
     try:
@@ -904,6 +947,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             for row in list_images():
                 print(f"{row['ref']}  {row['id']}  {int(str(row['size'])) / 1e6:.0f} MB")
+            return 0
+        if args.command == "prune":
+            prune(())
             return 0
         if args.command == "push":
             print(json.dumps({ref: push(ref, args.registry) for ref in args.refs}))

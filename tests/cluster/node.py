@@ -195,6 +195,29 @@ def registry_storage() -> Path:
     return Path(os.environ.get("JMK_TEST_REGISTRY_DIR") or base / "jupyter_mlflow_k8s" / "registry")
 
 
+def prune_registry(storage: Path, kept: Iterable[str]) -> list[str]:
+    """Untag what buildah's storage no longer has, then let the stopped registry collect its blobs.
+
+    ``kept`` are local references (``localhost/jmk/runner:<key>``); a tag of the registry that is not
+    among them was pruned locally (``images.prune``) and would only fill the disk. Returns the tags
+    removed (``jmk/runner:<key>``). Run it only while no registry serves ``storage``.
+    """
+    names = {ref.removeprefix("localhost/") for ref in kept}
+    removed = []
+    repositories = storage / "docker" / "registry" / "v2" / "repositories"
+    for tag_dir in sorted(repositories.glob("*/*/_manifests/tags/*")):
+        repository = tag_dir.parent.parent.parent.relative_to(repositories).as_posix()
+        if f"{repository}:{tag_dir.name}" not in names:
+            shutil.rmtree(tag_dir, ignore_errors=True)
+            removed.append(f"{repository}:{tag_dir.name}")
+    if removed:
+        config = storage.parent / "registry-gc.yml"
+        write_registry_config(config, storage, _free_port())
+        _run("docker-registry", "garbage-collect", "--delete-untagged", str(config), check=False, timeout=900)
+        config.unlink(missing_ok=True)
+    return removed
+
+
 # ---------------------------------------------------------------------- machine snapshot
 
 
@@ -337,6 +360,8 @@ class RealNode:
         cluster.ports["registry"] = registry_port
         registry = f"127.0.0.1:{registry_port}"
         config = self.paths.root / "registry.yml"
+        local = [str(row["ref"]) for row in image_tools.list_images()]
+        prune_registry(registry_storage(), [*local, *images.values()])
         write_registry_config(config, registry_storage(), registry_port)
         reg = cluster._spawn("registry", ["docker-registry", "serve", str(config)])
         cluster._wait(reg, "answering /v2/", lambda: _http_ok(f"http://{registry}/v2/"), 20)
@@ -688,6 +713,9 @@ fileCheckFrequency: 60s
             _run("umount", "-l", point, check=False)
         for name in set(_pod_log_dirs()) - set(before.get("pod_logs", [])):
             shutil.rmtree(POD_LOGS / name, ignore_errors=True)
+        if not _mounts_under([str(paths.containerd)]):
+            # The images unpacked (GBs per cluster): the registry keeps them, and pytest keeps three runs' dirs.
+            shutil.rmtree(paths.containerd / "root", ignore_errors=True)
         if _bridge_exists():
             _run("ip", "link", "delete", BRIDGE, check=False)
         kube_proxy = Path(self.cluster.bin_dir or "") / "kube-proxy" if self.cluster.bin_dir else None

@@ -24,7 +24,7 @@ from .errors import translate
 from .exceptions import JMKUsageError, JobCancelled, JobFailed, JobNotFound
 from .lifecycle import end_job, finalize_tracking
 from .models import JobRecord, JobSpec, JobState
-from .payload import Payload, load_value, stage_inputs, write_payload
+from .payload import Payload, ValueEntry, load_value, stage_inputs, write_payload
 from .ranks import failed_rank, lines_of_rank, rank_prefix, rank_traceback
 from .records import JobStore
 from .storage import LocalStorage, Storage, get_storage
@@ -82,8 +82,14 @@ class JobService:
 
     # -- submit -------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, values: Mapping[str, Any]) -> JobRecord:
-        """Check, stage and launch one job; returns its record (QUEUED or later)."""
+    def submit(
+        self, spec: JobSpec, values: Mapping[str, Any], staged: Sequence[ValueEntry] | None = None
+    ) -> JobRecord:
+        """Check, stage and launch one job; returns its record (QUEUED or later).
+
+        ``staged``: inputs staged once already (the trials of a sweep share them); ``values`` then only
+        gives the scalar inputs recorded as MLflow params.
+        """
         backend = self.backend(spec.backend)
         backend.check(spec)
         backend.check_environment(self.storage.url, self.settings.tracking_uri)
@@ -92,7 +98,7 @@ class JobService:
         tracking.check_reachable(self.settings.tracking_uri)
         record = self.store.create(spec)
         try:
-            entries = stage_inputs(self.storage, values)
+            entries = list(staged) if staged is not None else stage_inputs(self.storage, values)
         except Exception:
             self._discard(record)  # nothing started: leave no trace but the error
             raise
@@ -267,6 +273,16 @@ class JobService:
         if document is None:
             raise JobFailed(record.job_id, "the job succeeded but stored no result document")
         return self._load_result(record, document, storage)
+
+    def result_value(self, record: JobRecord, name: str) -> Any:
+        """One value a succeeded job returned, loaded alone (a sweep's objective); KeyError if it did not."""
+        document, storage = self._result_document(record)
+        if record.state is not JobState.SUCCEEDED or not document or not document.get("ok"):
+            raise KeyError(name)
+        for entry in document.get("outputs", []):
+            if entry["name"] == name:
+                return load_value(storage or self.storage, entry)
+        raise KeyError(name)
 
     def _raise_rank_failure(self, record: JobRecord) -> None:
         """Raise the error of the rank whose failure stopped a distributed job (not what it did to the others)."""

@@ -204,6 +204,27 @@ class JobSpec:
         return f"{where}, {self.world_size} ranks"
 
 
+_SPEC_TUPLES = ("inputs", "outputs", "assigns", "secrets", "volumes")
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """A job spec as plain JSON-able data."""
+    data = dataclasses.asdict(spec)
+    for name in _SPEC_TUPLES:
+        data[name] = list(data[name])
+    return data
+
+
+def spec_from_dict(data: dict[str, Any]) -> JobSpec:
+    """Inverse of :func:`spec_to_dict`; ignores keys it does not know (newer writers)."""
+    spec_data = dict(data)
+    spec_data["resources"] = Resources(**spec_data.get("resources") or {})
+    for name in _SPEC_TUPLES:
+        spec_data[name] = tuple(spec_data.get(name, ()))
+    spec_fields = {f.name for f in dataclasses.fields(JobSpec)}
+    return JobSpec(**{k: v for k, v in spec_data.items() if k in spec_fields})
+
+
 @dataclass
 class JobRecord:
     """The persistent record of one job: what was asked, where it stands, where things are."""
@@ -262,25 +283,13 @@ class JobRecord:
         data = dataclasses.asdict(self)
         data.pop("unreachable")
         data["state"] = self.state.value
-        data["spec"]["inputs"] = list(self.spec.inputs)
-        data["spec"]["outputs"] = list(self.spec.outputs)
-        data["spec"]["assigns"] = list(self.spec.assigns)
-        data["spec"]["secrets"] = list(self.spec.secrets)
-        data["spec"]["volumes"] = list(self.spec.volumes)
+        data["spec"] = spec_to_dict(self.spec)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         """Inverse of :meth:`to_dict`; ignores keys it does not know (newer writers)."""
-        spec_data = dict(data["spec"])
-        spec_data["resources"] = Resources(**spec_data.get("resources") or {})
-        spec_data["inputs"] = tuple(spec_data.get("inputs", ()))
-        spec_data["outputs"] = tuple(spec_data.get("outputs", ()))
-        spec_data["assigns"] = tuple(spec_data.get("assigns", ()))
-        spec_data["secrets"] = tuple(spec_data.get("secrets", ()))
-        spec_data["volumes"] = tuple(spec_data.get("volumes", ()))
-        spec_fields = {f.name for f in dataclasses.fields(JobSpec)}
-        spec = JobSpec(**{k: v for k, v in spec_data.items() if k in spec_fields})
+        spec = spec_from_dict(data["spec"])
         known = {f.name for f in dataclasses.fields(cls)} - {"spec", "state"}
         values = {k: v for k, v in data.items() if k in known}
         return cls(spec=spec, state=JobState(data["state"]), **values)

@@ -45,9 +45,11 @@ def shell(state_dir: Path) -> Iterator[object]:
     assert ip is not None
     ip.reset(new_session=True)
     ip.__dict__.pop("_jmk_service", None)
+    ip.__dict__.pop("_jmk_sweeps", None)
     ip.run_line_magic("load_ext", "jupyter_mlflow_k8s")
     yield ip
     ip.__dict__.pop("_jmk_service", None)
+    ip.__dict__.pop("_jmk_sweeps", None)
     stop_jobs(state_dir, ip.config)
 
 

@@ -16,6 +16,12 @@ def stop_jobs(state_dir: Path, config: object = None) -> None:
     if not (state_dir / "jobs").exists():
         return
     service = JobService(load_settings(state_dir=str(state_dir)), backend_config=config)
+    if (state_dir / "sweeps").exists():  # their controllers first, or they launch the next trials
+        from jupyter_mlflow_k8s.sweeps import SweepService
+
+        sweeps = SweepService(service)
+        for sweep in sweeps.list():
+            sweeps.cancel(sweep["sweep_id"], timeout=30)
     for record in service.list():
         if not record.state.terminal:
             service.cancel_and_wait(record.job_id, timeout=15)

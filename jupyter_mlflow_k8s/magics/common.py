@@ -69,10 +69,23 @@ def parse_flags(magic: Callable[..., Any], line: str) -> Any:
     from IPython.core.magic_arguments import parse_argstring
 
     try:
-        return parse_argstring(magic, line)
+        args = parse_argstring(magic, line)
     except ValueError as exc:
         raise JMKUsageError(f"Cannot read the flags {line.strip()!r}: {exc}. Close the quote, or put a value "
                             "with a quote or a space in the other kind of quotes (--run-name \"it's mine\").") from None
+    for name, value in vars(args).items():  # IPython splits without posix rules: it keeps the quotes
+        if isinstance(value, str):
+            setattr(args, name, _unquoted(value))
+        elif isinstance(value, list):
+            setattr(args, name, [_unquoted(v) if isinstance(v, str) else v for v in value])
+    return args
+
+
+def _unquoted(text: str) -> str:
+    """``"my run"`` -> ``my run``: the value the user meant, as a shell would give it."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def split_words(line: str) -> list[str]:

@@ -7,17 +7,21 @@ from typing import Any
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from ..exceptions import JMKUsageError
+from ..sweeps import is_sweep_id
 from ..widgets import JobStatusView
 from ..widgets.jobs import JobTable
+from ..widgets.sweep import SweepTable
 from .common import service_for, split_words, stream_to_cell, user_errors
-from .train import attach
+from .train import attach, collect_sweep, sweeps_for
 
 JOB_USAGE = """Usage:
   %job logs ID [--follow] [--rank R]
                             print the job's log (and keep following it); --rank: one rank's lines
   %job attach ID            wait for the job, stream the rest of its log, collect its results
   %job cancel ID            stop the job (its MLflow run ends KILLED)
-  %job status ID            one line about the job"""
+  %job status ID            one line about the job
+A sweep's id (s-1a2b3c4d) works too: status shows its leaderboard, attach collects its best trial,
+cancel stops every trial, logs shows its controller's log."""
 
 __all__ = ["JOB_USAGE", "JobMagics"]
 
@@ -39,7 +43,9 @@ class JobMagics(Magics):
         """
         records = service_for(self.shell).list()
         limit = int(line) if line.strip().isdigit() else 50
-        return JobTable(records[:limit])
+        jobs = [r for r in records if "jmk.sweep" not in r.spec.tags]  # a sweep's trials show in its row
+        sweeps = sweeps_for(self.shell).list()
+        return JobTable(jobs[:limit], sweeps[:limit])
 
     @line_magic
     @user_errors
@@ -64,6 +70,8 @@ class JobMagics(Magics):
         unknown = [w for w in rest if w not in allowed]
         if unknown:
             raise JMKUsageError(f"%job {action} does not take {' '.join(unknown)}.\n{JOB_USAGE}")
+        if is_sweep_id(job_id):
+            return self._sweep(action, job_id, rest)
         service = service_for(self.shell)
         record = service.get(job_id)
         if action == "status":
@@ -84,6 +92,25 @@ class JobMagics(Magics):
             view.show()
             result = attach(self.shell, service, record.job_id, view)
             return result.display if result.has_display else None
+        return None
+
+
+    def _sweep(self, action: str, sweep_id: str, rest: list[str]) -> Any:
+        """``%job status|logs|attach|cancel`` on a sweep: its leaderboard, its controller's log, collect, stop."""
+        __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
+        sweeps = sweeps_for(self.shell)
+        record = sweeps.get(sweep_id)
+        if action == "status":
+            return SweepTable(record)
+        if action == "logs":
+            if rest:
+                raise JMKUsageError(f"%job logs {sweep_id} shows the sweep's own log; a trial's: %job logs JOB_ID.")
+            print(sweeps.controller_log(record["sweep_id"]), end="")
+        elif action == "cancel":
+            record = sweeps.cancel(record["sweep_id"])
+            print(f"[jmk] sweep {record['sweep_id']}: {record['state']} {record.get('message', '')}".rstrip())
+        else:
+            collect_sweep(self.shell, sweeps, record["sweep_id"])
         return None
 
 

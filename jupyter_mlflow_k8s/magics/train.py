@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -15,8 +16,10 @@ from ..jobs import JobService, RegistrationFailed
 from ..k8s.presets import parse_secret, parse_volume
 from ..models import JobRecord, JobSpec, Resources, parse_gpus, parse_nodes, parse_procs, parse_retries
 from ..payload import analyze_cell
+from ..sweeps import SweepRequest, SweepService
 from ..tracking import run_url
 from ..widgets import JobStatusView
+from ..widgets.sweep import SweepView
 from .common import (
     literal,
     notebook_path,
@@ -89,6 +92,84 @@ def attach(shell: Any, service: JobService, job_id: str, view: JobStatusView | N
     return result
 
 
+_SWEEP_FLAGS = ("objective", "search", "trials", "parallel", "repeats", "prune", "max_failures", "seed")
+
+
+def _refuse_sweep_flags(args: Any) -> None:
+    """A sweep's flags without ``--sweep`` would be ignored silently: say so instead."""
+    given = [f"--{name.replace('_', '-')}" for name in _SWEEP_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise JMKUsageError(
+            f"{', '.join(given)} only make sense with --sweep, "
+            "e.g. --sweep \"lr=[0.01, 0.1]\" --objective val_loss:min."
+        )
+
+
+def sweeps_for(shell: Any) -> SweepService:
+    """One sweep service per shell, on the shell's job service."""
+    sweeps = getattr(shell, "_jmk_sweeps", None)
+    if sweeps is None:
+        sweeps = SweepService(service_for(shell), shell.config)
+        shell._jmk_sweeps = sweeps
+    return sweeps
+
+
+class SweepHandle:
+    """What ``%%train --sweep --async`` returns: the sweep, to wait for, collect, or cancel later."""
+
+    def __init__(self, sweeps: SweepService, sweep_id: str, shell: Any) -> None:
+        self._sweeps = sweeps
+        self._shell = shell
+        self.sweep_id = sweep_id
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The sweep's current record."""
+        return self._sweeps.get(self.sweep_id)
+
+    @property
+    def state(self) -> str:
+        """queued, running, succeeded, failed or cancelled."""
+        return str(self.record["state"])
+
+    @property
+    def trials(self) -> Any:
+        """Every trial so far, as a DataFrame."""
+        return self._sweeps.frame(self.record)
+
+    def cancel(self) -> None:
+        """Stop every trial and wait until the sweep has ended."""
+        self._sweeps.cancel(self.sweep_id)
+
+    def result(self) -> None:
+        """Wait for the sweep, then put the best trial's names and ``sweep`` into the namespace."""
+        collect_sweep(self._shell, self._sweeps, self.sweep_id)
+
+    def __repr__(self) -> str:
+        return f"<SweepHandle {self.sweep_id}: {self.state}; %job attach {self.sweep_id} to collect>"
+
+
+def collect_sweep(shell: Any, sweeps: SweepService, sweep_id: str, view: SweepView | None = None) -> None:
+    """Follow a sweep to its end; ``sweep`` gets every trial, the namespace the best trial's names."""
+    __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
+    if view is None:
+        view = SweepView(sweeps.get(sweep_id))
+        view.show()
+    record = sweeps.follow(sweep_id, view.update)
+    view.update(record)
+    shell.user_ns["sweep"] = sweeps.frame(record)
+    trial, result = sweeps.best_result(record)
+    shell.user_ns.update(result.values)
+    params = ", ".join(f"{k}={v!r}" for k, v in trial["params"].items())
+    metric = record["objective"]["metric"]
+    names = ", ".join(result.values) or "nothing"
+    print(f"[jmk] sweep {record['sweep_id']} {record['state']}: best trial {trial['index']} ({params}) "
+          f"{metric}={trial['objective']:.6g}, MLflow run {trial['run_id']}; returned {names}; "
+          "`sweep` holds every trial")  # fmt: skip
+    if record.get("message"):
+        print(f"[jmk] {record['message']}")
+
+
 @magics_class
 class TrainMagics(Magics):
     """The ``%%train`` cell magic."""
@@ -118,6 +199,15 @@ class TrainMagics(Magics):
     @argument("--nodes", default="1", help="train on this many pods under torchrun (Kubernetes), e.g. --nodes 2")
     @argument("--procs", help="processes per pod (or on this machine) under torchrun; default: one per GPU, else 1")
     @argument("--rendezvous-timeout", default="15m", help="with --nodes: how long the pods wait for each other")
+    @argument("--sweep", metavar="SPACE", help='sweep hyperparameters: "lr=loguniform(1e-4,1e-1); batch=[32,64]"')
+    @argument("--objective", metavar="METRIC:min|max", help="with --sweep: what the trials are ranked by")
+    @argument("--search", help="with --sweep: grid (default for lists), random (default otherwise) or tpe (Optuna)")
+    @argument("--trials", help="with --sweep: how many trials (random, tpe; a grid runs every point)")
+    @argument("--parallel", help="with --sweep: at most this many trials at once (default 1)")
+    @argument("--repeats", help="with --sweep: run each point this many times (grouped in the results)")
+    @argument("--prune", nargs="?", const="median", help="with --sweep: stop poor trials early (median or halving)")
+    @argument("--max-failures", help="with --sweep: stop after more failed trials than this (default: a quarter)")
+    @argument("--seed", help="with --sweep: seed of the random and tpe searches")
     @cell_magic
     @user_errors
     def train(self, line: str, cell: str) -> Any:
@@ -168,6 +258,9 @@ class TrainMagics(Magics):
         assert self.shell is not None
         args = parse_flags(self.train, line)
         service = service_for(self.shell)
+        if args.sweep is not None:
+            return self._sweep(args, cell)
+        _refuse_sweep_flags(args)
         spec = self._spec(args, cell)
         values = {name: self.shell.user_ns[name] for name in spec.inputs}
         record = service.submit(spec, values)
@@ -182,7 +275,37 @@ class TrainMagics(Magics):
         result = attach(self.shell, service, record.job_id, view)
         return result.display if result.has_display else None
 
-    def _spec(self, args: Any, cell: str) -> JobSpec:
+    def _sweep(self, args: Any, cell: str) -> Any:
+        """``--sweep``: every trial a job; the best trial's names come back, ``sweep`` holds them all."""
+        __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
+        assert self.shell is not None
+        request = SweepRequest.parse(
+            args.sweep, args.objective, args.search, args.trials, args.parallel, args.repeats, args.prune,
+            args.max_failures, args.seed,
+        )  # fmt: skip
+        if args.register:
+            raise JMKUsageError(
+                "--register with --sweep would register a model for every trial. Sweep first; then register "
+                "the best trial's model (it comes back into the notebook) with %%train --register, or "
+                "%model register on the best run (sweep.loc[sweep.best].run_id)."
+            )
+        spec = self._spec(args, cell, swept=request.space.names)
+        sweeps = sweeps_for(self.shell)
+        values = {name: self.shell.user_ns[name] for name in spec.inputs}
+        record = sweeps.start(spec, values, request)
+        sweep_id = record["sweep_id"]
+        at_once = f"at most {request.parallel} at once"
+        print(f"[jmk] sweep {sweep_id}: {request.trials} trials ({request.search}), {at_once}, {spec.backend}; "
+              f"objective {request.objective}; parent MLflow run {record['parent_run_id']}")  # fmt: skip
+        view = SweepView(record, on_cancel=(lambda: sweeps.store.request_cancel(sweep_id)) if args.run_async else None)
+        view.show()
+        if args.run_async:
+            threading.Thread(target=sweeps.follow, args=(sweep_id, view.update), daemon=True).start()
+            return SweepHandle(sweeps, sweep_id, self.shell)
+        collect_sweep(self.shell, sweeps, sweep_id, view)
+        return None
+
+    def _spec(self, args: Any, cell: str, swept: tuple[str, ...] = ()) -> JobSpec:
         """Validate every flag and the cell; build the job spec (nothing submitted yet)."""
         assert self.shell is not None
         code = self.shell.transform_cell(cell)
@@ -208,7 +331,7 @@ class TrainMagics(Magics):
                     f"--out names {', '.join(missing)}, which the cell never assigns. "
                     f"It assigns: {', '.join(analysis.assigns) or 'nothing'}."
                 )
-        inputs = analysis.inputs(self.shell.user_ns, exclude=params)
+        inputs = analysis.inputs(self.shell.user_ns, exclude=[*params, *swept])
         inputs = self._check_register(args, analysis.assigns, inputs)
         service = service_for(self.shell)
         gpus = parse_gpus(args.gpus)
@@ -270,4 +393,4 @@ class TrainMagics(Magics):
         return inputs
 
 
-__all__ = ["JobHandle", "TrainMagics", "UsageError", "attach"]
+__all__ = ["JobHandle", "SweepHandle", "TrainMagics", "UsageError", "attach", "collect_sweep", "sweeps_for"]

@@ -191,6 +191,31 @@ def close_run(
         raise
 
 
+def annotate_run(
+    tracking_uri: str,
+    run_id: str,
+    tags: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    status: str | None = None,
+) -> None:
+    """Put tags and metrics on a run, and end it with ``status`` (``FINISHED``, ``FAILED``, ``KILLED``) if given.
+
+    A sweep's parent run is not a job: its controller opens it, tags its best trial, and closes it.
+    """
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    with mlflow_errors(tracking_uri):
+        mlflow_client = client(tracking_uri)
+        mlflow_client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+        if status:
+            mlflow_client.set_terminated(run_id, status=status, end_time=now)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "message", "") or exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
@@ -285,7 +310,7 @@ def run_url(record: JobRecord) -> str:
 
 
 __all__ = [
-    "CLOSE_STEPS", "DEFAULT_EXPERIMENT", "KEPT_METRICS", "ModelRef", "RunWriter", "URI_FORMS", "bounds",
+    "annotate_run", "CLOSE_STEPS", "DEFAULT_EXPERIMENT", "KEPT_METRICS", "ModelRef", "RunWriter", "URI_FORMS", "bounds",
     "check_alias", "check_reachable", "client", "close_run", "ensure_experiment", "experiment_by_id",
     "experiment_by_name", "experiment_name", "experiment_names", "experiments", "get_run", "git_tags",
     "kept_metrics_url", "list_artifacts", "live_metrics", "metric_history", "mlflow_errors", "model_registry",

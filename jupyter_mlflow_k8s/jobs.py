@@ -215,6 +215,14 @@ class JobService:
         finally:
             self.store.update(record.job_id, watcher_pid=None)
 
+    def watch(self, job_id: str) -> None:
+        """Register this process as the job's watcher: it closes the job's run (:meth:`closed`) when it ends."""
+        self.store.update(job_id, watcher_pid=os.getpid())
+
+    def closed(self, record: JobRecord) -> JobRecord:
+        """A terminal job with its MLflow run closed, by this process if no other has done it yet."""
+        return finalize_tracking(self.store, record)
+
     # -- act ------------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> JobRecord:

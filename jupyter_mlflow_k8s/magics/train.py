@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -290,6 +291,9 @@ class TrainMagics(Magics):
                 "%model register on the best run (sweep.loc[sweep.best].run_id)."
             )
         spec = self._spec(args, cell, swept=request.space.names)
+        metric = request.objective.metric
+        if metric in spec.assigns and metric not in spec.outputs:  # the objective may be a number the cell assigns
+            spec = dataclasses.replace(spec, outputs=(*spec.outputs, metric))
         sweeps = sweeps_for(self.shell)
         values = {name: self.shell.user_ns[name] for name in spec.inputs}
         record = sweeps.start(spec, values, request)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import tracking
-from ..exceptions import JMKError
+from ..exceptions import JMKError, JobFailed
 from ..jobs import JobService
 from ..models import JobRecord, JobSpec, JobState, spec_from_dict
 from ..payload import ValueEntry
@@ -161,6 +161,7 @@ class SweepController:
             self._close(trial, "failed", error=f"could not start: {exc}")
             return
         trial.update(job_id=job.job_id, run_id=job.run_id)
+        self.service.watch(job.job_id)  # this process closes the trial's run: MLflow is imported here
         self._dirty = True
 
     def _follow(self, trial: dict[str, Any]) -> None:
@@ -200,6 +201,7 @@ class SweepController:
             self.service.cancel(trial["job_id"])
 
     def _finish(self, trial: dict[str, Any], job: JobRecord) -> None:
+        job = self.service.closed(job)  # the trial's run ends (FINISHED, FAILED, KILLED) before the sweep moves on
         trial["finished"] = job.finished
         trial["started"] = trial["started"] or job.started
         if job.state is JobState.SUCCEEDED:
@@ -222,7 +224,17 @@ class SweepController:
         elif job.state is JobState.CANCELLED:
             self._close(trial, "cancelled", error=job.message or "cancelled")
         else:
-            self._close(trial, "failed", error=job.message or "failed; see %job logs")
+            self._close(trial, "failed", error=self._error_of(job))
+
+    def _error_of(self, job: JobRecord) -> str:
+        """What the cell raised (``ValueError: ...``), else the job's own message."""
+        try:
+            self.service.result(job)
+        except JobFailed as failure:
+            return failure.message
+        except (JMKError, OSError):
+            pass
+        return job.message or f"failed; see %job logs {job.job_id}"
 
     def _objective_of(self, job: JobRecord) -> float | None:
         """The objective's last logged value, else a number the cell assigned under the metric's name."""

@@ -24,13 +24,19 @@ from .jobs import JobService
 
 
 def _cmd_jobs(service: JobService, args: argparse.Namespace) -> int:
+    from .sweeps import listed
     from .widgets.jobs import JobTable
 
-    print(repr(JobTable(service.list()[: args.limit])))
+    print(repr(JobTable(*listed(service, args.limit))))
     return 0
 
 
 def _cmd_logs(service: JobService, args: argparse.Namespace) -> int:
+    from .sweeps import SweepService, is_sweep_id
+
+    if is_sweep_id(args.job_id):  # a sweep's own log: its controller's
+        print(SweepService(service, args.config).controller_log(args.job_id), end="")
+        return 0
     if not args.follow:
         print(service.read_log(args.job_id, args.rank), end="")
         return 0
@@ -45,6 +51,12 @@ def _cmd_logs(service: JobService, args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(service: JobService, args: argparse.Namespace) -> int:
+    from .sweeps import SweepService, is_sweep_id
+
+    if is_sweep_id(args.job_id):  # every trial of the sweep
+        sweep = SweepService(service, args.config).cancel(args.job_id)
+        print(f"sweep {sweep['sweep_id']}: {sweep['state']} {sweep.get('message', '')}".rstrip())
+        return 0 if sweep["state"] in ("cancelled", "succeeded", "failed") else 1
     record = service.cancel_and_wait(args.job_id)
     print(f"job {record.job_id}: {record.state.value} {record.message}".rstrip())
     return 0
@@ -62,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     logs.add_argument("--rank", type=int, help="only the lines of this rank of a distributed job")
     logs.set_defaults(func=_cmd_logs)
-    cancel = sub.add_parser("cancel", help="stop a job")
+    cancel = sub.add_parser("cancel", help="stop a job, or every trial of a sweep (s-...)")
     cancel.add_argument("job_id")
     cancel.set_defaults(func=_cmd_cancel)
     from .pipelines.cli import add_commands

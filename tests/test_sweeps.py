@@ -7,6 +7,8 @@ Concurrency is checked from the trials' own start and end times, never from the 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,12 @@ def test_a_grid_returns_its_known_optimum_with_parent_and_child_runs(
     listing = repr(shell.run_line_magic("jobs", ""))
     assert record["sweep_id"] in listing and "6 trials: 6 succeeded" in listing
     assert not any(job_id in listing for job_id in frame["job_id"])
+    # `jmk jobs` lists it the same way; `jmk logs s-...` is its controller's log
+    jmk = [sys.executable, "-m", "jupyter_mlflow_k8s.cli"]
+    listing = subprocess.run([*jmk, "jobs"], capture_output=True, text=True, check=True).stdout
+    assert record["sweep_id"] in listing and not any(job_id in listing for job_id in frame["job_id"])
+    log = subprocess.run([*jmk, "logs", record["sweep_id"]], capture_output=True, text=True, check=True).stdout
+    assert f"sweep {record['sweep_id']}: succeeded" in log
 
 
 def test_random_trials_never_run_more_than_parallel_at_once(shell: Any) -> None:
@@ -186,7 +194,10 @@ def test_cancel_stops_every_trial(shell: Any) -> None:
     )
     sweeps = sweeps_for(shell)
     wait_for(lambda: sum(t["state"] == "running" for t in sweeps.get(handle.sweep_id)["trials"]) == 2, timeout=60)
-    handle.cancel()
+    jmk = [sys.executable, "-m", "jupyter_mlflow_k8s.cli", "cancel", handle.sweep_id]
+    stopped = subprocess.run(jmk, capture_output=True, text=True, check=True).stdout
+    assert f"sweep {handle.sweep_id}: cancelled" in stopped
+    handle.cancel()  # a second cancel of an ended sweep changes nothing
     record = sweeps.get(handle.sweep_id)
     assert record["state"] == "cancelled"
     assert [t["state"] for t in record["trials"]] == ["cancelled", "cancelled"]  # the other two never started

@@ -7,7 +7,7 @@ from typing import Any
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from ..exceptions import JMKUsageError
-from ..sweeps import is_sweep_id
+from ..sweeps import is_sweep_id, listed
 from ..widgets import JobStatusView
 from ..widgets.jobs import JobTable
 from ..widgets.sweep import SweepTable
@@ -41,11 +41,8 @@ class JobMagics(Magics):
 
             %jobs
         """
-        records = service_for(self.shell).list()
         limit = int(line) if line.strip().isdigit() else 50
-        jobs = [r for r in records if "jmk.sweep" not in r.spec.tags]  # a sweep's trials show in its row
-        sweeps = sweeps_for(self.shell).list()
-        return JobTable(jobs[:limit], sweeps[:limit])
+        return JobTable(*listed(service_for(self.shell), limit))
 
     @line_magic
     @user_errors

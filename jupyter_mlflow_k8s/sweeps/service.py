@@ -21,7 +21,7 @@ from typing import Any
 from .. import tracking
 from ..exceptions import JMKUsageError, JobCancelled, JobFailed
 from ..jobs import JobResult, JobService
-from ..models import JobSpec, spec_to_dict
+from ..models import JobRecord, JobSpec, spec_to_dict
 from ..payload import stage_inputs
 from .controller import best_trial
 from .record import ACTIVE, LOG, TERMINAL, SweepStore
@@ -273,9 +273,15 @@ class SweepService:
         return pd.DataFrame(rows, columns=columns).set_index("trial")
 
 
+def listed(jobs: JobService, limit: int = 50) -> tuple[list[JobRecord], list[dict[str, Any]]]:
+    """What ``%jobs`` and ``jmk jobs`` list: the jobs that are no sweep's trials, and the sweeps."""
+    records = [r for r in jobs.list() if "jmk.sweep" not in r.spec.tags]  # a trial shows in its sweep's row
+    return records[:limit], SweepStore(jobs.settings.state_path).list()[:limit]
+
+
 def active(record: dict[str, Any]) -> int:
     """How many of a sweep's trials are queued or running."""
     return sum(1 for t in record["trials"] if t["state"] in ACTIVE)
 
 
-__all__ = ["SweepRequest", "SweepService", "active"]
+__all__ = ["SweepRequest", "SweepService", "active", "listed"]

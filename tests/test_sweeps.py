@@ -7,6 +7,8 @@ Concurrency is checked from the trials' own start and end times, never from the 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +228,19 @@ def test_attach_collects_a_sweep_after_a_kernel_restart(state_dir: Path) -> None
         assert record["state"] == "succeeded" and record["best"] == 4
     finally:
         kernel.stop()
+
+
+def test_a_killed_controller_is_started_again_by_attach_and_launches_no_trial_twice(shell: Any) -> None:
+    handle = shell.run_cell_magic(
+        "train", '--sweep "x=[1, 2, 3, 4]" --objective y:min --async', "import time\ntime.sleep(1)\ny = (x - 3) ** 2\n"
+    )
+    sweeps = sweeps_for(shell)
+    wait_for(lambda: len(sweeps.get(handle.sweep_id)["trials"]) == 2, timeout=60)
+    pid = sweeps.get(handle.sweep_id)["controller_pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not sweeps.store.controller_alive(sweeps.get(handle.sweep_id)), timeout=10)
+    shell.run_line_magic("job", f"attach {handle.sweep_id}")  # starts a controller again, which carries on
+    record = sweeps.get(handle.sweep_id)
+    assert record["state"] == "succeeded" and record["controller_pid"] != pid
+    assert shell.user_ns["y"] == 0 and shell.user_ns["sweep"]["x"].tolist() == [1, 2, 3, 4]
+    assert len({t["job_id"] for t in record["trials"]}) == 4 and len(service_for(shell).list()) == 4

@@ -161,8 +161,8 @@ class SweepController:
             self._close(trial, "failed", error=f"could not start: {exc}")
             return
         trial.update(job_id=job.job_id, run_id=job.run_id)
+        self._save()  # at once: a controller started again after a crash must not launch this trial twice
         self.service.watch(job.job_id)  # this process closes the trial's run: MLflow is imported here
-        self._dirty = True
 
     def _follow(self, trial: dict[str, Any]) -> None:
         try:

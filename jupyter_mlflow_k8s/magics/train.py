@@ -250,7 +250,7 @@ class TrainMagics(Magics):
         Sweep hyperparameters: each trial a job (4 at once), each an MLflow run under one parent; the
         best trial's names come back, ``sweep`` holds every trial (see docs/sweeps.md)::
 
-            %%train --sweep "lr=loguniform(1e-4, 1e-1); batch=[32, 64]" --objective val_loss:min --trials 20 --parallel 4
+            %%train --sweep "lr=loguniform(1e-4,1e-1); batch=[32,64]" --objective val_loss:min --trials 20 --parallel 4
             model, val_loss = fit(lr=lr, batch=batch)
 
         Fire and forget, collect later (also after a kernel restart)::

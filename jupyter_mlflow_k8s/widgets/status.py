@@ -15,7 +15,7 @@ from typing import Any
 from ..models import JobRecord, JobState
 from ..util.durations import seconds_text
 
-_COLORS = {
+STATE_COLORS = {
     JobState.QUEUED: "#888",
     JobState.RUNNING: "#1a73e8",
     JobState.SUCCEEDED: "#188038",
@@ -39,6 +39,34 @@ def describe(record: JobRecord) -> str:
     return " · ".join(parts)
 
 
+def kernel_widgets() -> Any:
+    """The ipywidgets module where a kernel renders widgets; None in a terminal or without ipywidgets."""
+    try:
+        import ipywidgets as widgets
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return widgets if shell is not None and getattr(shell, "kernel", None) else None
+
+
+def cancel_control(widgets: Any, on_cancel: Callable[[], Any] | None, click: Callable[[], Any]) -> Any:
+    """A Cancel button calling ``click``; without ``on_cancel``, the hint that an interrupt cancels."""
+    if on_cancel is None:
+        return widgets.HTML("<small>interrupt the kernel (■) to cancel</small>")
+    button = widgets.Button(description="Cancel", button_style="warning", icon="stop")
+    button.on_click(lambda _: click())
+    return button
+
+
+def cancel_clicked(action: Any, on_cancel: Callable[[], Any] | None) -> None:
+    """What the Cancel button of a live view does: disable itself, say so, call ``on_cancel``."""
+    if on_cancel is not None:
+        action.disabled = True
+        action.description = "Cancelling"
+        on_cancel()
+
+
 class JobStatusView:
     """Shows one job and keeps the display current; ``update`` is cheap to call often.
 
@@ -55,31 +83,16 @@ class JobStatusView:
         self._handle: Any = None
         self._shown_state = record.state
         self._on_cancel = on_cancel
-        try:
-            import ipywidgets as widgets
-            from IPython import get_ipython
-
-            shell = get_ipython()
-            if shell is None or not getattr(shell, "kernel", None):
-                raise ImportError("no kernel to render widgets")
-        except ImportError:
-            widgets = None
+        widgets = kernel_widgets()
         if widgets is not None:
             self._label = widgets.HTML()
             self._progress = widgets.HTML()
-            if on_cancel is not None:
-                self._action = widgets.Button(description="Cancel", button_style="warning", icon="stop")
-                self._action.on_click(lambda _: self._cancel())
-            else:
-                self._action = widgets.HTML("<small>interrupt the kernel (■) to cancel</small>")
+            self._action = cancel_control(widgets, on_cancel, self._cancel)
             self._metrics = widgets.HTML()
             self._widget = widgets.VBox([widgets.HBox([self._label, self._action]), self._progress, self._metrics])
 
     def _cancel(self) -> None:
-        if self._on_cancel is not None:
-            self._action.disabled = True
-            self._action.description = "Cancelling"
-            self._on_cancel()
+        cancel_clicked(self._action, self._on_cancel)
 
     def follow_in_background(self, current: Callable[[], JobRecord], interval: float = 0.5) -> None:
         """Keep the view current from a thread until the job ends (for ``--async`` jobs)."""
@@ -138,7 +151,7 @@ class JobStatusView:
 
     def _render(self) -> None:
         if self._widget is not None:
-            color = _COLORS[self.record.state]
+            color = STATE_COLORS[self.record.state]
             self._label.value = f'<span style="color:{color}">●</span> {html.escape(describe(self.record))}'
             self._progress.value = f"<pre style='margin:0'>{html.escape(self.progress)}</pre>" if self.progress else ""
             if self.record.state.terminal:

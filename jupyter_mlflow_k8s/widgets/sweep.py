@@ -18,13 +18,14 @@ from typing import Any
 
 from ..exceptions import JMKUsageError
 from ..util.durations import clock_duration
-from .status import _COLORS, MIN_REDRAW_SECONDS
+from .status import MIN_REDRAW_SECONDS, cancel_clicked, cancel_control, kernel_widgets
+from .status import STATE_COLORS as JOB_COLORS
 from .table import Table
 
 Sweep = Mapping[str, Any]
 
 # Trial states beyond a job's: a pruned trial was stopped because its intermediate metrics were poor.
-STATE_COLORS: dict[str, str] = {state.value: color for state, color in _COLORS.items()} | {"pruned": "#9334e6"}
+STATE_COLORS: dict[str, str] = {state.value: color for state, color in JOB_COLORS.items()} | {"pruned": "#9334e6"}
 _BEST_BACKGROUND = "#e6f4ea"
 # Sort groups after the trials with an objective: running ones are the next to have one.
 _GROUP = {"running": 1, "queued": 2}
@@ -294,22 +295,10 @@ class SweepView:
         self._states = self._trial_states(sweep)
         self._ended = False
         self._widget: Any = None
-        try:
-            import ipywidgets as widgets
-            from IPython import get_ipython
-
-            shell = get_ipython()
-            if shell is None or not getattr(shell, "kernel", None):
-                raise ImportError("no kernel to render widgets")
-        except ImportError:
-            widgets = None
+        widgets = kernel_widgets()
         if widgets is not None:
             self._board = widgets.HTML()
-            if on_cancel is not None:
-                self._action = widgets.Button(description="Cancel", button_style="warning", icon="stop")
-                self._action.on_click(lambda _: self._cancel())
-            else:
-                self._action = widgets.HTML("<small>interrupt the kernel (■) to cancel</small>")
+            self._action = cancel_control(widgets, on_cancel, self._cancel)
             self._widget = widgets.VBox([self._board, self._action])
 
     @staticmethod
@@ -317,10 +306,7 @@ class SweepView:
         return {t.get("index"): str(t.get("state")) for t in _trials(sweep)}
 
     def _cancel(self) -> None:
-        if self._on_cancel is not None:
-            self._action.disabled = True
-            self._action.description = "Cancelling"
-            self._on_cancel()
+        cancel_clicked(self._action, self._on_cancel)
 
     def show(self) -> None:
         """Put the view in the cell's output (in a terminal: a line saying what the sweep does)."""

@@ -244,3 +244,20 @@ def test_a_killed_controller_is_started_again_by_attach_and_launches_no_trial_tw
     assert record["state"] == "succeeded" and record["controller_pid"] != pid
     assert shell.user_ns["y"] == 0 and shell.user_ns["sweep"]["x"].tolist() == [1, 2, 3, 4]
     assert len({t["job_id"] for t in record["trials"]}) == 4 and len(service_for(shell).list()) == 4
+
+
+def test_tpe_asks_optuna_for_each_trial_and_keeps_its_study_with_the_sweep(shell: Any, state_dir: Path) -> None:
+    pytest.importorskip("optuna")
+    shell.run_cell_magic(
+        "train", '--sweep "x=uniform(-5, 5); k=[1, 2]" --objective y:min --search tpe --trials 8 --parallel 2 --seed 3',
+        "y = (x - 1) ** 2 + k\n",
+    )  # fmt: skip
+    frame = shell.user_ns["sweep"]
+    assert len(frame) == 8 and set(frame["state"]) == {"succeeded"}
+    assert frame["x"].between(-5, 5).all() and set(frame["k"]) <= {1, 2}
+    assert shell.user_ns["y"] == frame["y"].min()
+    import optuna
+
+    (folder,) = _sweep_dirs(state_dir)
+    study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert sorted(t.value for t in study.trials) == sorted(frame["y"])  # every trial told, with its objective

@@ -310,11 +310,15 @@ def run_sweep(folder: str | Path, service: JobService | None = None) -> dict[str
 
     path = Path(folder)
     store = SweepStore(path.parent.parent)
+    lock = store.hold_controller(path.name)
+    if lock is None:  # another controller drives this sweep
+        return store.load(path.name)
     if service is None:  # configured as the kernel that started the sweep was
         config = json.loads((path / "config.json").read_text())
         traitlets = Config(config.get("traitlets") or {})
         service = JobService(load_settings(traitlets, **config.get("settings", {})), traitlets)
-    return SweepController(store, path.name, service).run()
+    with lock:
+        return SweepController(store, path.name, service).run()
 
 
 __all__ = ["SweepController", "TERMINAL", "best_trial", "group_key", "run_sweep"]

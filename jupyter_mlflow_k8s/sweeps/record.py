@@ -8,21 +8,22 @@ truth the leaderboard, ``%jobs`` and ``%job attach`` read), ``controller.log`` a
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..exceptions import JMKUsageError, JobNotFound
-from ..util.processes import pid_exists
 
 PREFIX = "s-"
 CONFIG = "config.json"
 RECORD = "sweep.json"
 CANCEL = "cancel"
 LOG = "controller.log"
+LOCK = "controller.lock"
 # Trial states: a job's, plus pruned (stopped by the pruner for poor intermediate values).
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "pruned", "cancelled")
@@ -97,10 +98,23 @@ class SweepStore:
         """Whether someone asked the sweep to stop."""
         return (self.folder(sweep_id) / CANCEL).exists()
 
+    def hold_controller(self, sweep_id: str) -> IO[str] | None:
+        """The lock a controller holds while it drives the sweep (so that one drives it); None if another has it."""
+        handle = open(self.folder(sweep_id) / LOCK, "a")  # noqa: SIM115 (held until the process ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
     def controller_alive(self, record: dict[str, Any]) -> bool:
-        """Whether the process that drives the sweep still runs."""
-        pid = record.get("controller_pid")
-        return pid is not None and pid_exists(int(pid))
+        """Whether a controller process drives the sweep now (holds its lock; a dead one holds nothing)."""
+        handle = self.hold_controller(record["sweep_id"])
+        if handle is None:
+            return True
+        handle.close()  # closing lets the lock go
+        return False
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from .record import ACTIVE, LOG, TERMINAL, SweepStore
 from .space import Objective, SearchSpace, parse_objective, parse_search, parse_space, plan_trials
 
 FOLLOW_SECONDS = 0.25
+SPAWN_SECONDS = 60.0
 
 
 def _positive(text: str | int | None, flag: str, example: str, minimum: int = 1) -> int | None:
@@ -172,10 +173,13 @@ class SweepService:
                 [sys.executable, "-m", "jupyter_mlflow_k8s.sweeps", str(folder)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        threading.Thread(target=process.wait, daemon=True).start()  # reaped, so a finished one is not "alive"
-        record = self.store.load(sweep_id)
-        record["controller_pid"] = process.pid
-        self.store.save(record)
+        threading.Thread(target=process.wait, daemon=True).start()  # reaped: no zombie left behind
+        # Alive once it holds the sweep's lock: wait for that, so that a follower does not start another.
+        deadline = time.monotonic() + SPAWN_SECONDS
+        while not self.store.controller_alive(self.store.load(sweep_id)) and time.monotonic() < deadline:
+            if process.poll() is not None:
+                break  # it ended (another controller drives the sweep, or it failed: its log says why)
+            time.sleep(0.02)
 
     # -- look ----------------------------------------------------------------------------------------
 

@@ -24,12 +24,40 @@ from mlflow.tracking import MlflowClient
 from test_k8s_backend import k8s_shell, service  # noqa: F401 (k8s_shell is a fixture)
 from test_k8s_distributed import nothing_left
 from test_sweeps import GRID, GRID_CELL, _max_overlap
+from traitlets.config import Config
 
+from jupyter_mlflow_k8s.backends.kubernetes import KubernetesBackend
 from jupyter_mlflow_k8s.backends.kubernetes.manifests import JOB_ID_LABEL
 from jupyter_mlflow_k8s.magics.train import sweeps_for
 from jupyter_mlflow_k8s.models import JobState
+from jupyter_mlflow_k8s.records import JobStore
+from jupyter_mlflow_k8s.sweeps.service import controller_config
 
-pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+
+def assert_same_backend(kernel: KubernetesBackend, saved: dict[str, Any]) -> None:
+    """A backend built from the saved config (as the controller builds it) is configured as the kernel's."""
+    rebuilt = KubernetesBackend(kernel.store, config=Config(json.loads(json.dumps(saved))))
+    for name in KubernetesBackend.class_trait_names(config=True):
+        assert getattr(rebuilt, name) == getattr(kernel, name), name
+
+
+def test_the_controller_gets_the_kernels_backend_settings_whatever_form_they_were_written_in(tmp_path: Path) -> None:
+    config = Config()
+    backend = config.KubernetesBackend
+    backend.kubeconfig, backend.namespace, backend.image = str(tmp_path / "kubeconfig"), "team-a", "reg/runner:1"
+    backend.pods_share_filesystem, backend.image_pull_failure_seconds = False, 3.0
+    backend.labels.update({"team": "vision"})  # LazyConfigValues: applied to the trait's value when it is built
+    backend.tolerations.append({"key": "gpu", "operator": "Exists"})
+    backend.image_pull_secrets.extend(["regcred"])
+    config.LocalBackend.gpu_ids.extend(["0"])
+    kernel = KubernetesBackend(JobStore(tmp_path / "state"), config=config)
+    assert kernel.labels == {"team": "vision"}
+
+    saved = controller_config(config, kernel)
+
+    assert saved["KubernetesBackend"]["labels"] == {"team": "vision"}
+    assert saved["LocalBackend"]["gpu_ids"] == ["0"]
+    assert_same_backend(kernel, saved)
 
 
 class JobWatch:
@@ -89,6 +117,8 @@ def job_watch(k8s_api: Any, k8s_namespace: str) -> Iterator[JobWatch]:
         yield watch
 
 
+@pytest.mark.k8s
+@pytest.mark.slow
 def test_the_grid_on_kubernetes_returns_its_optimum_with_at_most_parallel_jobs_at_once(
     k8s_shell: Any, k8s_cluster: KubeTarget, k8s_api: Any, k8s_namespace: str, job_watch: JobWatch,  # noqa: F811
     capsys: pytest.CaptureFixture[str],
@@ -111,6 +141,7 @@ def test_the_grid_on_kubernetes_returns_its_optimum_with_at_most_parallel_jobs_a
     # The controller process ran the trials with the kernel's Kubernetes configuration, read back from its file.
     config = json.loads((sweeps_for(k8s_shell).store.folder(record["sweep_id"]) / "config.json").read_text())
     assert config["traitlets"]["KubernetesBackend"]["namespace"] == k8s_namespace
+    assert_same_backend(service(k8s_shell).backend("kubernetes"), config["traitlets"])
     jobs = [service(k8s_shell).get(job_id) for job_id in frame["job_id"]]
     assert {job.spec.backend for job in jobs} == {"kubernetes"} and {job.state for job in jobs} == {JobState.SUCCEEDED}
     assert {job.backend_ref["namespace"] for job in jobs} == {k8s_namespace}
@@ -140,6 +171,8 @@ def test_the_grid_on_kubernetes_returns_its_optimum_with_at_most_parallel_jobs_a
     assert record["sweep_id"] in listing and "6 trials: 6 succeeded" in listing
 
 
+@pytest.mark.k8s
+@pytest.mark.slow
 def test_cancel_of_a_sweep_on_kubernetes_deletes_every_trials_job_and_pods(
     k8s_shell: Any, k8s_cluster: KubeTarget, k8s_api: Any, k8s_namespace: str, job_watch: JobWatch,  # noqa: F811
 ) -> None:
@@ -169,16 +202,3 @@ def test_cancel_of_a_sweep_on_kubernetes_deletes_every_trials_job_and_pods(
     assert client.get_run(record["parent_run_id"]).info.status == "KILLED"
     assert {client.get_run(t["run_id"]).info.status for t in record["trials"]} == {"KILLED"}
     wait_for(lambda: not sweeps.store.controller_alive(record), timeout=30)
-
-
-def test_the_controller_reads_the_kernels_kubernetes_configuration(k8s_shell: Any, tmp_path: Path) -> None:  # noqa: F811
-    """What the fixture configures survives the JSON round trip of the sweep's config.json."""
-    from traitlets.config import Config
-
-    from jupyter_mlflow_k8s.backends.kubernetes import KubernetesBackend
-
-    saved = json.loads(json.dumps(sweeps_for(k8s_shell)._config))
-    rebuilt = KubernetesBackend(config=Config(saved), store=service(k8s_shell).store)
-    kernel = service(k8s_shell).backend("kubernetes")
-    for name in KubernetesBackend.class_trait_names(config=True):
-        assert getattr(rebuilt, name) == getattr(kernel, name), name

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import tracking
+from ..backends.base import Backend
 from ..exceptions import JMKUsageError, JobCancelled, JobFailed
 from ..jobs import JobResult, JobService
 from ..models import JobRecord, JobSpec, spec_to_dict
@@ -108,7 +109,7 @@ class SweepService:
     def __init__(self, jobs: JobService, traitlets_config: Mapping[str, Any] | None = None) -> None:
         self.jobs = jobs
         self.store = SweepStore(jobs.settings.state_path)
-        self._config = json.loads(json.dumps(dict(traitlets_config or {}), default=str))
+        self._traitlets = traitlets_config or {}
 
     def start(self, spec: JobSpec, values: Mapping[str, Any], request: SweepRequest) -> dict[str, Any]:
         """Check, stage the inputs once, open the parent run, start the controller; returns the first record."""
@@ -140,7 +141,7 @@ class SweepService:
             "spec": spec_to_dict(spec), "entries": [dataclasses.asdict(e) for e in entries],
             "scalars": tracking.scalar_params(values), "space": request.space_text, "objective": str(request.objective),
             "search": request.search, "plan": request.plan, "prune": request.prune, "seed": request.seed,
-            "tracking_uri": settings.tracking_uri, "traitlets": self._config,
+            "tracking_uri": settings.tracking_uri, "traitlets": controller_config(self._traitlets, backend),
             "settings": {"state_dir": settings.state_dir, "storage_url": settings.storage_url,
                          "tracking_uri": settings.tracking_uri, "default_backend": settings.default_backend,
                          "storage_options": dict(settings.storage_options)},
@@ -283,9 +284,37 @@ def listed(jobs: JobService, limit: int = 50) -> tuple[list[JobRecord], list[dic
     return records[:limit], SweepStore(jobs.settings.state_path).list()[:limit]
 
 
+def controller_config(config: Mapping[str, Any], backend: Backend) -> dict[str, Any]:
+    """The kernel's traitlets config as JSON, for the controller to build the same job service from.
+
+    The sweep's backend section holds the values of the kernel's own backend: a value written
+    ``c.KubernetesBackend.labels.update({...})`` is a ``LazyConfigValue``, which JSON would turn into its
+    repr (a TraitError or a wrong value in the controller). Elsewhere such a value is applied to an empty
+    container.
+    """
+    from traitlets.config.loader import LazyConfigValue
+
+    mro = {cls.__name__ for cls in type(backend).__mro__}
+
+    def plain(section: str, key: str, value: Any) -> Any:
+        if section in mro and backend.has_trait(key):
+            return getattr(backend, key)
+        if isinstance(value, LazyConfigValue):
+            update = value.to_dict().get("update")
+            return value.get_value(set() if isinstance(update, set) else {} if update is not None else [])
+        return value
+
+    resolved = {
+        section: {key: plain(section, key, value) for key, value in values.items()} if isinstance(values, Mapping)
+        else values
+        for section, values in config.items()
+    }  # fmt: skip
+    return dict(json.loads(json.dumps(resolved, default=str)))
+
+
 def active(record: dict[str, Any]) -> int:
     """How many of a sweep's trials are queued or running."""
     return sum(1 for t in record["trials"] if t["state"] in ACTIVE)
 
 
-__all__ = ["SweepRequest", "SweepService", "active", "listed"]
+__all__ = ["SweepRequest", "SweepService", "active", "controller_config", "listed"]

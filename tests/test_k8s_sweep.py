@@ -69,6 +69,7 @@ class JobWatch:
         self.seen: set[str] = set()
         self.unended: set[str] = set()
         self.most = 0
+        self.error: Exception | None = None  # why the watch stopped early
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -93,7 +94,8 @@ class JobWatch:
                         break
             except kubernetes.client.ApiException as exc:
                 if exc.status != 410:  # an expired version: list again from now
-                    raise
+                    self.error = exc
+                    return
                 version = ""
             finally:
                 stream.stop()
@@ -152,7 +154,7 @@ def test_the_grid_on_kubernetes_returns_its_optimum_with_at_most_parallel_jobs_a
 
     # At most two trials' Jobs at once: from the trials' records, and as the API server showed them.
     assert _max_overlap([{"started": job.started, "finished": job.finished} for job in jobs]) <= 2
-    assert job_watch.seen == set(frame["job_id"])
+    assert job_watch.error is None and job_watch.seen == set(frame["job_id"])
     assert job_watch.most == 2, "the watch saw more (or fewer) unended Jobs at once than --parallel 2"
 
     client = MlflowClient(record["tracking_uri"])
@@ -195,7 +197,7 @@ def test_cancel_of_a_sweep_on_kubernetes_deletes_every_trials_job_and_pods(
         job = service(k8s_shell).get(trial["job_id"])
         assert job.state is JobState.CANCELLED
         wait_for(lambda job=job: nothing_left(k8s_api, k8s_namespace, job), timeout=120, interval=0.2)
-    assert job_watch.seen == {t["job_id"] for t in record["trials"]}  # no Job of a later trial was created
+    assert job_watch.error is None and job_watch.seen == {t["job_id"] for t in record["trials"]}  # no Job of a later trial was created
     if k8s_cluster.local:
         wait_for(lambda: not pod_processes(f"{k8s_namespace}/"), timeout=60)
     client = MlflowClient(record["tracking_uri"])

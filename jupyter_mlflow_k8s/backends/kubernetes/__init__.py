@@ -602,7 +602,8 @@ class KubernetesBackend(Backend):
                 verdict.message += f" The cluster's nodes have at most {most} {self.gpu_resource} each."
         changes: dict[str, Any] = {}
         if verdict.state is JobState.RUNNING and record.state is JobState.QUEUED:
-            changes.update(state=JobState.RUNNING, started=verdict.started or time.time())
+            # A pod's start time is in whole seconds, rounded down: never before the job was created.
+            changes.update(state=JobState.RUNNING, started=max(verdict.started or time.time(), record.created))
         if verdict.message != record.message:
             changes["message"] = verdict.message
         return self.store.update(record.job_id, **changes) if changes else record

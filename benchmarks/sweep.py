@@ -25,7 +25,7 @@ Where (a)'s time goes comes from the records, not from wrappers: the sweep's ``c
 its folder), ``started`` (the controller process began its loop) and ``finished`` (the controller closed the
 parent run); each trial's job ``created`` (the controller began to submit it), ``started`` (the supervisor
 spawned the runner) and ``finished`` (the supervisor saw the runner exit); and each trial's MLflow run
-``start_time`` (the controller created it) and ``end_time`` (the controller closed it). After each
+``start_time`` (the controller created it; its ``end_time`` is the job's end, whoever closed it). After each
 measurement the script waits until the controller and every supervisor have exited, so nothing overlaps.
 
 It prints tables; it asserts nothing about timings.
@@ -181,12 +181,11 @@ def sweep_phases(sweeps: Any, record: dict[str, Any], start: float, end: float) 
     started = [float(j.started) for j in jobs]
     finished = [float(j.finished) for j in jobs]
     run_opened = [r.start_time / 1000 for r in runs]
-    run_closed = [r.end_time / 1000 for r in runs]
     first_start, last_end = min(started), max(finished)
     parallel = int(record["parallel"])
     phases = {
-        "kernel: check, stage, open the parent run, write the sweep": record["created"] - start,
-        "controller: spawn, start, imports (until its loop runs)": record["started"] - record["created"],
+        "kernel: parse, check, stage the inputs, write the sweep's folder": record["created"] - start,
+        "kernel: open the parent run, spawn; controller: start, imports": record["started"] - record["created"],
         "controller: first submit (imports MLflow, opens the store) until its runner starts": first_start
         - record["started"],
         "trials: the first runner start until the last trial ended": last_end - first_start,
@@ -206,8 +205,6 @@ def sweep_phases(sweeps: Any, record: dict[str, Any], start: float, end: float) 
             created[k] - freed[k - parallel] for k in later) if later else math.nan,
         "a slot: a trial ended -> the next trial's runner started (median)": statistics.median(
             started[k] - freed[k - parallel] for k in later) if later else math.nan,
-        "a trial ended -> the controller closed its run (median)": statistics.median(
-            c - f for c, f in zip(run_closed, finished, strict=True)),
         "first wave: first runner start -> last runner start of the wave": max(started[:parallel]) - first_start,
     }  # fmt: skip
     return phases, details, max_overlap(started, finished)

@@ -27,7 +27,7 @@ from .controller import best_trial
 from .record import ACTIVE, LOG, TERMINAL, SweepStore
 from .space import Objective, SearchSpace, parse_objective, parse_search, parse_space, plan_trials
 
-FOLLOW_SECONDS = 0.25
+FOLLOW_SECONDS = 0.1
 
 
 def _positive(text: str | int | None, flag: str, example: str, minimum: int = 1) -> int | None:

@@ -301,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=4, help="--parallel of the sweep (default 4)")
     parser.add_argument("--seconds", type=float, default=1.0, help="how long the cell sleeps (default 1)")
     parser.add_argument("--no-default-slots", action="store_true", help="leave out row (e)")
+    parser.add_argument("--sweeps-only", action="store_true", help="only (a) and (b): to compare versions of the code")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     repeat, trials, parallel, seconds = max(1, args.repeat), args.trials, args.parallel, args.seconds
@@ -321,7 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_ in range(repeat):
             progress(f"round {round_ + 1}/{repeat}: (a) the sweep")
             swept.append(run_sweep(shell, trials, parallel, seconds))
-            progress(f"  {swept[-1].total:.2f} s; (c) {trials} plain %%train one after the other")
+            progress(f"  {swept[-1].total:.2f} s")
+            if args.sweeps_only:
+                continue
+            progress(f"  (c) {trials} plain %%train one after the other")
             loops.append(run_loop(shell, trials, seconds))
             progress(f"  {loops[-1]:.2f} s; (d) Optuna n_jobs={parallel}")
             optunas.append(run_optuna(trials, parallel, seconds))
@@ -344,9 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     named: list[tuple[str, Sequence[float]]] = [
         (f"(a) {sweep_line}, {parallel} slots", [s.total for s in swept]),
         (f"(b) ideal: {math.ceil(trials / parallel)} rounds of {seconds:g} s", [ideal]),
-        (f"(c) {trials} x plain %%train, one after the other", loops),
-        (f"(d) Optuna study.optimize(n_trials={trials}, n_jobs={parallel}), in-process sleep", optunas),
     ]
+    if loops:
+        named.append((f"(c) {trials} x plain %%train, one after the other", loops))
+        named.append((f"(d) Optuna study.optimize(n_trials={trials}, n_jobs={parallel}), in-process sleep", optunas))
     if defaults:
         named.append((f"(e) (a) with the default max_concurrent_jobs ({default_slots})", [s.total for s in defaults]))
     out.append(summary(named, ideal))
@@ -354,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = median([s.total for s in swept])
     verdict = "met" if total is not None and total <= 1.15 * ideal else "missed"
     out.append(f"(a) over the ideal: {100 * ((total or 0) / ideal - 1):.0f}%   (goal <= 15%: {verdict})")
-    out.append(f"(a) / (c), the sweep against the loop: {ratio(total, median(loops) or math.nan)}")
+    if loops:
+        out.append(f"(a) / (c), the sweep against the loop: {ratio(total, median(loops) or math.nan)}")
     out.append(f"most trials running at once in (a): {', '.join(str(s.overlap) for s in swept)}; "
                f"in (e): {', '.join(str(s.overlap) for s in defaults) or '-'}; trial states: "
                f"{'; '.join(s.states for s in [*swept, *defaults])}")  # fmt: skip

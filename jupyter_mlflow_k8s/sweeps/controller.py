@@ -30,7 +30,7 @@ from .record import ACTIVE, TERMINAL, SweepStore
 from .space import Objective, OptunaSearch, parse_objective, parse_space
 
 _log = logging.getLogger(__name__)
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 # Reading the trials' intermediate metrics from MLflow: at most this often per trial.
 OBSERVE_SECONDS = 1.0
 STUDY = "optuna.db"
@@ -99,9 +99,24 @@ class SweepController:
         if not self.stopping and self.store.cancel_requested(self.sweep_id):
             self.stopping = "cancelled"
             self._cancel_active()
-        for trial in self._trials(*ACTIVE):
-            self._follow(trial)
-        failures = len(self._trials("failed"))
+        ended = [(trial, job) for trial in self._trials(*ACTIVE) if (job := self._follow(trial)) is not None]
+        if self.plan is not None:  # the next points do not depend on these results: refill the freed slots first
+            self._check_failures(sum(1 for _, job in ended if job.state is JobState.FAILED))
+            self._launch_more(len(ended))
+        for trial, job in ended:  # then close the ended trials' runs while the new ones start
+            self._finish(trial, job)
+        self._check_failures()
+        self._launch_more()
+        over = not self._trials(*ACTIVE) and (self.stopping or self._next_index() is None)
+        if over:
+            self._end(self.stopping or "succeeded", self.record.get("message", ""))
+        elif self._dirty:
+            self._save()
+        return bool(over)
+
+    def _check_failures(self, ending: int = 0) -> None:
+        """Stop the sweep once more trials failed than allowed (``ending``: failed jobs not closed yet)."""
+        failures = len(self._trials("failed")) + ending
         if not self.stopping and failures > self.record["max_failures"]:
             self.stopping = "failed"
             self.record["message"] = (
@@ -109,15 +124,13 @@ class SweepController:
                 "the sweep stopped (see each trial's error)"
             )
             self._cancel_active()
-        if not self.stopping:
-            while len(self._trials(*ACTIVE)) < self.record["parallel"] and self._next_index() is not None:
-                self._launch()
-        over = not self._trials(*ACTIVE) and (self.stopping or self._next_index() is None)
-        if over:
-            self._end(self.stopping or "succeeded", self.record.get("message", ""))
-        elif self._dirty:
-            self._save()
-        return bool(over)
+
+    def _launch_more(self, ended: int = 0) -> None:
+        """Launch trials until ``parallel`` are active (``ended``: active in the record, but their jobs ended)."""
+        if self.stopping:
+            return
+        while len(self._trials(*ACTIVE)) - ended < self.record["parallel"] and self._next_index() is not None:
+            self._launch()
 
     # -- trials -----------------------------------------------------------------------------------
 
@@ -164,19 +177,19 @@ class SweepController:
         self._save()  # at once: a controller started again after a crash must not launch this trial twice
         self.service.watch(job.job_id)  # this process closes the trial's run: MLflow is imported here
 
-    def _follow(self, trial: dict[str, Any]) -> None:
+    def _follow(self, trial: dict[str, Any]) -> JobRecord | None:
+        """Bring a trial's state up to date; returns its job once it has ended (to :meth:`_finish`)."""
         try:
             job = self.service.get(trial["job_id"])
         except JMKError as exc:  # the backend cannot be asked now: try again next round
             _log.warning("trial %s: %s", trial["index"], exc)
-            return
+            return None
         if job.state is JobState.RUNNING and trial["state"] == "queued":
             trial.update(state="running", started=job.started)
             self._dirty = True
         if self.search and job.state is JobState.RUNNING and not trial.get("pruning"):
             self._observe(trial, job)
-        if job.state.terminal:
-            self._finish(trial, job)
+        return job if job.state.terminal else None
 
     def _observe(self, trial: dict[str, Any], job: JobRecord) -> None:
         """Give the pruner the trial's new intermediate values; stop the trial if it says so."""
@@ -285,8 +298,6 @@ class SweepController:
         best = self.record.get("best")
         if state == "succeeded" and best is None:
             state, message = "failed", "no trial succeeded: see each trial's error"
-        self.record.update(state=state, message=message, finished=time.time())
-        self._save()
         tags = {"jmk.sweep.state": state, "jmk.sweep.trials": str(len(self.record["trials"]))}
         metrics = {}
         if best is not None:
@@ -298,7 +309,9 @@ class SweepController:
         try:
             tracking.annotate_run(self.config["tracking_uri"], self.record["parent_run_id"], tags, metrics, status)
         except JMKError as exc:
-            self.record["message"] = f"{message}; the parent run was not closed: {exc}".lstrip("; ")
+            message = f"{message}; the parent run was not closed: {exc}".lstrip("; ")
+        finally:  # the record says the sweep ended only once its parent run is closed: followers read both
+            self.record.update(state=state, message=message, finished=time.time())
             self._save()
 
 

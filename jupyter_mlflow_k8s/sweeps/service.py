@@ -28,7 +28,7 @@ from .controller import best_trial
 from .record import ACTIVE, LOG, TERMINAL, SweepStore
 from .space import Objective, SearchSpace, parse_objective, parse_search, parse_space, plan_trials
 
-FOLLOW_SECONDS = 0.25
+FOLLOW_SECONDS = 0.1
 SPAWN_SECONDS = 60.0
 
 

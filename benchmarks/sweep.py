@@ -185,9 +185,8 @@ def sweep_phases(sweeps: Any, record: dict[str, Any], start: float, end: float) 
     parallel = int(record["parallel"])
     phases = {
         "kernel: parse, check, stage the inputs, write the sweep's folder": record["created"] - start,
-        "kernel: open the parent run, spawn; controller: start, imports": record["started"] - record["created"],
-        "controller: first submit (imports MLflow, opens the store) until its runner starts": first_start
-        - record["started"],
+        "kernel: open the parent run, submit the first wave, until its first runner starts": first_start
+        - record["created"],
         "trials: the first runner start until the last trial ended": last_end - first_start,
         "controller: close the last runs and the parent run": record["finished"] - last_end,
         "kernel: see the end, collect the best trial, the table": end - record["finished"],
@@ -206,6 +205,8 @@ def sweep_phases(sweeps: Any, record: dict[str, Any], start: float, end: float) 
         "a slot: a trial ended -> the next trial's runner started (median)": statistics.median(
             started[k] - freed[k - parallel] for k in later) if later else math.nan,
         "first wave: first runner start -> last runner start of the wave": max(started[:parallel]) - first_start,
+        "controller process: the first runner start -> its loop began (imports MLflow)": record["started"]
+        - first_start,
     }  # fmt: skip
     return phases, details, max_overlap(started, finished)
 

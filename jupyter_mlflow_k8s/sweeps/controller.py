@@ -85,6 +85,9 @@ class SweepController:
         started = self.record.get("started") or time.time()
         self.record.update(state="running", controller_pid=os.getpid(), started=started)
         self._save()
+        for trial in self._trials(*ACTIVE):  # launched by the kernel (the first wave), or by a controller before
+            if trial["job_id"]:
+                self.service.watch(trial["job_id"])
         try:
             while not self.step():
                 time.sleep(POLL_SECONDS)
@@ -93,6 +96,16 @@ class SweepController:
             self._end("failed", f"the sweep controller stopped: {type(exc).__name__}: {exc}")
             raise
         return self.record
+
+    def first_wave(self) -> None:
+        """Launch the first ``parallel`` trials of a planned sweep from the process that started it.
+
+        The kernel has MLflow imported and its store open; a new controller process needs seconds for
+        that before its first trial could start. Optuna's searches leave it to the controller.
+        """
+        if self.search is None:
+            self._launch_more()
+            self._save()
 
     def step(self) -> bool:
         """One round: cancel if asked, follow the active trials, launch more; True once the sweep is over."""

@@ -24,7 +24,7 @@ from ..exceptions import JMKUsageError, JobCancelled, JobFailed
 from ..jobs import JobResult, JobService
 from ..models import JobRecord, JobSpec, spec_to_dict
 from ..payload import stage_inputs
-from .controller import best_trial
+from .controller import SweepController, best_trial
 from .record import ACTIVE, LOG, TERMINAL, SweepStore
 from .space import Objective, SearchSpace, parse_objective, parse_search, parse_space, plan_trials
 
@@ -159,6 +159,7 @@ class SweepService:
         record = self.store.load(sweep_id)
         record.update(experiment_id=experiment_id, parent_run_id=run_id)
         self.store.save(record)
+        SweepController(self.store, sweep_id, self.jobs).first_wave()
         self._spawn(sweep_id)
         return self.store.load(sweep_id)
 

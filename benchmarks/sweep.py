@@ -205,7 +205,7 @@ def sweep_phases(sweeps: Any, record: dict[str, Any], start: float, end: float) 
         "a slot: a trial ended -> the next trial's runner started (median)": statistics.median(
             started[k] - freed[k - parallel] for k in later) if later else math.nan,
         "first wave: first runner start -> last runner start of the wave": max(started[:parallel]) - first_start,
-        "controller process: the first runner start -> its loop began (imports MLflow)": record["started"]
+        "controller process: the first runner start -> it took the sweep over": record["started"]
         - first_start,
     }  # fmt: skip
     return phases, details, max_overlap(started, finished)

@@ -307,6 +307,9 @@ class TrainMagics(Magics):
         at_once = f"at most {request.parallel} at once"
         print(f"[jmk] sweep {sweep_id}: {request.trials} trials ({request.search}), {at_once}, {spec.backend}; "
               f"objective {request.objective}; parent MLflow run {record['parent_run_id']}")  # fmt: skip
+        note = sweeps.parallel_note(spec, request)
+        if note:
+            print(f"[jmk] note: {note}")
         view = SweepView(record, on_cancel=(lambda: sweeps.store.request_cancel(sweep_id)) if args.run_async else None)
         view.show()
         if args.run_async:

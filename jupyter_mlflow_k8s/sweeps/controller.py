@@ -88,6 +88,10 @@ class SweepController:
         for trial in self._trials(*ACTIVE):  # launched by the kernel (the first wave), or by a controller before
             if trial["job_id"]:
                 self.service.watch(trial["job_id"])
+        try:  # MLflow imported and its store open now, while the first wave runs, not when a slot frees
+            tracking.client(self.config["tracking_uri"])
+        except JMKError as exc:
+            _log.warning("tracking store: %s", exc)  # each trial's submit says it again, and fails that trial
         try:
             while not self.step():
                 time.sleep(POLL_SECONDS)

@@ -163,6 +163,16 @@ class SweepService:
         self._spawn(sweep_id)
         return self.store.load(sweep_id)
 
+    def parallel_note(self, spec: JobSpec, request: SweepRequest) -> str:
+        """Why fewer than ``--parallel`` trials will run at once, if they will (the local backend's slots)."""
+        slots = getattr(self.jobs.backend(spec.backend), "max_concurrent_jobs", None)
+        if isinstance(slots, int) and 0 < slots < request.parallel:
+            return (
+                f"the {spec.backend} backend runs at most {slots} jobs at once, so --parallel {request.parallel} "
+                f"runs {slots} trials at a time (c.LocalBackend.max_concurrent_jobs = {request.parallel} allows more)"
+            )
+        return ""
+
     def _discard(self, sweep_id: str) -> None:
         import shutil
 

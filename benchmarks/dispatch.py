@@ -40,9 +40,8 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from machine import cpu_model, memory_total  # benchmarks/machine.py
+from machine import cpu_model, memory_total, scratch_environment  # benchmarks/machine.py
 
 TRIVIAL_CELL = "x = 1 + 1"
 FIRST_LINE_CELL = 'print("first", flush=True)\nimport time; time.sleep(0.5)'
@@ -472,24 +471,11 @@ def progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def fresh_environment(keep: bool) -> Iterator[Path]:
+def fresh_environment(keep: bool) -> contextlib.AbstractContextManager[Path]:
     """A temporary JMK_STATE_DIR and IPYTHONDIR; no MLflow URI, storage or backend override."""
-    root = Path(tempfile.mkdtemp(prefix="jmk-bench-"))
-    saved = dict(os.environ)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "JMK_STORAGE_URL", "JMK_BACKEND"):
-        os.environ.pop(name, None)
-    os.environ["JMK_STATE_DIR"] = str(root / "state")
-    os.environ["IPYTHONDIR"] = str(root / "ipython")
-    try:
-        yield root
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        if keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    return scratch_environment(
+        "jmk-bench-", keep, lambda root: {"JMK_STATE_DIR": str(root / "state"), "IPYTHONDIR": str(root / "ipython")}
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

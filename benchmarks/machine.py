@@ -6,8 +6,11 @@ import contextlib
 import os
 import platform
 import resource
+import shutil
 import subprocess
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -87,3 +90,29 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
         cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in pairs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# Settings of the machine's environment that would send a benchmark's jobs elsewhere.
+JOB_SETTINGS = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "JMK_STORAGE_URL", "JMK_BACKEND")
+
+
+@contextlib.contextmanager
+def scratch_environment(prefix: str, keep: bool, settings: Callable[[Path], dict[str, str]]) -> Iterator[Path]:
+    """A temporary directory with ``settings(root)`` as the environment, :data:`JOB_SETTINGS` unset.
+
+    The environment is restored afterwards, and the directory removed unless ``keep``.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    saved = dict(os.environ)
+    for name in JOB_SETTINGS:
+        os.environ.pop(name, None)
+    os.environ.update(settings(root))
+    try:
+        yield root
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if keep:
+            print(f"[bench] kept {root}", file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)

@@ -39,17 +39,15 @@ import io
 import math
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from machine import code_state, cpu_model, memory_total, os_name, package_versions, table
+from machine import code_state, cpu_model, memory_total, os_name, package_versions, scratch_environment, table
 
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_TIMEOUT_S = 60.0
@@ -70,26 +68,12 @@ def median(values: Sequence[float]) -> float | None:
 # ----------------------------------------------------------------------------- the environment
 
 
-@contextlib.contextmanager
-def fresh_environment(keep: bool) -> Iterator[Path]:
+def fresh_environment(keep: bool) -> contextlib.AbstractContextManager[Path]:
     """A temporary state dir, IPython dir, Jupyter config dir and SQLite MLflow store; no storage or backend set."""
-    root = Path(tempfile.mkdtemp(prefix="jmk-bench-sweep-"))
-    saved = dict(os.environ)
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "JMK_STORAGE_URL", "JMK_BACKEND"):
-        os.environ.pop(name, None)
-    os.environ.update(
-        JMK_STATE_DIR=str(root / "state"), IPYTHONDIR=str(root / "ipython"),
-        JUPYTER_CONFIG_DIR=str(root / "jupyter"), MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
-    )  # fmt: skip
-    try:
-        yield root
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        if keep:
-            progress(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    return scratch_environment("jmk-bench-sweep-", keep, lambda root: {
+        "JMK_STATE_DIR": str(root / "state"), "IPYTHONDIR": str(root / "ipython"),
+        "JUPYTER_CONFIG_DIR": str(root / "jupyter"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+    })  # fmt: skip
 
 
 def make_shell(slots: int) -> Any:

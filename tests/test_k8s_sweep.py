@@ -23,7 +23,7 @@ from k8s_fixtures import KubeTarget, pod_processes
 from mlflow.tracking import MlflowClient
 from test_k8s_backend import k8s_shell, service  # noqa: F401 (k8s_shell is a fixture)
 from test_k8s_distributed import nothing_left
-from test_sweeps import GRID, GRID_CELL, _max_overlap
+from test_sweeps import GRID, GRID_CELL, _max_overlap, check_grid_runs_and_listing
 from traitlets.config import Config
 
 from jupyter_mlflow_k8s.backends.kubernetes import KubernetesBackend
@@ -159,20 +159,7 @@ def test_the_grid_on_kubernetes_returns_its_optimum_with_at_most_parallel_jobs_a
     assert job_watch.error is None and job_watch.seen == set(frame["job_id"])
     assert job_watch.most == 2, "the watch saw more (or fewer) unended Jobs at once than --parallel 2"
 
-    client = MlflowClient(record["tracking_uri"])
-    parent = client.get_run(record["parent_run_id"])
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags["jmk.sweep.best_trial"] == "4"
-    assert parent.data.tags["jmk.sweep.best_run_id"] == frame.loc[4, "run_id"]
-    assert parent.data.metrics["best_score"] == 0.0 and parent.data.params["offset"] == "7"
-    for index, row in frame.iterrows():
-        child = client.get_run(row["run_id"])
-        assert child.data.tags["mlflow.parentRunId"] == record["parent_run_id"]
-        assert child.data.params["a"] == str(row["a"]) and child.data.params["b"] == str(row["b"])
-        assert child.data.metrics["score"] == row["score"] and child.info.status == "FINISHED"
-        assert child.data.tags["jmk.sweep.trial"] == str(index)
-    listing = repr(k8s_shell.run_line_magic("jobs", ""))
-    assert record["sweep_id"] in listing and "6 trials: 6 succeeded" in listing
+    check_grid_runs_and_listing(k8s_shell, record, frame)
 
 
 @pytest.mark.k8s

@@ -53,22 +53,8 @@ def _max_overlap(trials: list[dict[str, Any]]) -> int:
     return most
 
 
-def test_a_grid_returns_its_known_optimum_with_parent_and_child_runs(
-    shell: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
-    shell.user_ns["offset"] = 7
-    shell.run_cell_magic("train", f'--sweep "{GRID}" --objective score:min --parallel 2 --experiment sweep-grid',
-                         GRID_CELL)  # fmt: skip
-    out = capsys.readouterr().out
-    assert shell.user_ns["model"] == {"a": 2, "b": 20, "offset": 7}  # the best trial's names came back
-    frame = shell.user_ns["sweep"]
-    assert len(frame) == 6 and set(frame["state"]) == {"succeeded"}
-    assert list(zip(frame["a"], frame["b"], strict=True)) == [(1, 10), (1, 20), (1, 30), (2, 10), (2, 20), (2, 30)]
-    assert frame.loc[frame["best"]].index.tolist() == [4]
-    assert frame.loc[4, "score"] == 0.0
-    assert "best trial 4 (a=2, b=20) score=0" in out
-    record = sweeps_for(shell).list()[0]
-    assert record["state"] == "succeeded" and record["best"] == 4
+def check_grid_runs_and_listing(shell: Any, record: dict[str, Any], frame: Any) -> None:
+    """The GRID sweep in MLflow (a parent run with its best trial, a child run per trial) and in ``%jobs``."""
     client = MlflowClient(record["tracking_uri"])
     parent = client.get_run(record["parent_run_id"])
     assert parent.info.status == "FINISHED"
@@ -86,6 +72,25 @@ def test_a_grid_returns_its_known_optimum_with_parent_and_child_runs(
     listing = repr(shell.run_line_magic("jobs", ""))
     assert record["sweep_id"] in listing and "6 trials: 6 succeeded" in listing
     assert not any(job_id in listing for job_id in frame["job_id"])
+
+
+def test_a_grid_returns_its_known_optimum_with_parent_and_child_runs(
+    shell: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shell.user_ns["offset"] = 7
+    shell.run_cell_magic("train", f'--sweep "{GRID}" --objective score:min --parallel 2 --experiment sweep-grid',
+                         GRID_CELL)  # fmt: skip
+    out = capsys.readouterr().out
+    assert shell.user_ns["model"] == {"a": 2, "b": 20, "offset": 7}  # the best trial's names came back
+    frame = shell.user_ns["sweep"]
+    assert len(frame) == 6 and set(frame["state"]) == {"succeeded"}
+    assert list(zip(frame["a"], frame["b"], strict=True)) == [(1, 10), (1, 20), (1, 30), (2, 10), (2, 20), (2, 30)]
+    assert frame.loc[frame["best"]].index.tolist() == [4]
+    assert frame.loc[4, "score"] == 0.0
+    assert "best trial 4 (a=2, b=20) score=0" in out
+    record = sweeps_for(shell).list()[0]
+    assert record["state"] == "succeeded" and record["best"] == 4
+    check_grid_runs_and_listing(shell, record, frame)
     # `jmk jobs` lists it the same way; `jmk logs s-...` is its controller's log
     jmk = [sys.executable, "-m", "jupyter_mlflow_k8s.cli"]
     listing = subprocess.run([*jmk, "jobs"], capture_output=True, text=True, check=True).stdout

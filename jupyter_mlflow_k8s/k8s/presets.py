@@ -388,3 +388,43 @@ def layered_settings(
     settings = dataclasses.replace(settings, **changes)
     check_image(settings.image)
     return settings
+
+
+def configured_presets(config: Any) -> dict[str, Mapping[str, Any]]:
+    """The presets of a traitlets config (``c.KubernetesBackend.presets``), ``{}`` when none.
+
+    Read from the config itself, so listing them (the launch forms, the sidebar's API) builds no
+    backend and opens no connection. ``c.KubernetesBackend.presets.update({...})`` is resolved.
+    """
+    from traitlets.config.loader import LazyConfigValue
+
+    section = config.get("KubernetesBackend", {}) if config is not None else {}
+    value = section.get("presets", {}) if hasattr(section, "get") else {}
+    if isinstance(value, LazyConfigValue):
+        value = value.get_value({})
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(name): preset for name, preset in value.items() if isinstance(preset, Mapping)}
+
+
+def preset_summaries(presets: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each preset as a launch form lists it: ``{"name", "summary", "gpus", "problem"}``, sorted by name.
+
+    ``summary`` says in one line what the preset sets (``gpus=1, memory=80Gi``); ``problem`` is
+    why using it would fail (an unknown key, a bad value), else ``None``: a form shows the preset
+    and the problem rather than hiding a misconfiguration.
+    """
+    listed = []
+    for name in sorted(presets):
+        preset = presets[name]
+        problem = None
+        try:
+            apply_preset(PodSettings(), name, presets)
+        except JMKUsageError as exc:
+            problem = str(exc)
+        shown = ", ".join(f"{key}={value}" for key, value in preset.items()
+                          if not isinstance(value, (Mapping, list, tuple)))
+        gpus = preset.get("gpus")
+        listed.append({"name": name, "summary": shown, "gpus": gpus if isinstance(gpus, int) else None,
+                       "problem": problem})
+    return listed

@@ -422,9 +422,11 @@ def preset_summaries(presets: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
             apply_preset(PodSettings(), name, presets)
         except JMKUsageError as exc:
             problem = str(exc)
-        shown = ", ".join(f"{key}={value}" for key, value in preset.items()
-                          if not isinstance(value, (Mapping, list, tuple)))
+        shown = ", ".join(
+            f"{key}={value}" for key, value in preset.items() if not isinstance(value, (Mapping, list, tuple))
+        )
         gpus = preset.get("gpus")
-        listed.append({"name": name, "summary": shown, "gpus": gpus if isinstance(gpus, int) else None,
-                       "problem": problem})
+        listed.append(
+            {"name": name, "summary": shown, "gpus": gpus if isinstance(gpus, int) else None, "problem": problem}
+        )
     return listed

@@ -254,6 +254,8 @@ class JobRecord:
     watcher_pid: int | None = None
     # Where the backend put the job, e.g. {"namespace": "team-a", "name": "jmk-ada-1a2b3c4d", "uid": "..."}.
     backend_ref: dict[str, str] = field(default_factory=dict)
+    # Who submitted the job (util.identity.current_user()); "" in records written before owners were kept.
+    owner: str = ""
 
     # Set by a listing when the job's backend could not be asked (not stored).
     unreachable: str = ""

@@ -19,6 +19,7 @@ from typing import Any
 
 from .exceptions import JMKUsageError, JobNotFound
 from .models import JobRecord, JobSpec
+from .util.identity import current_user
 from .util.processes import pid_exists
 
 RECORD = "record.json"
@@ -44,7 +45,7 @@ class JobStore:
                 (self.root / job_id).mkdir()
             except FileExistsError:
                 continue
-            record = JobRecord(job_id=job_id, spec=spec, log_path=str(self.root / job_id / LOG))
+            record = JobRecord(job_id=job_id, spec=spec, log_path=str(self.root / job_id / LOG), owner=current_user())
             self.save(record)
             return record
 

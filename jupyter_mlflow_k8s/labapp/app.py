@@ -8,13 +8,15 @@ Nothing heavy happens at startup: MLflow is imported by the first request that n
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Integer, Unicode, default
 
 from ..config import JMKSettings
-from . import handlers
+from ..util.identity import current_user
+from . import handlers, notifications
 from .service import SidebarService, redact
 
 
@@ -47,6 +49,23 @@ class JMKExtensionApp(ExtensionApp):
         help="Seconds to wait for a serving endpoint's /metrics. Example: c.JMKExtensionApp.metrics_timeout = 5.0",
     ).tag(config=True)
 
+    notify_interval = Float(
+        3.0,
+        help=(
+            "Seconds between two looks at this server's jobs, to announce to JupyterLab each job of this user "
+            "that ends (a Notification; the sidebar setting 'notifications' turns them off in the browser). "
+            "0 turns the watching off. Example: c.JMKExtensionApp.notify_interval = 10"
+        ),
+    ).tag(config=True)
+
+    resources_cache_seconds = Float(
+        3.0,
+        help=(
+            "Seconds a job's resource use (its MLflow run's system/* metrics) is reused before MLflow is asked "
+            "again. Example: c.JMKExtensionApp.resources_cache_seconds = 10"
+        ),
+    ).tag(config=True)
+
     @default("mlflow_ui_url")
     def _default_mlflow_ui_url(self) -> str | None:
         uri = self._jmk_settings().tracking_uri
@@ -65,6 +84,7 @@ class JMKExtensionApp(ExtensionApp):
             backend_config=self.config,
             threads=self.api_threads,
             metrics_timeout=self.metrics_timeout,
+            resources_cache_seconds=self.resources_cache_seconds,
         )
         self.settings["jmk_service"] = self.service
         self.log.info("jupyter_mlflow_k8s: /jmk/api on state directory %s", self.service.settings.state_dir)
@@ -73,8 +93,31 @@ class JMKExtensionApp(ExtensionApp):
         """Register the routes of ``/jmk/api``."""
         self.handlers.extend(handlers.ROUTES)
 
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """With the event loop running: register the job-ended event and start watching the jobs."""
+        self._watch_task: asyncio.Task[None] | None = None
+        if self.notify_interval <= 0:
+            return
+        logger = getattr(serverapp, "event_logger", None)
+        if logger is None:  # a jupyter_server without the event bus (before 2.0)
+            self.log.warning("jupyter_mlflow_k8s: this Jupyter server has no event bus; job notifications are off")
+            return
+        if notifications.SCHEMA_ID not in logger.schemas:
+            logger.register_event_schema(notifications.SCHEMA)
+
+        def emit(data: dict[str, Any]) -> None:
+            logger.emit(schema_id=notifications.SCHEMA_ID, data=data)
+
+        watcher = notifications.JobEndWatcher(self.service.jobs.list, current_user())
+        self._watch_task = asyncio.create_task(
+            notifications.watch_jobs(watcher, emit, self.notify_interval, self.service.executor, self.log),
+            name="jmk-job-watch")
+
     async def stop_extension(self) -> None:
-        """Stop the thread pool and the log streams."""
+        """Stop the job watcher, the thread pool and the log streams."""
+        task: asyncio.Task[None] | None = getattr(self, "_watch_task", None)
+        if task is not None:
+            task.cancel()
         service: Any = getattr(self, "service", None)
         if service is not None:
             service.close()

@@ -209,6 +209,16 @@ class JobCancelHandler(JMKHandler):
         self.send_json(await self.call(self.service.cancel, job_id), status=202)
 
 
+class JobResourcesHandler(JMKHandler):
+    """``GET /jmk/api/jobs/{id}/resources``."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        """CPU, memory and GPU use from the job's MLflow system metrics (a message, not an error, when there are none)."""
+        self.send_json(await self.call(self.service.job_resources, job_id))
+
+
 class EventStreamHandler(JMKHandler):
     """A ``text/event-stream`` response that ends when the client goes away."""
 
@@ -552,6 +562,7 @@ ROUTES: list[tuple[str, type[JMKHandler]]] = [
     (rf"{API}/jobs/{_ID}/log", JobLogHandler),
     (rf"{API}/jobs/{_ID}/log/stream", JobLogStreamHandler),
     (rf"{API}/jobs/{_ID}/cancel", JobCancelHandler),
+    (rf"{API}/jobs/{_ID}/resources", JobResourcesHandler),
     (rf"{API}/runs", RunsHandler),
     (rf"{API}/runs/{_ID}", RunHandler),
     (rf"{API}/runs/{_ID}/metrics/(.+)", MetricHistoryHandler),

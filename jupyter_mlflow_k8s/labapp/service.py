@@ -27,6 +27,7 @@ from ..serving.targets.local import LocalTarget, summary
 from ..version import __version__
 from . import shapes
 from .metrics_client import MetricsTracker, ScrapeError
+from .resources import ResourceReader
 from .shapes import Conflict, NotFound, check_job_id
 
 
@@ -44,7 +45,8 @@ class SidebarService:
     """The blocking side of ``/jmk/api``."""
 
     def __init__(self, settings: JMKSettings, mlflow_ui_url: str | None = None, backend_config: Any = None,
-                 threads: int = 16, metrics_timeout: float = 2.0, kubernetes_timeout: float = 5.0) -> None:
+                 threads: int = 16, metrics_timeout: float = 2.0, kubernetes_timeout: float = 5.0,
+                 resources_cache_seconds: float = 3.0) -> None:
         self.settings = settings
         self.mlflow_ui_url = mlflow_ui_url
         self.backend_config = backend_config
@@ -52,6 +54,7 @@ class SidebarService:
         self._kubernetes: EndpointTarget | None = None
         self.jobs = JobService(settings, backend_config=backend_config)
         self.tracker = MetricsTracker(timeout=metrics_timeout)
+        self.resources = ResourceReader(lambda: self.tracking_uri, ttl=resources_cache_seconds)
         # Long-lived work (log streams) uses threads of its own; this pool is for request-sized calls.
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jmk-api")
 
@@ -80,8 +83,13 @@ class SidebarService:
         return self.jobs.get(check_job_id(job_id))
 
     def list_jobs(self, limit: int) -> dict[str, Any]:
-        """The newest ``limit`` jobs."""
-        return {"jobs": [shapes.job(r) for r in self.jobs.list()[:limit]]}
+        """The newest ``limit`` jobs, each running one with its last known GPU use (never waiting on MLflow)."""
+        return {"jobs": [{**shapes.job(r), "gpu_percent": self.resources.gpu_percent(r, self.executor)}
+                         for r in self.jobs.list()[:limit]]}
+
+    def job_resources(self, job_id: str) -> dict[str, Any]:
+        """What the job uses (CPU, memory, GPUs) from its run's system metrics; a message when there are none."""
+        return self.resources.read(self.record(job_id))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """One job with its code, resources and log size."""

@@ -215,7 +215,7 @@ class JobResourcesHandler(JMKHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        """CPU, memory and GPU use from the job's MLflow system metrics (a message, not an error, when there are none)."""
+        """CPU, memory and GPU use from the job's MLflow system metrics (a message, not an error, when none)."""
         self.send_json(await self.call(self.service.job_resources, job_id))
 
 

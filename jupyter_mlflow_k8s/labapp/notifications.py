@@ -116,8 +116,13 @@ class JobEndWatcher:
         return events
 
 
-async def watch_jobs(watcher: JobEndWatcher, emit: Callable[[dict[str, Any]], None], interval: float,
-                     executor: Any, log: logging.Logger | None = None) -> None:
+async def watch_jobs(
+    watcher: JobEndWatcher,
+    emit: Callable[[dict[str, Any]], None],
+    interval: float,
+    executor: Any,
+    log: logging.Logger | None = None,
+) -> None:
     """Run ``watcher.check`` in ``executor`` every ``interval`` seconds and ``emit`` each event, until cancelled.
 
     A listing that fails is logged (once per distinct error while it keeps failing) and tried again.

@@ -30,8 +30,11 @@ CPU = "system/cpu_utilization_percentage"
 MEMORY_MB = "system/system_memory_usage_megabytes"
 MEMORY_PERCENT = "system/system_memory_usage_percentage"
 _GPU = re.compile(r"system/gpu_(\d+)_(utilization_percentage|memory_usage_megabytes|memory_usage_percentage)\Z")
-GPU_FIELDS = {"utilization_percentage": "utilization_percent", "memory_usage_megabytes": "memory_mb",
-              "memory_usage_percentage": "memory_percent"}
+GPU_FIELDS = {
+    "utilization_percentage": "utilization_percent",
+    "memory_usage_megabytes": "memory_mb",
+    "memory_usage_percentage": "memory_percent",
+}
 MAX_POINTS = 300
 
 
@@ -64,9 +67,18 @@ def _mean_series(series: list[list[list[float]]]) -> list[list[float]]:
 
 def empty(record: JobRecord, message: str | None) -> dict[str, Any]:
     """A Resources answer with no numbers, and why."""
-    return {"job_id": record.job_id, "run_id": record.run_id, "state": record.state.value, "cpu_percent": None,
-            "memory_mb": None, "memory_percent": None, "gpus": [], "sampled_at": None,
-            "history": {"cpu_percent": [], "memory_mb": [], "gpu_percent": []}, "message": message}
+    return {
+        "job_id": record.job_id,
+        "run_id": record.run_id,
+        "state": record.state.value,
+        "cpu_percent": None,
+        "memory_mb": None,
+        "memory_percent": None,
+        "gpus": [],
+        "sampled_at": None,
+        "history": {"cpu_percent": [], "memory_mb": [], "gpu_percent": []},
+        "message": message,
+    }
 
 
 def read_resources(record: JobRecord, tracking_uri: str) -> dict[str, Any]:
@@ -82,8 +94,11 @@ def read_resources(record: JobRecord, tracking_uri: str) -> dict[str, Any]:
         latest = {k: float(v) for k, v in run.data.metrics.items() if k.startswith(PREFIX)}
         if not latest:
             return empty(record, _no_metrics_yet(record))
-        history = {key: _series(tracking.metric_history(uri, record.run_id, key))
-                   for key in latest if key in (CPU, MEMORY_MB) or key.endswith("_utilization_percentage")}
+        history = {
+            key: _series(tracking.metric_history(uri, record.run_id, key))
+            for key in latest
+            if key in (CPU, MEMORY_MB) or key.endswith("_utilization_percentage")
+        }
     except JMKError as exc:
         return empty(record, f"The job's MLflow run cannot be read now: {exc}")
     except Exception as exc:
@@ -92,8 +107,11 @@ def read_resources(record: JobRecord, tracking_uri: str) -> dict[str, Any]:
             raise
         return empty(record, f"The job's MLflow run cannot be read now: {family}")
     gpus = gpu_metrics(latest)
-    gpu_series = [history[f"system/gpu_{i}_utilization_percentage"] for i in sorted(gpus)
-                  if f"system/gpu_{i}_utilization_percentage" in history]
+    gpu_series = [
+        history[f"system/gpu_{i}_utilization_percentage"]
+        for i in sorted(gpus)
+        if f"system/gpu_{i}_utilization_percentage" in history
+    ]
     newest = [points[-1][0] for points in history.values() if points]
     return {
         "job_id": record.job_id,
@@ -102,12 +120,21 @@ def read_resources(record: JobRecord, tracking_uri: str) -> dict[str, Any]:
         "cpu_percent": latest.get(CPU),
         "memory_mb": latest.get(MEMORY_MB),
         "memory_percent": latest.get(MEMORY_PERCENT),
-        "gpus": [{"index": i, "utilization_percent": gpus[i].get("utilization_percent"),
-                  "memory_mb": gpus[i].get("memory_mb"), "memory_percent": gpus[i].get("memory_percent")}
-                 for i in sorted(gpus)],
+        "gpus": [
+            {
+                "index": i,
+                "utilization_percent": gpus[i].get("utilization_percent"),
+                "memory_mb": gpus[i].get("memory_mb"),
+                "memory_percent": gpus[i].get("memory_percent"),
+            }
+            for i in sorted(gpus)
+        ],
         "sampled_at": max(newest) if newest else None,
-        "history": {"cpu_percent": history.get(CPU, []), "memory_mb": history.get(MEMORY_MB, []),
-                    "gpu_percent": _mean_series(gpu_series) if gpu_series else []},
+        "history": {
+            "cpu_percent": history.get(CPU, []),
+            "memory_mb": history.get(MEMORY_MB, []),
+            "gpu_percent": _mean_series(gpu_series) if gpu_series else [],
+        },
         "message": None,
     }
 
@@ -117,8 +144,10 @@ def _no_metrics_yet(record: JobRecord) -> str:
         return "The job has not started: its resource use shows once it runs."
     if record.state.terminal:
         return "This job's run has no system metrics (they are off, or the job ended before the first sample)."
-    return ("No system metrics yet: the job logs them every c.JMKSettings.system_metrics_interval seconds "
-            "(0 turns them off).")
+    return (
+        "No system metrics yet: the job logs them every c.JMKSettings.system_metrics_interval seconds "
+        "(0 turns them off)."
+    )
 
 
 class ResourceReader:
@@ -153,7 +182,7 @@ class ResourceReader:
         return answer
 
     def gpu_percent(self, record: JobRecord, executor: Executor) -> float | None:
-        """A running job's latest mean GPU utilization as last read; never waits (a stale one is re-read in ``executor``)."""
+        """A running job's mean GPU use as last read; never waits (a stale value is re-read in ``executor``)."""
         if record.state is not JobState.RUNNING or not record.run_id:
             return None
         with self._lock:

@@ -74,7 +74,8 @@ ROUTES = [("GET", "status"), ("GET", "openapi.yaml"), ("GET", "jobs"), ("GET", "
           ("GET", "runs/{}/metrics/{}"), ("GET", "runs/{}/metrics/{}/{}"), ("GET", "runs/{}/artifacts"),
           ("GET", "models"), ("GET", "models/{}/versions"), ("PUT", "models/{}/aliases/{}"),
           ("DELETE", "models/{}/aliases/{}"), ("GET", "endpoints"), ("GET", "endpoints/{}/metrics"),
-          ("GET", "endpoints/{}/metrics/stream"), ("GET", "{}"), ("GET", "{}/{}/{}")]
+          ("GET", "endpoints/{}/metrics/stream"), ("GET", "{}"), ("GET", "{}/{}/{}"),
+          ("GET", "jobs/{}/resources")]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 

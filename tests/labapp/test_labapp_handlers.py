@@ -58,7 +58,8 @@ async def test_requests_without_a_token_are_refused(jp_fetch: Any, jp_http_port:
                          ("GET", "runs"), ("GET", "runs/abc"), ("GET", "runs/abc/metrics/loss"),
                          ("GET", "runs/abc/artifacts"), ("GET", "models"), ("GET", "models/m/versions"),
                          ("PUT", "models/m/aliases/a"), ("DELETE", "models/m/aliases/a"), ("GET", "endpoints"),
-                         ("GET", "endpoints/e/metrics"), ("GET", "endpoints/e/metrics/stream"), ("GET", "nope")):
+                         ("GET", "endpoints/e/metrics"), ("GET", "endpoints/e/metrics/stream"), ("GET", "nope"),
+                         ("GET", "jobs/abc/resources")):
         status = await raw_request(jp_http_port, method, api_path(jp_base_url, path), body=b'{"version": "1"}')
         assert status in (401, 403), (method, path, status)
     assert await raw_request(jp_http_port, "GET", api_path(jp_base_url, "status"), token="wrong") == 403
@@ -132,7 +133,7 @@ async def test_jobs_list_detail_log_stream_and_cancel(jp_fetch: Any, jp_http_por
     assert listed["state"] == "running" and listed["name"] == "chatty" and listed["experiment"] == "sidebar-jobs"
     assert listed["backend"] == "local" and listed["run_id"] and listed["started"] and listed["finished"] is None
     assert set(listed) == {"id", "state", "backend", "name", "experiment", "created", "started", "finished", "run_id",
-                           "experiment_id", "gpus", "message", "notes", "exit_code"}
+                           "experiment_id", "gpus", "message", "notes", "exit_code", "gpu_percent"}
 
     status, detail = await call(jp_fetch, "jobs", job_id[:6])  # a unique prefix is enough
     assert status == 200 and detail["id"] == job_id and detail["code"] == CHATTY and detail["log_size"] > 0

@@ -27,8 +27,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def jp_server_config(state_dir: Path) -> Config:
     """The extension enabled on the test's state directory, looking at the jobs every 0.2 s."""
-    return Config({"ServerApp": {"jpserver_extensions": {"jupyter_mlflow_k8s.labapp": True}},
-                   "JMKExtensionApp": {"notify_interval": 0.2, "resources_cache_seconds": 0.5}})
+    return Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_mlflow_k8s.labapp": True}},
+            "JMKExtensionApp": {"notify_interval": 0.2, "resources_cache_seconds": 0.5},
+        }
+    )
 
 
 def _submit(code: str, run_name: str) -> Any:
@@ -88,8 +92,8 @@ def _spec(code: str, name: str, **tags: str) -> Any:
 
 
 async def test_a_job_that_ends_is_announced_once_with_its_state_and_duration(
-        ended_before_start: str, jp_serverapp: Any, jp_ws_fetch: Any, jp_fetch: Any,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    ended_before_start: str, jp_serverapp: Any, jp_ws_fetch: Any, jp_fetch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # What ServerApp.start_ioloop does once its loop runs (pytest-jupyter starts the app without it).
     await jp_serverapp.extension_manager.start_all_extensions()
     events = Events(await jp_ws_fetch("api", "events", "subscribe"))
@@ -111,7 +115,7 @@ async def test_a_job_that_ends_is_announced_once_with_its_state_and_duration(
     assert second["state"] == "failed" and second["exit_code"] == 1 and second["message"]
 
     # The other owner's job has ended as well (the listing says so), and nothing was said about it.
-    status, listing = await call(jp_fetch, "jobs")
+    _status, listing = await call(jp_fetch, "jobs")
     states = {j["id"]: j["state"] for j in listing["jobs"]}
     for _ in range(300):
         if states[theirs.job_id] in ("succeeded", "failed"):
@@ -131,8 +135,8 @@ async def test_a_job_that_ends_is_announced_once_with_its_state_and_duration(
 
 
 def test_the_watcher_skips_sweep_trials_and_other_owners_and_remembers_what_it_saw(state_dir: Path) -> None:
-    from jupyter_mlflow_k8s.jobs import JobService
     from jupyter_mlflow_k8s.config import load_settings
+    from jupyter_mlflow_k8s.jobs import JobService
     from jupyter_mlflow_k8s.labapp.notifications import JobEndWatcher
     from jupyter_mlflow_k8s.models import JobState
 
@@ -168,14 +172,18 @@ def _run_with_system_metrics(uri: str, gpus: int) -> str:
     metrics = []
     for step in range(3):
         at = start + step * 5000
-        metrics += [Metric("system/cpu_utilization_percentage", 10.0 + step * 10, at, step),
-                    Metric("system/system_memory_usage_megabytes", 1000.0 + step * 100, at, step),
-                    Metric("system/system_memory_usage_percentage", 12.5, at, step),
-                    Metric("loss", 1.0 / (step + 1), at, step)]
+        metrics += [
+            Metric("system/cpu_utilization_percentage", 10.0 + step * 10, at, step),
+            Metric("system/system_memory_usage_megabytes", 1000.0 + step * 100, at, step),
+            Metric("system/system_memory_usage_percentage", 12.5, at, step),
+            Metric("loss", 1.0 / (step + 1), at, step),
+        ]
         for gpu in range(gpus):
-            metrics += [Metric(f"system/gpu_{gpu}_utilization_percentage", 40.0 + 20 * gpu + step, at, step),
-                        Metric(f"system/gpu_{gpu}_memory_usage_megabytes", 2048.0 * (gpu + 1), at, step),
-                        Metric(f"system/gpu_{gpu}_memory_usage_percentage", 25.0, at, step)]
+            metrics += [
+                Metric(f"system/gpu_{gpu}_utilization_percentage", 40.0 + 20 * gpu + step, at, step),
+                Metric(f"system/gpu_{gpu}_memory_usage_megabytes", 2048.0 * (gpu + 1), at, step),
+                Metric(f"system/gpu_{gpu}_memory_usage_percentage", 25.0, at, step),
+            ]
     client.log_batch(run_id, metrics=metrics)
     return run_id
 
@@ -189,8 +197,15 @@ def _running_record(state_dir: Path, run_id: str | None, tracking_uri: str, name
     store = JobStore(load_settings().state_path)
     record = store.create(_spec("train()", name))
     me = psutil.Process()
-    store.update(record.job_id, state=JobState.RUNNING, started=time.time() - 15, run_id=run_id,
-                 tracking_uri=tracking_uri, pid=me.pid, pid_start=me.create_time())
+    store.update(
+        record.job_id,
+        state=JobState.RUNNING,
+        started=time.time() - 15,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        pid=me.pid,
+        pid_start=me.create_time(),
+    )
     return record.job_id
 
 
@@ -201,19 +216,23 @@ def _closed_port() -> int:
 
 
 async def test_resources_of_a_running_job_and_its_gpu_percent_in_the_listing(
-        jp_fetch: Any, state_dir: Path, mlflow_uri: str) -> None:
+    jp_fetch: Any, state_dir: Path, mlflow_uri: str
+) -> None:
     run_id = await asyncio.to_thread(_run_with_system_metrics, mlflow_uri, 2)
     job_id = _running_record(state_dir, run_id, mlflow_uri, "with-gpus")
-    cpu_only = _running_record(state_dir, await asyncio.to_thread(_run_with_system_metrics, mlflow_uri, 0),
-                               mlflow_uri, "cpu-only")
+    cpu_only = _running_record(
+        state_dir, await asyncio.to_thread(_run_with_system_metrics, mlflow_uri, 0), mlflow_uri, "cpu-only"
+    )
 
     status, body = await call(jp_fetch, "jobs", job_id, "resources")
     assert status == 200, body
     assert body["job_id"] == job_id and body["run_id"] == run_id and body["state"] == "running"
     assert body["message"] is None
     assert body["cpu_percent"] == 30.0 and body["memory_mb"] == 1200.0 and body["memory_percent"] == 12.5
-    assert body["gpus"] == [{"index": 0, "utilization_percent": 42.0, "memory_mb": 2048.0, "memory_percent": 25.0},
-                            {"index": 1, "utilization_percent": 62.0, "memory_mb": 4096.0, "memory_percent": 25.0}]
+    assert body["gpus"] == [
+        {"index": 0, "utilization_percent": 42.0, "memory_mb": 2048.0, "memory_percent": 25.0},
+        {"index": 1, "utilization_percent": 62.0, "memory_mb": 4096.0, "memory_percent": 25.0},
+    ]
     history = body["history"]
     assert [v for _, v in history["cpu_percent"]] == [10.0, 20.0, 30.0]
     assert [v for _, v in history["memory_mb"]] == [1000.0, 1100.0, 1200.0]
@@ -239,8 +258,7 @@ async def test_resources_of_a_running_job_and_its_gpu_percent_in_the_listing(
     assert jobs[cpu_only]["gpu_percent"] is None
 
 
-async def test_resources_say_why_when_there_is_nothing_to_show(jp_fetch: Any, state_dir: Path,
-                                                               mlflow_uri: str) -> None:
+async def test_resources_say_why_when_there_is_nothing_to_show(jp_fetch: Any, state_dir: Path, mlflow_uri: str) -> None:
     down = f"http://127.0.0.1:{_closed_port()}"
     unreachable = _running_record(state_dir, "0123456789abcdef", down, "server-down")
     no_run = _running_record(state_dir, None, mlflow_uri, "no-run")
@@ -271,6 +289,27 @@ def _plain_run(uri: str) -> str:
     run_id = client.create_run(experiment_id).info.run_id
     client.log_metric(run_id, "loss", 0.5)
     return run_id
+
+
+async def test_openapi_describes_resources_and_the_listed_gpu_percent(jp_fetch: Any) -> None:
+    import yaml
+
+    spec = yaml.safe_load((await jp_fetch("jmk", "api", "openapi.yaml")).body)
+    schemas = spec["components"]["schemas"]
+    assert "/jobs/{id}/resources" in spec["paths"]
+    assert set(schemas["Resources"]["required"]) == {
+        "job_id",
+        "run_id",
+        "state",
+        "cpu_percent",
+        "memory_mb",
+        "memory_percent",
+        "gpus",
+        "sampled_at",
+        "history",
+        "message",
+    }
+    assert "gpu_percent" in schemas["JobListed"]["allOf"][1]["required"]
 
 
 def test_the_event_schema_is_valid_for_jupyter_events() -> None:

@@ -12,12 +12,14 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { SidebarWidget } from './components/Sidebar';
+import { notificationsPlugin, SHOW_JOB_COMMAND } from './notifications';
 import { readSettings } from './settings';
 
 export const PLUGIN_ID = 'jupyter-mlflow-k8s:plugin';
 
 export namespace CommandIDs {
   export const open = 'jupyter-mlflow-k8s:open-sidebar';
+  export const showJob = SHOW_JOB_COMMAND;
 }
 
 const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
@@ -54,6 +56,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     palette?.addItem({ command: CommandIDs.open, category: 'MLflow' });
 
+    app.commands.addCommand(CommandIDs.showJob, {
+      label: args => (args.jobId ? `Show job ${String(args.jobId)} in the MLflow jobs sidebar` : 'Show a job in the sidebar'),
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: { jobId: { type: 'string', description: 'the job id, as %jobs lists it' } },
+          required: ['jobId']
+        }
+      },
+      execute: args => {
+        app.shell.activateById(widget.id);
+        if (typeof args.jobId === 'string' && args.jobId) {
+          widget.showJob(args.jobId);
+        }
+      }
+    });
+
     if (settingRegistry) {
       settingRegistry
         .load(PLUGIN_ID)
@@ -71,4 +90,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, notificationsPlugin];

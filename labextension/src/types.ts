@@ -27,6 +27,8 @@ export interface IJob {
   /** What could not be reached for this job (its tracking server, its cluster), said to the user. */
   notes?: string[];
   exit_code: number | null;
+  /** A running job's latest mean GPU utilization (percent) from its run's system metrics; null otherwise. */
+  gpu_percent?: number | null;
 }
 
 export interface IJobList {
@@ -141,4 +143,49 @@ export interface IMetricsSnapshot extends IMetricsFigures {
   time: number;
   drift: Record<string, number>;
   versions: Record<string, IMetricsFigures>;
+}
+
+/** One GPU's latest use, from system/gpu_{index}_* metrics. */
+export interface IGpuUse {
+  index: number;
+  utilization_percent: number | null;
+  memory_mb: number | null;
+  memory_percent: number | null;
+}
+
+/** GET /jobs/{id}/resources: what a job uses, from its MLflow run's system/* metrics. */
+export interface IResources {
+  job_id: string;
+  run_id: string | null;
+  state: JobState;
+  cpu_percent: number | null;
+  memory_mb: number | null;
+  memory_percent: number | null;
+  gpus: IGpuUse[];
+  /** Epoch seconds of the newest sample. */
+  sampled_at: number | null;
+  /** [t epoch seconds, value] by time; gpu_percent is the mean over the GPUs. */
+  history: {
+    cpu_percent: Array<[number, number]>;
+    memory_mb: Array<[number, number]>;
+    gpu_percent: Array<[number, number]>;
+  };
+  /** Why there are no numbers (no run yet, no samples yet, the tracking server does not answer). */
+  message: string | null;
+}
+
+/** The data of the server's job-ended event (schema JOB_ENDED_SCHEMA in notifications.ts). */
+export interface IJobEndedEvent {
+  job_id: string;
+  name: string;
+  state: 'succeeded' | 'failed' | 'cancelled';
+  backend: string;
+  experiment?: string;
+  started: number | null;
+  finished: number | null;
+  duration: number | null;
+  run_id: string | null;
+  experiment_id: string | null;
+  exit_code: number | null;
+  message: string;
 }

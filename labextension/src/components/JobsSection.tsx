@@ -7,6 +7,7 @@ import { usePoll } from '../hooks';
 import { mlflowRunUrl, SidebarContext } from '../settings';
 import { IJob, IJobList } from '../types';
 import { LogViewer } from './LogViewer';
+import { ResourceView } from './ResourceView';
 
 const ACTIVE = new Set(['queued', 'running', 'pending', 'cancelling']);
 
@@ -18,13 +19,34 @@ function duration(job: IJob): string {
   return formatDuration(end - job.started);
 }
 
-export function JobsSection(): JSX.Element {
+/** A request to open one job (from the show-job command); `seq` makes a repeated request for the same job count. */
+export interface IJobFocus {
+  jobId: string;
+  seq: number;
+}
+
+export function JobsSection(props: { focus?: IJobFocus | null } = {}): JSX.Element {
   const { settings, mlflowUrl } = React.useContext(SidebarContext);
   const [jobs, setJobs] = React.useState<IJob[] | null>(null);
   const [error, setError] = React.useState<string | null>(null);
   const [selected, setSelected] = React.useState<string | null>(null);
   const [notice, setNotice] = React.useState<{ jobId: string; text: string; error: boolean } | null>(null);
   const [cancelling, setCancelling] = React.useState<Set<string>>(new Set());
+  const tableRef = React.useRef<HTMLDivElement>(null);
+
+  // The show-job command: select the job (its resource use and log open under the list) and scroll to its row.
+  const focus = props.focus ?? null;
+  React.useEffect(() => {
+    if (focus) {
+      setSelected(focus.jobId);
+    }
+  }, [focus]);
+  React.useEffect(() => {
+    if (focus && jobs) {
+      const row = tableRef.current?.querySelector(`tr[data-job-id="${CSS.escape(focus.jobId)}"]`);
+      row?.scrollIntoView({ block: 'nearest' });
+    }
+  }, [focus, jobs !== null]);
 
   const refresh = usePoll(
     'jobs',
@@ -86,7 +108,7 @@ export function JobsSection(): JSX.Element {
         </div>
       )}
       {jobs !== null && jobs.length > 0 && (
-        <div className="jmk-ScrollBox jmk-Jobs-list">
+        <div className="jmk-ScrollBox jmk-Jobs-list" ref={tableRef}>
           <table className="jmk-Table" data-testid="jmk-jobs-table">
             <thead>
               <tr>
@@ -126,6 +148,16 @@ export function JobsSection(): JSX.Element {
                     <span className={`jmk-State jmk-mod-${job.state}`} data-testid="jmk-job-state">
                       {job.state}
                     </span>
+                    {job.gpu_percent !== null && job.gpu_percent !== undefined && (
+                      <span
+                        className="jmk-Badge jmk-GpuBadge"
+                        data-testid="jmk-job-gpu"
+                        data-value={job.gpu_percent}
+                        title="mean GPU utilization, from the job's MLflow system metrics"
+                      >
+                        GPU {Math.round(job.gpu_percent)}%
+                      </span>
+                    )}
                   </td>
                   <td className="jmk-Sub" title={formatTime(job.created)}>
                     {duration(job)}
@@ -162,6 +194,13 @@ export function JobsSection(): JSX.Element {
             </tbody>
           </table>
         </div>
+      )}
+      {selected !== null && (
+        <ResourceView
+          key={`resources-${selected}`}
+          jobId={selected}
+          state={jobs?.find(j => j.id === selected)?.state ?? 'running'}
+        />
       )}
       {selected !== null && <LogViewer key={selected} jobId={selected} onState={updateJob} />}
     </div>

@@ -10,10 +10,17 @@ export interface ISectionProps {
   /** Extra controls in the header (right side). */
   actions?: React.ReactNode;
   children: React.ReactNode;
+  /** Each new value opens the section (e.g. the show-job command opening Jobs). */
+  openSignal?: unknown;
 }
 
 export function Section(props: ISectionProps): JSX.Element {
   const [open, setOpen] = React.useState(props.initiallyOpen ?? true);
+  React.useEffect(() => {
+    if (props.openSignal !== undefined && props.openSignal !== null) {
+      setOpen(true);
+    }
+  }, [props.openSignal]);
   const Caret = open ? caretDownIcon : caretRightIcon;
   return (
     <section

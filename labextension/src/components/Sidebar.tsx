@@ -9,7 +9,7 @@ import { APIError, requestAPI } from '../api';
 import { errorMessage } from '../format';
 import { DEFAULT_SETTINGS, ISidebarSettings, safeBaseUrl, SidebarContext } from '../settings';
 import { IStatus } from '../types';
-import { JobsSection } from './JobsSection';
+import { IJobFocus, JobsSection } from './JobsSection';
 import { RegistrySection } from './RegistrySection';
 import { RunsSection } from './RunsSection';
 import { Section } from './Section';
@@ -41,6 +41,7 @@ function MissingServerExtension(): JSX.Element {
 function SidebarBody(props: {
   settings: ISidebarSettings;
   isVisible: () => boolean;
+  focus: IJobFocus | null;
 }): JSX.Element {
   const [probe, setProbe] = React.useState<Probe>({ kind: 'loading' });
   const [attempt, setAttempt] = React.useState(0);
@@ -96,8 +97,8 @@ function SidebarBody(props: {
       <div className="jmk-Status jmk-Sub" data-testid="jmk-status" title={`state: ${probe.status.state_dir}`}>
         MLflow: {probe.status.tracking_uri} · v{probe.status.version}
       </div>
-      <Section id="jobs" title="Jobs">
-        <JobsSection />
+      <Section id="jobs" title="Jobs" openSignal={props.focus}>
+        <JobsSection focus={props.focus} />
       </Section>
       <Section id="runs" title="Runs">
         <RunsSection />
@@ -115,6 +116,7 @@ function SidebarBody(props: {
 /** The left-sidebar panel. Settings changes re-render it in place. */
 export class SidebarWidget extends ReactWidget {
   private _settings: ISidebarSettings = DEFAULT_SETTINGS;
+  private _focus: IJobFocus | null = null;
 
   constructor() {
     super();
@@ -131,10 +133,16 @@ export class SidebarWidget extends ReactWidget {
     this.update();
   }
 
+  /** Open a job in the Jobs section: its row selected, its resource use and log shown. */
+  showJob(jobId: string): void {
+    this._focus = { jobId, seq: (this._focus?.seq ?? 0) + 1 };
+    this.update();
+  }
+
   /** Stable across renders, so polls are not recreated on every render. */
   private readonly _isVisible = (): boolean => this.isVisible;
 
   protected render(): JSX.Element {
-    return <SidebarBody settings={this._settings} isVisible={this._isVisible} />;
+    return <SidebarBody settings={this._settings} isVisible={this._isVisible} focus={this._focus} />;
   }
 }

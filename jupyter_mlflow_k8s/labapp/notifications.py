@@ -145,6 +145,7 @@ async def watch_jobs(
             for event in events:
                 try:
                     emit(event)
+                    log.info("jupyter_mlflow_k8s: job %s %s: announced", event["job_id"], event["state"])
                 except Exception:  # a bad event must not stop the watcher
                     log.warning("jupyter_mlflow_k8s: could not announce job %s", event.get("job_id"), exc_info=True)
         await asyncio.sleep(interval)

@@ -24,6 +24,7 @@ from .. import tracking
 from ..errors import JMKError, translate
 from ..models import JobRecord, JobState
 from ..tracking import bounds
+from .shapes import import_mlflow
 
 PREFIX = "system/"
 CPU = "system/cpu_utilization_percentage"
@@ -89,6 +90,7 @@ def read_resources(record: JobRecord, tracking_uri: str) -> dict[str, Any]:
     down = bounds.unreachable(uri)
     if down:
         return empty(record, f"The tracking server does not answer ({down}); resource use shows once it does.")
+    import_mlflow()
     try:
         run = tracking.get_run(uri, record.run_id)
         latest = {k: float(v) for k, v in run.data.metrics.items() if k.startswith(PREFIX)}

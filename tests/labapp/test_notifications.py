@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -320,3 +321,49 @@ def test_the_event_schema_is_valid_for_jupyter_events() -> None:
     logger = EventLogger()
     logger.register_event_schema(SCHEMA)
     assert SCHEMA_ID in logger.schemas
+
+
+CONCURRENT_FIRST_READS = """
+import json, sys, threading
+from jupyter_mlflow_k8s.config import load_settings
+from jupyter_mlflow_k8s.labapp.service import SidebarService
+
+assert "mlflow" not in sys.modules
+service = SidebarService(load_settings())
+calls = [lambda: service.search_runs("", [], [], None, 10), lambda: service.job_resources(sys.argv[1]),
+         lambda: service.models(), lambda: service.run(sys.argv[2])]
+start, errors = threading.Barrier(len(calls)), []
+
+def go(call):
+    start.wait()
+    try:
+        call()
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+threads = [threading.Thread(target=go, args=(call,)) for call in calls]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps(errors))
+"""
+
+
+def test_the_first_mlflow_reads_of_several_threads_at_once_all_work(state_dir: Path, mlflow_uri: str) -> None:
+    """The runs table, a job's resource use and the registry asked at once, before MLflow was ever imported."""
+    import subprocess
+    import sys
+
+    run_id = _run_with_system_metrics(mlflow_uri, 1)
+    job_id = _running_record(state_dir, run_id, mlflow_uri, "first-reads")
+    checkout = str(Path(__file__).resolve().parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", CONCURRENT_FIRST_READS, job_id, run_id],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": checkout},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..backends.base import backends
 from ..config import JMKSettings
 from ..errors import JMKError
 from ..jobs import JobService
@@ -71,6 +72,20 @@ class SidebarService:
             "tracking_uri": redact(self.tracking_uri),
             "mlflow_ui_url": self.mlflow_ui_url,
             "state_dir": str(self.settings.state_dir),
+        }
+
+    def presets(self) -> dict[str, Any]:
+        """What the launch form offers: the configured presets (each with its problem), the backends, the default.
+
+        From the server's own config (``c.KubernetesBackend.presets``), so no backend is built and no
+        cluster is asked. ``pipeline`` is the pipelines' internal backend, not one a cell is sent to.
+        """
+        from ..k8s.presets import configured_presets, preset_summaries  # the k8s package: only when asked
+
+        return {
+            "presets": preset_summaries(configured_presets(self.backend_config)),
+            "backends": [name for name in backends.names() if name != "pipeline"],
+            "default_backend": self.settings.default_backend,
         }
 
     # -- jobs ----------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ ROUTES = [("GET", "status"), ("GET", "openapi.yaml"), ("GET", "jobs"), ("GET", "
           ("GET", "models"), ("GET", "models/{}/versions"), ("PUT", "models/{}/aliases/{}"),
           ("DELETE", "models/{}/aliases/{}"), ("GET", "endpoints"), ("GET", "endpoints/{}/metrics"),
           ("GET", "endpoints/{}/metrics/stream"), ("GET", "{}"), ("GET", "{}/{}/{}")]
+ROUTES.append(("GET", "presets"))
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 

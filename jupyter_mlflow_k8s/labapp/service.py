@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import backends
+from ..backends.base import BUILTIN_BACKENDS, backends
 from ..config import JMKSettings
 from ..errors import JMKError
 from ..jobs import JobService
@@ -39,6 +39,11 @@ def redact(uri: str) -> str:
     host = parts.hostname or ""
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _builtins_first(name: str) -> tuple[int, str]:
+    order = list(BUILTIN_BACKENDS)
+    return (order.index(name) if name in order else len(order), name)
 
 
 class SidebarService:
@@ -78,13 +83,14 @@ class SidebarService:
         """What the launch form offers: the configured presets (each with its problem), the backends, the default.
 
         From the server's own config (``c.KubernetesBackend.presets``), so no backend is built and no
-        cluster is asked. ``pipeline`` is the pipelines' internal backend, not one a cell is sent to.
+        cluster is asked. Built-in backends first, as the kernel's form lists them; ``pipeline`` is the
+        pipelines' internal backend, not one a cell is sent to.
         """
         from ..k8s.presets import configured_presets, preset_summaries  # the k8s package: only when asked
 
         return {
             "presets": preset_summaries(configured_presets(self.backend_config)),
-            "backends": [name for name in backends.names() if name != "pipeline"],
+            "backends": [name for name in sorted(backends.names(), key=_builtins_first) if name != "pipeline"],
             "default_backend": self.settings.default_backend,
         }
 

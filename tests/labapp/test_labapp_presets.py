@@ -39,7 +39,7 @@ async def test_presets_lists_the_servers_presets_with_their_problems(jp_fetch: A
     assert a100 == {"name": "a100", "summary": "gpus=1, memory=80Gi", "gpus": 1, "problem": None}
     assert small == {"name": "cpu-small", "summary": "cpu=2, memory=4Gi", "gpus": None, "problem": None}
     assert "unknown key 'memroy'" in broken["problem"] and "did you mean 'memory'" in broken["problem"]
-    assert body["backends"] == ["kubernetes", "local"]
+    assert body["backends"] == ["local", "kubernetes"]
     assert body["default_backend"] == "kubernetes"
 
 
@@ -64,4 +64,4 @@ class TestNoPresets:
 
     async def test_empty(self, jp_fetch: Any) -> None:
         body = json.loads((await jp_fetch("jmk", "api", "presets")).body)
-        assert body == {"presets": [], "backends": ["kubernetes", "local"], "default_backend": "local"}
+        assert body == {"presets": [], "backends": ["local", "kubernetes"], "default_backend": "local"}

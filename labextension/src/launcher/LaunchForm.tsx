@@ -217,7 +217,7 @@ export function LaunchForm(
           cell: props.cellText(),
           values: toValues(latest.current.state),
           extra: latest.current.extra
-        });
+        }, true);
         if (!reply.ok) {
           setErrors(reply.errors);
           return null;
@@ -278,117 +278,119 @@ export function LaunchForm(
             {message}
           </div>
         ))}
-      <div className="jmk-LaunchForm-grid">
-        <label htmlFor="jmk-launch-backend">Backend</label>
-        <div>
-          <select
-            id="jmk-launch-backend"
-            data-testid="jmk-launch-backend"
-            value={state.backend}
-            disabled={disabled}
-            onChange={event => update('backend', event.target.value)}
-          >
-            <option value="">default ({defaultBackend})</option>
-            {backends.map(name => (
-              <option key={name} value={name}>
-                {name}
-              </option>
-            ))}
-          </select>
-          <FieldError field="backend" message={errors.backend} />
+      <div className="jmk-LaunchForm-columns">
+        <div className="jmk-LaunchForm-grid">
+          <label htmlFor="jmk-launch-backend">Backend</label>
+          <div>
+            <select
+              id="jmk-launch-backend"
+              data-testid="jmk-launch-backend"
+              value={state.backend}
+              disabled={disabled}
+              onChange={event => update('backend', event.target.value)}
+            >
+              <option value="">default ({defaultBackend})</option>
+              {backends.map(name => (
+                <option key={name} value={name}>
+                  {name}
+                </option>
+              ))}
+            </select>
+            <FieldError field="backend" message={errors.backend} />
+          </div>
+
+          <label htmlFor="jmk-launch-preset">Preset</label>
+          <div>
+            <select
+              id="jmk-launch-preset"
+              data-testid="jmk-launch-preset"
+              value={state.preset}
+              disabled={disabled}
+              onChange={event => update('preset', event.target.value)}
+            >
+              <option value="">none</option>
+              {presets.map(preset => (
+                <option key={preset.name} value={preset.name} data-problem={preset.problem ? 'true' : 'false'}>
+                  {presetLabel(preset)}
+                </option>
+              ))}
+              {unknownPreset && <option value={unknownPreset}>{unknownPreset} (not configured)</option>}
+            </select>
+            {server.kind === 'error' && (
+              <div className="jmk-Sub" data-testid="jmk-launch-presets-unavailable">
+                The server did not list its presets ({server.message}); these are the kernel's.
+              </div>
+            )}
+            {server.kind === 'ok' && presets.length === 0 && (
+              <div className="jmk-Sub" data-testid="jmk-launch-no-presets">
+                No presets configured (c.KubernetesBackend.presets).
+              </div>
+            )}
+            {selectedPreset?.summary && !selectedPreset.problem && (
+              <div className="jmk-Sub" data-testid="jmk-launch-preset-summary">
+                {selectedPreset.summary}
+              </div>
+            )}
+            {selectedPreset?.problem && (
+              <div className="jmk-LaunchForm-error" data-testid="jmk-launch-preset-problem">
+                {selectedPreset.problem}
+              </div>
+            )}
+            <FieldError field="preset" message={errors.preset} />
+          </div>
+
+          {TEXT_FIELDS.map(field => (
+            <React.Fragment key={field.key}>
+              <label htmlFor={`jmk-launch-${field.key}`}>{field.label}</label>
+              <div>
+                <input
+                  id={`jmk-launch-${field.key}`}
+                  data-testid={`jmk-launch-${field.key}`}
+                  type="text"
+                  className="jp-mod-styled"
+                  value={state[field.key]}
+                  placeholder={field.placeholder}
+                  disabled={disabled}
+                  aria-invalid={errors[field.key] ? true : undefined}
+                  onChange={event => update(field.key, event.target.value)}
+                />
+                <FieldError field={field.key} message={errors[field.key]} />
+              </div>
+            </React.Fragment>
+          ))}
+
+          <label htmlFor="jmk-launch-extra">Other flags</label>
+          <div>
+            <input
+              id="jmk-launch-extra"
+              data-testid="jmk-launch-extra"
+              type="text"
+              className="jp-mod-styled jmk-LaunchForm-mono"
+              value={extra}
+              placeholder="e.g. --param lr=0.1 --timeout 2h"
+              disabled={disabled}
+              onChange={event => {
+                setExtra(event.target.value);
+                clearError('extra');
+              }}
+            />
+            <FieldError field="extra" message={errors.extra} />
+          </div>
+
+          <span />
+          <label className="jmk-LaunchForm-check">
+            <input
+              type="checkbox"
+              data-testid="jmk-launch-async"
+              checked={state.async}
+              disabled={disabled}
+              onChange={event => update('async', event.target.checked)}
+            />{' '}
+            Async: give the notebook back at once (follow the job with %job attach or the sidebar)
+          </label>
         </div>
-
-        <label htmlFor="jmk-launch-preset">Preset</label>
-        <div>
-          <select
-            id="jmk-launch-preset"
-            data-testid="jmk-launch-preset"
-            value={state.preset}
-            disabled={disabled}
-            onChange={event => update('preset', event.target.value)}
-          >
-            <option value="">none</option>
-            {presets.map(preset => (
-              <option key={preset.name} value={preset.name} data-problem={preset.problem ? 'true' : 'false'}>
-                {presetLabel(preset)}
-              </option>
-            ))}
-            {unknownPreset && <option value={unknownPreset}>{unknownPreset} (not configured)</option>}
-          </select>
-          {server.kind === 'error' && (
-            <div className="jmk-Sub" data-testid="jmk-launch-presets-unavailable">
-              The server did not list its presets ({server.message}); these are the kernel's.
-            </div>
-          )}
-          {server.kind === 'ok' && presets.length === 0 && (
-            <div className="jmk-Sub" data-testid="jmk-launch-no-presets">
-              No presets configured (c.KubernetesBackend.presets).
-            </div>
-          )}
-          {selectedPreset?.summary && !selectedPreset.problem && (
-            <div className="jmk-Sub" data-testid="jmk-launch-preset-summary">
-              {selectedPreset.summary}
-            </div>
-          )}
-          {selectedPreset?.problem && (
-            <div className="jmk-LaunchForm-error" data-testid="jmk-launch-preset-problem">
-              {selectedPreset.problem}
-            </div>
-          )}
-          <FieldError field="preset" message={errors.preset} />
-        </div>
-
-        {TEXT_FIELDS.map(field => (
-          <React.Fragment key={field.key}>
-            <label htmlFor={`jmk-launch-${field.key}`}>{field.label}</label>
-            <div>
-              <input
-                id={`jmk-launch-${field.key}`}
-                data-testid={`jmk-launch-${field.key}`}
-                type="text"
-                className="jp-mod-styled"
-                value={state[field.key]}
-                placeholder={field.placeholder}
-                disabled={disabled}
-                aria-invalid={errors[field.key] ? true : undefined}
-                onChange={event => update(field.key, event.target.value)}
-              />
-              <FieldError field={field.key} message={errors[field.key]} />
-            </div>
-          </React.Fragment>
-        ))}
-
-        <label htmlFor="jmk-launch-extra">Other flags</label>
-        <div>
-          <input
-            id="jmk-launch-extra"
-            data-testid="jmk-launch-extra"
-            type="text"
-            className="jp-mod-styled jmk-LaunchForm-mono"
-            value={extra}
-            placeholder="e.g. --param lr=0.1 --timeout 2h"
-            disabled={disabled}
-            onChange={event => {
-              setExtra(event.target.value);
-              clearError('extra');
-            }}
-          />
-          <FieldError field="extra" message={errors.extra} />
-        </div>
-
-        <span />
-        <label className="jmk-LaunchForm-check">
-          <input
-            type="checkbox"
-            data-testid="jmk-launch-async"
-            checked={state.async}
-            disabled={disabled}
-            onChange={event => update('async', event.target.checked)}
-          />{' '}
-          Async: give the notebook back at once (follow the job with %job attach or the sidebar)
-        </label>
+        {fromKernel ? <ShipList describe={fromKernel} /> : <div className="jmk-LaunchForm-ship" />}
       </div>
-      {fromKernel && <ShipList describe={fromKernel} />}
       {general.map(([key, message]) => (
         <div key={key} className="jmk-LaunchForm-error" data-testid="jmk-launch-error" data-field={key}>
           {message}

@@ -126,13 +126,20 @@ function explain(ename: string, evalue: string): KernelBridgeError {
   );
 }
 
+/** Loads the `%%train` magic into the kernel (a no-op when `%load_ext jupyter_mlflow_k8s` ran already). */
+const LOAD_EXTENSION =
+  "get_ipython().extension_manager.load_extension('jupyter_mlflow_k8s')";
+
 /**
  * Send `request` to the kernel's launcher and return its reply dict.
  * Waits behind a cell that is running (the kernel answers one request at a time).
+ * With `loadExtension`, the same request loads the magics, so the cell the
+ * form writes runs even where `%load_ext jupyter_mlflow_k8s` was never typed.
  */
 export async function kernelRequest<T>(
   kernel: Kernel.IKernelConnection | null | undefined,
-  request: Record<string, unknown>
+  request: Record<string, unknown>,
+  loadExtension = false
 ): Promise<T> {
   if (!kernel || kernel.isDisposed) {
     throw new KernelBridgeError(
@@ -146,7 +153,10 @@ export async function kernelRequest<T>(
     store_history: false,
     allow_stdin: false,
     stop_on_error: false,
-    user_expressions: { jmk: launcherExpression(request) }
+    user_expressions: {
+      jmk: launcherExpression(request),
+      ...(loadExtension ? { jmk_load_extension: LOAD_EXTENSION } : {})
+    }
   };
   const future = kernel.requestExecute(content, true);
   let reply: KernelMessage.IExecuteReplyMsg;

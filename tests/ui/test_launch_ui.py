@@ -115,7 +115,7 @@ def test_form_lists_presets_ships_and_refuses_a_bad_memory(page: Page, launch_la
     form = p.locator(tid("jmk-launch-form"))
     form.wait_for(state="visible")
 
-    options = p.locator(f'{tid("jmk-launch-preset")} option')
+    options = p.locator(f"{tid('jmk-launch-preset')} option")
     wait_until(lambda: options.count() == 4, what="the server's presets in the form")
     labels = [row_text(options.nth(i)) for i in range(options.count())]
     assert labels[0] == "none"
@@ -123,12 +123,12 @@ def test_form_lists_presets_ships_and_refuses_a_bad_memory(page: Page, launch_la
     assert labels[2] == "cpu-small — cpu=2, memory=4Gi"
     assert labels[3] == "typo (misconfigured)"
 
-    x_train = p.locator(tid("jmk-launch-ship-row", name="X_train"))
+    x_train = p.locator(tid("jmk-launch-ship-row", variable="X_train"))
     x_train.wait_for()
     assert row_text(x_train) == "X_train ndarray 7.6 MB"
-    lock = p.locator(tid("jmk-launch-ship-row", name="lock"))
+    lock = p.locator(tid("jmk-launch-ship-row", variable="lock"))
     assert lock.get_attribute("data-picklable") == "false"
-    warning = p.locator(tid("jmk-launch-ship-warning", name="lock"))
+    warning = p.locator(tid("jmk-launch-ship-warning", variable="lock"))
     assert warning.is_visible() and "lock" in warning.inner_text()
     alert = p.locator(tid("jmk-launch-ship-alert"))
     assert alert.is_visible() and "lock cannot be pickled" in alert.inner_text()
@@ -159,8 +159,9 @@ def test_form_lists_presets_ships_and_refuses_a_bad_memory(page: Page, launch_la
     assert page.errors == []
 
 
-def test_shortcut_opens_the_form_and_submit_writes_the_line_and_runs_it(page: Page, launch_lab: Lab,
-                                                                         launch_store: Store) -> None:
+def test_shortcut_opens_the_form_and_submit_writes_the_line_and_runs_it(
+    page: Page, launch_lab: Lab, launch_store: Store
+) -> None:
     p = page.page
     cells = open_notebook(page, launch_lab, "launch-submit.ipynb")
     before = {record.job_id for record in job_records(launch_store)}
@@ -169,7 +170,7 @@ def test_shortcut_opens_the_form_and_submit_writes_the_line_and_runs_it(page: Pa
     p.keyboard.press("Control+Shift+Enter")
     form = p.locator(tid("jmk-launch-form"))
     form.wait_for(state="visible")
-    p.locator(tid("jmk-launch-ship-row", name="X_train")).wait_for()
+    p.locator(tid("jmk-launch-ship-row", variable="X_train")).wait_for()
     assert p.locator(tid("jmk-launch-ship-row")).count() == 1
     assert "result" in p.locator(tid("jmk-launch-returns")).inner_text()
     p.locator(tid("jmk-launch-cancel")).click()
@@ -178,7 +179,7 @@ def test_shortcut_opens_the_form_and_submit_writes_the_line_and_runs_it(page: Pa
     p.keyboard.press("Escape")  # command mode: the same shortcut
     p.keyboard.press("Control+Shift+Enter")
     form.wait_for(state="visible")
-    p.locator(tid("jmk-launch-ship-row", name="X_train")).wait_for()
+    p.locator(tid("jmk-launch-ship-row", variable="X_train")).wait_for()
     p.locator(tid("jmk-launch-backend")).select_option("local")
     p.locator(tid("jmk-launch-experiment")).fill("launch-ui")
     page.screenshot("launch-form-filled")
@@ -187,8 +188,11 @@ def test_shortcut_opens_the_form_and_submit_writes_the_line_and_runs_it(page: Pa
 
     line = "%%train --backend local --experiment launch-ui"
     assert cell_text(cells.nth(3)) == f"{line}\n{NO_LOCK}"
-    new = wait_until(lambda: [r for r in job_records(launch_store) if r.job_id not in before], timeout=60,
-                     what="the job submitted by the cell")
+    new = wait_until(
+        lambda: [r for r in job_records(launch_store) if r.job_id not in before],
+        timeout=60,
+        what="the job submitted by the cell",
+    )
     assert len(new) == 1 and new[0].spec.experiment == "launch-ui"
     output = cells.nth(3).locator(".jp-OutputArea")
     wait_until(lambda: f"job {new[0].job_id}" in output.inner_text(), timeout=60, what="the cell's job output")
@@ -197,4 +201,10 @@ def test_shortcut_opens_the_form_and_submit_writes_the_line_and_runs_it(page: Pa
     row = p.locator(tid("jmk-job-row", job_id=new[0].job_id))
     row.wait_for(timeout=30_000)
     page.screenshot("launch-submitted")
+    wait_until(lambda: row.get_attribute("data-state") == "succeeded", timeout=120, what="the job shown succeeded")
+    wait_until(
+        lambda: "result" in output.inner_text() and "succeeded" in output.inner_text(),
+        timeout=60,
+        what="the cell's end of job",
+    )
     assert page.errors == []

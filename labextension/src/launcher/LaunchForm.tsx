@@ -133,7 +133,7 @@ function ShipList(props: { describe: IDescribeReply }): JSX.Element {
                 <tr
                   className={item.picklable ? '' : 'jmk-mod-unpicklable'}
                   data-testid="jmk-launch-ship-row"
-                  data-name={item.name}
+                  data-variable={item.name}
                   data-picklable={String(item.picklable)}
                 >
                   <td className="jmk-LaunchForm-mono">{item.name}</td>
@@ -142,7 +142,7 @@ function ShipList(props: { describe: IDescribeReply }): JSX.Element {
                 </tr>
                 {(item.warning || !item.picklable) && (
                   <tr className="jmk-LaunchForm-shipWarning">
-                    <td colSpan={3} data-testid="jmk-launch-ship-warning" data-name={item.name}>
+                    <td colSpan={3} data-testid="jmk-launch-ship-warning" data-variable={item.name}>
                       ⚠ {item.warning ?? `${item.name} cannot be pickled`}
                     </td>
                   </tr>
@@ -258,7 +258,9 @@ export function LaunchForm(
     <div className="jmk-LaunchForm-body" data-testid="jmk-launch-form">
       {describe.kind === 'loading' && (
         <div className="jmk-Sub" data-testid="jmk-launch-loading">
-          Asking the kernel what the cell would ship…
+          {props.kernel()?.status === 'busy'
+            ? 'The kernel is running another cell: the form fills in when it is done…'
+            : 'Asking the kernel what the cell would ship…'}
         </div>
       )}
       {describe.kind === 'error' && (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,33 @@ def launch_lab(launch_store: Store, tmp_path_factory: pytest.TempPathFactory) ->
     stop_lab(running)
 
 
-def write_notebook(lab: Lab, name: str) -> None:
+# A kernel whose Python cannot import the package: the import system answers as for an absent one.
+WITHOUT_PACKAGE = """
+import importlib.abc, sys
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'jupyter_mlflow_k8s':
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Hide())
+from ipykernel import kernelapp
+kernelapp.launch_new_instance()
+"""
+
+
+def add_kernel_without_the_package(lab: Lab) -> str:
+    """A kernelspec ``nojmk`` on the lab's JUPYTER_PATH (kernelspecs are read when a kernel starts)."""
+    folder = Path(lab.log).parent / "data" / "kernels" / "nojmk"
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [sys.executable, "-c", WITHOUT_PACKAGE, "-f", "{connection_file}"],
+        "display_name": "Python without jupyter_mlflow_k8s",
+        "language": "python",
+    }
+    (folder / "kernel.json").write_text(json.dumps(spec))
+    return "nojmk"
+
+
+def write_notebook(lab: Lab, name: str, kernel: str = "python3") -> None:
     """A notebook with a markdown cell, the setup cell and the two cells the tests send."""
 
     def cell(kind: str, source: str) -> dict[str, Any]:
@@ -51,16 +78,16 @@ def write_notebook(lab: Lab, name: str) -> None:
     notebook = {
         "nbformat": 4,
         "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "metadata": {"kernelspec": {"name": kernel, "display_name": kernel, "language": "python"}},
         "cells": [cell("markdown", "# Launch"), cell("code", SETUP), cell("code", USES_LOCK), cell("code", NO_LOCK)],
     }
     root = Path(lab.log).parent / "root"
     (root / name).write_text(json.dumps(notebook))
 
 
-def open_notebook(tab: Page, lab: Lab, name: str) -> Any:
+def open_notebook(tab: Page, lab: Lab, name: str, kernel: str = "python3") -> Any:
     """Open ``name``, run its setup cell in the real kernel; returns the cells' locator."""
-    write_notebook(lab, name)
+    write_notebook(lab, name, kernel)
     p = tab.page
     p.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
     cells = p.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
@@ -207,4 +234,20 @@ def test_shortcut_opens_the_form_and_submit_writes_the_line_and_runs_it(
         timeout=60,
         what="the cell's end of job",
     )
+    assert page.errors == []
+
+
+def test_a_kernel_without_the_package_says_what_to_install(page: Page, launch_lab: Lab) -> None:
+    p = page.page
+    cells = open_notebook(page, launch_lab, "launch-nojmk.ipynb", kernel=add_kernel_without_the_package(launch_lab))
+    cells.nth(2).locator(".cm-content").click()
+    cells.nth(2).locator(f'.jp-cell-toolbar [data-command="{COMMAND}"]').click()
+    problem = p.locator(tid("jmk-launch-kernel-error"))
+    problem.wait_for(state="visible")
+    assert "cannot import jupyter_mlflow_k8s" in problem.inner_text()
+    assert "%pip install jupyter_mlflow_k8s" in problem.inner_text()
+    assert p.locator(tid("jmk-launch-memory")).is_disabled()
+    page.screenshot("launch-form-kernel-without-package")
+    p.locator(tid("jmk-launch-cancel")).click()
+    assert cell_text(cells.nth(2)) == USES_LOCK
     assert page.errors == []

@@ -5,7 +5,7 @@
  * magic stays the one source of truth.
  */
 import { JupyterFrontEnd } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, showErrorMessage } from '@jupyterlab/apputils';
 import { CodeCell } from '@jupyterlab/cells';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
@@ -75,7 +75,11 @@ export function addRunCellAsJob(
       });
       const result = await new LaunchDialog(form).launch();
       if (result.button.accept && result.value) {
-        await replaceAndRun(panel, cell, result.value.cell);
+        try {
+          await replaceAndRun(panel, cell, result.value.cell);
+        } catch (error) {
+          await showErrorMessage('Run cell as job', error as Error);
+        }
       }
     }
   });

@@ -30,10 +30,16 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(RegistryMagics)
     ipython.register_magics(PipelineMagics)
     ipython.register_magics(ServingMagics)
+    from .magics.completion import register
+
+    register(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """Nothing to undo beyond what IPython does."""
+    """Take the magics' completions away (IPython unregisters nothing else)."""
+    from .magics.completion import unregister
+
+    unregister(ipython)
 
 
 def output(name: str, value: Any) -> None:

@@ -183,8 +183,10 @@ def _flags(magic: Any) -> list[str]:
                   if option.startswith("--") and option != "--help")  # fmt: skip
 
 
-def register(shell: Any) -> MagicCompleter:
-    """Add the magics' matcher to ``shell``'s completer (once); returns it."""
+def register(shell: Any) -> MagicCompleter | None:
+    """Add the magics' matcher to ``shell``'s completer (once); returns it (``None``: a shell without completer)."""
+    if getattr(shell, "Completer", None) is None:
+        return None
     completer = getattr(shell, "_jmk_completer", None)
     if completer is None:
         completer = MagicCompleter(shell)

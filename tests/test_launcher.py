@@ -146,9 +146,18 @@ def test_a_bad_line_in_the_cell_is_reported_and_kept(data: Any) -> None:
 
 
 def test_the_line_round_trips(data: Any) -> None:
-    values = {"backend": "kubernetes", "preset": "a100", "gpus": "2", "cpu": "500m", "memory": "16Gi",
-              "image": "ghcr.io/me/train:1", "experiment": "my 'best' exp", "register": "mnist-clf", "async": True}
-    extra = "--param lr=0.1 --timeout 2h --run-name \"first try\""
+    values = {
+        "backend": "kubernetes",
+        "preset": "a100",
+        "gpus": "2",
+        "cpu": "500m",
+        "memory": "16Gi",
+        "image": "ghcr.io/me/train:1",
+        "experiment": "my 'best' exp",
+        "register": "mnist-clf",
+        "async": True,
+    }
+    extra = '--param lr=0.1 --timeout 2h --run-name "first try"'
     config = data.config
     config.KubernetesBackend.presets = {"a100": {"gpus": 1, "memory": "80Gi"}}
     try:
@@ -177,6 +186,11 @@ def test_quoted_values_read_back_as_typed(data: Any, value: str) -> None:
 def test_values_a_line_cannot_hold_are_refused_by_field(data: Any) -> None:
     reply = make_line(data, "x = 1", {**NO_VALUES, "experiment": "both ' and \""}, "")
     assert reply["ok"] is False and "both kinds of quotes" in reply["errors"]["experiment"]
+    assert quote_value("16Gi") == "16Gi" and quote_value("-x") == '"-x"'
+    with pytest.raises(ValueError, match="one line"):
+        quote_value("a\nb")
+    reply = make_line(data, "x = 1", {**NO_VALUES, "image": "a\nb"}, "")
+    assert reply["ok"] is False and "one line" in reply["errors"]["image"]
     reply = make_line(data, "x = 1", NO_VALUES, "--memory 8Gi --param a=1")
     assert reply["ok"] is False and "--memory" in reply["errors"]["extra"] and "memory" in reply["errors"]["extra"]
     reply = make_line(data, "x = 1", NO_VALUES, "--mem 8Gi")  # argparse takes abbreviations: so do we

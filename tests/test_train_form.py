@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from typing import Any
 
 import pytest
+from jupyter_client.manager import KernelManager
 
 import jupyter_mlflow_k8s
 from jupyter_mlflow_k8s.magics.common import service_for
@@ -117,3 +121,60 @@ def test_the_magic_has_examples_in_its_help(shell: Any) -> None:
     doc = LauncherMagics.train_form.__doc__ or ""
     assert "Examples\n        --------" in doc and "%%train_form --backend kubernetes" in doc
     assert "train_form" in shell.magics_manager.magics["cell"]
+
+
+# -- a real kernel: the button's click arrives as a widget comm message ---------------------------------
+
+
+def _until_idle(kc: Any, msg_id: str) -> list[dict[str, Any]]:
+    seen = []
+    deadline = time.time() + 120
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.time()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        seen.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return seen
+
+
+def _execute(kc: Any, code: str, **options: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    msg_id = kc.execute(code, **options)
+    messages = _until_idle(kc, msg_id)
+    while True:
+        reply = kc.get_shell_msg(timeout=60)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"], messages
+
+
+@pytest.mark.slow
+def test_a_click_in_a_real_kernel_runs_the_job_and_leaks_no_cell_edit(state_dir: Any) -> None:
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=dict(os.environ))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        assert _execute(kc, "%load_ext jupyter_mlflow_k8s\nbase = 21")[0]["status"] == "ok"
+        reply, messages = _execute(kc, "%%train_form --backend local\nresult = base * 2\n")
+        assert reply["status"] == "ok", reply
+        states: dict[str, dict[str, Any]] = {}  # each widget's state: opened, then updated
+        for message in messages:
+            if message["msg_type"] in ("comm_open", "comm_msg") and "state" in message["content"]["data"]:
+                states.setdefault(message["content"]["comm_id"], {}).update(message["content"]["data"]["state"])
+        (button,) = [cid for cid, state in states.items() if state.get("description") == "Run as job"]
+        assert states[button]["disabled"] is False
+        lines = [s["value"] for s in states.values() if "jmk-TrainForm-line" in s.get("_dom_classes", ())]
+        assert lines == ["<code>%%train --backend local</code>"]
+        click = kc.session.msg("comm_msg", {"comm_id": button, "data": {"method": "custom",
+                                                                         "content": {"event": "click"}}})  # fmt: skip
+        kc.shell_channel.send(click)
+        shown = json.dumps([m["content"] for m in _until_idle(kc, click["header"]["msg_id"])])
+        assert "submitted (local)" in shown and "returned result" in shown  # the job's output, in the form
+        assert "put this line on top of the cell" in shown
+        reply, _ = _execute(kc, "", user_expressions={"result": "result"})
+        assert reply["user_expressions"]["result"]["data"]["text/plain"] == "42"
+        assert reply["payload"] == []  # no set_next_input waiting to rewrite whichever cell runs next
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -141,10 +141,10 @@ def describe(shell: Any, cell: str) -> dict[str, Any]:
             extra = flags  # nothing of what the user typed is lost
     ship: list[dict[str, Any]] = []
     returns: list[str] = []
-    plan_error = _plan_error(shell, flags or "", body)
-    if isinstance(plan_error, str):
-        errors.setdefault("line" if flags else "cell", plan_error)
-        cell_only = _plan_error(shell, "", body)
+    planned = _plan_or_refusal(shell, flags or "", body)
+    if isinstance(planned, str):
+        errors.setdefault("line" if flags else "cell", planned)
+        cell_only = _plan_or_refusal(shell, "", body)
         if isinstance(cell_only, str):
             errors["cell"] = cell_only
             if errors.get("line") == cell_only:
@@ -152,7 +152,7 @@ def describe(shell: Any, cell: str) -> dict[str, Any]:
         else:
             ship, returns = ship_list(shell, cell_only.spec.inputs), list(cell_only.spec.outputs)
     else:
-        ship, returns = ship_list(shell, plan_error.spec.inputs), list(plan_error.spec.outputs)
+        ship, returns = ship_list(shell, planned.spec.inputs), list(planned.spec.outputs)
     total = sum(item["size"] for item in ship if item["size"] is not None)
     bounded = any(item["size_text"].startswith(">=") for item in ship)
     return {
@@ -239,7 +239,7 @@ def _read_flags(flags: str) -> tuple[dict[str, Any], str]:
     return values, extra
 
 
-def _plan_error(shell: Any, flags: str, body: str) -> Any:
+def _plan_or_refusal(shell: Any, flags: str, body: str) -> Any:
     """The plan of ``%%train FLAGS`` on ``body``, or the message of what the magic would refuse."""
     try:
         return plan_train(shell, flags, body)
@@ -398,7 +398,7 @@ def make_line(shell: Any, cell: str, values: Mapping[str, Any], extra: str = "")
     flags = " ".join([*parts.values(), *([extra] if extra else [])])
     line = f"%%train {flags}".rstrip()
     new_cell = f"{line}\n{body}"
-    found = _plan_error(shell, flags, body)
+    found = _plan_or_refusal(shell, flags, body)
     if not isinstance(found, str):
         return {"ok": True, "line": line, "cell": new_cell}
     return {"ok": False, "line": line, "cell": new_cell, "errors": _attribute(shell, body, parts, extra, found)}
@@ -409,16 +409,16 @@ _EXAMPLES = {"gpus": "1", "cpu": "4", "memory": "16Gi", "backend": "kubernetes",
 
 def _attribute(shell: Any, body: str, parts: Mapping[str, str], extra: str, error: str) -> dict[str, str]:
     """Which field each problem of a refused line belongs to: each part checked alone, with the same checks."""
-    alone = _plan_error(shell, "", body)
+    alone = _plan_or_refusal(shell, "", body)
     if isinstance(alone, str):
         return {"cell": alone}
     errors: dict[str, str] = {}
     for key, part in parts.items():
-        found = _plan_error(shell, part, body)
+        found = _plan_or_refusal(shell, part, body)
         if isinstance(found, str):
             errors[key] = found
     if extra:
-        found = _plan_error(shell, extra, body)
+        found = _plan_or_refusal(shell, extra, body)
         if isinstance(found, str):
             errors["extra"] = found
     if not errors:  # only the combination is refused (e.g. --register with --sweep): the field it names

@@ -355,26 +355,30 @@ def plan_train(shell: Any, line: str, cell: str) -> TrainPlan:
     return TrainPlan(args, spec, request)
 
 
-_QUANTITY_EXAMPLES = {
-    "--cpu": "4, 0.5 or 500m (cores; m is a thousandth)",
-    "--memory": "16Gi, 512Mi or 4 (bytes; Ki, Mi, Gi are powers of 1024)",
+_QUANTITIES = {
+    "--cpu": ("a CPU amount", "4, 0.5 or 500m (cores; m is a thousandth)"),
+    "--memory": ("a memory size", "16Gi, 512Mi or 4 (bytes; Ki, Mi, Gi are powers of 1024)"),
 }
 
 
 def check_resources(cpu: str | None, memory: str | None) -> None:
-    """``--cpu`` and ``--memory`` must be quantities Kubernetes reads: refused here, not in a backend later."""
+    """``--cpu`` and ``--memory`` must be quantities Kubernetes reads, checked here for every backend.
+
+    Kubernetes' own syntax (:func:`~jupyter_mlflow_k8s.k8s.validation.check_quantity`), so a value
+    a local job would take is not refused by a cluster later; then positive (:class:`Resources`).
+    """
     for flag, value in (("--cpu", cpu), ("--memory", memory)):
         if value is not None and check_quantity(value, flag):
+            what, examples = _QUANTITIES[flag]
             negative = value.startswith("-") and not check_quantity(value[1:], flag)
-            what = "is negative" if negative else "is not a quantity"
-            raise JMKUsageError(f"{flag} {value!r} {what}: use e.g. {_QUANTITY_EXAMPLES[flag]}. Nothing was submitted.")
+            problem = "is negative" if negative else f"is not {what}"
+            raise JMKUsageError(f"{flag} {value!r} {problem}: use e.g. {examples}. Nothing was submitted.")
 
 
 def check_backend(name: str) -> None:
     """The backend must be one a registry knows (built-in or plugin), before anything is staged."""
-    known = [known for known in backends.names() if known != "pipeline"]  # pipeline steps are not submitted alone
     if name not in backends.names():
-        raise UnknownPlugin("backend", name, known)
+        raise UnknownPlugin("backend", name, backends.names())
 
 
 def build_spec(shell: Any, args: Any, cell: str, swept: tuple[str, ...] = ()) -> JobSpec:

@@ -73,6 +73,15 @@ def test_a_local_job_records_cpu_and_memory_under_mlflows_names(metrics_shell: A
 
 
 @pytest.mark.slow
+def test_a_distributed_job_records_them_once_from_rank_zero(metrics_shell: Any) -> None:
+    _interval(metrics_shell, 1.0)
+    metrics_shell.run_cell_magic("train", "--procs 2", WAITING_CELL)  # both ranks wait for the run's metrics
+    record = _record(metrics_shell)
+    history = MlflowClient(record.tracking_uri).get_metric_history(record.run_id, "system/cpu_utilization_percentage")
+    assert history and [point.step for point in history] == list(range(len(history))), history  # one series, not one per rank
+
+
+@pytest.mark.slow
 def test_interval_zero_records_no_system_metrics(metrics_shell: Any) -> None:
     _interval(metrics_shell, 0)
     metrics_shell.run_cell_magic("train", "", "import os, time\ntime.sleep(3)\nseen = os.environ['JMK_SYSTEM_METRICS_INTERVAL']")

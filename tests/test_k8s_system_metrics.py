@@ -75,5 +75,7 @@ def test_a_pod_records_its_containers_cpu_and_memory(real_node: KubeTarget, k8s_
     assert all(0 < point.value < LIMIT_BYTES / 1e6 for point in memory), [p.value for p in memory]
     assert all(0 < point.value <= 100 for point in percent), [p.value for p in percent]
     assert all(0 <= point.value <= 100 for point in cpu), [p.value for p in cpu]
+    print(f"pod --cpu 1 --memory 512Mi: memory MB {[p.value for p in memory]}, % {[p.value for p in percent]}, "
+          f"CPU % {[p.value for p in cpu]}; psutil in the pod sees {k8s_shell.user_ns['node_memory'] / 1e6:.0f} MB")
     # MLflow's standard names only: what the MLflow UI's System metrics tab and the sidebar read.
     assert not [name for name in metrics if name.startswith("system/") and "/" in name[len("system/"):]]

@@ -6,8 +6,10 @@ expression's value, or the error with its traceback). Output goes to stdout/stde
 the launcher keeps the log. Exit status: 0 success, 1 the cell raised, 2 the runner itself
 failed, 3 the model was not registered, 4 the job storage did not take the results (they are
 kept elsewhere: :class:`ResultWriter`), 143 terminated. MLflow is imported only if the cell
-imports it, so that a trivial cell pays no MLflow import. Under torchrun (:mod:`.distributed`) it
-is one rank: its lines carry the rank's prefix, and only rank 0 stages results.
+imports it, so that a trivial cell pays no MLflow import; the job's system metrics are recorded by a
+process of their own (:mod:`.tracking.system_metrics`), started here and stopped when the cell ends.
+Under torchrun (:mod:`.distributed`) it is one rank: its lines carry the rank's prefix, and only
+rank 0 stages results (and records the system metrics).
 """
 
 from __future__ import annotations

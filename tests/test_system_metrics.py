@@ -108,7 +108,7 @@ def test_the_local_backends_old_settings_say_what_to_set_instead() -> None:
     from jupyter_mlflow_k8s.records import JobStore
 
     config = Config({"LocalBackend": {"system_metrics_after": 30}})
-    with pytest.warns(DeprecationWarning, match=r"c\.JMKSettings\.system_metrics_interval"):
+    with pytest.warns(FutureWarning, match=r"c\.JMKSettings\.system_metrics_interval"):
         LocalBackend(JobStore(Path(load_settings().state_dir, "jobs")), config=config)
 
 

@@ -78,7 +78,7 @@ class LocalBackend(Backend):
             f"c.LocalBackend.{change['name']} is no longer used: jobs of every backend record system metrics "
             "every c.JMKSettings.system_metrics_interval seconds (default 5; 0 turns them off). "
             f"Set that instead, e.g. c.JMKSettings.system_metrics_interval = 10.",
-            DeprecationWarning,
+            FutureWarning,  # shown by default: a setting of the user's that does nothing now
             stacklevel=2,
         )
 

@@ -58,7 +58,10 @@ def metrics_shell(shell: Any) -> Any:
 
 
 @pytest.mark.slow
-def test_a_local_job_records_cpu_and_memory_under_mlflows_names(metrics_shell: Any) -> None:
+def test_a_local_job_records_cpu_and_memory_under_mlflows_names(metrics_shell: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_NODE_ID", "node-a")  # would rename them system/node-a/...
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "3600")  # the setting wins
     _interval(metrics_shell, 1.0)
     metrics_shell.run_cell_magic("train", "", WAITING_CELL + "time.sleep(1.5)\n")
     record = _record(metrics_shell)
@@ -70,6 +73,7 @@ def test_a_local_job_records_cpu_and_memory_under_mlflows_names(metrics_shell: A
     assert [point.step for point in history] == list(range(len(history)))
     assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100
     assert not any(name.startswith("system/gpu") for name in metrics)  # a job without GPUs shows no GPU
+    assert not [name for name in metrics if name.startswith("system/node-a")]
 
 
 @pytest.mark.slow

@@ -96,6 +96,7 @@ class JobSystemMetricsMonitor(SystemMetricsMonitor):  # type: ignore[misc]
             run_id, sampling_interval=sampling_interval, samples_before_logging=1, tracking_uri=tracking_uri
         )
         self.sampling_interval = sampling_interval  # ours, not MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL's
+        self.node_id = None  # MLFLOW_SYSTEM_METRICS_NODE_ID would rename them (system/NODE/...): the names are fixed
         self.monitors = [ContainerCPUMonitor(usage) if isinstance(m, CPUMonitor) else m for m in self.monitors]
         for monitor in self.monitors:
             if hasattr(monitor, "gpu_handles") and "pynvml" in sys.modules:

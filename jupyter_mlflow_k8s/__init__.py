@@ -12,16 +12,17 @@ from typing import Any
 
 from .version import __version__
 
-__all__ = ["__version__", "load_ipython_extension", "output", "unload_ipython_extension"]
+__all__ = ["__version__", "load_ipython_extension", "output", "train_form", "unload_ipython_extension"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_mlflow_k8s``: register the magics.
 
-    ``%%train``, ``%jobs`` and ``%job``; ``%runs``; ``%models`` and ``%model``; ``%pipeline``;
-    ``%serve`` and ``%predict``.
+    ``%%train`` and ``%%train_form``, ``%jobs`` and ``%job``; ``%runs``; ``%models`` and ``%model``;
+    ``%pipeline``; ``%serve`` and ``%predict``.
     """
     from .magics import JobMagics, PipelineMagics, RegistryMagics, RunsMagics, TrainMagics
+    from .magics.launcher import LauncherMagics
     from .magics.serving import ServingMagics
 
     ipython.register_magics(TrainMagics)
@@ -30,10 +31,17 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(RegistryMagics)
     ipython.register_magics(PipelineMagics)
     ipython.register_magics(ServingMagics)
+    ipython.register_magics(LauncherMagics)
+    from .magics.completion import register
+
+    register(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    """Nothing to undo beyond what IPython does."""
+    """Take the magics' completions away (IPython unregisters nothing else)."""
+    from .magics.completion import unregister
+
+    unregister(ipython)
 
 
 def output(name: str, value: Any) -> None:
@@ -45,6 +53,22 @@ def output(name: str, value: Any) -> None:
     from .pipelines.outputs import output as publish
 
     publish(name, value)
+
+
+def train_form(cell: str) -> Any:
+    """Show the launch form of ``%%train_form`` for the code ``cell`` (a ``%%train`` line on top pre-fills it).
+
+    ``jupyter_mlflow_k8s.train_form("model = fit(X_train, y_train)")``: pick resources, see what the
+    cell ships, run it as a job. Returns the form. See :func:`jupyter_mlflow_k8s.magics.launcher.show_train_form`.
+    """
+    from IPython import get_ipython
+
+    from .magics.launcher import show_train_form
+
+    shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("train_form() needs IPython (a notebook or an IPython terminal).")
+    return show_train_form(shell, cell)
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK  (argcomplete: `eval "$(register-python-argcomplete jmk)"` completes jmk)
 """``jmk``: the command line, and its one error rule. Parses, calls the core services, prints.
 
 This module composes the commands (jobs here; ``jmk pipeline``, its schedules, ``jmk scheduler``
@@ -16,7 +17,9 @@ and the sidebar do; then the environment variables.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Any
 
 from .config import jupyter_config, load_settings
 from .errors import translate
@@ -62,6 +65,13 @@ def _cmd_cancel(service: JobService, args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_ids(**_: Any) -> list[str]:
+    """argcomplete: the ids of jobs and sweeps, running ones first (read from the records only)."""
+    from .sweeps import job_ids
+
+    return job_ids(JobService(load_settings(jupyter_config())))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jmk`` argument parser."""
     parser = argparse.ArgumentParser(prog="jmk", description="Jobs, runs and pipelines from notebooks.")
@@ -70,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=50)
     jobs.set_defaults(func=_cmd_jobs)
     logs = sub.add_parser("logs", help="print a job's log")
-    logs.add_argument("job_id")
+    logs.add_argument("job_id").completer = _job_ids  # type: ignore[attr-defined]
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     logs.add_argument("--rank", type=int, help="only the lines of this rank of a distributed job")
     logs.set_defaults(func=_cmd_logs)
     cancel = sub.add_parser("cancel", help="stop a job, or every trial of a sweep (s-...)")
-    cancel.add_argument("job_id")
+    cancel.add_argument("job_id").completer = _job_ids  # type: ignore[attr-defined]
     cancel.set_defaults(func=_cmd_cancel)
     from .pipelines.cli import add_commands
     from .pipelines.schedule_cli import add_schedule_commands, add_scheduler_command
@@ -98,7 +108,12 @@ def report(exc: BaseException) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jmk``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     args.config = jupyter_config()
     try:
         if args.command in ("pipeline", "scheduler", "serve"):

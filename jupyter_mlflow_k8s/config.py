@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from traitlets import Dict, Unicode, default
+from traitlets import Dict, Float, TraitError, Unicode, default, validate
 from traitlets.config import Config, Configurable
 
 ENV_STATE_DIR = "JMK_STATE_DIR"
@@ -69,6 +69,27 @@ class JMKSettings(Configurable):
     default_backend = Unicode(
         help="Backend for jobs that do not name one. Env: JMK_BACKEND. Example: 'kubernetes'",
     ).tag(config=True)
+
+    system_metrics_interval = Float(
+        5.0,
+        help=(
+            "Seconds between the system-metrics samples a job logs to its MLflow run (CPU, memory, disk, "
+            "network; GPUs with nvidia-ml-py installed), under MLflow's names (system/cpu_utilization_percentage, "
+            "...), shown in the MLflow UI's System metrics tab and the sidebar; 0 turns them off. Inside a pod, "
+            "CPU and memory are the container's, against its --cpu and --memory limits. "
+            "Example: c.JMKSettings.system_metrics_interval = 10"
+        ),
+    ).tag(config=True)
+
+    @validate("system_metrics_interval")
+    def _check_interval(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value < 0 or value != value:
+            raise TraitError(
+                f"c.JMKSettings.system_metrics_interval = {proposal['value']!r} is not a number of seconds: "
+                "use e.g. 5 (a sample every 5 s), or 0 for no system metrics"
+            )
+        return value
 
     @default("state_dir")
     def _default_state_dir(self) -> str:

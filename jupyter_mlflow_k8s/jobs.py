@@ -29,6 +29,7 @@ from .ranks import failed_rank, lines_of_rank, rank_prefix, rank_traceback
 from .records import JobStore
 from .storage import LocalStorage, Storage, get_storage
 from .storage.kept import KEPT_FOLDER
+from .tracking import system_metrics
 
 _log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ class JobService:
                 record.job_id, run_id=run_id, experiment_id=experiment_id, tracking_uri=self.settings.tracking_uri
             )
             tracking_env = {"MLFLOW_TRACKING_URI": self.settings.tracking_uri, "MLFLOW_RUN_ID": run_id,
-                            **tracking.bounds.bounded_environment()}
+                            **tracking.bounds.bounded_environment(),
+                            **system_metrics.job_environment(self.settings.system_metrics_interval)}
             register = None
             if spec.register:
                 register = {

@@ -6,8 +6,10 @@ expression's value, or the error with its traceback). Output goes to stdout/stde
 the launcher keeps the log. Exit status: 0 success, 1 the cell raised, 2 the runner itself
 failed, 3 the model was not registered, 4 the job storage did not take the results (they are
 kept elsewhere: :class:`ResultWriter`), 143 terminated. MLflow is imported only if the cell
-imports it, so that a trivial cell pays no MLflow import. Under torchrun (:mod:`.distributed`) it
-is one rank: its lines carry the rank's prefix, and only rank 0 stages results.
+imports it, so that a trivial cell pays no MLflow import; the job's system metrics are recorded by a
+process of their own (:mod:`.tracking.system_metrics`), started here and stopped when the cell ends.
+Under torchrun (:mod:`.distributed`) it is one rank: its lines carry the rank's prefix, and only
+rank 0 stages results (and records the system metrics).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .payload import Payload, UnpicklableValue, load_value, new_main_module, sta
 from .ranks import GPUS_PER_PROC_ENV, drain_output, note_error_time, prefix_output, rank_prefix, worker_rank
 from .storage import LocalStorage, Storage, get_storage, read_url
 from .storage.kept import KEEP_DIR_ENV, RETRY_SECONDS_ENV, retry_seconds, with_retries
-from .tracking import KEPT_METRICS, fastlog
+from .tracking import KEPT_METRICS, fastlog, system_metrics
 from .tracking.bounds import final_requests, unreachable
 
 EXIT_OK, EXIT_CELL_ERROR, EXIT_RUNNER_ERROR, EXIT_REGISTER_ERROR, EXIT_TERMINATED = 0, 1, 2, 3, 143
@@ -66,8 +68,12 @@ def execute(payload: Payload, namespace: dict[str, Any]) -> tuple[Any, bool]:
     return eval(compile(ast.Expression(last.value), filename, "eval"), namespace), True  # noqa: S307
 
 
-def _finish_mlflow(status: str, storage: Storage, payload: Payload, rank: int | None = None) -> None:
+def _finish_mlflow(status: str, storage: Storage, payload: Payload, rank: int | None = None,
+                   monitor: system_metrics.SystemMetrics | None = None) -> None:
     """Flush and close the run if the cell used MLflow; otherwise cost nothing.
+
+    The system-metrics ``monitor`` (if any) has sent its last sample first, or been stopped after
+    :data:`~.tracking.system_metrics.STOP_SECONDS`.
 
     A rank other than 0 of a distributed job only flushes what it logged: the run is the job's,
     closed once, by rank 0 and the job's lifecycle.
@@ -76,6 +82,8 @@ def _finish_mlflow(status: str, storage: Storage, payload: Payload, rank: int | 
     from then on each MLflow request gets one short try. The metric points it did not take are kept
     next to the payload; the job's lifecycle closes the run and sends them once the server answers.
     """
+    if monitor is not None:
+        monitor.stop()
     mlflow = sys.modules.get("mlflow")
     if mlflow is None:
         return
@@ -218,6 +226,27 @@ def run(payload_url: str) -> int:
     root = os.environ.get(PAYLOAD_ROOT_ENV)  # a mounted payload: results leave through the log
     storage = LogChannelStorage(root) if root else get_storage(payload.storage_url)
     os.environ.update(payload.tracking)
+    monitor = _start_system_metrics(payload, rank)
+    try:
+        return _run(payload, storage, rank, monitor)
+    finally:
+        if monitor is not None:
+            monitor.stop()
+
+
+def _start_system_metrics(payload: Payload, rank: int | None) -> system_metrics.SystemMetrics | None:
+    """The job's system-metrics process (rank 0's for a distributed job), if the job has a run and an interval."""
+    run_id = payload.tracking.get("MLFLOW_RUN_ID")
+    interval = system_metrics.interval_from(os.environ)
+    if not run_id or not interval or rank:
+        return None
+    # That process records them: a run the cell resumes (start_run) starts no second monitor of MLflow's.
+    os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
+    return system_metrics.start(run_id, interval)
+
+
+def _run(payload: Payload, storage: Storage, rank: int | None, monitor: system_metrics.SystemMetrics | None) -> int:
+    """Restore the inputs, execute the cell, stage what it made; ``monitor`` is told to stop when the cell ends."""
     if payload.tracking.get("MLFLOW_RUN_ID"):
         interval = float(os.environ.get("JMK_METRICS_FLUSH_SECONDS", "1"))
         fastlog.install_on_import(payload.tracking["MLFLOW_RUN_ID"], interval)
@@ -234,10 +263,14 @@ def run(payload_url: str) -> int:
     writer = ResultWriter(storage)
     started = time.time()
     try:
-        value, has_value = execute(payload, namespace)
+        try:
+            value, has_value = execute(payload, namespace)
+        finally:
+            if monitor is not None:
+                monitor.stop_soon()  # its last sample is sent while the results are staged
     except (Terminated, KeyboardInterrupt):
         print(f"[jmk] job {payload.job_id} terminated", file=sys.stderr)
-        _finish_mlflow("KILLED", storage, payload, rank)
+        _finish_mlflow("KILLED", storage, payload, rank, monitor)
         return EXIT_TERMINATED
     except BaseException as exc:  # the user's exception, reported back with its traceback
         if rank is not None:
@@ -276,7 +309,7 @@ def run(payload_url: str) -> int:
     result["duration"] = time.time() - started
     sys.stdout.flush()
     sys.stderr.flush()
-    _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED", storage, payload, rank)
+    _finish_mlflow("FINISHED" if status == EXIT_OK else "FAILED", storage, payload, rank, monitor)
     if rank:
         return status  # rank 0 writes the job's result; this rank's error is in the log, under its prefix
     writer.finish(payload.result_key, result)

@@ -249,7 +249,7 @@ def test_the_image_installs_torch_and_this_package_with_the_constraints() -> Non
     runs = [arguments for keyword, arguments in dockerfile_instructions(DOCKERFILE.read_text()) if keyword == "RUN"]
     pip_installs = [run for run in runs if "pip install" in run]
     torch_installs = [run for run in pip_installs if '"torch==${TORCH_VERSION}"' in run]
-    package_installs = [run for run in pip_installs if '".[s3]"' in run]
+    package_installs = [run for run in pip_installs if '".[s3,gpu]"' in run]  # gpu: nvidia-ml-py, GPU metrics
     assert len(torch_installs) == 1 and len(package_installs) == 1, pip_installs
     for run in torch_installs + package_installs:
         assert "pip install -c constraints.txt" in run, run

@@ -95,32 +95,3 @@ def test_a_run_named_by_the_user_gets_mlflow_unchanged(shell: Any) -> None:
     child = client.get_run(shell.user_ns["child_id"])
     assert child.data.metrics == {"inner": 1.0} and child.data.tags["mlflow.parentRunId"] == record.run_id
     assert "inner" not in client.get_run(record.run_id).data.metrics
-
-
-def test_system_metrics_for_a_job_that_runs_a_while(shell: Any) -> None:
-    shell.config.LocalBackend.system_metrics_after = 0.5
-    shell.config.LocalBackend.system_metrics_interval = 0.5
-    try:
-        shell.run_cell_magic("train", "", "import time\ntime.sleep(4)")
-    finally:
-        del shell.config.LocalBackend["system_metrics_after"]
-        del shell.config.LocalBackend["system_metrics_interval"]
-    record = _record(shell)
-    metrics = MlflowClient(record.tracking_uri).get_run(record.run_id).data.metrics
-    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
-
-
-def test_a_job_that_ends_within_its_first_sampling_cycle_still_gets_system_metrics(mlflow_uri: str) -> None:
-    # Before: MLflow's monitor drops the samples of a cycle cut short, so on a loaded machine (the
-    # supervisor slow to import MLflow, the job ending meanwhile) the run had no system metrics.
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    from jupyter_mlflow_k8s.backends.local_supervisor import _stop_system_metrics
-
-    client = MlflowClient(mlflow_uri)
-    run = client.create_run(client.create_experiment(f"metrics-{os.getpid()}-{id(client)}"))
-    monitor = SystemMetricsMonitor(run.info.run_id, sampling_interval=3600, tracking_uri=mlflow_uri)
-    monitor.start()  # samples once, then waits an hour for its cycle to end: the job ends first
-    _stop_system_metrics(monitor, "job")
-    metrics = client.get_run(run.info.run_id).data.metrics
-    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics

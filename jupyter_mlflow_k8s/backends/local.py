@@ -14,9 +14,11 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
+from typing import Any
 
 import psutil
-from traitlets import Float, Int, List, Unicode, default
+from traitlets import Float, Int, List, Unicode, default, observe
 
 from ..exceptions import JMKUsageError
 from ..gpus import detect_gpus
@@ -62,16 +64,23 @@ class LocalBackend(Backend):
     ).tag(config=True)
 
     system_metrics_after = Float(
-        5.0,
-        help="Seconds into a job after which MLflow's system metrics (CPU, memory, disk, network; "
-        "GPU with nvidia-ml-py installed) are logged to its run; 0 turns them off. "
-        "Example: c.LocalBackend.system_metrics_after = 30",
+        help="No longer used: every job records system metrics from its start, every "
+        "c.JMKSettings.system_metrics_interval seconds (0 turns them off).",
     ).tag(config=True)
 
     system_metrics_interval = Float(
-        10.0,
-        help="Seconds between system-metrics samples. Example: c.LocalBackend.system_metrics_interval = 2",
+        help="No longer used: c.JMKSettings.system_metrics_interval sets it for every backend.",
     ).tag(config=True)
+
+    @observe("system_metrics_after", "system_metrics_interval")
+    def _moved(self, change: Any) -> None:
+        warnings.warn(
+            f"c.LocalBackend.{change['name']} is no longer used: jobs of every backend record system metrics "
+            "every c.JMKSettings.system_metrics_interval seconds (default 5; 0 turns them off). "
+            f"Set that instead, e.g. c.JMKSettings.system_metrics_interval = 10.",
+            FutureWarning,  # shown by default: a setting of the user's that does nothing now
+            stacklevel=2,
+        )
 
     @default("max_concurrent_jobs")
     def _default_slots(self) -> int:
@@ -111,8 +120,6 @@ class LocalBackend(Backend):
             "gpus": self.available_gpus(),
             "python": self.python,
             "grace": self.kill_grace_seconds,
-            "system_metrics_after": self.system_metrics_after,
-            "system_metrics_interval": self.system_metrics_interval,
             "locks": str(locks),
         }
         (folder / "launch.json").write_text(json.dumps(options))

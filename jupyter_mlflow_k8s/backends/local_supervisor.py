@@ -17,7 +17,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,51 +52,6 @@ def _exit_waiter(pid: int) -> Callable[[float], None]:
         select.select([fd], [], [], max(timeout, 0))
 
     return wait
-
-
-def _system_metrics(record: JobRecord, interval: float) -> Any:
-    """Start MLflow's system-metrics monitor for the job's run; None if it cannot run here."""
-    try:
-        from ..tracking.bounds import bound_requests
-
-        bound_requests()  # a tracking server that hangs holds the monitor's calls 30 s at most
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(  # type: ignore[no-untyped-call]
-            record.run_id, sampling_interval=interval, tracking_uri=record.tracking_uri
-        )
-        monitor.start()  # type: ignore[no-untyped-call]
-        return monitor
-    except Exception as exc:  # system metrics are a bonus; the job goes on
-        print(f"[jmk] no system metrics for job {record.job_id}: {exc}", file=sys.stderr)
-        return None
-
-
-def _stop_system_metrics(monitor: Any, job_id: str, tracking_uri: str | None = None) -> None:
-    """Stop the monitor and log what it sampled since it last logged, with one sample taken now.
-
-    MLflow's monitor logs only a full sampling cycle of a still running run: the samples of the cycle
-    the job's end cut short are dropped, so a job that ends soon after its monitor started (or whose
-    supervisor took long to import MLflow) would have no system metrics at all. A tracking server
-    that does not answer a quick probe gets none of them: the job's end is recorded without waiting.
-    """
-    from ..tracking.bounds import unreachable
-
-    down = unreachable(tracking_uri, timeout=1.0)
-    if down:
-        threading.Thread(target=monitor.finish, name="jmk-metrics-stop", daemon=True).start()
-        print(f"[jmk] the last system metrics of job {job_id} were not logged: tracking server "
-              f"unreachable ({down})", file=sys.stderr)
-        return
-    try:
-        monitor.finish()  # stops and joins the sampling thread, flushes what it logged
-        monitor.collect_metrics()
-        metrics = monitor.aggregate_metrics()
-        if metrics:
-            monitor.publish_metrics(metrics)
-            monitor.mlflow_logger.flush()
-    except Exception as exc:  # system metrics are a bonus; the job's end goes on
-        print(f"[jmk] the last system metrics of job {job_id} were not logged: {exc}", file=sys.stderr)
 
 
 # Jobs start in the order they were submitted: each takes a ticket (a file named by its submission
@@ -145,7 +99,6 @@ class _Supervisor:
         self.held: list[IO[str]] = []
         self.child: subprocess.Popen[bytes] | None = None
         self.stop_reason: str | None = None
-        self.monitor: Any = None
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.stop_reason = self.stop_reason or "cancelled"
@@ -248,11 +201,6 @@ class _Supervisor:
         )
         code = self._wait(spec.timeout, record)
         self._release()
-        if self.monitor is not None:
-            from ..tracking.bounds import final_requests
-
-            final_requests()  # the job has ended: its end waits on no MLflow retry
-            _stop_system_metrics(self.monitor, self.job_id, record.tracking_uri)
         state, message = self._outcome(code)
         if spec.distributed and state is JobState.FAILED and not self.stop_reason:
             message = _rank_failure(self.folder / "output.log") or message
@@ -261,29 +209,21 @@ class _Supervisor:
     def _wait(self, timeout: float | None, record: JobRecord) -> int:
         """The runner's exit status; stops it on timeout or SIGTERM (SIGKILL after the grace).
 
-        A job still running after ``system_metrics_after`` seconds gets MLflow's system
-        metrics (CPU, memory, GPU where pynvml is installed) from here, so short jobs never
-        pay MLflow's import.
+        System metrics are the runner's business (:mod:`..tracking.system_metrics`), as on Kubernetes.
         """
         assert self.child is not None
         sleep_until_exit = _exit_waiter(self.child.pid)
         start = time.monotonic()
         deadline = start + timeout if timeout else None
-        after = float(self.options.get("system_metrics_after") or 0)
-        metrics_at = start + after if after > 0 and record.run_id else None
         kill_at: float | None = None
         while True:
             now = time.monotonic()
-            wake = min(t for t in (deadline, kill_at, metrics_at, now + 0.5) if t is not None)
+            wake = min(t for t in (deadline, kill_at, now + 0.5) if t is not None)
             sleep_until_exit(wake - now)
             code = self.child.poll()
             if code is not None:
                 return code
             now = time.monotonic()
-            if metrics_at is not None and now >= metrics_at:
-                metrics_at = None
-                interval = float(self.options.get("system_metrics_interval") or 10)
-                self.monitor = _system_metrics(record, interval)
             if deadline and now >= deadline and not self.stop_reason:
                 self.stop_reason = f"timed out after {timeout:g} s (--timeout)"
                 self.child.terminate()

@@ -541,6 +541,16 @@ class EndpointMetricsStreamHandler(EventStreamHandler):
             self.end_stream()
 
 
+class PresetsHandler(JMKHandler):
+    """``GET /jmk/api/presets``."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """The configured pod presets, the backends and the default one, for the launch form."""
+        self.send_json(await self.call(self.service.presets))
+
+
 class NotFoundHandler(JMKHandler):
     """Any other path under ``/jmk/api``: a JSON 404."""
 
@@ -573,5 +583,6 @@ ROUTES: list[tuple[str, type[JMKHandler]]] = [
     (rf"{API}/endpoints", EndpointsHandler),
     (rf"{API}/endpoints/{_ID}/metrics", EndpointMetricsHandler),
     (rf"{API}/endpoints/{_ID}/metrics/stream", EndpointMetricsStreamHandler),
+    (rf"{API}/presets", PresetsHandler),
     (rf"{API}/(.*)", NotFoundHandler),
 ]

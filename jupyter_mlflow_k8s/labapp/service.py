@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..backends.base import BUILTIN_BACKENDS, backends
 from ..config import JMKSettings
 from ..errors import JMKError
 from ..jobs import JobService
@@ -39,6 +40,11 @@ def redact(uri: str) -> str:
     host = parts.hostname or ""
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _builtins_first(name: str) -> tuple[int, str]:
+    order = list(BUILTIN_BACKENDS)
+    return (order.index(name) if name in order else len(order), name)
 
 
 class SidebarService:
@@ -74,6 +80,21 @@ class SidebarService:
             "tracking_uri": redact(self.tracking_uri),
             "mlflow_ui_url": self.mlflow_ui_url,
             "state_dir": str(self.settings.state_dir),
+        }
+
+    def presets(self) -> dict[str, Any]:
+        """What the launch form offers: the configured presets (each with its problem), the backends, the default.
+
+        From the server's own config (``c.KubernetesBackend.presets``), so no backend is built and no
+        cluster is asked. Built-in backends first, as the kernel's form lists them; ``pipeline`` is the
+        pipelines' internal backend, not one a cell is sent to.
+        """
+        from ..k8s.presets import configured_presets, preset_summaries  # the k8s package: only when asked
+
+        return {
+            "presets": preset_summaries(configured_presets(self.backend_config)),
+            "backends": [name for name in sorted(backends.names(), key=_builtins_first) if name != "pipeline"],
+            "default_backend": self.settings.default_backend,
         }
 
     # -- jobs ----------------------------------------------------------------------------------

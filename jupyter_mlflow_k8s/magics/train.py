@@ -12,9 +12,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..exceptions import JMKUsageError
+from ..backends.base import backends
+from ..exceptions import JMKUsageError, UnknownPlugin
 from ..jobs import JobService, RegistrationFailed
 from ..k8s.presets import parse_secret, parse_volume
+from ..k8s.validation import check_quantity
 from ..models import JobRecord, JobSpec, Resources, parse_gpus, parse_nodes, parse_procs, parse_retries
 from ..payload import analyze_cell
 from ..sweeps import SweepRequest, SweepService
@@ -263,12 +265,11 @@ class TrainMagics(Magics):
         """
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         assert self.shell is not None
-        args = parse_flags(self.train, line)
+        plan = plan_train(self.shell, line, cell)
+        if plan.sweep is not None:
+            return self._sweep(plan)
+        args, spec = plan.args, plan.spec
         service = service_for(self.shell)
-        if args.sweep is not None:
-            return self._sweep(args, cell)
-        _refuse_sweep_flags(args)
-        spec = self._spec(args, cell)
         values = {name: self.shell.user_ns[name] for name in spec.inputs}
         record = service.submit(spec, values)
         print(f"[jmk] job {record.job_id} submitted ({spec.backend}); MLflow: {run_url(record)}")
@@ -282,24 +283,11 @@ class TrainMagics(Magics):
         result = attach(self.shell, service, record.job_id, view)
         return result.display if result.has_display else None
 
-    def _sweep(self, args: Any, cell: str) -> Any:
+    def _sweep(self, plan: TrainPlan) -> Any:
         """``--sweep``: every trial a job; the best trial's names come back, ``sweep`` holds them all."""
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
-        assert self.shell is not None
-        request = SweepRequest.parse(
-            args.sweep, args.objective, args.search, args.trials, args.parallel, args.repeats, args.prune,
-            args.max_failures, args.seed,
-        )  # fmt: skip
-        if args.register:
-            raise JMKUsageError(
-                "--register with --sweep would register a model for every trial. Sweep first; then register "
-                "the best trial's model (it comes back into the notebook) with %%train --register, or "
-                "%model register on the best run (sweep.loc[sweep.best].run_id)."
-            )
-        spec = self._spec(args, cell, swept=request.space.names)
-        metric = request.objective.metric
-        if metric in spec.assigns and metric not in spec.outputs:  # the objective may be a number the cell assigns
-            spec = dataclasses.replace(spec, outputs=(*spec.outputs, metric))
+        assert self.shell is not None and plan.sweep is not None
+        args, spec, request = plan.args, plan.spec, plan.sweep
         sweeps = sweeps_for(self.shell)
         values = {name: self.shell.user_ns[name] for name in spec.inputs}
         record = sweeps.start(spec, values, request)
@@ -319,91 +307,169 @@ class TrainMagics(Magics):
         return None
 
     def _spec(self, args: Any, cell: str, swept: tuple[str, ...] = ()) -> JobSpec:
-        """Validate every flag and the cell; build the job spec (nothing submitted yet)."""
+        """Validate every flag and the cell; build the job spec (nothing submitted yet): :func:`build_spec`."""
         assert self.shell is not None
-        code = self.shell.transform_cell(cell)
-        if "get_ipython()" in code and "get_ipython()" not in cell:
-            raise JMKUsageError(
-                "Magics (%...) and shell commands (!...) do not run inside a %%train job. "
-                "Run them in a cell of their own before this one."
-            )
-        if not code.strip():
-            raise JMKUsageError("The %%train cell is empty: put the code to run below the %%train line.")
-        analysis = analyze_cell(code)
-        params = {k: literal(v) for k, v in parse_pairs(args.param, "--param", identifiers=True).items()}
-        if args.out and args.no_out:
-            raise JMKUsageError("--out and --no-out contradict each other: use one.")
-        outputs: tuple[str, ...] = analysis.assigns
-        if args.no_out:
-            outputs = ()
-        elif args.out:
-            outputs = tuple(n.strip() for n in args.out.split(",") if n.strip())
-            missing = [n for n in outputs if n not in analysis.assigns]
-            if missing:
-                raise JMKUsageError(
-                    f"--out names {', '.join(missing)}, which the cell never assigns. "
-                    f"It assigns: {', '.join(analysis.assigns) or 'nothing'}."
-                )
-        inputs = analysis.inputs(self.shell.user_ns, exclude=[*params, *swept])
-        inputs = self._check_register(args, analysis.assigns, inputs)
-        service = service_for(self.shell)
-        gpus = parse_gpus(args.gpus)
-        rendezvous = parse_duration(args.rendezvous_timeout, "--rendezvous-timeout")
-        return JobSpec(
-            code=code,
-            inputs=inputs,
-            outputs=outputs,
-            resources=Resources(cpu=args.cpu, memory=args.memory, gpus=gpus),
-            backend=args.backend or service.settings.default_backend,
-            image=args.image,
-            env=parse_pairs(args.env, "--env"),
-            params=params,
-            timeout=parse_duration(args.timeout),
-            experiment=args.experiment,
-            run_name=args.run_name,
-            tags=parse_pairs(args.tag, "--tag"),
-            notebook=notebook_path(self.shell),
-            workdir=os.getcwd(),
-            register=args.register,
-            model_var=args.model,
-            input_example=args.input_example,
-            assigns=analysis.assigns,
-            secrets=tuple(parse_secret(name) for name in args.secret or ()),
-            volumes=tuple(text for text in args.volume or () if parse_volume(text)),  # checked now, kept as given
-            preset=args.preset,
-            retries=parse_retries(args.retries),
-            nodes=parse_nodes(args.nodes),
-            procs=parse_procs(args.procs, gpus),
-            rendezvous_timeout=rendezvous or 0.0,
+        return build_spec(self.shell, args, cell, swept)
+
+
+# ---------------------------------------------------------------------------- the checks before submitting
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPlan:
+    """What ``%%train LINE`` would submit: its flags, the job spec and, with ``--sweep``, the sweep."""
+
+    args: Any
+    spec: JobSpec
+    sweep: SweepRequest | None = None
+
+
+def plan_train(shell: Any, line: str, cell: str) -> TrainPlan:
+    """Every check ``%%train LINE`` makes before it submits anything, in the order it makes them.
+
+    The magic and the launch forms (:mod:`.launcher`) both call this, so a form can neither accept
+    a line the magic refuses nor refuse one it accepts. Nothing is staged or submitted.
+
+    Raises:
+        JMKUsageError: A flag or the cell is wrong; the message says what to type instead.
+        UsageError: IPython's own refusal of an unknown flag or a missing value.
+    """
+    args = parse_flags(TrainMagics.train, line)
+    if args.sweep is None:
+        _refuse_sweep_flags(args)
+        return TrainPlan(args, build_spec(shell, args, cell))
+    request = SweepRequest.parse(
+        args.sweep, args.objective, args.search, args.trials, args.parallel, args.repeats, args.prune,
+        args.max_failures, args.seed,
+    )  # fmt: skip
+    if args.register:
+        raise JMKUsageError(
+            "--register with --sweep would register a model for every trial. Sweep first; then register "
+            "the best trial's model (it comes back into the notebook) with %%train --register, or "
+            "%model register on the best run (sweep.loc[sweep.best].run_id)."
         )
+    spec = build_spec(shell, args, cell, swept=request.space.names)
+    metric = request.objective.metric
+    if metric in spec.assigns and metric not in spec.outputs:  # the objective may be a number the cell assigns
+        spec = dataclasses.replace(spec, outputs=(*spec.outputs, metric))
+    return TrainPlan(args, spec, request)
 
-    def _check_register(self, args: Any, assigns: tuple[str, ...], inputs: tuple[str, ...]) -> tuple[str, ...]:
-        """Validate --register/--model/--input-example; returns the inputs, the example added."""
-        assert self.shell is not None
-        if not args.register:
-            for flag, value in (("--model", args.model), ("--input-example", args.input_example)):
-                if value:
-                    raise JMKUsageError(f"{flag} only makes sense with --register NAME.")
-            return inputs
-        if not _MODEL_NAME_RE.match(args.register):
+
+_QUANTITIES = {
+    "--cpu": ("a CPU amount", "4, 0.5 or 500m (cores; m is a thousandth)"),
+    "--memory": ("a memory size", "16Gi, 512Mi or 4 (bytes; Ki, Mi, Gi are powers of 1024)"),
+}
+
+
+def check_resources(cpu: str | None, memory: str | None) -> None:
+    """``--cpu`` and ``--memory`` must be quantities Kubernetes reads, checked here for every backend.
+
+    Kubernetes' own syntax (:func:`~jupyter_mlflow_k8s.k8s.validation.check_quantity`), so a value
+    a local job would take is not refused by a cluster later; then positive (:class:`Resources`).
+    """
+    for flag, value in (("--cpu", cpu), ("--memory", memory)):
+        if value is not None and check_quantity(value, flag):
+            what, examples = _QUANTITIES[flag]
+            negative = value.startswith("-") and not check_quantity(value[1:], flag)
+            problem = "is negative" if negative else f"is not {what}"
+            raise JMKUsageError(f"{flag} {value!r} {problem}: use e.g. {examples}. Nothing was submitted.")
+
+
+def check_backend(name: str) -> None:
+    """The backend must be one a registry knows (built-in or plugin), before anything is staged."""
+    if name not in backends.names():
+        raise UnknownPlugin("backend", name, backends.names())
+
+
+def build_spec(shell: Any, args: Any, cell: str, swept: tuple[str, ...] = ()) -> JobSpec:
+    """Validate every flag and the cell; build the job spec (nothing submitted yet)."""
+    code = shell.transform_cell(cell)
+    if "get_ipython()" in code and "get_ipython()" not in cell:
+        raise JMKUsageError(
+            "Magics (%...) and shell commands (!...) do not run inside a %%train job. "
+            "Run them in a cell of their own before this one."
+        )
+    if not code.strip():
+        raise JMKUsageError("The %%train cell is empty: put the code to run below the %%train line.")
+    analysis = analyze_cell(code)
+    params = {k: literal(v) for k, v in parse_pairs(args.param, "--param", identifiers=True).items()}
+    if args.out and args.no_out:
+        raise JMKUsageError("--out and --no-out contradict each other: use one.")
+    outputs: tuple[str, ...] = analysis.assigns
+    if args.no_out:
+        outputs = ()
+    elif args.out:
+        outputs = tuple(n.strip() for n in args.out.split(",") if n.strip())
+        missing = [n for n in outputs if n not in analysis.assigns]
+        if missing:
             raise JMKUsageError(
-                f"--register {args.register!r} is not a usable model name: use letters, digits, '-', '_' and '.', "
-                "starting with a letter or digit (e.g. --register mnist-clf)."
+                f"--out names {', '.join(missing)}, which the cell never assigns. "
+                f"It assigns: {', '.join(analysis.assigns) or 'nothing'}."
             )
-        if args.model and args.model not in assigns:
-            raise JMKUsageError(
-                f"--model {args.model}: the cell never assigns {args.model}. "
-                f"It assigns: {', '.join(assigns) or 'nothing'}."
-            )
-        example = args.input_example
-        if example and example not in assigns:
-            if example not in self.shell.user_ns:
-                raise JMKUsageError(
-                    f"--input-example {example}: no such variable in the notebook, and the cell does not assign it."
-                )
-            if example not in inputs:
-                inputs = (*inputs, example)
+    inputs = analysis.inputs(shell.user_ns, exclude=[*params, *swept])
+    inputs = _check_register(shell, args, analysis.assigns, inputs)
+    check_resources(args.cpu, args.memory)
+    service = service_for(shell)
+    backend = args.backend or service.settings.default_backend
+    check_backend(backend)
+    gpus = parse_gpus(args.gpus)
+    rendezvous = parse_duration(args.rendezvous_timeout, "--rendezvous-timeout")
+    return JobSpec(
+        code=code,
+        inputs=inputs,
+        outputs=outputs,
+        resources=Resources(cpu=args.cpu, memory=args.memory, gpus=gpus),
+        backend=backend,
+        image=args.image,
+        env=parse_pairs(args.env, "--env"),
+        params=params,
+        timeout=parse_duration(args.timeout),
+        experiment=args.experiment,
+        run_name=args.run_name,
+        tags=parse_pairs(args.tag, "--tag"),
+        notebook=notebook_path(shell),
+        workdir=os.getcwd(),
+        register=args.register,
+        model_var=args.model,
+        input_example=args.input_example,
+        assigns=analysis.assigns,
+        secrets=tuple(parse_secret(name) for name in args.secret or ()),
+        volumes=tuple(text for text in args.volume or () if parse_volume(text)),  # checked now, kept as given
+        preset=args.preset,
+        retries=parse_retries(args.retries),
+        nodes=parse_nodes(args.nodes),
+        procs=parse_procs(args.procs, gpus),
+        rendezvous_timeout=rendezvous or 0.0,
+    )
+
+
+def _check_register(shell: Any, args: Any, assigns: tuple[str, ...], inputs: tuple[str, ...]) -> tuple[str, ...]:
+    """Validate --register/--model/--input-example; returns the inputs, the example added."""
+    if not args.register:
+        for flag, value in (("--model", args.model), ("--input-example", args.input_example)):
+            if value:
+                raise JMKUsageError(f"{flag} only makes sense with --register NAME.")
         return inputs
+    if not _MODEL_NAME_RE.match(args.register):
+        raise JMKUsageError(
+            f"--register {args.register!r} is not a usable model name: use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit (e.g. --register mnist-clf)."
+        )
+    if args.model and args.model not in assigns:
+        raise JMKUsageError(
+            f"--model {args.model}: the cell never assigns {args.model}. "
+            f"It assigns: {', '.join(assigns) or 'nothing'}."
+        )
+    example = args.input_example
+    if example and example not in assigns:
+        if example not in shell.user_ns:
+            raise JMKUsageError(
+                f"--input-example {example}: no such variable in the notebook, and the cell does not assign it."
+            )
+        if example not in inputs:
+            inputs = (*inputs, example)
+    return inputs
 
 
-__all__ = ["JobHandle", "SweepHandle", "TrainMagics", "UsageError", "attach", "collect_sweep", "sweeps_for"]
+__all__ = ["JobHandle", "SweepHandle", "TrainMagics", "TrainPlan", "UsageError", "attach", "build_spec",
+           "check_resources", "collect_sweep", "plan_train", "sweeps_for"]

@@ -145,6 +145,25 @@ def _cmd_predict(targets: list[EndpointTarget], name: str, text: str) -> int:
     return 0
 
 
+def _complete_target(prefix: str, **_: Any) -> list[str]:
+    """argcomplete: the commands, and the ``models:/`` URIs of the registry."""
+    from ..config import jupyter_config, load_settings
+    from ..tracking.model_registry import ModelNames, uri_candidates
+
+    names = ModelNames().get(load_settings(jupyter_config()).tracking_uri)
+    return ["list", "stop", "predict", *uri_candidates(names, prefix)]
+
+
+def _complete_endpoint(parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+    """argcomplete: after ``stop`` or ``predict``, the names of the local endpoints."""
+    if parsed_args.model_uri not in ("stop", "predict") or parsed_args.rest:
+        return []
+    from ..config import jupyter_config, load_settings
+    from .manager import ServingManager
+
+    return [e.name for e in ServingManager(load_settings(jupyter_config())).list()]
+
+
 def add_serve_command(sub: Any) -> None:
     """Add ``jmk serve ...`` to the ``jmk`` parser's subcommands."""
     serve = sub.add_parser(
@@ -153,8 +172,10 @@ def add_serve_command(sub: Any) -> None:
         description="Start an inference server for MODEL_URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... "
                     "or a path), or list, stop or query the local ones.",
     )
-    serve.add_argument("model_uri", metavar="MODEL_URI|list|stop|predict", help="what to serve, or a command")
-    serve.add_argument("rest", nargs="*", metavar="ARG", help="stop NAME; predict NAME JSON_OR_@FILE")
+    uri = serve.add_argument("model_uri", metavar="MODEL_URI|list|stop|predict", help="what to serve, or a command")
+    uri.completer = _complete_target  # type: ignore[attr-defined]
+    rest = serve.add_argument("rest", nargs="*", metavar="ARG", help="stop NAME; predict NAME JSON_OR_@FILE")
+    rest.completer = _complete_endpoint  # type: ignore[attr-defined]
     for names, options in front_arguments():
         serve.add_argument(*names, **options)
     serve.add_argument("--foreground", action="store_true",

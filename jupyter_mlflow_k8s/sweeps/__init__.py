@@ -8,6 +8,6 @@
 from __future__ import annotations
 
 from .record import SweepStore, is_sweep_id
-from .service import SweepRequest, SweepService, listed
+from .service import SweepRequest, SweepService, job_ids, listed
 
-__all__ = ["SweepRequest", "SweepService", "SweepStore", "is_sweep_id", "listed"]
+__all__ = ["SweepRequest", "SweepService", "SweepStore", "is_sweep_id", "job_ids", "listed"]

@@ -11,6 +11,9 @@ could break it (a model name may hold quotes). Registering a model from inside a
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 from typing import Any
 
 from ..errors import NotFoundError
@@ -203,3 +206,64 @@ def load_pyfunc(tracking_uri: str | None, version: Any) -> Any:
     with mlflow_errors(tracking_uri):
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=resolved_uri(tracking_uri))
     return mlflow.pyfunc.load_model(local)
+
+
+# -- names for completion -------------------------------------------------------------------------
+
+
+class ModelNames:
+    """Registered model names with their aliases and versions, for Tab completion: cached, never blocking long.
+
+    A local store (SQLite, files) is read in the caller's thread; a tracking server over HTTP in a
+    thread of its own, waited for ``wait`` seconds: a server that does not answer gives no names
+    now, and the answer when it comes is kept for the next Tab. Failures give no names, never an
+    error. Names are kept ``ttl`` seconds.
+    """
+
+    def __init__(self, ttl: float = 30.0, wait: float = 1.5) -> None:
+        self.ttl = ttl
+        self.wait = wait
+        self._fetched: dict[str, tuple[float, dict[str, tuple[list[str], list[str]]]]] = {}
+        self._pending: dict[str, threading.Thread] = {}
+
+    def get(self, tracking_uri: str) -> dict[str, tuple[list[str], list[str]]]:
+        """``{name: (aliases, versions)}``; ``{}`` while the registry has not answered."""
+        cached = self._fetched.get(tracking_uri)
+        if cached is not None and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        if not tracking_uri.startswith(("http://", "https://", "databricks")):
+            self._fetch(tracking_uri)  # in the foreground: MLflow is never imported off the main thread here
+        else:
+            pending = self._pending.get(tracking_uri)
+            if pending is None or not pending.is_alive():
+                pending = threading.Thread(target=self._fetch, args=(tracking_uri,), daemon=True,
+                                           name="jmk-model-names")  # fmt: skip
+                self._pending[tracking_uri] = pending
+                pending.start()
+            pending.join(self.wait)
+        cached = self._fetched.get(tracking_uri)
+        return cached[1] if cached is not None else {}
+
+    def _fetch(self, tracking_uri: str) -> None:
+        try:
+            models = registered_models(tracking_uri)
+        except Exception:  # completion never raises: a registry that fails has no names to offer
+            return
+        names = {}
+        for model in models:
+            aliases = sorted(getattr(model, "aliases", None) or {})
+            versions = sorted({str(v.version) for v in getattr(model, "latest_versions", None) or []}, key=int)
+            names[model.name] = (aliases, versions)
+        self._fetched[tracking_uri] = (time.monotonic(), names)
+
+
+def uri_candidates(names: dict[str, tuple[list[str], list[str]]], typed: str) -> list[str]:
+    """The ``models:/`` URIs that may complete ``typed``: names; ``@alias`` and ``/version`` after a name."""
+    if not ("models:/".startswith(typed) or typed.startswith("models:/")):
+        return []
+    rest = typed.removeprefix("models:/")
+    name = re.split(r"[@/]", rest, maxsplit=1)[0]
+    if name in names and rest != name:
+        aliases, versions = names[name]
+        return [f"models:/{name}@{a}" for a in aliases] + [f"models:/{name}/{v}" for v in [*versions, LATEST]]
+    return [f"models:/{n}" for n in sorted(names)] or ["models:/"]

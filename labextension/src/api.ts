@@ -6,6 +6,8 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { IPresetList } from './types';
+
 export const API_PATH = 'jmk/api';
 
 /** An HTTP error from the API, with the server's JSON `message` when it sent one. */
@@ -96,6 +98,11 @@ export async function requestAPI<T>(
   }
   const text = await response.text();
   return (text ? JSON.parse(text) : undefined) as T;
+}
+
+/** GET /jmk/api/presets: the server's configured presets, the backends and the default one. */
+export function fetchPresets(): Promise<IPresetList> {
+  return requestAPI<IPresetList>('presets');
 }
 
 /** One Server-Sent Event. */

@@ -8,10 +8,12 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { SidebarWidget } from './components/Sidebar';
+import { addRunCellAsJob } from './launcher/command';
 import { notificationsPlugin, SHOW_JOB_COMMAND } from './notifications';
 import { readSettings } from './settings';
 
@@ -20,6 +22,7 @@ export const PLUGIN_ID = 'jupyter-mlflow-k8s:plugin';
 export namespace CommandIDs {
   export const open = 'jupyter-mlflow-k8s:open-sidebar';
   export const showJob = SHOW_JOB_COMMAND;
+  export const runCellAsJob = 'jupyter-mlflow-k8s:run-cell-as-job';
 }
 
 const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
@@ -90,4 +93,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default [plugin, notificationsPlugin];
+/** "Run cell as job…" on code cells; toolbar, context menu and shortcut in schema/launcher.json. */
+const launcherPlugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-mlflow-k8s:launcher',
+  description: 'Run a notebook cell as a job (%%train) from a form.',
+  autoStart: true,
+  requires: [INotebookTracker],
+  optional: [ICommandPalette],
+  activate: (app: JupyterFrontEnd, tracker: INotebookTracker, palette: ICommandPalette | null) =>
+    addRunCellAsJob(app, tracker, CommandIDs.runCellAsJob, palette)
+};
+
+export default [plugin, launcherPlugin, notificationsPlugin];

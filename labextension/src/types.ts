@@ -48,6 +48,23 @@ export interface IStatus {
   state_dir: string;
 }
 
+/** A configured pod preset, as GET /jmk/api/presets lists it. */
+export interface IPreset {
+  name: string;
+  /** Its plain values in one line, e.g. 'gpus=1, memory=80Gi'. */
+  summary: string;
+  gpus: number | null;
+  /** Why using it would fail (an unknown key, a bad value), else null. */
+  problem: string | null;
+}
+
+/** GET /jmk/api/presets: what the launch form offers. */
+export interface IPresetList {
+  presets: IPreset[];
+  backends: string[];
+  default_backend: string;
+}
+
 export interface IRunRow {
   run_id: string;
   run_name: string | null;

@@ -669,7 +669,8 @@ def image_key(image: DockerfileImage, base: str, root: Path = REPO) -> str:
                 {image.base_arg: base})  # fmt: skip
 
 
-_TORCH_DOWNLOAD = re.compile(r"^\s*Downloading \S*\b(?:torch-\d|nvidia[-_])", re.MULTILINE)
+# nvidia-ml-py (pynvml, the GPU system metrics) is a small pure-Python wheel from the index, not a CUDA library
+_TORCH_DOWNLOAD = re.compile(r"^\s*Downloading \S*\b(?:torch-\d|nvidia[-_](?!ml[-_]py))", re.MULTILINE)
 _TORCH_LOCAL = re.compile(r"^\s*Processing (/\S*torch-\S+\.whl)", re.MULTILINE)
 
 

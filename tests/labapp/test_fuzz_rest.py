@@ -76,6 +76,7 @@ ROUTES = [("GET", "status"), ("GET", "openapi.yaml"), ("GET", "jobs"), ("GET", "
           ("DELETE", "models/{}/aliases/{}"), ("GET", "endpoints"), ("GET", "endpoints/{}/metrics"),
           ("GET", "endpoints/{}/metrics/stream"), ("GET", "{}"), ("GET", "{}/{}/{}"),
           ("GET", "jobs/{}/resources")]
+ROUTES.append(("GET", "presets"))
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 

@@ -169,8 +169,12 @@ class Lab:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def start_lab(base: Path, store: Store, server_extension: bool = True, timeout: float = 90.0) -> Lab:
-    """``python -m jupyterlab`` on a free port, with the built labextension of this checkout on JUPYTER_PATH."""
+def start_lab(base: Path, store: Store, server_extension: bool = True, timeout: float = 90.0,
+              server_config: str = "") -> Lab:
+    """``python -m jupyterlab`` on a free port, with the built labextension of this checkout on JUPYTER_PATH.
+
+    ``server_config`` is Python written to the server's ``jupyter_server_config.py`` (e.g. presets).
+    """
     if not (LABEXTENSION / "package.json").exists() or not (LABEXTENSION / "static" / "style.js").exists():
         pytest.fail(f"the labextension is not built in {LABEXTENSION}: run `cd labextension && jlpm install && "
                     "jlpm build:prod` (or `pip install -e .`, whose build hook does it)")
@@ -183,6 +187,8 @@ def start_lab(base: Path, store: Store, server_extension: bool = True, timeout: 
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     for name in ("root", "config", "runtime", "workspaces"):
         (base / name).mkdir()
+    if server_config:
+        (base / "config" / "jupyter_server_config.py").write_text(server_config)
     port, token = free_port(), "ui-test-token"
     env = child_env(MLFLOW_TRACKING_URI=store.uri, JMK_STATE_DIR=str(store.state_dir), JUPYTER_PATH=str(data),
                     JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"))

@@ -24,7 +24,7 @@ from .. import tracking
 from ..errors import JMKError, translate
 from ..models import JobRecord, JobState
 from ..tracking import bounds
-from .shapes import import_mlflow
+from ..tracking.store import import_mlflow
 
 PREFIX = "system/"
 CPU = "system/cpu_utilization_percentage"

@@ -25,6 +25,7 @@ from ..serving.manager import ServingManager
 from ..serving.targets import EndpointSummary, EndpointTarget, get_target
 from ..serving.targets.listing import list_all
 from ..serving.targets.local import LocalTarget, summary
+from ..tracking.store import import_mlflow
 from ..version import __version__
 from . import shapes
 from .metrics_client import MetricsTracker, ScrapeError
@@ -158,43 +159,43 @@ class SidebarService:
     def search_runs(self, filter_string: str, order_by: list[str], experiment_ids: list[str],
                     page_token: str | None, max_results: int) -> dict[str, Any]:
         """One page of runs."""
-        shapes.import_mlflow()
+        import_mlflow()
         return shapes.search_runs(self.tracking_uri, filter_string, order_by, experiment_ids, page_token,
                                   max_results)
 
     def run(self, run_id: str) -> dict[str, Any]:
         """One run in full."""
-        shapes.import_mlflow()
+        import_mlflow()
         return shapes.run_detail(self.tracking_uri, run_id)
 
     def metric_history(self, run_id: str, key: str) -> dict[str, Any]:
         """One metric's history."""
-        shapes.import_mlflow()
+        import_mlflow()
         return shapes.metric_history(self.tracking_uri, run_id, key)
 
     def artifacts(self, run_id: str, path: str) -> dict[str, Any]:
         """A run's artifacts under ``path``."""
-        shapes.import_mlflow()
+        import_mlflow()
         return shapes.list_artifacts(self.tracking_uri, run_id, path)
 
     def models(self) -> dict[str, Any]:
         """The registered models."""
-        shapes.import_mlflow()
+        import_mlflow()
         return shapes.list_models(self.tracking_uri)
 
     def versions(self, name: str) -> dict[str, Any]:
         """A model's versions."""
-        shapes.import_mlflow()
+        import_mlflow()
         return shapes.list_versions(self.tracking_uri, name)
 
     def set_alias(self, name: str, alias: str, version: str) -> dict[str, Any]:
         """Point an alias at a version."""
-        shapes.import_mlflow()
+        import_mlflow()
         return shapes.set_alias(self.tracking_uri, name, alias, version)
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias."""
-        shapes.import_mlflow()
+        import_mlflow()
         shapes.delete_alias(self.tracking_uri, name, alias)
 
     # -- serving endpoints -------------------------------------------------------------------

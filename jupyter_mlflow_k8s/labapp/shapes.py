@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
-import threading
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -27,23 +25,6 @@ ROW_TAG_PREFIX = "jmk."
 ROW_PARAMS = 10
 MAX_RESULTS = 50_000  # MLflow's own ceiling for one search page
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-
-
-_import_lock = threading.Lock()
-
-
-def import_mlflow() -> None:
-    """Import MLflow once, one thread at a time, before a worker thread reads it.
-
-    Two threads importing MLflow for the first time at once (the runs table and a job's resource use,
-    say) can each get the other's half-initialised modules ("partially initialized module 'mlflow'"),
-    and the failed import stays broken for the life of the server. Cheap once MLflow is imported.
-    """
-    module = sys.modules.get("mlflow")
-    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
-        return
-    with _import_lock:
-        import mlflow  # noqa: F401
 
 
 # The families under the names the REST service and handlers import (404 and 409).

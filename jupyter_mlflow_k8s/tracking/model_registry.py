@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import NotFoundError
 from .refs import LATEST, ModelRef, check_version
-from .store import client, mlflow_errors, pages, resolved_uri
+from .store import client, import_mlflow, mlflow_errors, pages, resolved_uri
 
 MAX_LISTED = 10
 
@@ -234,6 +234,7 @@ class ModelNames:
         if not tracking_uri.startswith(("http://", "https://", "databricks")):
             self._fetch(tracking_uri)  # in the foreground: MLflow is never imported off the main thread here
         else:
+            import_mlflow()  # in the foreground: the thread below must not be the first to import MLflow
             pending = self._pending.get(tracking_uri)
             if pending is None or not pending.is_alive():
                 pending = threading.Thread(target=self._fetch, args=(tracking_uri,), daemon=True,

@@ -24,7 +24,26 @@ if TYPE_CHECKING:
 
 _clients: dict[str, MlflowClient] = {}
 _clients_lock = threading.Lock()
+_import_lock = threading.Lock()
 NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def import_mlflow() -> None:
+    """Import MLflow once, one thread at a time; cheap once it is imported.
+
+    Two threads importing MLflow for the first time at once (the sidebar's runs table and a job's
+    resource use, a completion's registry read and the next cell) can each get the other's
+    half-initialised modules ("partially initialized module 'mlflow'"), and a failed import stays
+    broken for the life of the process. Every client is made after this; code that imports
+    MLflow itself off the main thread calls it first.
+    """
+    import sys
+
+    module = sys.modules.get("mlflow")
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return
+    with _import_lock:
+        import mlflow  # noqa: F401
 
 
 def resolved_uri(tracking_uri: str | None) -> str:
@@ -39,6 +58,7 @@ def resolved_uri(tracking_uri: str | None) -> str:
 def client(tracking_uri: str | None = None) -> MlflowClient:
     """A cached client for ``tracking_uri`` (MLflow's default for ``None``)."""
     bound_requests()
+    import_mlflow()
     uri = resolved_uri(tracking_uri)
     with _clients_lock:  # a status view's thread and the magic may both get here
         if uri not in _clients:

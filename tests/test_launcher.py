@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from typing import Any
 
 import pytest
+from helpers import kernel_client
 from IPython.core.error import UsageError
 from IPython.core.formatters import JSONFormatter
-from jupyter_client.manager import KernelManager
 
 from jupyter_mlflow_k8s.magics.common import service_for
 from jupyter_mlflow_k8s.magics.launcher import (
@@ -232,12 +231,7 @@ def _execute(kc: Any, code: str, user_expressions: dict[str, str] | None = None,
 
 @pytest.mark.slow
 def test_user_expressions_of_a_real_kernel_carry_the_reply_as_json(state_dir: Any) -> None:
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(env=dict(os.environ))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    with kernel_client() as kc:
         assert _execute(kc, "%load_ext jupyter_mlflow_k8s")["status"] == "ok"
         setup = "import numpy as np, threading\nX_train = np.zeros((1000, 950))\nlock = threading.Lock()"
         assert _execute(kc, setup)["status"] == "ok"
@@ -259,6 +253,3 @@ def test_user_expressions_of_a_real_kernel_carry_the_reply_as_json(state_dir: An
         assert _execute(kc, probe)["status"] == "ok"
         found = _execute(kc, "", {"inside": "probe(get_ipython())"}, silent=True)["user_expressions"]["inside"]
         assert found["data"]["text/plain"] == "True"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import pytest
-from jupyter_client.manager import KernelManager
+from helpers import kernel_client
 
 import jupyter_mlflow_k8s
 from jupyter_mlflow_k8s.magics.common import service_for
@@ -149,12 +148,7 @@ def _execute(kc: Any, code: str, **options: Any) -> tuple[dict[str, Any], list[d
 
 @pytest.mark.slow
 def test_a_click_in_a_real_kernel_runs_the_job_and_leaks_no_cell_edit(state_dir: Any) -> None:
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(env=dict(os.environ))
-    kc = km.client()
-    kc.start_channels()
-    try:
-        kc.wait_for_ready(timeout=60)
+    with kernel_client() as kc:
         assert _execute(kc, "%load_ext jupyter_mlflow_k8s\nbase = 21")[0]["status"] == "ok"
         reply, messages = _execute(kc, "%%train_form --backend local\nresult = base * 2\n")
         assert reply["status"] == "ok", reply
@@ -175,6 +169,3 @@ def test_a_click_in_a_real_kernel_runs_the_job_and_leaks_no_cell_edit(state_dir:
         reply, _ = _execute(kc, "", user_expressions={"result": "result"})
         assert reply["user_expressions"]["result"]["data"]["text/plain"] == "42"
         assert reply["payload"] == []  # no set_next_input waiting to rewrite whichever cell runs next
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import run_with_system_metrics
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
@@ -161,32 +162,7 @@ def test_the_watcher_skips_sweep_trials_and_other_owners_and_remembers_what_it_s
 
 
 def _run_with_system_metrics(uri: str, gpus: int) -> str:
-    """A real MLflow run holding system metrics as MLflow's SystemMetricsMonitor logs them: 3 samples, 5 s apart."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("notify-resources")
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment("notify-resources")
-    run_id = client.create_run(experiment_id).info.run_id
-    start = int(time.time() * 1000) - 15_000
-    metrics = []
-    for step in range(3):
-        at = start + step * 5000
-        metrics += [
-            Metric("system/cpu_utilization_percentage", 10.0 + step * 10, at, step),
-            Metric("system/system_memory_usage_megabytes", 1000.0 + step * 100, at, step),
-            Metric("system/system_memory_usage_percentage", 12.5, at, step),
-            Metric("loss", 1.0 / (step + 1), at, step),
-        ]
-        for gpu in range(gpus):
-            metrics += [
-                Metric(f"system/gpu_{gpu}_utilization_percentage", 40.0 + 20 * gpu + step, at, step),
-                Metric(f"system/gpu_{gpu}_memory_usage_megabytes", 2048.0 * (gpu + 1), at, step),
-                Metric(f"system/gpu_{gpu}_memory_usage_percentage", 25.0, at, step),
-            ]
-    client.log_batch(run_id, metrics=metrics)
-    return run_id
+    return run_with_system_metrics(uri, "notify-resources", gpus)
 
 
 def _running_record(state_dir: Path, run_id: str | None, tracking_uri: str, name: str) -> str:

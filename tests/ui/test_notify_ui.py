@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import run_with_system_metrics
 from ui_helpers import Lab, Page, Store, open_sidebar, submit_job, tid, wait_until
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
@@ -126,40 +127,13 @@ def test_with_the_setting_off_no_notification_appears(page: Page, lab: Lab, ui_s
     assert p.locator(".Toastify__toast").filter(has_text='Job "notify-').count() == 0
 
 
-def _run_with_system_metrics(uri: str) -> str:
-    """A real run holding system metrics of 2 GPUs, 3 samples 5 s apart (as MLflow's monitor logs them)."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name("notify-ui")
-    experiment_id = found.experiment_id if found else client.create_experiment("notify-ui")
-    run_id = client.create_run(experiment_id, run_name="gpu-job").info.run_id
-    start = int(time.time() * 1000) - 15_000
-    metrics = []
-    for step in range(3):
-        at = start + step * 5000
-        metrics += [
-            Metric("system/cpu_utilization_percentage", 10.0 + step * 10, at, step),
-            Metric("system/system_memory_usage_megabytes", 1000.0 + step * 100, at, step),
-            Metric("system/system_memory_usage_percentage", 12.5, at, step),
-        ]
-        for gpu in range(2):
-            metrics += [
-                Metric(f"system/gpu_{gpu}_utilization_percentage", 40.0 + 20 * gpu + step, at, step),
-                Metric(f"system/gpu_{gpu}_memory_usage_megabytes", 2048.0 * (gpu + 1), at, step),
-            ]
-    client.log_batch(run_id, metrics=metrics)
-    return run_id
-
-
 @pytest.fixture
 def gpu_job(ui_store: Store) -> Iterator[str]:
     """A running job's record (its runner elsewhere, as a Kubernetes pod's is) on a run with system metrics."""
     from jupyter_mlflow_k8s.models import JobSpec, JobState
     from jupyter_mlflow_k8s.records import JobStore
 
-    run_id = _run_with_system_metrics(ui_store.uri)
+    run_id = run_with_system_metrics(ui_store.uri, "notify-ui", 2, run_name="gpu-job")
     store = JobStore(ui_store.settings().state_path)
     record = store.create(JobSpec(code="train()", run_name="gpu-job", experiment="notify-ui"))
     me = psutil.Process()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .config import jupyter_config, load_settings
@@ -89,12 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(func=_cmd_cancel)
     from .pipelines.cli import add_commands
     from .pipelines.schedule_cli import add_schedule_commands, add_scheduler_command
+    from .pipelines.trigger_cli import add_trigger_commands
     from .serving.cli import add_serve_command
 
     add_schedule_commands(add_commands(sub))
-    add_scheduler_command(sub)
+    add_scheduler_command(sub, drift_reader=_drift_reader)
+    add_trigger_commands(sub)
     add_serve_command(sub)
     return parser
+
+
+def _drift_reader(config: Any) -> Callable[[str, str], Any]:
+    """The drift triggers' reader of a served model's PSI: the serving side's, in the pipelines' shape."""
+    from dataclasses import asdict
+
+    from .pipelines.triggers import DriftReading
+    from .serving.drift_reading import DriftReader
+
+    reader = DriftReader(config=config)
+    return lambda model, alias: DriftReading(**asdict(reader(model, alias)))
 
 
 def report(exc: BaseException) -> int | None:
@@ -116,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.config = jupyter_config()
     try:
-        if args.command in ("pipeline", "scheduler", "serve"):
+        if args.command in ("pipeline", "scheduler", "serve", "trigger"):
             return int(args.func(args))
         return int(args.func(JobService(load_settings(args.config), backend_config=args.config), args))
     except KeyboardInterrupt:

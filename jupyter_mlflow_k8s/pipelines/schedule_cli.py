@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -162,17 +163,21 @@ def _run_state(run_id: str | None) -> str:
 
 def _cmd_scheduler(args: argparse.Namespace) -> int:
     from .schedule import Scheduler, SchedulerRunning
+    from .triggers import TriggerEvaluator
 
-    logger = logging.getLogger("jupyter_mlflow_k8s.pipelines.schedule")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        formatter = logging.Formatter("%(asctime)sZ %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    for name in ("jupyter_mlflow_k8s.pipelines.schedule", "jupyter_mlflow_k8s.pipelines.triggers"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stdout)
+            formatter = logging.Formatter("%(asctime)sZ %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+            formatter.converter = time.gmtime
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+    factory = getattr(args, "drift_reader", None)
+    reader = factory(getattr(args, "config", None)) if factory is not None else None
     try:
-        Scheduler().serve(poll_seconds=args.poll)
+        Scheduler(tickers=[TriggerEvaluator(drift_reader=reader)]).serve(poll_seconds=args.poll)
     except SchedulerRunning as exc:
         print(f"jmk: {exc}", file=sys.stderr)
         return 1
@@ -209,8 +214,13 @@ def add_schedule_commands(commands: Any) -> None:
     listing.set_defaults(func=_cmd_schedules)
 
 
-def add_scheduler_command(sub: Any) -> None:
-    """Add ``jmk scheduler`` (the embedded scheduler, in the foreground) to the ``jmk`` parser's subcommands."""
-    scheduler = sub.add_parser("scheduler", help="fire the pipeline schedules of this state directory until stopped")
+def add_scheduler_command(sub: Any, drift_reader: Callable[[Any], Any] | None = None) -> None:
+    """Add ``jmk scheduler`` (the embedded scheduler, in the foreground) to the ``jmk`` parser's subcommands.
+
+    ``drift_reader(config)`` makes the reader of served models' drift that drift triggers need
+    (:data:`~jupyter_mlflow_k8s.pipelines.triggers.DriftReader`); the ``jmk`` composition gives the serving side's.
+    """
+    scheduler = sub.add_parser("scheduler", help="fire the pipeline schedules and triggers of this state directory "
+                               "until stopped")
     scheduler.add_argument("--poll", type=float, default=15.0, metavar="SECONDS", help="how often to look (default 15)")
-    scheduler.set_defaults(func=_cmd_scheduler)
+    scheduler.set_defaults(func=_cmd_scheduler, drift_reader=drift_reader)

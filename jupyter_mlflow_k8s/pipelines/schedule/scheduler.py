@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ...config import JMKSettings, load_settings
 from ...exceptions import JMKError
@@ -33,6 +34,14 @@ class SchedulerRunning(JMKError):
             "One scheduler per state directory fires every schedule; stop it before starting another."
         )
         self.pid = pid
+
+
+class Ticker(Protocol):
+    """Something the scheduler also ticks, after its schedules (the triggers' evaluator)."""
+
+    def tick(self, now: datetime | None = None) -> list[str]:
+        """Act on what is due at ``now``; the names of what fired."""
+        ...
 
 
 # -- the embedded scheduler ------------------------------------------------------------------
@@ -74,9 +83,11 @@ class Scheduler:
     still sees it (by its pid and start time) before firing the schedule again.
     """
 
-    def __init__(self, settings: JMKSettings | None = None, *, grace_seconds: float = SKIP_GRACE_SECONDS) -> None:
+    def __init__(self, settings: JMKSettings | None = None, *, grace_seconds: float = SKIP_GRACE_SECONDS,
+                 tickers: Sequence[Ticker] = ()) -> None:
         self.settings = settings or load_settings()
         self.grace_seconds = grace_seconds
+        self.tickers = tuple(tickers)
         self._children: dict[str, list[_Child]] = {}
         self._waiting: set[tuple[str, str | None]] = set()
         self._lock: IO[str] | None = None
@@ -190,7 +201,7 @@ class Scheduler:
         return False
 
     def tick(self, now: datetime | None = None) -> list[str]:
-        """Fire every schedule that is due at ``now`` (default: now), by its policies.
+        """Fire every schedule that is due at ``now`` (default: now), by its policies; then tick the tickers.
 
         A due schedule whose previous run still runs waits (unless it allows overlap); under
         ``missed="skip"`` a slot older than :attr:`grace_seconds` is dropped. Each schedule that is
@@ -215,6 +226,11 @@ class Scheduler:
                 schedule.next_fire, changed = None, True
             if changed:
                 _save(schedule, self.settings)
+        for ticker in self.tickers:
+            try:
+                fired += ticker.tick(now)
+            except Exception:  # one broken part must not stop the schedules
+                log.exception("%s failed; trying again next tick", type(ticker).__name__)
         return fired
 
     def _due(self, schedule: Schedule, due: datetime, now: datetime, fired: list[str]) -> bool:

@@ -24,6 +24,7 @@ def load_ipython_extension(ipython: Any) -> None:
     from .magics import JobMagics, PipelineMagics, RegistryMagics, RunsMagics, TrainMagics
     from .magics.launcher import LauncherMagics
     from .magics.serving import ServingMagics
+    from .magics.trigger import TriggerMagics
 
     ipython.register_magics(TrainMagics)
     ipython.register_magics(JobMagics)
@@ -32,6 +33,7 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(PipelineMagics)
     ipython.register_magics(ServingMagics)
     ipython.register_magics(LauncherMagics)
+    ipython.register_magics(TriggerMagics)
     from .magics.completion import register
 
     register(ipython)

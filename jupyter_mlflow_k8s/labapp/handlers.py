@@ -551,6 +551,16 @@ class PresetsHandler(JMKHandler):
         self.send_json(await self.call(self.service.presets))
 
 
+class TriggersHandler(JMKHandler):
+    """``GET /jmk/api/triggers``."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        """The pipeline triggers with their last check, last fire, next eligible time and recent runs."""
+        self.send_json(await self.call(self.service.triggers))
+
+
 class NotFoundHandler(JMKHandler):
     """Any other path under ``/jmk/api``: a JSON 404."""
 
@@ -584,5 +594,6 @@ ROUTES: list[tuple[str, type[JMKHandler]]] = [
     (rf"{API}/endpoints/{_ID}/metrics", EndpointMetricsHandler),
     (rf"{API}/endpoints/{_ID}/metrics/stream", EndpointMetricsStreamHandler),
     (rf"{API}/presets", PresetsHandler),
+    (rf"{API}/triggers", TriggersHandler),
     (rf"{API}/(.*)", NotFoundHandler),
 ]

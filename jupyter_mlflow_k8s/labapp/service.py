@@ -83,6 +83,15 @@ class SidebarService:
             "state_dir": str(self.settings.state_dir),
         }
 
+    def triggers(self, recent: int = 10) -> dict[str, Any]:
+        """The pipeline triggers of this state directory: last check, last fire, next eligible time, recent runs."""
+        from ..pipelines.triggers import read_history
+        from ..pipelines.triggers.status import trigger_rows
+
+        rows = trigger_rows(self.settings)
+        return {"triggers": [shapes.trigger(row, read_history(row["trigger"].name, self.settings, limit=recent))
+                             for row in rows]}
+
     def presets(self) -> dict[str, Any]:
         """What the launch form offers: the configured presets (each with its problem), the backends, the default.
 

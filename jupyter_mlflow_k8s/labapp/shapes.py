@@ -266,3 +266,33 @@ def endpoint(found: Any) -> dict[str, Any]:
         "backend": found.backend,
         "flags": dict(found.flags),
     }
+
+
+def _epoch(moment: Any) -> float | None:
+    return None if moment is None else float(moment.timestamp())
+
+
+def trigger(row: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Trigger: a row of ``pipelines.triggers.status.trigger_rows`` and its recent history (times: epoch seconds)."""
+    found, cursor = row["trigger"], row["cursor"]
+    return {
+        "name": found.name,
+        "kind": found.kind,
+        "mode": found.mode,
+        "pipeline": found.pipeline,
+        "condition": found.condition,
+        "cooldown": found.cooldown,
+        "state": row["state"],
+        "last_check": _epoch(cursor.last_check),
+        "last_fire": _epoch(cursor.last_fire),
+        "next_eligible": _epoch(row["next_eligible"]),
+        "last_run_id": cursor.last_run_id,
+        "last_error": cursor.last_error,
+        "last_value": cursor.last_value,
+        "pending": len(cursor.pending),
+        "recent": [
+            {"time": entry.get("time"), "event": entry.get("event"), "run_id": entry.get("run_id"),
+             "exit": entry.get("exit"), "objects": len(entry.get("objects") or []), "psi": entry.get("psi")}
+            for entry in reversed(history)
+        ],
+    }

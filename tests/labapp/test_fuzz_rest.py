@@ -77,6 +77,7 @@ ROUTES = [("GET", "status"), ("GET", "openapi.yaml"), ("GET", "jobs"), ("GET", "
           ("GET", "endpoints/{}/metrics/stream"), ("GET", "{}"), ("GET", "{}/{}/{}"),
           ("GET", "jobs/{}/resources")]
 ROUTES.append(("GET", "presets"))
+ROUTES.append(("GET", "triggers"))
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 

@@ -176,8 +176,21 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
             logger.setLevel(logging.INFO)
     factory = getattr(args, "drift_reader", None)
     reader = factory(getattr(args, "config", None)) if factory is not None else None
+    gate = None
+    if args.lease:
+        import os
+        import socket
+
+        from ..k8s.lease import LeaseHolder
+        from .schedule import kube_namespace
+
+        namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or kube_namespace(None)
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        gate = LeaseHolder(args.lease, namespace, identity, duration=args.lease_seconds).held
+    elif args.lease_namespace:
+        raise JMKUsageError("--lease-namespace only goes with --lease NAME.")
     try:
-        Scheduler(tickers=[TriggerEvaluator(drift_reader=reader)]).serve(poll_seconds=args.poll)
+        Scheduler(tickers=[TriggerEvaluator(drift_reader=reader)]).serve(poll_seconds=args.poll, gate=gate)
     except SchedulerRunning as exc:
         print(f"jmk: {exc}", file=sys.stderr)
         return 1
@@ -223,4 +236,10 @@ def add_scheduler_command(sub: Any, drift_reader: Callable[[Any], Any] | None = 
     scheduler = sub.add_parser("scheduler", help="fire the pipeline schedules and triggers of this state directory "
                                "until stopped")
     scheduler.add_argument("--poll", type=float, default=15.0, metavar="SECONDS", help="how often to look (default 15)")
+    scheduler.add_argument("--lease", metavar="NAME", help="on a cluster: evaluate only while this replica holds "
+                           "the coordination.k8s.io Lease NAME (one replica of several evaluates)")
+    scheduler.add_argument("--lease-namespace", metavar="NAMESPACE",
+                           help="with --lease (default: $POD_NAMESPACE, else the jobs' namespace)")
+    scheduler.add_argument("--lease-seconds", type=int, default=30, metavar="SECONDS",
+                           help="with --lease: how long the Lease lasts unrenewed (default 30)")
     scheduler.set_defaults(func=_cmd_scheduler, drift_reader=drift_reader)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -250,8 +250,12 @@ class Scheduler:
         schedule.next_fire = upcoming
         return True
 
-    def serve(self, poll_seconds: float = 15.0, *, stop: threading.Event | None = None) -> None:
+    def serve(self, poll_seconds: float = 15.0, *, stop: threading.Event | None = None,
+              gate: Callable[[], bool] | None = None) -> None:
         """Tick every ``poll_seconds`` until SIGTERM or SIGINT (or ``stop`` is set), holding the lock.
+
+        ``gate`` is asked before each tick (on a cluster: whether this replica holds the Lease); a tick
+        it refuses is skipped.
 
         Raises:
             SchedulerRunning: Another scheduler runs for this state directory.
@@ -268,9 +272,15 @@ class Scheduler:
             names = ", ".join(s.name for s in list_schedules(self.settings)) or "none yet"
             log.info("scheduler started (pid %d, state dir %s, every %g s); schedules: %s",
                      os.getpid(), self.settings.state_dir, poll_seconds, names)
+            leading: bool | None = None
             while not stop.is_set():
                 try:
-                    self.tick()
+                    held = gate() if gate is not None else None
+                    if gate is not None and held != leading:
+                        leading = held
+                        log.info("this replica %s", "evaluates now" if leading else "waits: another holds the lease")
+                    if gate is None or leading:
+                        self.tick()
                 except Exception:
                     log.exception("scheduler tick failed; trying again in %g s", poll_seconds)
                 stop.wait(poll_seconds)

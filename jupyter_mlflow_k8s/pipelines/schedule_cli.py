@@ -161,8 +161,39 @@ def _run_state(run_id: str | None) -> str:
         return "?"
 
 
+def _print_scheduler_manifests(args: argparse.Namespace) -> int:
+    """``jmk scheduler --print-manifests --state-claim NAME``: the scheduler's Deployment and its RBAC, as YAML."""
+    import yaml
+
+    from ..backends.kubernetes import KubernetesBackend
+    from ..k8s.presets import layered_settings
+    from ..k8s.scheduler import build_scheduler_manifests
+    from .schedule import default_image
+
+    if not args.state_claim:
+        raise JMKUsageError("--print-manifests needs --state-claim NAME: the PersistentVolumeClaim of the state "
+                            "directory (schedules and triggers), e.g. --state-claim jmk-state")
+    config = getattr(args, "config", None)
+    backend = KubernetesBackend(None, **({"config": config} if config is not None else {}))
+    settings = layered_settings(backend.configured_settings(), backend.presets, namespace=args.namespace,
+                                image=args.image or default_image(), cpu="500m", memory="1Gi",
+                                env=_pod_env(config))
+    manifests = build_scheduler_manifests(settings, state_claim=args.state_claim, replicas=args.replicas,
+                                          poll_seconds=args.poll, lease_seconds=args.lease_seconds)
+    sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
+    return 0
+
+
 def _cmd_scheduler(args: argparse.Namespace) -> int:
     from .schedule import Scheduler, SchedulerRunning
+
+    if args.print_manifests:
+        return _print_scheduler_manifests(args)
+    given = [flag for flag, value in (("--state-claim", args.state_claim), ("--namespace", args.namespace),
+                                      ("--image", args.image), ("--replicas", args.replicas != 1)) if value]
+    if given:
+        verb = "goes" if len(given) == 1 else "go"
+        raise JMKUsageError(f"{', '.join(given)} only {verb} with --print-manifests (the scheduler on a cluster).")
     from .triggers import TriggerEvaluator
 
     for name in ("jupyter_mlflow_k8s.pipelines.schedule", "jupyter_mlflow_k8s.pipelines.triggers"):
@@ -242,4 +273,12 @@ def add_scheduler_command(sub: Any, drift_reader: Callable[[Any], Any] | None = 
                            help="with --lease (default: $POD_NAMESPACE, else the jobs' namespace)")
     scheduler.add_argument("--lease-seconds", type=int, default=30, metavar="SECONDS",
                            help="with --lease: how long the Lease lasts unrenewed (default 30)")
+    scheduler.add_argument("--print-manifests", action="store_true",
+                           help="write the YAML of the scheduler on a cluster (a Deployment holding the Lease, "
+                           "its ServiceAccount, Role and RoleBinding) and start nothing")
+    scheduler.add_argument("--state-claim", metavar="PVC", help="with --print-manifests: the PersistentVolumeClaim "
+                           "of the state directory")
+    scheduler.add_argument("--replicas", type=int, default=1, help="with --print-manifests (default 1)")
+    scheduler.add_argument("--namespace", help="with --print-manifests (default: the jobs' namespace)")
+    scheduler.add_argument("--image", help="with --print-manifests: the runner image (default: the backend's)")
     scheduler.set_defaults(func=_cmd_scheduler, drift_reader=drift_reader)

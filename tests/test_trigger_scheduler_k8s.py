@@ -118,3 +118,25 @@ def test_two_holders_on_a_real_cluster_only_one_leads_and_the_other_takes_over(k
     assert first.held(T0 + timedelta(seconds=27)) is False
     lease = second.api.read_namespaced_lease("jmk-scheduler", k8s_namespace)
     assert lease.spec.holder_identity == "pod-b" and lease.spec.lease_transitions == 1
+
+
+def test_jmk_scheduler_print_manifests(state_dir: Any, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from jupyter_mlflow_k8s.cli import main as jmk
+
+    monkeypatch.setenv("JMK_K8S_NAMESPACE", "team-b")
+    assert jmk(["scheduler", "--print-manifests", "--state-claim", "jmk-state", "--image", "reg.example/runner:2",
+                "--replicas", "2"]) == 0
+    manifests = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [m["kind"] for m in manifests] == ["ServiceAccount", "Role", "RoleBinding", "Deployment"]
+    deployment = manifests[-1]
+    assert deployment["metadata"]["namespace"] == "team-b" and deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "reg.example/runner:2"
+    for manifest in manifests:
+        validate_manifest(manifest)
+    assert jmk(["scheduler", "--print-manifests"]) == 2
+    assert "--print-manifests needs --state-claim NAME" in capsys.readouterr().err
+    assert jmk(["scheduler", "--state-claim", "x", "--replicas", "3"]) == 2
+    assert "--state-claim, --replicas only go with --print-manifests" in capsys.readouterr().err

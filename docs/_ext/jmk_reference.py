@@ -298,7 +298,7 @@ def configuration_markdown(warn: Callable[[str], None]) -> str:
 GROUPS: list[tuple[str, str, str]] = [
     # (title, id, pattern on the path relative to the package)
     ("The magics", "errors-magics", r"^magics/"),
-    ("The jmk command", "errors-cli", r"(^|/)(cli|schedule_cli)\.py$"),
+    ("The jmk command", "errors-cli", r"(^|/)(cli|schedule_cli|trigger_cli)\.py$"),
     ("Pipelines", "errors-pipelines", r"^(pipelines/|backends/pipeline\.py)"),
     ("Kubernetes jobs", "errors-kubernetes", r"^(backends/kubernetes|manifests\.py)"),
     ("Serving", "errors-serving", r"^serving/"),

@@ -353,7 +353,7 @@ def test_drift_held_for_the_duration_runs_once_and_a_brief_crossing_runs_nothing
     add_trigger(build_trigger(drifting, name="held", on_drift=f"{served_model.name}@prod", psi_above=0.2, hold="60s",
                               cooldown="6h"))
     add_trigger(build_trigger(drifting, name="brief", on_drift=f"{served_model.name}@prod", psi_above=0.2,
-                              hold="90s"))
+                              hold="90s", mode="suggest"))
     made = evaluator(evaluators, drift_reader=_reader())
 
     assert made.tick(T0) == []
@@ -378,5 +378,6 @@ def test_drift_held_for_the_duration_runs_once_and_a_brief_crossing_runs_nothing
     wait_run_ended(made, "held")
     (entry,) = fired("held")
     assert entry["psi"] > 0.2 and entry["above_since"] == "2026-12-06T12:01:50Z" and entry["endpoints"] == ["iris-prod"]
-    assert fired("brief") == [] and len(PipelineEngine().list()) == 1
-    assert made.tick(T0 + timedelta(seconds=200)) == ["brief"]  # 90 s held now, 6h cooldown for "held"
+    assert read_history("brief") == [] and len(PipelineEngine().list()) == 1
+    assert made.tick(T0 + timedelta(seconds=200)) == ["brief"]  # 90 s held now; "held" cools down for 6h
+    assert [e["event"] for e in read_history("brief")] == ["suggested"]

@@ -81,7 +81,7 @@ def test_lease_decision(lease: dict[str, Any] | None, action: str) -> None:
     assert lease_decision(lease, "me", T0).action == action
 
 
-def test_a_gate_that_is_not_held_skips_the_ticks() -> None:
+def test_a_gate_that_is_not_held_skips_the_ticks(state_dir: Any) -> None:
     ticks: list[datetime | None] = []
 
     class Recorder:

@@ -208,7 +208,7 @@ class Scheduler:
         not waiting gets its ``next_fire`` after ``now``.
 
         Returns:
-            The names of the schedules fired.
+            The names of the schedules fired, then of what the tickers fired (triggers).
         """
         now = _utc(now or datetime.now(UTC))
         self.reap()

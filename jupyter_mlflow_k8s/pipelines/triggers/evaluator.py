@@ -211,6 +211,9 @@ class TriggerEvaluator:
             except (JMKError, OSError, ValueError) as exc:
                 log.error("trigger %s: cannot be checked: %s", trigger.name, exc)
                 cursor.last_error = str(exc) or type(exc).__name__
+            except Exception as exc:  # a bug, or a library's own error: the other triggers still get checked
+                log.exception("trigger %s: evaluation failed", trigger.name)
+                cursor.last_error = f"{type(exc).__name__}: {exc}"
             cursor.last_check = now
             save_cursor(trigger.name, cursor, self.settings)
         return acted

@@ -237,6 +237,35 @@ def test_suggest_records_and_runs_nothing(state_dir: Path, retrain: Path, s3_ser
     assert not (state_dir / "pipelines" / "runs").exists() or PipelineEngine().list() == []
 
 
+def test_one_run_at_a_time_new_objects_wait_for_the_running_one(
+        state_dir: Path, tmp_path: Path, s3_server: S3Server, s3_bucket: str,
+        evaluators: list[TriggerEvaluator]) -> None:
+    folder = tmp_path / "slow"
+    notebook(folder / "wait.ipynb", "new_objects = []\nrelease = ''",
+             "import pathlib, time\nwhile not pathlib.Path(release).exists():\n    time.sleep(0.1)")
+    pipeline = folder / "pipeline.yaml"
+    pipeline.write_text("name: slow\nparameters: {new_objects: [], release: ''}\nsteps:\n  wait:\n"
+                        "    notebook: wait.ipynb\n    parameters: {new_objects: '{{ parameters.new_objects }}', "
+                        "release: '{{ parameters.release }}'}\n")
+    release = tmp_path / "release"
+    add_trigger(build_trigger(pipeline, name="slow", on_new_objects=f"s3://{s3_bucket}/in/",
+                              overrides={"release": str(release)}))
+    made = evaluator(evaluators)
+    first = put(s3_server, s3_bucket, "in/a.csv")
+    assert made.tick(T0) == ["slow"]
+    second = put(s3_server, s3_bucket, "in/b.csv")
+    assert made.tick(T0 + timedelta(minutes=1)) == []  # the first run still runs
+    assert list(load_cursor("slow").pending) == second
+    release.touch()
+    wait_run_ended(made, "slow")
+    assert made.tick(T0 + timedelta(minutes=2)) == ["slow"]
+    wait_run_ended(made, "slow")
+    assert [e["objects"] for e in fired("slow")] == [first, second]
+    runs = sorted(PipelineEngine().list(), key=lambda run: run.created)
+    assert [run.parameters["new_objects"] for run in runs] == [first, second]
+    assert all(run.state == "succeeded" and run.parameters["release"] == str(release) for run in runs)
+
+
 def test_a_kill_after_the_run_key_is_recorded_never_launches_it(
         state_dir: Path, retrain: Path, s3_server: S3Server, s3_bucket: str, evaluators: list[TriggerEvaluator],
         monkeypatch: pytest.MonkeyPatch) -> None:

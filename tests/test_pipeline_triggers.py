@@ -275,10 +275,9 @@ def test_a_kill_after_the_run_key_is_recorded_never_launches_it(
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # the scheduler dies between recording the run key and starting the run
 
-    monkeypatch.setattr(evaluator_module.subprocess, "Popen", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(evaluator_module.subprocess, "Popen", killed)
         evaluator(evaluators).tick(T0)
-    monkeypatch.undo()
     cursor = load_cursor("once")
     assert len(cursor.run_keys) == 1 and cursor.pid is None and len(fired("once")) == 1
     assert evaluator(evaluators).tick(T0 + timedelta(minutes=1)) == []

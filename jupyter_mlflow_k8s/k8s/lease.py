@@ -10,6 +10,7 @@ before any other replica may take over (``renew_deadline`` < ``duration``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,37 +117,47 @@ class LeaseHolder:
         return self._api
 
     def _read(self) -> dict[str, Any] | None:
+        """The Lease as the API server wrote it (camelCase JSON), or None."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            response = self.api.read_namespaced_lease(self.name, self.namespace, _preload_content=False)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return lease.to_dict() if hasattr(lease, "to_dict") else dict(lease)
+        return dict(json.loads(response.data))
 
     def held(self, now: datetime | None = None) -> bool:
-        """Renew or take the Lease; whether this replica holds it now."""
+        """Renew or take the Lease; whether this replica holds it now.
+
+        Writes go as a JSON merge patch carrying the ``resourceVersion`` read (the API server refuses it
+        with a 409 when the Lease changed meanwhile): the client's typed bodies would rewrite the
+        MicroTime fields in a form older API servers refuse. A new Lease is created without times, then
+        patched the same way.
+        """
         from kubernetes.client.exceptions import ApiException
 
         now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
         try:
             lease = self._read()
-            decision = lease_decision(_camel(lease) if lease is not None else None, self.identity, now)
+            decision = lease_decision(lease, self.identity, now)
             if decision.action == "wait":
                 self._renewed = None
                 return False
-            spec = (_camel(lease) or {}).get("spec", {}) if lease is not None else {}
+            spec = (lease or {}).get("spec") or {}
             transitions = int(spec.get("leaseTransitions") or 0) + (decision.action == "take")
             acquired = parse_micro_time(spec.get("acquireTime")) if decision.action == "renew" else now
-            version = ((lease or {}).get("metadata") or {}).get("resource_version")
+            if lease is None:
+                bare = build_lease(self.name, self.namespace, self.identity, now, duration=self.duration)
+                bare["spec"] = {key: bare["spec"][key] for key in ("holderIdentity", "leaseDurationSeconds")}
+                created = self.api.create_namespaced_lease(self.namespace, bare, _preload_content=False)
+                lease = dict(json.loads(created.data))
             body = build_lease(self.name, self.namespace, self.identity, now, duration=self.duration,
-                               acquired=acquired, transitions=transitions, resource_version=version)
-            if decision.action == "create":
-                self.api.create_namespaced_lease(self.namespace, body)
-            else:
-                self.api.replace_namespaced_lease(self.name, self.namespace, body)
+                               acquired=acquired, transitions=transitions)
+            patch = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]}, "spec": body["spec"]}
+            self.api.patch_namespaced_lease(self.name, self.namespace, patch, _preload_content=False,
+                                            _content_type="application/merge-patch+json")
             if decision.action != "renew":
                 log.info("lease %s/%s: now held by %s", self.namespace, self.name, self.identity)
             self._renewed = now
@@ -159,11 +170,3 @@ class LeaseHolder:
             return self._renewed is not None and (now - self._renewed).total_seconds() < self.renew_deadline
 
 
-def _camel(lease: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A Lease read through the client (snake_case keys) with the API's camelCase spec keys."""
-    if lease is None:
-        return None
-    spec = dict(lease.get("spec") or {})
-    names = {"holder_identity": "holderIdentity", "lease_duration_seconds": "leaseDurationSeconds",
-             "acquire_time": "acquireTime", "renew_time": "renewTime", "lease_transitions": "leaseTransitions"}
-    return {**lease, "spec": {names.get(key, key): value for key, value in spec.items()}}

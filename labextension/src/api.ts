@@ -6,7 +6,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { IPresetList } from './types';
+import { IPresetList, ITriggerList } from './types';
 
 export const API_PATH = 'jmk/api';
 
@@ -103,6 +103,11 @@ export async function requestAPI<T>(
 /** GET /jmk/api/presets: the server's configured presets, the backends and the default one. */
 export function fetchPresets(): Promise<IPresetList> {
   return requestAPI<IPresetList>('presets');
+}
+
+/** GET /jmk/api/triggers: the pipeline triggers with their last check, last fire, next eligible time, recent runs. */
+export function fetchTriggers(): Promise<ITriggerList> {
+  return requestAPI<ITriggerList>('triggers');
 }
 
 /** One Server-Sent Event. */

@@ -206,3 +206,45 @@ export interface IJobEndedEvent {
   exit_code: number | null;
   message: string;
 }
+
+/** One history entry of a trigger (openapi Trigger.recent), newest first. */
+export interface ITriggerEvent {
+  /** ISO time (UTC). */
+  time: string | null;
+  /** fired, suggested, duplicate-skipped, run-ended. */
+  event: string | null;
+  run_id: string | null;
+  exit: number | null;
+  /** How many new objects the entry carried. */
+  objects: number;
+  psi: number | null;
+}
+
+/** GET /triggers: a pipeline trigger (`jmk trigger add`); times are epoch seconds, null when not yet. */
+export interface ITrigger {
+  name: string;
+  kind: 'new-objects' | 'drift';
+  mode: 'run' | 'suggest';
+  pipeline: string;
+  /** The condition in words, e.g. 'new objects in s3://b/in/ matching *.parquet'. */
+  condition: string;
+  /** Seconds between two fires. */
+  cooldown?: number;
+  /** e.g. 'watching', '2 new, waiting', 'running RUN_ID (pid N)', 'error: ...'. */
+  state: string;
+  last_check: number | null;
+  last_fire: number | null;
+  /** When the cooldown after the last fire ends. */
+  next_eligible: number | null;
+  last_run_id?: string | null;
+  last_error?: string | null;
+  /** New objects seen, or the PSI read at the last check. */
+  last_value?: number | null;
+  /** New objects not yet handed to a run. */
+  pending?: number;
+  recent: ITriggerEvent[];
+}
+
+export interface ITriggerList {
+  triggers: ITrigger[];
+}

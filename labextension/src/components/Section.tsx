@@ -3,7 +3,7 @@ import { caretDownIcon, caretRightIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 export interface ISectionProps {
-  /** 'jobs', 'runs', 'registry', 'serving': used in test ids. */
+  /** 'jobs', 'runs', 'registry', 'serving', 'triggers': used in test ids. */
   id: string;
   title: string;
   initiallyOpen?: boolean;

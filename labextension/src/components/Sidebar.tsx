@@ -1,5 +1,5 @@
 /**
- * The sidebar widget: probes /jmk/api/status, then shows the four sections.
+ * The sidebar widget: probes /jmk/api/status, then shows the five sections.
  * When the server extension is missing (404) it says how to enable it.
  */
 import { ReactWidget } from '@jupyterlab/ui-components';
@@ -14,6 +14,7 @@ import { RegistrySection } from './RegistrySection';
 import { RunsSection } from './RunsSection';
 import { Section } from './Section';
 import { ServingSection } from './ServingSection';
+import { TriggersSection } from './TriggersSection';
 
 type Probe =
   | { kind: 'loading' }
@@ -108,6 +109,9 @@ function SidebarBody(props: {
       </Section>
       <Section id="serving" title="Serving" initiallyOpen={false}>
         <ServingSection />
+      </Section>
+      <Section id="triggers" title="Triggers" initiallyOpen={false}>
+        <TriggersSection />
       </Section>
     </SidebarContext.Provider>
   );

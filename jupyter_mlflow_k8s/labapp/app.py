@@ -9,6 +9,7 @@ Nothing heavy happens at startup: MLflow is imported by the first request that n
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
@@ -16,7 +17,7 @@ from traitlets import Float, Integer, Unicode, default
 
 from ..config import JMKSettings
 from ..util.identity import current_user
-from . import handlers, notifications
+from . import handlers, notifications, trigger_notifications
 from .service import SidebarService, redact
 
 
@@ -53,7 +54,8 @@ class JMKExtensionApp(ExtensionApp):
         3.0,
         help=(
             "Seconds between two looks at this server's jobs, to announce to JupyterLab each job of this user "
-            "that ends (a Notification; the sidebar setting 'notifications' turns them off in the browser). "
+            "that ends, and at the pipeline triggers' histories, to announce each fire and suggestion (a "
+            "Notification; the sidebar setting 'notifications' turns them off in the browser). "
             "0 turns the watching off. Example: c.JMKExtensionApp.notify_interval = 10"
         ),
     ).tag(config=True)
@@ -102,8 +104,9 @@ class JMKExtensionApp(ExtensionApp):
         if logger is None:  # a jupyter_server without the event bus (before 2.0)
             self.log.warning("jupyter_mlflow_k8s: this Jupyter server has no event bus; job notifications are off")
             return
-        if notifications.SCHEMA_ID not in logger.schemas:
-            logger.register_event_schema(notifications.SCHEMA)
+        for schema in (notifications.SCHEMA, trigger_notifications.SCHEMA):
+            if schema["$id"] not in logger.schemas:
+                logger.register_event_schema(schema)
 
         def emit(data: dict[str, Any]) -> None:
             logger.emit(schema_id=notifications.SCHEMA_ID, data=data)
@@ -112,12 +115,28 @@ class JMKExtensionApp(ExtensionApp):
         self._watch_task = asyncio.create_task(
             notifications.watch_jobs(watcher, emit, self.notify_interval, self.service.executor, self.log),
             name="jmk-job-watch")
+        self._trigger_task = asyncio.create_task(self._watch_triggers(logger), name="jmk-trigger-watch")
+
+    async def _watch_triggers(self, logger: Any) -> None:
+        """Announce each fire and suggestion of the state directory's triggers (``jmk scheduler`` records them)."""
+        watcher = trigger_notifications.TriggerEventWatcher(
+            trigger_notifications.history_lister(self.service.settings), since=time.time())
+        await notifications.watch_events(
+            watcher.check,
+            lambda data: logger.emit(schema_id=trigger_notifications.SCHEMA_ID, data=data),
+            self.notify_interval,
+            self.service.executor,
+            self.log,
+            "read the triggers' histories to announce their fires",
+            trigger_notifications.describe,
+        )
 
     async def stop_extension(self) -> None:
         """Stop the job watcher, the thread pool and the log streams."""
-        task: asyncio.Task[None] | None = getattr(self, "_watch_task", None)
-        if task is not None:
-            task.cancel()
+        for name in ("_watch_task", "_trigger_task"):
+            task: asyncio.Task[None] | None = getattr(self, name, None)
+            if task is not None:
+                task.cancel()
         service: Any = getattr(self, "service", None)
         if service is not None:
             service.close()

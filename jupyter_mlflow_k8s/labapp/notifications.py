@@ -116,6 +116,43 @@ class JobEndWatcher:
         return events
 
 
+async def watch_events(
+    check: Callable[[], list[dict[str, Any]]],
+    emit: Callable[[dict[str, Any]], None],
+    interval: float,
+    executor: Any,
+    log: logging.Logger,
+    what: str,
+    describe: Callable[[dict[str, Any]], str],
+) -> None:
+    """Run ``check`` in ``executor`` every ``interval`` seconds and ``emit`` each event, until cancelled.
+
+    A look that fails is logged (once per distinct error while it keeps failing, saying it could not
+    ``what``) and tried again; ``describe`` names an event in the log.
+    """
+    loop = asyncio.get_running_loop()
+    failing = ""
+    while True:
+        try:
+            events = await loop.run_in_executor(executor, check)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next look tries again
+            text = f"{type(exc).__name__}: {exc}"
+            if text != failing:
+                log.warning("jupyter_mlflow_k8s: cannot %s: %s", what, text)
+            failing = text
+        else:
+            failing = ""
+            for event in events:
+                try:
+                    emit(event)
+                    log.info("jupyter_mlflow_k8s: %s: announced", describe(event))
+                except Exception:  # a bad event must not stop the watcher
+                    log.warning("jupyter_mlflow_k8s: could not announce %s", describe(event), exc_info=True)
+        await asyncio.sleep(interval)
+
+
 async def watch_jobs(
     watcher: JobEndWatcher,
     emit: Callable[[dict[str, Any]], None],
@@ -123,29 +160,13 @@ async def watch_jobs(
     executor: Any,
     log: logging.Logger | None = None,
 ) -> None:
-    """Run ``watcher.check`` in ``executor`` every ``interval`` seconds and ``emit`` each event, until cancelled.
-
-    A listing that fails is logged (once per distinct error while it keeps failing) and tried again.
-    """
-    log = log or _log
-    loop = asyncio.get_running_loop()
-    failing = ""
-    while True:
-        try:
-            events = await loop.run_in_executor(executor, watcher.check)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the next look tries again
-            text = f"{type(exc).__name__}: {exc}"
-            if text != failing:
-                log.warning("jupyter_mlflow_k8s: cannot list jobs to announce their ends: %s", text)
-            failing = text
-        else:
-            failing = ""
-            for event in events:
-                try:
-                    emit(event)
-                    log.info("jupyter_mlflow_k8s: job %s %s: announced", event["job_id"], event["state"])
-                except Exception:  # a bad event must not stop the watcher
-                    log.warning("jupyter_mlflow_k8s: could not announce job %s", event.get("job_id"), exc_info=True)
-        await asyncio.sleep(interval)
+    """Run ``watcher.check`` in ``executor`` every ``interval`` seconds and ``emit`` each event, until cancelled."""
+    await watch_events(
+        watcher.check,
+        emit,
+        interval,
+        executor,
+        log or _log,
+        "list jobs to announce their ends",
+        lambda event: f"job {event.get('job_id')} {event.get('state')}",
+    )

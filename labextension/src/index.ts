@@ -14,7 +14,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 
 import { SidebarWidget } from './components/Sidebar';
 import { addRunCellAsJob } from './launcher/command';
-import { notificationsPlugin, SHOW_JOB_COMMAND } from './notifications';
+import { notificationsPlugin, SHOW_JOB_COMMAND, SHOW_TRIGGER_COMMAND } from './notifications';
 import { readSettings } from './settings';
 
 export const PLUGIN_ID = 'jupyter-mlflow-k8s:plugin';
@@ -22,6 +22,7 @@ export const PLUGIN_ID = 'jupyter-mlflow-k8s:plugin';
 export namespace CommandIDs {
   export const open = 'jupyter-mlflow-k8s:open-sidebar';
   export const showJob = SHOW_JOB_COMMAND;
+  export const showTrigger = SHOW_TRIGGER_COMMAND;
   export const runCellAsJob = 'jupyter-mlflow-k8s:run-cell-as-job';
 }
 
@@ -72,6 +73,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
         app.shell.activateById(widget.id);
         if (typeof args.jobId === 'string' && args.jobId) {
           widget.showJob(args.jobId);
+        }
+      }
+    });
+
+    app.commands.addCommand(CommandIDs.showTrigger, {
+      label: args =>
+        args.name ? `Show trigger ${String(args.name)} in the MLflow jobs sidebar` : 'Show a trigger in the sidebar',
+      describedBy: {
+        args: {
+          type: 'object',
+          properties: { name: { type: 'string', description: 'the trigger name, as jmk trigger list shows it' } },
+          required: ['name']
+        }
+      },
+      execute: args => {
+        app.shell.activateById(widget.id);
+        if (typeof args.name === 'string' && args.name) {
+          widget.showTrigger(args.name);
         }
       }
     });

@@ -1,9 +1,12 @@
 /**
- * Job notifications: the server extension emits a jupyter_events event when a
- * job of this user ends (jupyter_mlflow_k8s/labapp/notifications.py); this
- * plugin turns each into a JupyterLab Notification with the job's name, state
- * and duration, and actions that open the job in the sidebar and its run in
- * MLflow. The sidebar setting `notifications` turns them off.
+ * Job and trigger notifications: the server extension emits a jupyter_events
+ * event when a job of this user ends (jupyter_mlflow_k8s/labapp/notifications.py)
+ * and when a pipeline trigger fires or suggests a run
+ * (labapp/trigger_notifications.py); this plugin turns each into a JupyterLab
+ * Notification: a job's name, state and duration, with actions that open the
+ * job in the sidebar and its run in MLflow; a trigger's fire or suggestion,
+ * with actions that open the trigger in the sidebar and copy a suggested
+ * command. The sidebar setting `notifications` turns them off.
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Notification } from '@jupyterlab/apputils';
@@ -13,12 +16,16 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { requestAPI } from './api';
 import { formatDuration } from './format';
 import { mlflowRunUrl, safeBaseUrl } from './settings';
-import { IJobEndedEvent, IStatus } from './types';
+import { IJobEndedEvent, IStatus, ITriggerFiredEvent } from './types';
 
 /** The event's schema id (labapp/notifications.py SCHEMA_ID). */
 export const JOB_ENDED_SCHEMA = 'https://jupyter-mlflow-k8s.org/events/job-ended';
 /** Opens the sidebar on one job: `{ jobId }` (registered by the sidebar plugin in index.ts). */
 export const SHOW_JOB_COMMAND = 'jupyter-mlflow-k8s:show-job';
+/** The event's schema id (labapp/trigger_notifications.py SCHEMA_ID). */
+export const TRIGGER_FIRED_SCHEMA = 'https://jupyter-mlflow-k8s.org/events/trigger-fired';
+/** Opens the sidebar on one trigger: `{ name }` (registered by the sidebar plugin in index.ts). */
+export const SHOW_TRIGGER_COMMAND = 'jupyter-mlflow-k8s:show-trigger';
 /** The sidebar plugin, whose settings (schema/plugin.json) hold `notifications` and `mlflowUiUrl`. */
 const SIDEBAR_PLUGIN_ID = 'jupyter-mlflow-k8s:plugin';
 
@@ -35,13 +42,27 @@ export function notificationText(event: IJobEndedEvent): string {
   return `Job "${name}" (${event.job_id}) ${event.state}${took ? ` after ${took}` : ''}`;
 }
 
+/** What a trigger notification says: `Trigger "t" suggests a run of pipeline.yaml: 3 new objects in …`. */
+export function triggerNotificationText(event: ITriggerFiredEvent): string {
+  const what = event.event === 'suggested' ? 'suggests a run of' : 'started a run of';
+  const pipeline = event.pipeline.split('/').slice(-2).join('/');
+  const why =
+    event.objects ? `${event.objects} new object${event.objects === 1 ? '' : 's'}` : event.condition;
+  const run = event.run_id ? ` as ${event.run_id}` : '';
+  return `Trigger "${event.trigger}" ${what} ${pipeline}${run} (${why})`;
+}
+
+function isTriggerFired(emission: Event.Emission): boolean {
+  return emission.schema_id === TRIGGER_FIRED_SCHEMA && typeof emission.trigger === 'string';
+}
+
 function isJobEnded(emission: Event.Emission): boolean {
   return emission.schema_id === JOB_ENDED_SCHEMA && typeof emission.job_id === 'string';
 }
 
 export const notificationsPlugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-mlflow-k8s:notifications',
-  description: 'Notifications when a job of this user ends, with links to the sidebar and MLflow.',
+  description: 'Notifications when a job of this user ends or a pipeline trigger fires, with links to the sidebar and MLflow.',
   autoStart: true,
   optional: [ISettingRegistry],
   activate: (app: JupyterFrontEnd, settingRegistry: ISettingRegistry | null) => {
@@ -96,9 +117,37 @@ export const notificationsPlugin: JupyterFrontEndPlugin<void> = {
       });
     };
 
+    const announceTrigger = (event: ITriggerFiredEvent) => {
+      const actions: Notification.IAction[] = [
+        {
+          label: 'Show in sidebar',
+          caption: 'Open this trigger in the MLflow jobs sidebar',
+          callback: () => void app.commands.execute(SHOW_TRIGGER_COMMAND, { name: event.trigger })
+        }
+      ];
+      const command = event.command;
+      if (event.event === 'suggested' && command) {
+        actions.push({
+          label: 'Copy command',
+          caption: command,
+          callback: () => void navigator.clipboard?.writeText(command).catch(() => undefined)
+        });
+      }
+      // A suggestion waits for someone to act on it; a fire only reports.
+      Notification.emit(triggerNotificationText(event), event.event === 'suggested' ? 'warning' : 'info', {
+        autoClose: event.event === 'suggested' ? false : 15000,
+        actions
+      });
+    };
+
     app.serviceManager.events.stream.connect((_, emission) => {
-      if (enabled && isJobEnded(emission)) {
+      if (!enabled) {
+        return;
+      }
+      if (isJobEnded(emission)) {
         void announce(emission as unknown as IJobEndedEvent);
+      } else if (isTriggerFired(emission)) {
+        announceTrigger(emission as unknown as ITriggerFiredEvent);
       }
     });
   }

@@ -248,3 +248,19 @@ export interface ITrigger {
 export interface ITriggerList {
   triggers: ITrigger[];
 }
+
+/** The data of the server's trigger-fired event (labapp/trigger_notifications.py SCHEMA). */
+export interface ITriggerFiredEvent {
+  trigger: string;
+  event: 'fired' | 'suggested';
+  mode: 'run' | 'suggest';
+  pipeline: string;
+  condition: string;
+  /** Epoch seconds of the fire. */
+  time: number;
+  run_id?: string | null;
+  objects?: number;
+  psi?: number | null;
+  /** A suggestion's command, to run it by hand. */
+  command?: string | null;
+}

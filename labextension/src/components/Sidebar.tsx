@@ -14,7 +14,7 @@ import { RegistrySection } from './RegistrySection';
 import { RunsSection } from './RunsSection';
 import { Section } from './Section';
 import { ServingSection } from './ServingSection';
-import { TriggersSection } from './TriggersSection';
+import { ITriggerFocus, TriggersSection } from './TriggersSection';
 
 type Probe =
   | { kind: 'loading' }
@@ -43,6 +43,7 @@ function SidebarBody(props: {
   settings: ISidebarSettings;
   isVisible: () => boolean;
   focus: IJobFocus | null;
+  triggerFocus: ITriggerFocus | null;
 }): JSX.Element {
   const [probe, setProbe] = React.useState<Probe>({ kind: 'loading' });
   const [attempt, setAttempt] = React.useState(0);
@@ -110,8 +111,8 @@ function SidebarBody(props: {
       <Section id="serving" title="Serving" initiallyOpen={false}>
         <ServingSection />
       </Section>
-      <Section id="triggers" title="Triggers" initiallyOpen={false}>
-        <TriggersSection />
+      <Section id="triggers" title="Triggers" initiallyOpen={false} openSignal={props.triggerFocus}>
+        <TriggersSection focus={props.triggerFocus} />
       </Section>
     </SidebarContext.Provider>
   );
@@ -121,6 +122,7 @@ function SidebarBody(props: {
 export class SidebarWidget extends ReactWidget {
   private _settings: ISidebarSettings = DEFAULT_SETTINGS;
   private _focus: IJobFocus | null = null;
+  private _triggerFocus: ITriggerFocus | null = null;
 
   constructor() {
     super();
@@ -143,10 +145,21 @@ export class SidebarWidget extends ReactWidget {
     this.update();
   }
 
+  /** Open a trigger in the Triggers section: the section opened, its details and recent runs shown. */
+  showTrigger(name: string): void {
+    this._triggerFocus = { name, seq: (this._triggerFocus?.seq ?? 0) + 1 };
+    this.update();
+  }
+
   /** Stable across renders, so polls are not recreated on every render. */
   private readonly _isVisible = (): boolean => this.isVisible;
 
   protected render(): JSX.Element {
-    return <SidebarBody settings={this._settings} isVisible={this._isVisible} focus={this._focus} />;
+    return <SidebarBody
+        settings={this._settings}
+        isVisible={this._isVisible}
+        focus={this._focus}
+        triggerFocus={this._triggerFocus}
+      />;
   }
 }

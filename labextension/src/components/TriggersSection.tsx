@@ -118,11 +118,25 @@ function TriggerDetail(props: { trigger: ITrigger }): JSX.Element {
   );
 }
 
-export function TriggersSection(): JSX.Element {
+/** A request to open one trigger (from the show-trigger command); `seq` makes a repeated request count. */
+export interface ITriggerFocus {
+  name: string;
+  seq: number;
+}
+
+export function TriggersSection(props: { focus?: ITriggerFocus | null } = {}): JSX.Element {
   const { settings } = React.useContext(SidebarContext);
   const [triggers, setTriggers] = React.useState<ITrigger[] | null>(null);
   const [error, setError] = React.useState<string | null>(null);
-  const [expanded, setExpanded] = React.useState<Set<string>>(new Set());
+  const [expanded, setExpanded] = React.useState<Set<string>>(() => new Set(props.focus ? [props.focus.name] : []));
+
+  // The show-trigger command (a notification's button): its details open.
+  const focus = props.focus ?? null;
+  React.useEffect(() => {
+    if (focus) {
+      setExpanded(current => new Set(current).add(focus.name));
+    }
+  }, [focus]);
 
   usePoll(
     'triggers',

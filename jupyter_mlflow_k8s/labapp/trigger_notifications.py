@@ -93,33 +93,28 @@ def _key(entry: Mapping[str, Any]) -> str:
 class TriggerEventWatcher:
     """Which fires and suggestions are new since the last look: the entries seen, remembered per trigger.
 
-    ``list_entries`` gives each trigger with its newest history entries. A trigger first seen after the
-    first look (added since) has its entries from after ``since`` announced; on the first look nothing is.
+    ``list_entries`` gives each trigger with its newest history entries. Each entry recorded at or after
+    ``since`` (the server's start) is announced once, whichever look first sees it.
     """
 
     def __init__(self, list_entries: Callable[[], Iterable[TriggerEntries]], since: float) -> None:
         self.list_entries = list_entries
         self.since = since
-        self._seen: dict[str, set[str]] | None = None
+        self._seen: dict[str, set[str]] = {}
 
     def check(self) -> list[dict[str, Any]]:
-        """The events of the fires and suggestions recorded since the previous call (none on the first)."""
+        """The events of the fires and suggestions not seen by the previous call and recorded after ``since``."""
         found = list(self.list_entries())
         previous = self._seen
         self._seen = {trigger.name: {_key(entry) for entry in entries} for trigger, entries in found}
-        if previous is None:
-            return []
         events = []
         for trigger, entries in found:
-            known = previous.get(trigger.name)
+            known = previous.get(trigger.name, set())
             for entry in entries:
-                if entry.get("event") not in ANNOUNCED:
+                if entry.get("event") not in ANNOUNCED or _key(entry) in known:
                     continue
-                if known is None:
-                    if (_epoch(entry.get("time")) or 0.0) < self.since:
-                        continue
-                elif _key(entry) in known:
-                    continue
+                if (_epoch(entry.get("time")) or 0.0) < self.since:
+                    continue  # written before the server started
                 events.append(trigger_event(trigger, entry))
         return events
 

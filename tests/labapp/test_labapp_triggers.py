@@ -101,13 +101,11 @@ async def test_a_fire_and_a_suggestion_are_announced_once_on_the_event_bus(
     # What ServerApp.start_ioloop does once its loop runs (pytest-jupyter starts the app without it).
     await jp_serverapp.extension_manager.start_all_extensions()
     socket = await jp_ws_fetch("api", "events", "subscribe")
-    await asyncio.sleep(0.5)  # the watcher's first look (it only remembers what is there)
     pipeline = _pipeline(tmp_path / "p")
     listed = {"s3://bucket/in/a.csv": "1", "s3://bucket/in/b.csv": "2", "s3://bucket/in/c.csv": "3"}
     # A suggestion written before the server started (its time is in the past): never announced.
     add_trigger(build_trigger(pipeline, name="earlier", on_new_objects="s3://bucket/in/", mode="suggest"))
     TriggerEvaluator(objects=lambda url, pattern: dict(listed)).tick(T0)
-    await asyncio.sleep(0.6)
 
     add_trigger(build_trigger(pipeline, name="ask", on_new_objects="s3://bucket/in/", mode="suggest"))
     add_trigger(build_trigger(pipeline, name="go", on_new_objects="s3://bucket/in/", mode="run"))

@@ -123,6 +123,37 @@ def test_triggers_show_their_fields_and_recent_runs(page: Page, lab: Lab, trigge
     assert page.errors == []
 
 
+def test_a_suggestion_shows_a_notification_that_opens_the_trigger(page: Page, lab: Lab, triggers: Any) -> None:
+    settings = triggers
+    p = page.page
+    sockets: list[str] = []
+    p.on("websocket", lambda socket: sockets.append(socket.url))
+    p.goto(lab.lab_url())
+    p.locator('li[data-id="jmk-sidebar"]').wait_for(timeout=60_000)
+    for _ in range(300):  # the events go out on this websocket: wait until the page has it open
+        if any("api/events/subscribe" in url for url in sockets):
+            break
+        p.wait_for_timeout(100)  # (a plain sleep would hold Playwright's events back)
+    else:
+        raise AssertionError("the page's event websocket did not open within 30 s")
+    remove_trigger("ui-retrain", settings)  # one notification: the suggestion's
+    TriggerEvaluator(settings, objects=lambda url, pattern: dict(LISTED)).tick()
+
+    note = p.locator(".Toastify__toast").filter(has_text='Trigger "ui-ask" suggests a run of')
+    note.wait_for(timeout=30_000)
+    assert "2 new objects" in note.inner_text() and "pipeline/pipeline.yaml" in note.inner_text()
+    assert note.locator(".jp-toast-button", has_text="Copy command").count() == 1
+    p.wait_for_timeout(800)  # the toast's slide-in, for the screenshot only
+    page.screenshot("triggers-notification")
+
+    note.locator(".jp-toast-button", has_text="Show in sidebar").click()
+    p.locator(tid("jmk-panel")).wait_for(state="visible")
+    assert p.locator(tid("jmk-section-triggers")).get_attribute("data-open") == "true"
+    event(p, "ui-ask", "suggested").wait_for()
+    assert row(p, "ui-ask").get_attribute("data-expanded") == "true"
+    assert page.errors == []
+
+
 def test_no_triggers_says_how_to_add_one(page: Page, lab: Lab) -> None:
     p = page.page
     open_sidebar(page, lab)

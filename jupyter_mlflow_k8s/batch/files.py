@@ -34,6 +34,7 @@ def _url(fs: Any, path: str) -> str:
 def list_inputs(pattern: str, **options: Any) -> list[InputFile]:
     """The CSV and Parquet files ``pattern`` names: a glob, a folder (``s3://b/in/``), or one file."""
     fs, path = filesystem(pattern, **options)
+    fs.invalidate_cache()  # a listing cached by an earlier call in this process would hide new files
     if any(c in path for c in GLOB_CHARACTERS):
         found = fs.glob(path, detail=True)
     elif pattern.endswith("/") or fs.isdir(path):

@@ -99,8 +99,8 @@ class BatchService:
 
     def plan(self, request: BatchRequest, say: Callable[[str], object] = print) -> Plan:
         """The plan of ``request``: the one kept under its output prefix, or a new one written there."""
-        model = pin_model(request.model, self.jobs.settings.tracking_uri)
         inputs = files.list_inputs(request.input, **self._options(request.input))
+        model = pin_model(request.model, self.jobs.settings.tracking_uri)
         inside = [
             f.url
             for f in inputs

@@ -147,7 +147,8 @@ def main() -> int:
         rows = results["peer"][0]["rows"]
         median = {k: {m: statistics.median(r[m] for r in v) for m in ("wall", "steady")} for k, v in results.items()}
         print(f"\n{'variant':<34} {'wall (s)':>9} {'rows/s':>12} {'ratio':>7} {'steady rows/s':>14} {'ratio':>7}")
-        for name, label in (("peer", "pandas loop, pyfunc.predict"), ("ours", f"jmk batch-predict, {args.shards} shards")):
+        labels = {"peer": "pandas loop, pyfunc.predict", "ours": f"jmk batch-predict, {args.shards} shards"}
+        for name, label in labels.items():
             m = median[name]
             ratio = median["peer"]["wall"] / m["wall"]
             steady_ratio = m["steady"] / median["peer"]["steady"]

@@ -75,6 +75,7 @@ def write_local(folder: Path, kind: str, parts: list[Any]) -> str:
 def read_outputs(fs: Any, root: str, kind: str) -> Any:
     import pandas as pd
 
+    fs.invalidate_cache()  # the shard jobs wrote them, in other processes
     paths = sorted(p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
     readers = {"csv": pd.read_csv, "parquet": pd.read_parquet}
     parts = []
@@ -254,7 +255,9 @@ def test_bad_rows_under_the_threshold_pass_with_a_quarantine_over_it_fail_with_t
     assert "total  succeeded        400        4" in printed
     quarantine = pd.concat([pd.read_csv(p) for p in sorted((out / "_quarantine").glob("*.csv"))])
     assert len(quarantine) == 4
-    assert sorted(set(quarantine["_reason"])) == ["column 'a' is empty", "predict failed: ValueError: b below -1000"]
+    reasons = sorted(set(quarantine["_reason"]))
+    assert len(reasons) == 2 and reasons[0] == "column 'a' is empty"
+    assert reasons[1].startswith("predict failed: ") and "b below -1000" in reasons[1]
     assert set(quarantine["id"]) == {int(parts[k % 4].loc[10 + k // 4, "id"]) for k in range(4)}
     got = pd.concat([pd.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))])
     assert len(got) == 396 and not set(got["id"]) & set(quarantine["id"])
@@ -283,4 +286,7 @@ def test_every_bad_flag_is_refused_before_anything_runs(
         shell.run_line_magic("batch_predict", f"models:/nothing/1 --input {tmp_path}/*.csv --output {tmp_path}/o/")
     with pytest.raises(UsageError, match="unrecognized arguments: --workers"):
         shell.run_line_magic("batch_predict", "models:/m@a --workers 2")
-    assert not (state_dir / "jobs").exists()
+    from jupyter_mlflow_k8s.config import load_settings
+    from jupyter_mlflow_k8s.jobs import JobService
+
+    assert JobService(load_settings(state_dir=str(state_dir))).store.list() == []  # nothing was submitted

@@ -97,6 +97,7 @@ def write_atomic(prefix: str, name: str, data: bytes, **options: Any) -> None:
     fs, root = filesystem(prefix, **options)
     root = root.rstrip("/")
     temporary = f"{root}/{STATE_FOLDER}/writing/{name.replace('/', '_')}.{uuid.uuid4().hex}"
+    fs.makedirs(temporary.rsplit("/", 1)[0], exist_ok=True)  # a local folder must exist; on S3 nothing happens
     fs.pipe_file(temporary, data)
     try:
         fs.makedirs(f"{root}/{name}".rsplit("/", 1)[0], exist_ok=True)

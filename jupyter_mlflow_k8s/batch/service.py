@@ -170,10 +170,11 @@ class BatchService:
         )
         try:
             self._run_shards(plan, base, report, request, options, say)
-        except BaseException:
+        except BaseException as exc:  # an interrupt, or a shard that could not be submitted: stop the others
             self._cancel(report)
-            report.state, report.message = "cancelled", "interrupted"
-            self._close(report, settings.tracking_uri, "KILLED", started)
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            report.state, report.message = ("cancelled", "interrupted") if interrupted else ("failed", str(exc))
+            self._close(report, settings.tracking_uri, "KILLED" if interrupted else "FAILED", started)
             raise
         failed = [s for s in report.shards if s["state"] != "succeeded" and s["state"] != "skipped"]
         limit = request.error_threshold * report.rows

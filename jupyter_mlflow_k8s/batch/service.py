@@ -12,6 +12,7 @@ more than ``--error-threshold`` of all rows, saying how many. Nothing here impor
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +81,13 @@ def pin_model(model: str, tracking_uri: str) -> str:
     return model if ref is None else model_registry.pin(ref, tracking_uri).uri
 
 
+def _absolute(url: str) -> str:
+    """A local path made absolute (a shard job runs in another folder); URLs as they are."""
+    if "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url)) + ("/" if url.endswith("/") else "")
+
+
 def shard_code(output: str, shard: int) -> str:
     """The cell a shard's job runs."""
     return f"from jupyter_mlflow_k8s.batch.worker import run_shard\nshard_result = run_shard({output!r}, {shard})\n"
@@ -143,6 +151,12 @@ class BatchService:
         started = time.monotonic()
         settings = self.jobs.settings
         backend = request.backend or settings.default_backend
+        request = dataclasses.replace(request, input=_absolute(request.input), output=_absolute(request.output))
+        on_this_machine = [u for u in (request.input, request.output) if "://" not in u or u.startswith("file://")]
+        if backend != "local" and on_this_machine:
+            raise JMKUsageError(f"--backend {backend}: its pods cannot read {on_this_machine[0]} on this machine. Put "
+                                "the files in the object store (--input 's3://bucket/in/*.parquet' --output "
+                                "s3://bucket/out/), or use --backend local.")
         plan = self.plan(request, say)
         options = self._options(request.output)
         base = JobSpec(

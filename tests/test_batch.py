@@ -290,3 +290,39 @@ def test_every_bad_flag_is_refused_before_anything_runs(
     from jupyter_mlflow_k8s.jobs import JobService
 
     assert JobService(load_settings(state_dir=str(state_dir))).store.list() == []  # nothing was submitted
+
+
+def test_a_batch_predict_step_is_checked_when_the_pipeline_loads(tmp_path: Path) -> None:
+    from jupyter_mlflow_k8s.pipelines.spec import load_pipeline
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("name: scoring\nsteps:\n  score:\n    backend: kubernetes\n    batch_predict:\n"
+                    "      model: models:/m@a\n      input: 's3://b/in/*.csv'\n      output: s3://b/out/\n"
+                    "      shard: 2\n      error_threshold: 3\n")
+    with pytest.raises(JMKUsageError) as caught:
+        load_pipeline(path)
+    text = str(caught.value)
+    assert "steps.score.backend: not with batch_predict" in text
+    assert "steps.score.batch_predict.shard: unknown key (did you mean 'shards'?)" in text
+    assert "steps.score.batch_predict: --error-threshold 3" in text
+
+
+@pytest.mark.slow
+def test_a_pipeline_runs_a_batch_predict_step(state_dir: Path, tmp_path: Path, batch_model: str) -> None:
+    import pandas as pd
+
+    from jupyter_mlflow_k8s.pipelines.engine import PipelineEngine
+    from jupyter_mlflow_k8s.pipelines.spec import load_pipeline
+
+    parts = frames()
+    write_local(tmp_path / "in" / "d1", "csv", parts)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"name: scoring\nparameters:\n  day: d1\nsteps:\n  score:\n    batch_predict:\n"
+                    f"      model: {batch_model}\n      input: '{tmp_path}/in/{{{{ parameters.day }}}}/*.csv'\n"
+                    f"      output: '{tmp_path}/out/{{{{ parameters.day }}}}/'\n      shards: 2\n")
+    run = PipelineEngine().run(load_pipeline(path))
+    assert run.state == "succeeded", run.steps["score"].reason
+    outputs = run.steps["score"].outputs
+    assert (outputs["rows"], outputs["errors"]) == (4 * ROWS, 0) and outputs["output"] == f"{tmp_path}/out/d1/"
+    got = pd.concat([pd.read_csv(p) for p in sorted((tmp_path / "out" / "d1").glob("part-*.csv"))])
+    assert sorted(got["id"]) == list(range(4 * ROWS))

@@ -22,6 +22,8 @@ DTYPES = {
     "string": "object",
 }
 PREDICTION = "prediction"
+#: Rows tried alone that all fail, none passing, before the rest of a file is set aside without trying.
+GIVE_UP_AFTER = 100
 REASON = "_reason"
 ROW = "_row"
 SOURCE = "_source"
@@ -96,6 +98,15 @@ def predict_rows(model: Any, frame: Any) -> tuple[Any, dict[int, str]]:
         start, stop = stack.pop()
         if start >= stop:
             continue
+        if not pieces and len(reasons) >= GIVE_UP_AFTER:  # no row passes: the model fails, not the rows
+            last = reasons[max(reasons)]
+            reasons.update(
+                dict.fromkeys(
+                    range(start, stop),
+                    f"{last} (not tried row by row: the first {GIVE_UP_AFTER} rows tried alone all failed)",
+                )
+            )
+            continue
         part = frame.iloc[start:stop]
         try:
             pieces.append(_as_frame(model.predict(part), part.index))
@@ -144,6 +155,8 @@ def predict_file(loaded: Any, frame: Any, source: str) -> Predicted:
         if good_rows
         else pd.concat([frame.iloc[0:0], predictions.iloc[0:0]], axis=1)
     )
+    if not any(str(c).startswith(PREDICTION) for c in good.columns):  # no row passed: the column all the same
+        good[PREDICTION] = pd.Series(dtype="float64")
     bad_rows = sorted(reasons)
     bad = frame.iloc[bad_rows].copy()
     bad.insert(0, REASON, [reasons[p] for p in bad_rows])

@@ -40,7 +40,7 @@ class BatchFailed(JMKError):
         self.report = report
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class BatchReport:
     """How a batch prediction went: per shard rows, bad rows, rows/s, and whether it was skipped."""
 
@@ -62,6 +62,17 @@ class BatchReport:
     def errors(self) -> int:
         """Bad rows (in the quarantine), over every finished shard."""
         return sum(int(s.get("errors", 0)) for s in self.shards)
+
+    @property
+    def rows_run(self) -> int:
+        """Rows read by the shards this command ran (not those it skipped)."""
+        return sum(int(s.get("rows", 0)) for s in self.shards if s["state"] == "succeeded")
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchReport {self.plan_id}: {self.state}, {self.rows:,} rows, {self.errors:,} bad, "
+            f"{len(self.shards)} shard(s) -> {self.output}>"
+        )
 
     def table(self) -> str:
         """A plain-text table of the shards."""
@@ -154,9 +165,11 @@ class BatchService:
         request = dataclasses.replace(request, input=_absolute(request.input), output=_absolute(request.output))
         on_this_machine = [u for u in (request.input, request.output) if "://" not in u or u.startswith("file://")]
         if backend != "local" and on_this_machine:
-            raise JMKUsageError(f"--backend {backend}: its pods cannot read {on_this_machine[0]} on this machine. Put "
-                                "the files in the object store (--input 's3://bucket/in/*.parquet' --output "
-                                "s3://bucket/out/), or use --backend local.")
+            raise JMKUsageError(
+                f"--backend {backend}: its pods cannot read {on_this_machine[0]} on this machine. Put "
+                "the files in the object store (--input 's3://bucket/in/*.parquet' --output "
+                "s3://bucket/out/), or use --backend local."
+            )
         plan = self.plan(request, say)
         options = self._options(request.output)
         base = JobSpec(

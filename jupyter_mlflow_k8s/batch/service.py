@@ -302,7 +302,7 @@ class BatchService:
             "rows": report.rows,
             "errors": report.errors,
             "error_fraction": report.errors / max(report.rows, 1),
-            "rows_per_s": report.rows / max(report.seconds, 1e-9),
+            "rows_per_s": report.rows_run / max(report.seconds, 1e-9),
         }
         tags = {"batch.state": report.state}
         for entry in report.shards:

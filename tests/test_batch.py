@@ -108,7 +108,7 @@ def service(state_dir: Path) -> BatchService:
 
 def test_plan_is_fixed_balanced_and_compared() -> None:
     files = [InputFile(f"s3://b/in/f{i}.parquet", size, "etag") for i, size in enumerate([10, 50, 20, 20, 5])]
-    assert split_into_shards(files, 2) == [[1], [0, 2, 3, 4]]
+    assert split_into_shards(files, 2) == [[1, 4], [0, 2, 3]]  # 55 and 50 bytes
     one = Plan.make("models:/m/1", "models:/m@a", "s3://b/in/*", "s3://b/out", "parquet", files, 2)
     again = Plan.make("models:/m/1", "models:/m@a", "s3://b/in/*", "s3://b/out/", "parquet", list(reversed(files)), 2)
     assert again == one and again.plan_id == one.plan_id and Plan.from_dict(one.to_dict()) == one

@@ -56,6 +56,16 @@ class BatchRequest:
     ) -> BatchRequest:
         """Check every value; raises one :class:`JMKUsageError` listing each problem and its fix."""
         problems: list[str] = []
+        for flag, value in (("MODEL_URI", model), ("--input", input), ("--output", output)):
+            if value is not None and not isinstance(value, str):
+                problems.append(
+                    f"{flag}: expected text such as s3://bucket/in/ or models:/churn@champion, found {value!r}"
+                )
+        model, input, output = (v if isinstance(v, str) else None for v in (model, input, output))
+        if backend is not None and not isinstance(backend, str):
+            backend = repr(backend)
+        if output_format is not None and not isinstance(output_format, str):
+            output_format = repr(output_format)
         model = (model or "").strip()
         if not model:
             problems.append("no model: give its URI first, e.g. models:/churn@champion (or models:/churn/3)")

@@ -61,7 +61,8 @@ def batch_step(raw: Mapping[str, Any], where: str, problems: list[str]) -> tuple
             )
     if not any("{{" in str(v) for v in parameters.values()):  # templates are checked once resolved, at run time
         try:
-            BatchRequest.parse(**{k: v for k, v in parameters.items() if k in BATCH_KEYS})
+            given = {k: v for k, v in parameters.items() if k in BATCH_KEYS}
+            BatchRequest.parse(given.pop("model", None), given.pop("input", None), given.pop("output", None), **given)
         except JMKUsageError as exc:
             said = str(exc).split("\n")[1:-1]
             problems += [f"{where}.batch_predict: {line.strip().removeprefix('- ')}" for line in said]

@@ -30,6 +30,8 @@ from .request import BatchRequest
 from .worker import shard_done
 
 POLL_SECONDS = 0.2
+# How the shards run: one job each (local processes, or one Kubernetes Job per shard).
+FORM_JOBS = "jobs"
 
 
 class BatchFailed(JMKError):
@@ -52,6 +54,7 @@ class BatchReport:
     seconds: float = 0.0
     state: str = "running"
     message: str = ""
+    form: str = FORM_JOBS
 
     @property
     def rows(self) -> int:
@@ -102,6 +105,13 @@ def _absolute(url: str) -> str:
 def shard_code(output: str, shard: int) -> str:
     """The cell a shard's job runs."""
     return f"from jupyter_mlflow_k8s.batch.worker import run_shard\nshard_result = run_shard({output!r}, {shard})\n"
+
+
+def indexed_shard_code(output: str) -> str:
+    """The cell every pod of an Indexed batch Job runs: its shard comes from its completion index."""
+    return (
+        f"from jupyter_mlflow_k8s.batch.worker import run_indexed_shard\nshard_result = run_indexed_shard({output!r})\n"
+    )
 
 
 class BatchService:
@@ -179,7 +189,9 @@ class BatchService:
             experiment=request.experiment,
             retries=request.retries if backend != "local" else 0,
         )
-        self.jobs.backend(backend).check(dataclasses.replace(base, code=shard_code(plan.output, 0)))
+        target = self.jobs.backend(backend)
+        target.check(dataclasses.replace(base, code=shard_code(plan.output, 0)))
+        form = self.form(target, base, say)
         parent = dataclasses.replace(
             base,
             params=request.describe(),
@@ -194,6 +206,7 @@ class BatchService:
             plan.model,
             [{"shard": i, "state": "pending", "attempts": 0} for i in range(len(plan.shards))],
             run_id=run_id,
+            form=form,
         )
         try:
             self._run_shards(plan, base, report, request, options, say)
@@ -231,6 +244,26 @@ class BatchService:
         if report.state == "failed":
             raise BatchFailed(f"Batch prediction {plan.plan_id} failed: {report.message}", report)
         return report
+
+    def form(self, target: object, base: JobSpec, say: Callable[[str], object] = print) -> str:
+        """How the shards run on ``target``: one job per shard, the only form followed so far.
+
+        A backend that can run them as one Indexed Job says so (``batch_form``, the Kubernetes
+        backend's, asking the cluster as a distributed job's gang does); the manifest of that form is
+        built and checked (``build_batch_job``), but following its pods is not done yet, so the
+        shards still run one Job each, and the answer is said and kept on the run.
+        """
+        batch_form = getattr(target, "batch_form", None)
+        if batch_form is None:
+            return FORM_JOBS
+        form, per_index = batch_form(base)
+        if form != FORM_JOBS:
+            retries = "per-index retries" if per_index else "retries by backoffLimit"
+            say(
+                f"batch: the cluster has Indexed Jobs ({retries}); the shards run as one Job each "
+                "(the Indexed-Job form is not followed yet)"
+            )
+        return FORM_JOBS
 
     def _spec(self, base: JobSpec, plan: Plan, shard: int, run_id: str) -> JobSpec:
         return dataclasses.replace(
@@ -304,7 +337,7 @@ class BatchService:
             "error_fraction": report.errors / max(report.rows, 1),
             "rows_per_s": report.rows_run / max(report.seconds, 1e-9),
         }
-        tags = {"batch.state": report.state}
+        tags = {"batch.state": report.state, "batch.form": report.form}
         for entry in report.shards:
             if "rows" in entry:
                 prefix = f"shard_{entry['shard']}"

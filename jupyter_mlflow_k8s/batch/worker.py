@@ -84,6 +84,17 @@ def run_shard(output: str, shard: int) -> dict[str, Any]:
     return marker
 
 
+def run_indexed_shard(output: str) -> dict[str, Any]:
+    """Run the shard of this pod of an Indexed batch Job: its ``JOB_COMPLETION_INDEX`` in the Job's shard list."""
+    from ..backends.kubernetes.manifests import BATCH_SHARDS_ENV, shard_of_index
+
+    try:
+        shard = shard_of_index(os.environ.get("JOB_COMPLETION_INDEX"), os.environ.get(BATCH_SHARDS_ENV))
+    except ValueError as exc:
+        raise JMKUsageError(f"{exc}; run one shard with run_shard({output!r}, SHARD) instead.") from None
+    return run_shard(output, shard)
+
+
 def _log_to_run(marker: dict[str, Any]) -> None:
     """The shard's numbers on its own job run too (a job's runner gives it ``MLFLOW_RUN_ID``)."""
     if not os.environ.get("MLFLOW_RUN_ID"):

@@ -165,6 +165,7 @@ def test_two_shards_on_s3_parquet_equal_the_models_predict(
         assert run.data.metrics[f"shard_{shard}/errors"] == 0
         assert run.data.metrics[f"shard_{shard}/rows_per_s"] > 0
     assert run.data.metrics["rows"] == 4 * ROWS
+    assert report.form == "jobs" and run.data.tags["batch.form"] == "jobs"
     children = MlflowClient(mlflow_uri).search_runs(
         [run.info.experiment_id], f"tags.mlflow.parentRunId = '{report.run_id}'")
     assert len(children) == 2
@@ -175,6 +176,28 @@ def test_two_shards_on_s3_parquet_equal_the_models_predict(
     fs.pipe(f"{s3_bucket}/in/f9.parquet", parts[0].to_parquet(index=False))  # the inputs changed
     with pytest.raises(JMKUsageError, match=r"plan differs: 1 input file\(s\) new .*f9.parquet.*--replan"):
         service(state_dir).run(request, say=print)
+
+
+def test_a_pod_of_an_indexed_job_runs_the_shard_at_its_completion_index(
+    state_dir: Path, tmp_path: Path, batch_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_mlflow_k8s.batch.worker import run_indexed_shard
+
+    parts = frames()
+    out = tmp_path / "out"
+    request = BatchRequest.parse(batch_model, write_local(tmp_path / "in", "csv", parts), str(out), shards=2)
+    plan = service(state_dir).plan(request, say=print)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    monkeypatch.setenv("JMK_BATCH_SHARDS", "1")  # shard 0 finished before: the Job's index 0 is shard 1
+    marker = run_indexed_shard(str(out))
+
+    assert marker["shard"] == 1 and marker["rows"] == sum(len(parts[i]) for i in plan.shards[1])
+    assert (out / "_jmk_batch" / "shard-00001" / "_SUCCESS").exists()
+    assert not (out / "_jmk_batch" / "shard-00000" / "_SUCCESS").exists()
+    assert sorted(p.name for p in out.glob("part-*")) == [f"part-{i:05d}.csv" for i in plan.shards[1]]
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")  # past the list: not a pod of this Job
+    with pytest.raises(JMKUsageError, match=r"name no shard.*run_shard\("):
+        run_indexed_shard(str(out))
 
 
 @pytest.mark.slow

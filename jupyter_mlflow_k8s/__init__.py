@@ -19,9 +19,10 @@ def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext jupyter_mlflow_k8s``: register the magics.
 
     ``%%train`` and ``%%train_form``, ``%jobs`` and ``%job``; ``%runs``; ``%models`` and ``%model``;
-    ``%pipeline``; ``%serve`` and ``%predict``.
+    ``%pipeline``; ``%serve`` and ``%predict``; ``%batch_predict``; ``%trigger``.
     """
     from .magics import JobMagics, PipelineMagics, RegistryMagics, RunsMagics, TrainMagics
+    from .magics.batch import BatchMagics
     from .magics.launcher import LauncherMagics
     from .magics.serving import ServingMagics
     from .magics.trigger import TriggerMagics
@@ -34,6 +35,7 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(ServingMagics)
     ipython.register_magics(LauncherMagics)
     ipython.register_magics(TriggerMagics)
+    ipython.register_magics(BatchMagics)
     from .magics.completion import register
 
     register(ipython)

@@ -1,8 +1,8 @@
 # PYTHON_ARGCOMPLETE_OK  (argcomplete: `eval "$(register-python-argcomplete jmk)"` completes jmk)
 """``jmk``: the command line, and its one error rule. Parses, calls the core services, prints.
 
-This module composes the commands (jobs here; ``jmk pipeline``, its schedules, ``jmk scheduler``
-and ``jmk serve`` from their packages) and owns how an error ends the command: an error of a
+This module composes the commands (jobs here; ``jmk pipeline``, its schedules, ``jmk scheduler``,
+``jmk serve`` and ``jmk batch-predict`` from their packages) and owns how an error ends the command: an error of a
 family, or one that :func:`~jupyter_mlflow_k8s.errors.translate` recognises (MLflow,
 Kubernetes, storage, a server that does not answer), prints ``jmk: <message>`` and exits with
 the family's ``exit_status``. Anything else is a bug and keeps its traceback. It never imports
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="stop a job, or every trial of a sweep (s-...)")
     cancel.add_argument("job_id").completer = _job_ids  # type: ignore[attr-defined]
     cancel.set_defaults(func=_cmd_cancel)
+    from .batch.cli import add_batch_command
     from .pipelines.cli import add_commands
     from .pipelines.schedule_cli import add_schedule_commands, add_scheduler_command
     from .pipelines.trigger_cli import add_trigger_commands
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scheduler_command(sub, drift_reader=_drift_reader)
     add_trigger_commands(sub)
     add_serve_command(sub)
+    add_batch_command(sub)
     return parser
 
 

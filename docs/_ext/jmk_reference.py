@@ -302,6 +302,7 @@ GROUPS: list[tuple[str, str, str]] = [
     ("Pipelines", "errors-pipelines", r"^(pipelines/|backends/pipeline\.py)"),
     ("Kubernetes jobs", "errors-kubernetes", r"^(backends/kubernetes|manifests\.py)"),
     ("Serving", "errors-serving", r"^serving/"),
+    ("Batch prediction", "errors-batch", r"^batch/"),
     ("The sidebar and its REST API", "errors-sidebar", r"^labapp/"),
     ("Jobs, payloads, storage and tracking", "errors-jobs", r""),
 ]

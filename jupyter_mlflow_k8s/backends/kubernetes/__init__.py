@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +98,18 @@ NEEDED_ACCESS = (
 
 __all__ = [
     "ACCESS_CHECK_SECONDS", "CONTAINER", "CREDENTIAL_VARIABLES", "DELETED_PODS_KEPT", "EVENT_WAIT_SECONDS",
-    "NEEDED_ACCESS", "SELECTOR", "WAITING_FAILURES", "ClusterWatch", "KubernetesBackend", "LogPump", "Verdict",
+    "NEEDED_ACCESS", "SELECTOR", "WAITING_FAILURES", "ClusterWatch", "JobFeatures", "KubernetesBackend", "LogPump",
+    "Verdict",
     "diagnose", "gang_jobs", "payload_files", "rank_lines", "result_storage",
 ]
+
+
+@dataclass(frozen=True)
+class JobFeatures:
+    """What a cluster's API server keeps of an Indexed Job: the form itself, and per-index retries."""
+
+    indexed: bool
+    per_index: bool
 
 
 class KubernetesBackend(Backend):
@@ -224,7 +233,8 @@ class KubernetesBackend(Backend):
         self._lock = threading.Lock()
         self._pumps: dict[str, LogPump] = {}
         self._access_checked: dict[str, float] = {}  # namespace -> when its access was last reviewed
-        self._forms: dict[str, str] = {}  # namespace -> the form of gang its cluster runs (distributed_form 'auto')
+        # (namespace, per_index asked) -> what its API server keeps of an Indexed Job (distributed_form 'auto')
+        self._features: dict[tuple[str, bool], JobFeatures] = {}
         # job id -> (what the pods were, when, the times their logs first showed an error): see error_times
         self._error_times: dict[str, tuple[Any, float, dict[int, float]]] = {}
 
@@ -496,27 +506,53 @@ class KubernetesBackend(Backend):
         """The form of a gang on this cluster: ``distributed_form``, or (``auto``) what the API server supports."""
         if self.distributed_form != "auto":
             return str(self.distributed_form)
-        form = self._forms.get(settings.namespace)
-        if form is None:
-            form = self._forms[settings.namespace] = self.probe_indexed_jobs(settings)
-        return form
+        return INDEXED if self.job_features(settings).indexed else JOBS
+
+    def batch_form(self, spec: JobSpec) -> tuple[str, bool]:
+        """How the shards of one batch prediction run here: (form, whether each index is retried on its own).
+
+        The same choice as a gang's (``distributed_form``; ``auto`` asks the API server once per
+        namespace): :data:`INDEXED`, one Indexed Job for all the shards to run
+        (:func:`~.manifests.build_batch_job`), with ``backoffLimitPerIndex`` where the server keeps it;
+        else :data:`JOBS`, one Job per shard, which works on any cluster.
+        """
+        if self.distributed_form == JOBS:
+            return JOBS, False
+        features = self.job_features(self.pod_settings(spec), per_index=True)
+        indexed = features.indexed or self.distributed_form == INDEXED
+        return (INDEXED, features.per_index) if indexed else (JOBS, False)
+
+    def job_features(self, settings: PodSettings, *, per_index: bool = False) -> JobFeatures:
+        """What the API server keeps of an Indexed Job (:meth:`probe_job_features`), asked once per namespace."""
+        key = (settings.namespace, per_index)
+        features = self._features.get(key)
+        if features is None:
+            features = self._features[key] = self.probe_job_features(settings, per_index=per_index)
+        return features
 
     def probe_indexed_jobs(self, settings: PodSettings) -> str:
-        """``indexed`` when the API server keeps an Indexed Job's ``completionMode`` (a dry run, nothing stored).
+        """``indexed`` when the API server keeps an Indexed Job's ``completionMode``, else ``jobs`` (asked now)."""
+        return INDEXED if self.probe_job_features(settings).indexed else JOBS
+
+    def probe_job_features(self, settings: PodSettings, *, per_index: bool = False) -> JobFeatures:
+        """Whether the API server keeps ``completionMode: Indexed`` (and ``backoffLimitPerIndex``): a dry run.
 
         Before 1.21, or with the IndexedJob feature gate off, the server drops the field without an
-        error, so the version number alone does not tell. Any refusal means ``jobs``, which works anywhere.
+        error (and ``backoffLimitPerIndex`` before 1.29, or 1.28 without its gate), so the version number
+        alone does not tell. Any refusal means neither: one Job per rank or shard, which works anywhere.
         """
         import kubernetes
 
         try:
             answer = kubernetes.client.BatchV1Api(self.api).create_namespaced_job(
-                settings.namespace, indexed_job_probe(settings), dry_run="All", _preload_content=False)
+                settings.namespace, indexed_job_probe(settings, per_index=per_index), dry_run="All",
+                _preload_content=False)
             spec = json.loads(answer.data).get("spec", {})
         except Exception as exc:
             self.log.warning("cannot tell whether the cluster has Indexed Jobs (%s); one Job per rank it is", exc)
-            return JOBS
-        return INDEXED if spec.get("completionMode") == "Indexed" else JOBS
+            return JobFeatures(indexed=False, per_index=False)
+        indexed = spec.get("completionMode") == "Indexed"
+        return JobFeatures(indexed=indexed, per_index=indexed and per_index and "backoffLimitPerIndex" in spec)
 
     def discover(self) -> list[JobRecord]:
         """Rebuild the records of this user's Jobs in the namespace from their ``jmk.io/record`` annotation."""

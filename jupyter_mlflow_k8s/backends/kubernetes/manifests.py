@@ -18,7 +18,8 @@ import base64
 import hashlib
 import json
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,6 +48,8 @@ NODE_RANK_LABEL = "jmk.io/node-rank"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # The two forms of a gang: one Indexed Job (Kubernetes 1.22+), or one Job per rank (any cluster).
 INDEXED, JOBS = "indexed", "jobs"
+# The shards an Indexed batch Job runs, in index order ("1,3": index 0 runs shard 1, index 1 shard 3).
+BATCH_SHARDS_ENV = "JMK_BATCH_SHARDS"
 RENDEZVOUS_PORT = 29400
 RENDEZVOUS_PORT_NAME = "rendezvous"
 
@@ -441,11 +444,13 @@ def build_gang_service(
     return service
 
 
-def indexed_job_probe(settings: PodSettings) -> dict[str, Any]:
+def indexed_job_probe(settings: PodSettings, *, per_index: bool = False) -> dict[str, Any]:
     """A tiny Indexed Job to create with ``dryRun=All``: where ``spec.completionMode`` comes back, Indexed Jobs work.
 
     Clusters before 1.21 (or with the IndexedJob feature gate off) drop the field they do not know
-    without an error, so only the answer tells; nothing is stored by a dry run.
+    without an error, so only the answer tells; nothing is stored by a dry run. With ``per_index``
+    it also sets ``backoffLimitPerIndex`` (kept from 1.29 on, or 1.28 with its feature gate on), so
+    the one answer tells both.
     """
     container = {"name": CONTAINER, "image": settings.image, "command": [settings.python, "-c", "pass"]}
     return {
@@ -453,9 +458,92 @@ def indexed_job_probe(settings: PodSettings) -> dict[str, Any]:
         "kind": "Job",
         "metadata": {"name": "jmk-indexed-job-probe", "namespace": settings.namespace,
                      "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
-        "spec": {"completionMode": "Indexed", "completions": 1, "parallelism": 1, "backoffLimit": 0,
+        "spec": {"completionMode": "Indexed", "completions": 1, "parallelism": 1,
+                 **({"backoffLimitPerIndex": 0} if per_index else {"backoffLimit": 0}),
                  "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
     }
+
+
+# -- the shards of a batch prediction as one Indexed Job ---------------------------------------
+
+
+def build_batch_job(
+    record: JobRecord,
+    settings: PodSettings,
+    *,
+    user: str,
+    payload_url: str,
+    shards: Sequence[int],
+    per_index: bool,
+    env_secret: str | None = None,
+    payload_secret: str | None = None,
+    payload_files: Collection[str] = (),
+) -> dict[str, Any]:
+    """The shards of one batch prediction still to run, as ONE Indexed Job (Kubernetes 1.22+).
+
+    The Job is :func:`build_job`'s (the same pod, runner, labels, Secrets, deadline and TTL) with
+    ``completionMode: Indexed`` and ``completions = parallelism = len(shards)``: the pod of index I
+    runs shard ``shards[I]``, which it reads from ``$JOB_COMPLETION_INDEX`` (set by the Job
+    controller) and :data:`BATCH_SHARDS_ENV` (``"1,3"``: the unfinished shards, in index order; the
+    finished ones are left out of the Job). Retries:
+
+    - ``per_index=True`` (the API server keeps ``backoffLimitPerIndex``: 1.29+ beta, 1.33 GA): each
+      index is retried ``settings.retries`` times on its own, and one shard that keeps failing does
+      not stop the others (the Job fails at the end, naming its failed indexes).
+    - ``per_index=False``: ``backoffLimit`` is the Job's budget for all its pods,
+      ``settings.retries`` per shard run (``retries * len(shards)``), as the same number of
+      one-Job-per-shard Jobs would have together.
+
+    Args:
+        record: The job whose code runs each index's shard (see ``batch.service.indexed_shard_code``).
+        settings: Each pod's settings.
+        user: Who submits the job.
+        payload_url: Where the runner finds the payload (the same for every pod).
+        shards: The shard numbers to run, at least one, each once.
+        per_index: Whether to retry each index on its own (``backoffLimitPerIndex``).
+        env_secret: As for :func:`build_job`.
+        payload_secret: As for :func:`build_job`.
+        payload_files: As for :func:`build_job`.
+
+    Returns:
+        The Job as plain JSON data, without null or empty fields.
+
+    Raises:
+        InvalidManifest: The settings make a Job the API server would refuse.
+        ValueError: No shard, a shard given twice, or a negative one.
+    """
+    if not shards or len(set(shards)) != len(shards) or min(shards) < 0:
+        raise ValueError(f"shards {list(shards)!r}: give each shard to run once, at least one")
+    env = {**settings.env, BATCH_SHARDS_ENV: ",".join(str(shard) for shard in shards)}
+    job = build_job(record, replace(settings, env=env), user=user, payload_url=payload_url, env_secret=env_secret,
+                    payload_secret=payload_secret, payload_files=payload_files)
+    retries = settings.retries
+    spec = {key: value for key, value in job["spec"].items() if key != "backoffLimit"}
+    limits = {"backoffLimitPerIndex": retries} if per_index else {"backoffLimit": retries * len(shards)}
+    job["spec"] = {"completionMode": "Indexed", "completions": len(shards), "parallelism": len(shards), **limits,
+                   **spec}
+    ensure_valid(job)
+    return job
+
+
+def shard_of_index(index: str | None, shards: str | None) -> int:
+    """The shard an Indexed batch Job's pod runs: ``shards`` (:data:`BATCH_SHARDS_ENV`) at ``index``.
+
+    Raises:
+        ValueError: Either is missing or malformed, or the index is past the list (the pod was not
+            started by :func:`build_batch_job`'s Job).
+    """
+    try:
+        listed = [int(part) for part in (shards or "").split(",")]
+        position = int(index or "")
+    except ValueError:
+        listed, position = [], -1
+    if not 0 <= position < len(listed):
+        raise ValueError(
+            f"JOB_COMPLETION_INDEX={index!r} and {BATCH_SHARDS_ENV}={shards!r} name no shard: this pod is not "
+            "one of a batch prediction's Indexed Job"
+        )
+    return listed[position]
 
 
 # -- the Secrets -----------------------------------------------------------------------------

@@ -242,8 +242,12 @@ def _check_job(obj: Mapping[str, Any]) -> list[str]:
 
 
 def _check_job_spec(spec: Mapping[str, Any], path: str) -> list[str]:
-    counts = ("parallelism", "completions", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+    counts = ("parallelism", "completions", "backoffLimit", "backoffLimitPerIndex", "activeDeadlineSeconds",
+              "ttlSecondsAfterFinished")
     problems = _check_non_negative(spec, counts, path)
+    if spec.get("backoffLimitPerIndex") is not None and spec.get("completionMode") != "Indexed":
+        problems.append(_invalid(f"{path}.backoffLimitPerIndex", spec["backoffLimitPerIndex"],
+                                 "requires completionMode Indexed"))
     template = _mapping(spec.get("template"))
     return problems + _check_pod_template(template, f"{path}.template", "Job", _JOB_RESTART_POLICIES)
 

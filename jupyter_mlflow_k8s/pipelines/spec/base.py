@@ -13,7 +13,8 @@ from ...util.names import dns_slug, is_identifier
 from ..model import Pipeline
 
 TOP_LEVEL_KEYS = ("name", "parameters", "steps", "max_parallel")
-STEP_KEYS = ("notebook", "needs", "parameters", "resources", "backend", "image", "retries", "cache", "timeout")
+STEP_KEYS = ("notebook", "needs", "parameters", "resources", "backend", "image", "retries", "cache", "timeout",
+             "batch_predict")
 RESOURCE_KEYS = ("cpu", "memory", "gpus")
 STEP_NAME_MAX = 40
 PARAMETERS_TAG = "parameters"

@@ -23,6 +23,7 @@ from .base import (
     _kind,
     _unknown_keys,
 )
+from .batch_step import NOT_WITH_BATCH, batch_step
 from .validation import _problems, _resource_problem
 
 # -- loading ---------------------------------------------------------------------------------
@@ -247,6 +248,10 @@ def _step_from_dict(name: str, raw: object, base_dir: Path, problems: list[str],
         problems.append(f"{where}: expected a mapping with at least notebook: NAME.ipynb, found {_kind(raw)}")
         raw = {}
     problems += _unknown_keys(raw, STEP_KEYS, where)
+    if "batch_predict" in raw:  # a batch prediction: the package's own notebook, with the mapping as parameters
+        batch_notebook, batch_parameters = batch_step(raw, where, problems)
+        raw = {**{k: v for k, v in raw.items() if k not in NOT_WITH_BATCH}, "notebook": str(batch_notebook),
+               "parameters": batch_parameters, "cache": raw.get("cache", False)}
     notebook_raw = raw.get("notebook")
     if isinstance(notebook_raw, (str, os.PathLike)) and str(notebook_raw).strip():
         notebook = Path(os.path.normpath(base_dir.absolute() / Path(notebook_raw).expanduser()))

@@ -55,7 +55,7 @@ def test_the_deployment_runs_jmk_scheduler_holding_its_lease_with_the_state_on_t
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["jmk-scheduler"],
-         "verbs": ["get", "update"]},
+         "verbs": ["get", "update", "patch"]},
     ]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "jmk-scheduler", "namespace": "team-a"}]
 

@@ -69,7 +69,7 @@ def build_scheduler_manifests(settings: PodSettings, *, state_claim: str, name: 
         "rules": [
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [name],
-             "verbs": ["get", "update"]},
+             "verbs": ["get", "update", "patch"]},
         ],
     }
     binding: dict[str, Any] = {

@@ -104,6 +104,49 @@ def test_a_gate_that_is_not_held_skips_the_ticks(state_dir: Any) -> None:
     assert len(ticks) == 2
 
 
+def test_a_lease_holder_waits_for_the_lock_of_a_replica_still_stopping(state_dir: Any) -> None:
+    """Replicas share one claim: the new holder evaluates only once the old one let go of the state dir's lock."""
+    ticks: list[int] = []
+    old = Scheduler(tickers=[])
+    old.acquire()  # a replica still stopping
+
+    class Recorder:
+        def tick(self, now: datetime | None = None) -> list[str]:
+            ticks.append(len(gates))
+            return []
+
+    stop = threading.Event()
+    gates: list[bool] = []
+
+    def gate() -> bool:
+        gates.append(True)
+        if len(gates) == 3:
+            old.release()
+        if len(gates) == 5:
+            stop.set()
+        return True
+
+    Scheduler(tickers=[Recorder()]).serve(poll_seconds=0.01, stop=stop, gate=gate)
+    assert ticks == [3, 4, 5]
+
+
+def test_a_replica_that_loses_the_lease_lets_go_of_the_lock(state_dir: Any) -> None:
+    answers = iter([True, False])
+    stop = threading.Event()
+    other = Scheduler(tickers=[])
+
+    def gate() -> bool:
+        answer = next(answers, None)
+        if answer is None:
+            other.acquire()  # raises SchedulerRunning if the replica still held the lock
+            stop.set()
+            return False
+        return answer
+
+    Scheduler(tickers=[]).serve(poll_seconds=0.01, stop=stop, gate=gate)
+    other.release()
+
+
 @pytest.mark.k8s
 def test_two_holders_on_a_real_cluster_only_one_leads_and_the_other_takes_over(k8s_cluster: Any,
                                                                                k8s_namespace: str) -> None:

@@ -133,6 +133,16 @@ class Scheduler:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def _take_lock(self, *, said: bool) -> bool:
+        """Take the lock for a replica that holds the Lease; False while another still holds it (said once)."""
+        try:
+            self.acquire()
+        except SchedulerRunning as exc:
+            if not said:
+                log.info("this replica holds the lease but waits: %s", exc)
+            return False
+        return True
+
     # -- runs -----------------------------------------------------------------------------------
 
     def command(self, schedule: Schedule, run_id: str) -> list[str]:
@@ -255,13 +265,16 @@ class Scheduler:
         """Tick every ``poll_seconds`` until SIGTERM or SIGINT (or ``stop`` is set), holding the lock.
 
         ``gate`` is asked before each tick (on a cluster: whether this replica holds the Lease); a tick
-        it refuses is skipped.
+        it refuses is skipped. With a gate the lock is taken only while the gate holds, and let go when
+        it stops holding: replicas sharing one claim take turns (a replica that took over waits, without
+        evaluating, until one still stopping has let go of the lock).
 
         Raises:
-            SchedulerRunning: Another scheduler runs for this state directory.
+            SchedulerRunning: Another scheduler runs for this state directory (without a gate).
         """
         stop = stop or threading.Event()
-        self.acquire()
+        if gate is None:
+            self.acquire()
         previous: dict[int, Any] = {}
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -273,13 +286,21 @@ class Scheduler:
             log.info("scheduler started (pid %d, state dir %s, every %g s); schedules: %s",
                      os.getpid(), self.settings.state_dir, poll_seconds, names)
             leading: bool | None = None
+            waiting = False  # leading, but another replica (still stopping) holds the lock
             while not stop.is_set():
                 try:
                     held = gate() if gate is not None else None
                     if gate is not None and held != leading:
                         leading = held
                         log.info("this replica %s", "evaluates now" if leading else "waits: another holds the lease")
-                    if gate is None or leading:
+                    locked_now = False
+                    if gate is not None and leading:
+                        locked_now = self._take_lock(said=waiting)
+                        waiting = not locked_now
+                    elif gate is not None:
+                        self.release()
+                        waiting = False
+                    if gate is None or locked_now:
                         self.tick()
                 except Exception:
                     log.exception("scheduler tick failed; trying again in %g s", poll_seconds)

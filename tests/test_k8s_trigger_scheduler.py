@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,14 @@ def test_the_scheduler_deployment_holds_its_lease_and_fires_a_trigger_once(
     assert entry["run_id"] == run.run_id == load_cursor("new-data").last_run_id
     assert run.state == "succeeded" and run.parameters["new_objects"] == sorted(keys)
     assert run.steps["train"].outputs == {"objects": sorted(keys)}
+
+    # The pod deleted: the Deployment's next pod takes the Lease over and continues from the same cursor,
+    # launching nothing again.
+    core.delete_namespaced_pod(pod_name, k8s_namespace)
+    took_over = wait_for(lambda: (h := holder()) and h[0] != pod_name and h, timeout=300, interval=1)
+    assert took_over[0] == took_over[1]
+    assert coordination.read_namespaced_lease(NAME, k8s_namespace).spec.lease_transitions == 1
+    after = datetime.now(timezone.utc)
+    wait_for(lambda: (load_cursor("new-data").last_check or after).timestamp() > after.timestamp() + 2,
+             timeout=120, interval=0.5)
+    assert len(fired("new-data")) == 1 and len(PipelineEngine().list()) == 1

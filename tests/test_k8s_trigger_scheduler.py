@@ -145,8 +145,8 @@ def test_the_scheduler_deployment_holds_its_lease_and_fires_a_trigger_once(
             lease = coordination.read_namespaced_lease(NAME, k8s_namespace)
         except kubernetes.client.ApiException:
             return None
-        held = lease.spec.holder_identity
-        return (held, pods[0]) if pods and held in pods else None
+        held = lease.spec.holder_identity  # a new Lease names its creator at once: held once renewed
+        return (held, pods[0]) if pods and held in pods and lease.spec.renew_time is not None else None
 
     try:
         held, pod_name = wait_for(holder, timeout=300, interval=1)
@@ -159,6 +159,7 @@ def test_the_scheduler_deployment_holds_its_lease_and_fires_a_trigger_once(
                 print(exc)
         raise
     assert held == pod_name
+    renewed = coordination.read_namespaced_lease(NAME, k8s_namespace).spec.renew_time
     wait_for(lambda: load_cursor("new-data").last_check is not None, timeout=60, interval=0.5)  # the pod ticks
 
     client = k8s_s3_server.client()
@@ -188,6 +189,8 @@ def test_the_scheduler_deployment_holds_its_lease_and_fires_a_trigger_once(
     assert entry["run_id"] == run.run_id == load_cursor("new-data").last_run_id
     assert run.state == "succeeded" and run.parameters["new_objects"] == sorted(keys)
     assert run.steps["train"].outputs == {"objects": sorted(keys)}
+    lease = coordination.read_namespaced_lease(NAME, k8s_namespace).spec
+    assert lease.holder_identity == pod_name and lease.renew_time > renewed  # the holder keeps renewing
 
     # The pod deleted: the Deployment's next pod takes the Lease over and continues from the same cursor,
     # launching nothing again.

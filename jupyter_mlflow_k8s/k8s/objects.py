@@ -27,6 +27,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "CronJob": ("BatchV1Api", "cron_job"),
     "Deployment": ("AppsV1Api", "deployment"),
     "HorizontalPodAutoscaler": ("AutoscalingV2Api", "horizontal_pod_autoscaler"),
+    "ServiceAccount": ("CoreV1Api", "service_account"),
+    "Role": ("RbacAuthorizationV1Api", "role"),
+    "RoleBinding": ("RbacAuthorizationV1Api", "role_binding"),
 }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..exceptions import JMKUsageError
+from ..k8s.scheduler import DEFAULT_NAME as DEFAULT_SCHEDULER
 from ..util.pairs import parse_pairs
 
 CRON_HELP = (
@@ -161,39 +162,66 @@ def _run_state(run_id: str | None) -> str:
         return "?"
 
 
-def _print_scheduler_manifests(args: argparse.Namespace) -> int:
-    """``jmk scheduler --print-manifests --state-claim NAME``: the scheduler's Deployment and its RBAC, as YAML."""
-    import yaml
-
+def scheduler_manifests(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The scheduler on a cluster (``--state-claim``): RBAC, the carried triggers' ConfigMaps, the Deployment."""
     from ..backends.kubernetes import KubernetesBackend
     from ..k8s.presets import layered_settings
     from ..k8s.scheduler import build_scheduler_manifests
     from .schedule import default_image
+    from .triggers.carry import carry, chosen
 
     if not args.state_claim:
-        raise JMKUsageError("--print-manifests needs --state-claim NAME: the PersistentVolumeClaim of the state "
-                            "directory (schedules and triggers), e.g. --state-claim jmk-state")
+        raise JMKUsageError(f"{'--apply' if args.apply else '--print-manifests'} needs --state-claim NAME: the "
+                            "PersistentVolumeClaim of the state directory (schedules and triggers), e.g. "
+                            "--state-claim jmk-state")
     config = getattr(args, "config", None)
     backend = KubernetesBackend(None, **({"config": config} if config is not None else {}))
     settings = layered_settings(backend.configured_settings(), backend.presets, namespace=args.namespace,
                                 image=args.image or default_image(), cpu="500m", memory="1Gi",
                                 env=_pod_env(config))
-    manifests = build_scheduler_manifests(settings, state_claim=args.state_claim, replicas=args.replicas,
-                                          poll_seconds=args.poll, lease_seconds=args.lease_seconds)
-    sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
+    triggers = [] if args.no_triggers else chosen(args.trigger or [])
+    carried = carry(triggers, scheduler=args.name, namespace=settings.namespace, labels=settings.labels)
+    return build_scheduler_manifests(settings, state_claim=args.state_claim, name=args.name, replicas=args.replicas,
+                                     poll_seconds=args.poll, lease_seconds=args.lease_seconds, carried=carried)
+
+
+def _deploy_scheduler(args: argparse.Namespace) -> int:
+    """``jmk scheduler --print-manifests|--apply --state-claim NAME``: the YAML, or the objects created."""
+    if args.trigger and args.no_triggers:
+        raise JMKUsageError("--trigger and --no-triggers: give one (--trigger NAME carries only NAME; "
+                            "--no-triggers carries none).")
+    manifests = scheduler_manifests(args)
+    if args.print_manifests:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
+        return 0
+    from .schedule import apply_schedule_manifests
+
+    for line in apply_schedule_manifests(manifests):
+        print(line)
+    carried = [m["metadata"]["name"] for m in manifests if m["kind"] == "ConfigMap"]
+    print(f"the scheduler carries {len(carried)} trigger(s); it syncs them into its state before its next tick. "
+          f"Remove one there by applying again without it.")
     return 0
 
 
 def _cmd_scheduler(args: argparse.Namespace) -> int:
     from .schedule import Scheduler, SchedulerRunning
 
-    if args.print_manifests:
-        return _print_scheduler_manifests(args)
+    if args.print_manifests and args.apply:
+        raise JMKUsageError("--print-manifests and --apply: give one (--print-manifests writes the YAML for "
+                            "kubectl apply; --apply creates the objects).")
+    if args.print_manifests or args.apply:
+        return _deploy_scheduler(args)
     given = [flag for flag, value in (("--state-claim", args.state_claim), ("--namespace", args.namespace),
-                                      ("--image", args.image), ("--replicas", args.replicas != 1)) if value]
+                                      ("--image", args.image), ("--replicas", args.replicas != 1),
+                                      ("--trigger", args.trigger), ("--no-triggers", args.no_triggers),
+                                      ("--name", args.name != DEFAULT_SCHEDULER)) if value]
     if given:
         verb = "goes" if len(given) == 1 else "go"
-        raise JMKUsageError(f"{', '.join(given)} only {verb} with --print-manifests (the scheduler on a cluster).")
+        raise JMKUsageError(f"{', '.join(given)} only {verb} with --print-manifests or --apply (the scheduler on "
+                            "a cluster).")
     from .triggers import TriggerEvaluator
 
     for name in ("jupyter_mlflow_k8s.pipelines.schedule", "jupyter_mlflow_k8s.pipelines.triggers"):
@@ -220,8 +248,10 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
         gate = LeaseHolder(args.lease, namespace, identity, duration=args.lease_seconds).held
     elif args.lease_namespace:
         raise JMKUsageError("--lease-namespace only goes with --lease NAME.")
+    carried_from = Path(args.triggers_from) if args.triggers_from else None
     try:
-        Scheduler(tickers=[TriggerEvaluator(drift_reader=reader)]).serve(poll_seconds=args.poll, gate=gate)
+        Scheduler(tickers=[TriggerEvaluator(drift_reader=reader, carried_from=carried_from)]).serve(
+            poll_seconds=args.poll, gate=gate)
     except SchedulerRunning as exc:
         print(f"jmk: {exc}", file=sys.stderr)
         return 1
@@ -273,12 +303,27 @@ def add_scheduler_command(sub: Any, drift_reader: Callable[[Any], Any] | None = 
                            help="with --lease (default: $POD_NAMESPACE, else the jobs' namespace)")
     scheduler.add_argument("--lease-seconds", type=int, default=30, metavar="SECONDS",
                            help="with --lease: how long the Lease lasts unrenewed (default 30)")
+    scheduler.add_argument("--triggers-from", metavar="FOLDER",
+                           help="sync the triggers carried in FOLDER (one folder each) into the state before each "
+                           "tick: what the Deployment of --print-manifests runs")
     scheduler.add_argument("--print-manifests", action="store_true",
                            help="write the YAML of the scheduler on a cluster (a Deployment holding the Lease, "
-                           "its ServiceAccount, Role and RoleBinding) and start nothing")
-    scheduler.add_argument("--state-claim", metavar="PVC", help="with --print-manifests: the PersistentVolumeClaim "
-                           "of the state directory")
-    scheduler.add_argument("--replicas", type=int, default=1, help="with --print-manifests (default 1)")
-    scheduler.add_argument("--namespace", help="with --print-manifests (default: the jobs' namespace)")
-    scheduler.add_argument("--image", help="with --print-manifests: the runner image (default: the backend's)")
+                           "its ServiceAccount, Role and RoleBinding, a ConfigMap per trigger carried) and start "
+                           "nothing")
+    scheduler.add_argument("--apply", action="store_true",
+                           help="create (or replace) those objects on the cluster instead of writing them")
+    scheduler.add_argument("--state-claim", metavar="PVC", help="with --print-manifests or --apply: the "
+                           "PersistentVolumeClaim of the state directory")
+    scheduler.add_argument("--trigger", action="append", metavar="NAME",
+                           help="with --print-manifests or --apply: carry this trigger and its pipeline (repeat it; "
+                           "default: every trigger of `jmk trigger list`)")
+    scheduler.add_argument("--no-triggers", action="store_true",
+                           help="with --print-manifests or --apply: carry no trigger (those carried before go)")
+    scheduler.add_argument("--name", default=DEFAULT_SCHEDULER,
+                           help=f"with --print-manifests or --apply: the Deployment's and Lease's name "
+                           f"(default {DEFAULT_SCHEDULER})")
+    scheduler.add_argument("--replicas", type=int, default=1, help="with --print-manifests or --apply (default 1)")
+    scheduler.add_argument("--namespace", help="with --print-manifests or --apply (default: the jobs' namespace)")
+    scheduler.add_argument("--image", help="with --print-manifests or --apply: the runner image (default: the "
+                           "backend's)")
     scheduler.set_defaults(func=_cmd_scheduler, drift_reader=drift_reader)

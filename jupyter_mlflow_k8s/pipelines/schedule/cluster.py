@@ -26,12 +26,12 @@ def _api_client() -> Any:
     try:
         return api_client()
     except JMKUsageError as exc:
-        raise JMKUsageError(f"Cannot reach Kubernetes: {exc} Or use --print to write the manifests for "
-                            "kubectl apply.") from None
+        raise JMKUsageError(f"Cannot reach Kubernetes: {exc} Or write the manifests for kubectl apply "
+                            "(--print, or --print-manifests for jmk scheduler).") from None
 
 
 def apply_schedule_manifests(manifests: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Create each ConfigMap and CronJob, or replace the one of that name this package made.
+    """Create each object (a schedule's ConfigMap and CronJob, the scheduler's), or replace ours of that name.
 
     When one of them exists and is not ours, nothing is changed.
 

@@ -33,6 +33,8 @@ CONFIGMAP_LIMIT = 1000 * 1024
 SCHEDULE_LABEL = "jmk.io/schedule"
 PIPELINE_LABEL = "jmk.io/pipeline"
 DEFAULT_IMAGE = "jupyter-mlflow-k8s-runner:latest"
+# This package's folder: notebooks of step kinds under it are in every runner image.
+PACKAGE = Path(__file__).resolve().parents[2]
 
 
 # -- Kubernetes: a CronJob and the ConfigMap of the pipeline's files -------------------------
@@ -68,7 +70,8 @@ def _without_outputs(content: bytes) -> bytes:
 def pipeline_files(pipeline_path: Path, pipeline: Pipeline) -> dict[str, bytes]:
     """The files a pod needs to run the pipeline: ``pipeline.yaml`` and its notebooks, by path in the mount.
 
-    Notebooks keep their paths relative to the pipeline file's folder, without their outputs.
+    Notebooks keep their paths relative to the pipeline file's folder, without their outputs. A step
+    kind's own notebook (``batch_predict``'s, in this package) is not carried: the image has it.
 
     Raises:
         JMKUsageError: A notebook is outside that folder, or a file cannot be read.
@@ -78,7 +81,10 @@ def pipeline_files(pipeline_path: Path, pipeline: Pipeline) -> dict[str, bytes]:
     try:
         files = {PIPELINE_FILE: source.read_bytes()}
         for step in pipeline.steps.values():
-            relative = _relative(Path(os.path.normpath(step.notebook)), folder, pipeline)
+            notebook = Path(os.path.normpath(step.notebook))
+            if notebook.is_relative_to(PACKAGE):
+                continue
+            relative = _relative(notebook, folder, pipeline)
             files.setdefault(relative, _without_outputs(step.notebook.read_bytes()))
     except OSError as exc:
         raise JMKUsageError(f"Cannot read the pipeline's files: {exc}") from None
@@ -117,12 +123,27 @@ def build_pipeline_configmap(
             a notebook is outside the pipeline's folder.
     """
     files = pipeline_files(pipeline_path, pipeline)
+    metadata = {"name": configmap_name(name), "namespace": namespace, "labels": _labels(pipeline, name, labels or {})}
+    return files_configmap(files, metadata, instead="Bake the pipeline and its notebooks into the runner image "
+                           "and run `jmk pipeline run` on it from your own CronJob")
+
+
+def files_configmap(files: Mapping[str, bytes], metadata: Mapping[str, Any], *, instead: str) -> dict[str, Any]:
+    """A ConfigMap carrying ``files`` (path to content) under the keys ``payload_key`` maps their paths to.
+
+    Args:
+        files: What to carry; text as ``data``, anything else base64 in ``binaryData``.
+        metadata: The ConfigMap's metadata.
+        instead: What to do when the files are too large for a ConfigMap (said in the error).
+
+    Raises:
+        JMKUsageError: The files are over :data:`CONFIGMAP_LIMIT`.
+    """
     size = sum(len(content) for content in files.values())
     if size > CONFIGMAP_LIMIT:
         raise JMKUsageError(
             f"The pipeline's files take {size / 1024:,.0f} KiB (notebooks without outputs), more than the "
-            f"{CONFIGMAP_LIMIT // 1024} KiB a ConfigMap can carry to the pod. Bake the pipeline and its notebooks "
-            "into the runner image and run `jmk pipeline run` on it from your own CronJob, or make the notebooks "
+            f"{CONFIGMAP_LIMIT // 1024} KiB a ConfigMap can carry to the pod. {instead}, or make the notebooks "
             "smaller (move data and code they embed into files the image has)."
         )
     data: dict[str, str] = {}
@@ -132,8 +153,7 @@ def build_pipeline_configmap(
             data[payload_key(path)] = content.decode("utf-8")
         except UnicodeDecodeError:
             binary[payload_key(path)] = base64.b64encode(content).decode("ascii")
-    metadata = {"name": configmap_name(name), "namespace": namespace, "labels": _labels(pipeline, name, labels or {})}
-    configmap: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+    configmap: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": dict(metadata), "data": data}
     if binary:
         configmap["binaryData"] = binary
     ensure_valid(configmap)

@@ -82,6 +82,8 @@ class TriggerEvaluator:
     stopped evaluator leaves them running, and a later one sees them by pid and start time.
     ``drift_reader`` reads a served model's PSI (without one, drift triggers report that they
     cannot be checked); ``objects`` lists an S3 prefix (:func:`.sources.list_objects`).
+    ``carried_from`` is the folder of triggers carried to a scheduler on a cluster, synced into the
+    state directory before each tick (:func:`.carry.sync_carried`).
     """
 
     def __init__(
@@ -92,8 +94,10 @@ class TriggerEvaluator:
         objects: Callable[[str, str], dict[str, str]] = list_objects,
         notify: Notifier | None = None,
         stale_seconds: float = STALE_SECONDS,
+        carried_from: Path | None = None,
     ) -> None:
         self.settings = settings or load_settings()
+        self.carried_from = carried_from
         self.drift_reader = drift_reader
         self.objects = objects
         self.notify = notify
@@ -199,6 +203,13 @@ class TriggerEvaluator:
         """Evaluate every trigger at ``now`` (default: now); the names of those that fired or suggested."""
         now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
         self.reap()
+        if self.carried_from is not None:
+            from .carry import sync_carried
+
+            try:
+                sync_carried(self.carried_from, self.settings)
+            except OSError as exc:  # the claim is not writable now: the triggers stored stand
+                log.error("carried triggers under %s: cannot be synced: %s", self.carried_from, exc)
         acted: list[str] = []
         for trigger in list_triggers(self.settings):
             cursor = load_cursor(trigger.name, self.settings)

@@ -41,7 +41,7 @@ def test_the_deployment_runs_jmk_scheduler_holding_its_lease_with_the_state_on_t
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["python", "-m", "jupyter_mlflow_k8s.cli", "scheduler", "--poll", "10", "--lease",
-                                    "jmk-scheduler", "--lease-seconds", "20"]
+                                    "jmk-scheduler", "--lease-seconds", "20", "--triggers-from", "/var/run/jmk/triggers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["JMK_STATE_DIR"]["value"] == "/var/run/jmk/state"
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}

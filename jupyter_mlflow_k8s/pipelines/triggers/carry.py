@@ -79,9 +79,11 @@ def _pipeline(trigger: Trigger) -> Any:
         raise JMKUsageError(f"trigger {trigger.name}: cannot read its pipeline {trigger.pipeline}: {exc}") from None
 
 
-def carry(triggers: Sequence[Trigger], *, scheduler: str, namespace: str,
-          labels: Mapping[str, str] | None = None) -> list[MountedFiles]:
+def carry(triggers: Sequence[Trigger], *, scheduler: str, namespace: str, labels: Mapping[str, str] | None = None,
+          mount: str = TRIGGERS_MOUNT) -> list[MountedFiles]:
     """Each trigger as a ConfigMap for the scheduler ``scheduler`` in ``namespace``, with where to mount it.
+
+    The definition carried names the pipeline at ``mount/<name>/pipeline.yaml``: where the pod sees it.
 
     Raises:
         JMKUsageError: A trigger's pipeline cannot be read or is not valid now, a notebook is outside its
@@ -91,7 +93,7 @@ def carry(triggers: Sequence[Trigger], *, scheduler: str, namespace: str,
     carried = []
     for trigger in triggers:
         files = pipeline_files(Path(trigger.pipeline), _pipeline(trigger))
-        definition = dataclasses.replace(trigger, pipeline=f"{TRIGGERS_MOUNT}/{trigger.name}/{PIPELINE_FILE}")
+        definition = dataclasses.replace(trigger, pipeline=f"{mount}/{trigger.name}/{PIPELINE_FILE}")
         files[DEFINITION] = json.dumps(definition.to_dict(), indent=1, sort_keys=True).encode()
         metadata = {
             "name": configmap_name(scheduler, trigger.name),

@@ -1,16 +1,17 @@
 """The scheduler Deployment on the real node: it holds its Lease and fires a trigger exactly once.
 
-The objects applied are the ones :func:`build_scheduler_manifests` builds (ServiceAccount, Role,
-RoleBinding, Deployment of the runner image built from this checkout). Its state directory is a
-PersistentVolumeClaim bound to a PersistentVolume of this test's own state directory (``hostPath``: the
-real node is this machine), so the trigger, its cursor and history, and the pipeline run the pod
-launches are read here as a user's ``jmk`` reads them. The trigger watches a bucket of a moto S3
-server the pods reach. Run with ``flock /tmp/jmk-cluster.lock`` around pytest (one node per machine).
+The objects applied are the ones ``jmk scheduler --apply`` applies (ServiceAccount, Role, RoleBinding,
+the trigger's ConfigMap, Deployment of the runner image built from this checkout). The trigger is
+defined in another state directory (the user's machine) and reaches the pod only through its
+ConfigMap. The pod's state directory is a PersistentVolumeClaim bound to a PersistentVolume of this
+test's own state directory (``hostPath``: the real node is this machine), so the trigger the pod
+synced, its cursor and history, and the pipeline run the pod launches are read here as a user's
+``jmk`` reads them. The trigger watches a bucket of a moto S3 server the pods reach. Run with
+``flock /tmp/jmk-cluster.lock`` around pytest (one node per machine).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,10 +22,18 @@ from helpers import wait_for
 from k8s_fixtures import KubeTarget
 from test_pipeline_triggers import notebook
 
+from jupyter_mlflow_k8s.k8s import apply as apply_ours
 from jupyter_mlflow_k8s.k8s.pods import PodSettings
-from jupyter_mlflow_k8s.k8s.scheduler import STATE_MOUNT, build_scheduler_manifests
+from jupyter_mlflow_k8s.k8s.scheduler import build_scheduler_manifests
 from jupyter_mlflow_k8s.pipelines.engine import PipelineEngine
-from jupyter_mlflow_k8s.pipelines.triggers.store import add_trigger, build_trigger, load_cursor, read_history
+from jupyter_mlflow_k8s.pipelines.triggers.carry import carry, chosen
+from jupyter_mlflow_k8s.pipelines.triggers.store import (
+    add_trigger,
+    build_trigger,
+    get_trigger,
+    load_cursor,
+    read_history,
+)
 
 pytestmark = pytest.mark.k8s
 
@@ -74,15 +83,9 @@ def state_claim(real_node: KubeTarget, k8s_namespace: str, k8s_api: Any, state_d
         core.delete_persistent_volume(volume)
 
 
-def apply(api: Any, manifests: list[dict[str, Any]], namespace: str) -> None:
-    import kubernetes
-
-    core, rbac = kubernetes.client.CoreV1Api(api), kubernetes.client.RbacAuthorizationV1Api(api)
-    apps = kubernetes.client.AppsV1Api(api)
-    create = {"ServiceAccount": core.create_namespaced_service_account, "Role": rbac.create_namespaced_role,
-              "RoleBinding": rbac.create_namespaced_role_binding, "Deployment": apps.create_namespaced_deployment}
-    for manifest in manifests:
-        create[manifest["kind"]](namespace, manifest)
+def apply(api: Any, manifests: list[dict[str, Any]]) -> list[str]:
+    """Apply as ``jmk scheduler --apply`` does (:func:`jupyter_mlflow_k8s.k8s.apply`, ours only)."""
+    return [f"{apply_ours(api, manifest)[0]} {manifest['kind']}" for manifest in manifests]
 
 
 def account_token_secret(api: Any, namespace: str, account: str) -> str:
@@ -104,52 +107,59 @@ def test_the_scheduler_deployment_holds_its_lease_and_fires_a_trigger_once(
 ) -> None:
     import kubernetes
 
-    folder = state_dir / "retrain"
+    # The user's machine: the pipeline and the trigger live there, not on the claim.
+    laptop = state_dir.parent / "laptop"
+    folder = laptop / "retrain"
     notebook(folder / "train.ipynb", "new_objects = []",
              "from jupyter_mlflow_k8s import output\noutput('objects', list(new_objects))")
     (folder / "pipeline.yaml").write_text(
         "name: retrain\nparameters: {new_objects: []}\nsteps:\n"
         "  train: {notebook: train.ipynb, parameters: {new_objects: '{{ parameters.new_objects }}'}}\n")
-    trigger = build_trigger(folder / "pipeline.yaml", name="new-data", on_new_objects=f"s3://{k8s_s3_bucket}/in/",
-                            pattern="*.parquet", min_new=3)
-    # The pod sees the state directory at STATE_MOUNT: the pipeline is there too.
-    add_trigger(dataclasses.replace(trigger, pipeline=f"{STATE_MOUNT}/retrain/pipeline.yaml"))
+    os.environ["JMK_STATE_DIR"] = str(laptop / "state")
+    try:
+        add_trigger(build_trigger(folder / "pipeline.yaml", name="new-data",
+                                  on_new_objects=f"s3://{k8s_s3_bucket}/in/", pattern="*.parquet", min_new=3))
+        carried = carry(chosen([]), scheduler=NAME, namespace=k8s_namespace)
+    finally:
+        os.environ["JMK_STATE_DIR"] = str(state_dir)
     open_up(state_dir)
 
     env = {**k8s_s3_server.environment(), "AWS_EC2_METADATA_DISABLED": "true",
            "MLFLOW_TRACKING_URI": k8s_mlflow_server}
     settings = PodSettings(namespace=k8s_namespace, image=real_node.pod_image, env=env, shm_size=None)
     manifests = build_scheduler_manifests(settings, state_claim=state_claim, name=NAME, poll_seconds=1,
-                                          lease_seconds=10)
+                                          lease_seconds=10, carried=carried)
     deployment = manifests[-1]
     if real_node.local:
         # The test cluster's API server runs without the ServiceAccount admission plugin, which on any other
         # cluster mounts the account's token: mount the token Secret where that plugin would.
-        apply(k8s_api, manifests[:3], k8s_namespace)
+        assert apply(k8s_api, manifests[:-1]) == ["created ServiceAccount", "created Role", "created RoleBinding",
+                                                  "created ConfigMap"]
         secret = account_token_secret(k8s_api, k8s_namespace, NAME)
         pod = deployment["spec"]["template"]["spec"]
         pod["volumes"].append({"name": "token", "secret": {"secretName": secret}})
         pod["containers"][0]["volumeMounts"].append({"name": "token", "mountPath": TOKEN_MOUNT, "readOnly": True})
-        apply(k8s_api, [deployment], k8s_namespace)
+        apply(k8s_api, [deployment])
     else:
-        apply(k8s_api, manifests, k8s_namespace)
+        apply(k8s_api, manifests)
 
     core = kubernetes.client.CoreV1Api(k8s_api)
     coordination = kubernetes.client.CoordinationV1Api(k8s_api)
     selector = f"app.kubernetes.io/name={NAME}"
 
-    def holder() -> tuple[str, str] | None:
+    def holder() -> str | None:
+        """The pod holding the Lease, once renewed, when it is a running pod not being deleted."""
         pods = [p.metadata.name for p in core.list_namespaced_pod(k8s_namespace, label_selector=selector).items
-                if p.status.phase == "Running"]
+                if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
         try:
             lease = coordination.read_namespaced_lease(NAME, k8s_namespace)
         except kubernetes.client.ApiException:
             return None
         held = lease.spec.holder_identity  # a new Lease names its creator at once: held once renewed
-        return (held, pods[0]) if pods and held in pods and lease.spec.renew_time is not None else None
+        return held if held in pods and lease.spec.renew_time is not None else None
 
     try:
-        held, pod_name = wait_for(holder, timeout=300, interval=1)
+        pod_name = wait_for(holder, timeout=300, interval=1)
     except AssertionError:
         for p in core.list_namespaced_pod(k8s_namespace, label_selector=selector).items:
             print(p.metadata.name, p.status.phase, p.status.container_statuses)
@@ -158,9 +168,11 @@ def test_the_scheduler_deployment_holds_its_lease_and_fires_a_trigger_once(
             except kubernetes.client.ApiException as exc:
                 print(exc)
         raise
-    assert held == pod_name
     renewed = coordination.read_namespaced_lease(NAME, k8s_namespace).spec.renew_time
+    # The pod synced the carried trigger into the claim's state, naming the pipeline in its ConfigMap.
     wait_for(lambda: load_cursor("new-data").last_check is not None, timeout=60, interval=0.5)  # the pod ticks
+    assert get_trigger("new-data").pipeline == "/var/run/jmk/triggers/new-data/pipeline.yaml"
+    assert apply(k8s_api, manifests[3:4]) == ["replaced ConfigMap"]  # applied again: replaced, ours
 
     client = k8s_s3_server.client()
     keys = [f"s3://{k8s_s3_bucket}/in/{n}.parquet" for n in ("a", "b", "c")]
@@ -195,8 +207,7 @@ def test_the_scheduler_deployment_holds_its_lease_and_fires_a_trigger_once(
     # The pod deleted: the Deployment's next pod takes the Lease over and continues from the same cursor,
     # launching nothing again.
     core.delete_namespaced_pod(pod_name, k8s_namespace)
-    took_over = wait_for(lambda: (h := holder()) and h[0] != pod_name and h, timeout=300, interval=1)
-    assert took_over[0] == took_over[1]
+    wait_for(lambda: holder() not in (None, pod_name), timeout=300, interval=1)
     assert coordination.read_namespaced_lease(NAME, k8s_namespace).spec.lease_transitions == 1
     after = datetime.now(timezone.utc)
     wait_for(lambda: (load_cursor("new-data").last_check or after).timestamp() > after.timestamp() + 2,

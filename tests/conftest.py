@@ -11,7 +11,7 @@ import pytest
 from helpers import stop_jobs
 
 # Real servers (mlflow server, an S3 endpoint) as fixtures: tests/servers.py.
-pytest_plugins = ["servers", "k8s_fixtures", "serving_fixtures", "fuzzing"]  # fuzzing: hypothesis profile, case counts
+pytest_plugins = ["servers", "k8s_fixtures", "serving_fixtures", "trigger_fixtures", "fuzzing"]  # fuzzing: hypothesis profile, case counts
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from helpers import wait_for
 from k8s_fixtures import KubeTarget
-from test_pipeline_triggers import notebook
+from trigger_fixtures import retrain_pipeline
 
 from jupyter_mlflow_k8s.k8s import apply as apply_ours
 from jupyter_mlflow_k8s.k8s.pods import PodSettings
@@ -109,15 +109,10 @@ def test_the_scheduler_deployment_holds_its_lease_and_fires_a_trigger_once(
 
     # The user's machine: the pipeline and the trigger live there, not on the claim.
     laptop = state_dir.parent / "laptop"
-    folder = laptop / "retrain"
-    notebook(folder / "train.ipynb", "new_objects = []",
-             "from jupyter_mlflow_k8s import output\noutput('objects', list(new_objects))")
-    (folder / "pipeline.yaml").write_text(
-        "name: retrain\nparameters: {new_objects: []}\nsteps:\n"
-        "  train: {notebook: train.ipynb, parameters: {new_objects: '{{ parameters.new_objects }}'}}\n")
+    pipeline = retrain_pipeline(laptop / "retrain")
     os.environ["JMK_STATE_DIR"] = str(laptop / "state")
     try:
-        add_trigger(build_trigger(folder / "pipeline.yaml", name="new-data",
+        add_trigger(build_trigger(pipeline, name="new-data",
                                   on_new_objects=f"s3://{k8s_s3_bucket}/in/", pattern="*.parquet", min_new=3))
         carried = carry(chosen([]), scheduler=NAME, namespace=k8s_namespace)
     finally:

@@ -13,13 +13,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import numpy as np
 import pytest
 from helpers import wait_for
-from nbformat.v4 import new_code_cell, new_notebook
 from servers import S3Server
 from serving_fixtures import FEATURES, Served
+from trigger_fixtures import notebook
 
 from jupyter_mlflow_k8s.cli import main as jmk
 from jupyter_mlflow_k8s.exceptions import JMKUsageError
@@ -41,37 +40,6 @@ from jupyter_mlflow_k8s.pipelines.triggers import evaluator as evaluator_module
 UTC = timezone.utc
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
-
-
-def notebook(path: Path, parameters: str, code: str) -> None:
-    cells = [new_code_cell(parameters, metadata={"tags": ["parameters"]}), new_code_cell(code)]
-    meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(new_notebook(cells=cells, metadata=meta), path)
-
-
-@pytest.fixture
-def retrain(tmp_path: Path) -> Path:
-    """A one-step pipeline that publishes the new objects it was given."""
-    folder = tmp_path / "retrain"
-    notebook(folder / "train.ipynb", "new_objects = []",
-             "from jupyter_mlflow_k8s import output\noutput('objects', list(new_objects))")
-    path = folder / "pipeline.yaml"
-    path.write_text("name: retrain\nparameters: {new_objects: []}\nsteps:\n"
-                    "  train: {notebook: train.ipynb, parameters: {new_objects: '{{ parameters.new_objects }}'}}\n")
-    return path
-
-
-@pytest.fixture
-def evaluators() -> Iterator[list[TriggerEvaluator]]:
-    made: list[TriggerEvaluator] = []
-    yield made
-    for evaluator in made:
-        for children in evaluator._children.values():
-            for child in children:
-                if child.process.poll() is None:
-                    child.process.kill()
-                    child.process.wait(10)
 
 
 def evaluator(evaluators: list[TriggerEvaluator], **kwargs: Any) -> TriggerEvaluator:

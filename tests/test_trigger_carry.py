@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 from k8s_manifests import validate_manifest
-from test_pipeline_triggers import evaluator, notebook, put, wait_run_ended
+from test_pipeline_triggers import evaluator, put, wait_run_ended
 
 from jupyter_mlflow_k8s.cli import main as jmk
 from jupyter_mlflow_k8s.exceptions import JMKUsageError
@@ -34,31 +33,6 @@ from jupyter_mlflow_k8s.pipelines.triggers import (
 )
 from jupyter_mlflow_k8s.pipelines.triggers.carry import carry, chosen, sync_carried
 from jupyter_mlflow_k8s.pipelines.triggers.store import save_cursor
-
-
-@pytest.fixture
-def retrain(tmp_path: Path) -> Path:
-    """A one-step pipeline publishing the new objects it was given (``test_pipeline_triggers``' own)."""
-    folder = tmp_path / "retrain"
-    notebook(folder / "train.ipynb", "new_objects = []",
-             "from jupyter_mlflow_k8s import output\noutput('objects', list(new_objects))")
-    path = folder / "pipeline.yaml"
-    path.write_text("name: retrain\nparameters: {new_objects: []}\nsteps:\n"
-                    "  train: {notebook: train.ipynb, parameters: {new_objects: '{{ parameters.new_objects }}'}}\n")
-    return path
-
-
-@pytest.fixture
-def evaluators() -> Iterator[list[TriggerEvaluator]]:
-    """Evaluators made by a test; the runs they started are killed at its end."""
-    made: list[TriggerEvaluator] = []
-    yield made
-    for each in made:
-        for children in each._children.values():
-            for child in children:
-                if child.process.poll() is None:
-                    child.process.kill()
-                    child.process.wait(10)
 
 
 def project(files: MountedFiles, folder: Path) -> Path:

@@ -90,7 +90,7 @@ WAITING_STATE = {"waiting": {"reason": "ContainerCreating"}}
 
 
 class Api:
-    class configuration:  # noqa: N801 (the shape of kubernetes.client.ApiClient's)
+    class configuration:  # the shape of kubernetes.client.ApiClient's
         host = "https://recorded.invalid"
 
 

@@ -274,6 +274,11 @@ def test_each_shard_of_the_indexed_job_is_told_by_its_marker_and_the_rest_fail_w
     assert report.shards[1]["message"] == record.message
     assert said[-1] == f"shard 1: failed: {record.message}"
 
+    report.shards[1].update(state="running", job_id="1a2b3c4d")  # a Job that succeeded without shard 1's marker
+    record.state = JobState.SUCCEEDED
+    assert batch.follow_indexed(plan, report, record, {}, said.append)
+    assert report.shards[1]["message"] == "job 1a2b3c4d ended without this shard's success marker"
+
     monkeypatch.delenv("JOB_COMPLETION_INDEX")  # a cluster that dropped completionMode: the worker says so
     with pytest.raises(JMKUsageError, match=r"no JOB_COMPLETION_INDEX.*dropped the Job's completionMode.*'auto'"):
         run_indexed_shard(str(out))

@@ -384,6 +384,8 @@ class BatchService:
                 say(f"shard {shard}: {done['rows']} rows, {done['errors']} bad, {done['rows_per_s']} rows/s")
             elif record.state.terminal:
                 message = record.message or f"job {record.job_id} {record.state.value}"
+                if record.state is JobState.SUCCEEDED:  # every pod exited 0, yet this shard left no marker
+                    message = f"job {record.job_id} ended without this shard's success marker"
                 entry.update(state="cancelled" if record.state is JobState.CANCELLED else "failed", message=message)
                 say(f"shard {shard}: failed: {message}")
         return record.state.terminal

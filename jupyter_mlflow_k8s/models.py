@@ -179,6 +179,10 @@ class JobSpec:
     nodes: int = 1
     procs: int = 0
     rendezvous_timeout: float = RENDEZVOUS_TIMEOUT_SECONDS
+    # Batch prediction on Kubernetes: the shards this one job runs as ONE Indexed Job, the shard of
+    # completion index I being ``batch_shards[I]`` (empty: an ordinary job). Backends without Indexed
+    # Jobs refuse it.
+    batch_shards: tuple[int, ...] = ()
 
     @property
     def distributed(self) -> bool:
@@ -204,7 +208,7 @@ class JobSpec:
         return f"{where}, {self.world_size} ranks"
 
 
-_SPEC_TUPLES = ("inputs", "outputs", "assigns", "secrets", "volumes")
+_SPEC_TUPLES = ("inputs", "outputs", "assigns", "secrets", "volumes", "batch_shards")
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:

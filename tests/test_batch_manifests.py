@@ -25,7 +25,7 @@ from jupyter_mlflow_k8s.backends.kubernetes.manifests import (
     indexed_job_probe,
     shard_of_index,
 )
-from jupyter_mlflow_k8s.batch.service import FORM_JOBS, BatchService, indexed_shard_code
+from jupyter_mlflow_k8s.batch.service import FORM_INDEXED, FORM_JOBS, BatchService, indexed_shard_code
 from jupyter_mlflow_k8s.k8s import check_manifest
 from jupyter_mlflow_k8s.k8s.pods import PodSettings
 from jupyter_mlflow_k8s.models import JobRecord, JobSpec
@@ -235,7 +235,7 @@ def test_a_refused_probe_or_jobs_configured_means_one_job_per_shard(
     assert len(FakeBatchApi.asked) == 1, "'jobs' configured: nothing asked"
 
 
-def test_the_service_runs_one_job_per_shard_and_says_why_where_the_cluster_has_indexed_jobs() -> None:
+def test_the_service_runs_one_indexed_job_where_the_backend_says_it_can() -> None:
     class Target:
         def __init__(self, form: tuple[str, bool]) -> None:
             self.form = form
@@ -246,11 +246,12 @@ def test_the_service_runs_one_job_per_shard_and_says_why_where_the_cluster_has_i
     said: list[str] = []
     service = BatchService.__new__(BatchService)
     base = JobSpec(code="", backend="kubernetes")
-    assert service.form(Target((INDEXED, True)), base, said.append) == FORM_JOBS
+    assert service.form(Target((INDEXED, True)), base, said.append) == FORM_INDEXED
+    assert service.form(Target((INDEXED, False)), base, said.append) == FORM_INDEXED
     assert said == [
-        "batch: the cluster has Indexed Jobs (per-index retries); the shards run as one Job each "
-        "(the Indexed-Job form is not followed yet)"
+        "batch: the unfinished shards run as one Indexed Job (each index retried on its own)",
+        "batch: the unfinished shards run as one Indexed Job (retried within the Job's backoffLimit)",
     ]
     assert service.form(Target((JOBS, False)), base, said.append) == FORM_JOBS
-    assert service.form(object(), base, said.append) == FORM_JOBS
-    assert len(said) == 1
+    assert service.form(object(), base, said.append) == FORM_JOBS  # the local backend: one job per shard
+    assert len(said) == 2

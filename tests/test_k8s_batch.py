@@ -4,7 +4,8 @@ The files and the outputs are in a bucket of a moto S3 server the pods reach; th
 scikit-learn ``iris-serving`` and the batch tests' ``2 a + b`` (tests/batch_model.py, which hangs on
 a marked row while its pod has ``JMK_TEST_BATCH_HANG``), registered in a tracking server the pods
 reach. The test node (Kubernetes 1.20) has no Indexed Jobs: the shards run one Job each there, the
-fallback the backend chooses. Run with ``flock /tmp/jmk-cluster.lock`` around pytest (one node per machine).
+fallback the backend chooses; with the Indexed form forced, the one Job is created, its API server
+drops ``completionMode``, and its pods, without a completion index, fail saying so. Run with ``flock /tmp/jmk-cluster.lock`` around pytest (one node per machine).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def k8s_batch(shell: Any, state_dir: Path, k8s_cluster: KubeTarget, k8s_namespac
     shell.__dict__.pop("_jmk_service", None)
     yield BatchService(service_for(shell))
     stop_jobs(state_dir, shell.config)
-    for key in ("kubeconfig", "namespace", "image", "pods_share_filesystem", "env"):
+    for key in ("kubeconfig", "namespace", "image", "pods_share_filesystem", "env", "distributed_form"):
         config.pop(key, None)
     shell.__dict__.pop("_jmk_service", None)
     ClusterWatch.stop_all()
@@ -193,3 +194,60 @@ def test_a_shard_whose_pod_is_deleted_half_way_then_a_rerun_skips_the_finished_o
     whole = pd.concat(parts).set_index("id").sort_index()
     assert got.set_index("id")["prediction"].sort_index().tolist() == pytest.approx(
         (whole["a"] * 2 + whole["b"]).tolist())
+
+
+def test_the_indexed_form_forced_on_the_node_is_one_job_of_the_unfinished_shards_whose_pods_say_why_they_fail(
+    shell: Any, k8s_batch: BatchService, k8s_s3_bucket: str, k8s_served_model: Any, k8s_api: Any,
+    k8s_mlflow_server: str
+) -> None:
+    import kubernetes
+    import mlflow
+    import s3fs
+
+    from jupyter_mlflow_k8s.batch.worker import run_shard
+    from jupyter_mlflow_k8s.magics.common import service_for
+
+    minor = int(kubernetes.client.VersionApi(k8s_api).get_code().minor.rstrip("+"))
+    if minor >= 21:
+        pytest.skip("this API server keeps completionMode: its pods would run their shards")
+    fs = s3fs.S3FileSystem()
+    frame = k8s_served_model.frame.assign(id=range(len(k8s_served_model.frame)))
+    for number in range(4):
+        fs.pipe(f"{k8s_s3_bucket}/in/f{number}.parquet", frame.iloc[number::4].to_parquet(index=False))
+    request = BatchRequest.parse(f"models:/{k8s_served_model.name}@prod", f"s3://{k8s_s3_bucket}/in/*.parquet",
+                                 f"s3://{k8s_s3_bucket}/out/", shards=3, backend="kubernetes")
+    shell.config.KubernetesBackend.distributed_form = "indexed"
+    shell.__dict__.pop("_jmk_service", None)
+    batch = BatchService(service_for(shell))
+    plan = batch.plan(request, say=print)
+    before = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(k8s_mlflow_server)
+        run_shard(plan.output, 0)  # shard 0 finished in an earlier run (here, in this process)
+    finally:
+        mlflow.set_tracking_uri(before)
+
+    with pytest.raises(BatchFailed) as caught:
+        batch.run(request, say=print)
+    report = caught.value.report
+    assert report.form == "indexed"
+    assert [s["state"] for s in report.shards] == ["skipped", "failed", "failed"]
+    assert report.shards[1]["job_id"] == report.shards[2]["job_id"], "one job for both unfinished shards"
+    text = str(caught.value)
+    assert "2 of 3 shard(s) failed" in text and "Run the same command again" in text
+    assert "no JOB_COMPLETION_INDEX" in text and "distributed_form = 'auto'" in text  # the worker's own words
+
+    record = batch.jobs.get(report.shards[1]["job_id"])
+    assert record.spec.batch_shards == (1, 2) and record.backend_ref["batch"] == "indexed"
+    kept = json.loads(kubernetes.client.BatchV1Api(k8s_api).read_namespaced_job(
+        record.backend_ref["name"], record.backend_ref["namespace"], _preload_content=False).data)
+    assert "completionMode" not in kept["spec"]  # what a 1.20 API server does with the field
+    # --retries per shard run: the whole Job may lose that many pods per shard
+    assert (kept["spec"]["completions"], kept["spec"]["parallelism"], kept["spec"]["backoffLimit"]) == (
+        2, 2, 2 * request.retries)
+    env = {e["name"]: e.get("value") for e in kept["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["JMK_BATCH_SHARDS"] == "1,2"
+    log = Path(str(record.log_path)).read_text()
+    assert "no completion index (the cluster dropped the Job's completionMode)" in log
+    assert any(line.startswith("[pod ") and "JOB_COMPLETION_INDEX" in line for line in log.splitlines())
+    assert not fs.exists(f"{k8s_s3_bucket}/out/_jmk_batch/shard-00001/_SUCCESS")

@@ -91,7 +91,13 @@ class LocalBackend(Backend):
         return list(self.gpu_ids) if self.gpu_ids is not None else list(detect_gpus())
 
     def check(self, spec: JobSpec) -> None:
-        """Refuse GPU requests this machine can never satisfy, and jobs across several machines."""
+        """Refuse GPU requests this machine can never satisfy, jobs across several machines, and Indexed Jobs."""
+        if spec.batch_shards:
+            raise JMKUsageError(
+                f"This job runs batch prediction shards {', '.join(map(str, spec.batch_shards))} as one Kubernetes "
+                "Indexed Job, which the local backend does not have: run it with --backend kubernetes, or give "
+                "jmk batch-predict --backend local, which runs each shard as a job of its own. Nothing was submitted."
+            )
         if spec.nodes > 1:
             raise JMKUsageError(
                 f"--nodes {spec.nodes} runs the cell on {spec.nodes} pods, which needs a cluster: add --backend "

@@ -5,7 +5,9 @@
 shards without a success marker; a rerun whose inputs, model version or shard count changed is refused
 (``--replan`` starts over). Each unfinished shard is one job of the job service (a local process, or a
 Kubernetes Job retried by its ``backoffLimit``), a child run of the batch's own MLflow run, which gets
-rows, bad rows and rows/s of every shard. The batch fails when a shard does, or when the bad rows are
+rows, bad rows and rows/s of every shard; or, where the backend says it has them (``batch_form``), all
+the unfinished shards are ONE job, a Kubernetes Indexed Job whose pod of index I runs the I-th of them,
+followed by their success markers. The batch fails when a shard does, or when the bad rows are
 more than ``--error-threshold`` of all rows, saying how many. Nothing here imports IPython.
 """
 
@@ -30,8 +32,12 @@ from .request import BatchRequest
 from .worker import shard_done
 
 POLL_SECONDS = 0.2
-# How the shards run: one job each (local processes, or one Kubernetes Job per shard).
+# The success markers of an Indexed Job's shards are read at most this often while it runs.
+MARKER_POLL_SECONDS = 1.0
+# How the shards run: one job each (local processes, or one Kubernetes Job per shard) ...
 FORM_JOBS = "jobs"
+# ... or every unfinished shard in ONE Kubernetes Indexed Job (the shard of index I: the job's batch_shards[I]).
+FORM_INDEXED = "indexed"
 
 
 class BatchFailed(JMKError):
@@ -246,24 +252,21 @@ class BatchService:
         return report
 
     def form(self, target: object, base: JobSpec, say: Callable[[str], object] = print) -> str:
-        """How the shards run on ``target``: one job per shard, the only form followed so far.
+        """How the shards run on ``target``: :data:`FORM_INDEXED` where it says it can, else :data:`FORM_JOBS`.
 
         A backend that can run them as one Indexed Job says so (``batch_form``, the Kubernetes
-        backend's, asking the cluster as a distributed job's gang does); the manifest of that form is
-        built and checked (``build_batch_job``), but following its pods is not done yet, so the
-        shards still run one Job each, and the answer is said and kept on the run.
+        backend's: ``distributed_form``, or with ``auto`` what the API server keeps, asked once per
+        namespace); any other backend (local processes) runs one job per shard.
         """
         batch_form = getattr(target, "batch_form", None)
         if batch_form is None:
             return FORM_JOBS
         form, per_index = batch_form(base)
-        if form != FORM_JOBS:
-            retries = "per-index retries" if per_index else "retries by backoffLimit"
-            say(
-                f"batch: the cluster has Indexed Jobs ({retries}); the shards run as one Job each "
-                "(the Indexed-Job form is not followed yet)"
-            )
-        return FORM_JOBS
+        if form != FORM_INDEXED:
+            return FORM_JOBS
+        retries = "each index retried on its own" if per_index else "retried within the Job's backoffLimit"
+        say(f"batch: the unfinished shards run as one Indexed Job ({retries})")
+        return FORM_INDEXED
 
     def _spec(self, base: JobSpec, plan: Plan, shard: int, run_id: str) -> JobSpec:
         return dataclasses.replace(
@@ -282,14 +285,19 @@ class BatchService:
         options: dict[str, Any],
         say: Callable[[str], object],
     ) -> None:
-        running: dict[int, JobRecord] = {}
+        todo = []
         for entry in report.shards:
             done = shard_done(plan.output, entry["shard"], plan.plan_id, **options)
             if done is not None:
                 entry.update(done, state="skipped")
                 say(f"shard {entry['shard']}: finished before ({done['rows']} rows); skipped")
-                continue
-            running[entry["shard"]] = self._submit(base, plan, entry, report.run_id, say)
+            else:
+                todo.append(entry["shard"])
+        if report.form == FORM_INDEXED:
+            if todo:
+                self._run_indexed(plan, base, report, todo, options, say)
+            return
+        running = {shard: self._submit(base, plan, report.shards[shard], report.run_id, say) for shard in todo}
         retries_here = request.retries if base.backend == "local" else 0  # Kubernetes retries by backoffLimit
         while running:
             time.sleep(POLL_SECONDS)
@@ -311,6 +319,77 @@ class BatchService:
                     entry.update(state="failed", message=record.message or f"job {record.job_id} {record.state.value}")
                     say(f"shard {shard}: failed: {entry['message']}")
 
+    def _run_indexed(
+        self,
+        plan: Plan,
+        base: JobSpec,
+        report: BatchReport,
+        todo: list[int],
+        options: dict[str, Any],
+        say: Callable[[str], object],
+    ) -> None:
+        """Run the shards ``todo`` as ONE Indexed Job and follow it until it ends.
+
+        The Job retries its pods itself (``--retries``: per index where the cluster has
+        ``backoffLimitPerIndex``), so nothing is submitted again here. Each shard is said as its
+        success marker appears; when the Job ends, the shards without a marker fail with its message.
+        """
+        shards = ", ".join(map(str, todo))
+        spec = dataclasses.replace(
+            base,
+            code=indexed_shard_code(plan.output),
+            batch_shards=tuple(todo),
+            run_name=f"batch {plan.plan_id} shards {shards}",
+            tags={"mlflow.parentRunId": report.run_id, "jmk.batch": plan.plan_id, "jmk.batch.shards": shards},
+        )
+        record = self.jobs.submit(spec, {})
+        self.jobs.watch(record.job_id)
+        for shard in todo:
+            report.shards[shard].update(state="running", job_id=record.job_id, attempts=1)
+        files_count = sum(len(plan.shards[shard]) for shard in todo)
+        say(f"shards {shards}: one Indexed Job, job {record.job_id} ({files_count} file(s))")
+        checked = 0.0
+        while True:
+            time.sleep(POLL_SECONDS)
+            record = self.jobs.get(record.job_id)
+            if not record.state.terminal and time.monotonic() - checked < MARKER_POLL_SECONDS:
+                continue
+            checked = time.monotonic()
+            if record.state.terminal:
+                record = self.jobs.closed(record)
+            if self.follow_indexed(plan, report, record, options, say):
+                return
+
+    def follow_indexed(
+        self,
+        plan: Plan,
+        report: BatchReport,
+        record: JobRecord,
+        options: dict[str, Any],
+        say: Callable[[str], object] = print,
+    ) -> bool:
+        """Bring the shards an Indexed Job runs up to date from their success markers; True once it has ended.
+
+        A running shard whose marker is there succeeded (said once); when ``record`` is terminal, every
+        running shard without a marker failed, with the job's message (the Kubernetes backend names
+        the failed indexes and their shards where the cluster says them).
+        """
+        for entry in report.shards:
+            if entry["state"] != "running" or entry.get("job_id") != record.job_id:
+                continue
+            shard = entry["shard"]
+            done = shard_done(plan.output, shard, plan.plan_id, **options)
+            if done is not None:
+                entry.update(done, state="succeeded")
+                say(f"shard {shard}: {done['rows']} rows, {done['errors']} bad, {done['rows_per_s']} rows/s")
+            elif record.state.terminal:
+                message = record.message or f"job {record.job_id} {record.state.value}"
+                if record.state is JobState.SUCCEEDED:  # every pod exited 0, yet this shard left no marker
+                    message = f"job {record.job_id} ended without this shard's success marker"
+                entry.update(state="cancelled" if record.state is JobState.CANCELLED else "failed", message=message)
+                say(f"shard {shard}: failed: {message}")
+        return record.state.terminal
+
     def _submit(
         self, base: JobSpec, plan: Plan, entry: dict[str, Any], run_id: str, say: Callable[[str], object]
     ) -> JobRecord:
@@ -321,12 +400,15 @@ class BatchService:
         return record
 
     def _cancel(self, report: BatchReport) -> None:
+        stopped: set[str] = set()  # an Indexed Job runs several shards: stopped once
         for entry in report.shards:
             if entry["state"] == "running" and entry.get("job_id"):
-                try:
-                    self.jobs.cancel_and_wait(entry["job_id"], timeout=10)
-                except Exception as exc:  # stopping the others goes on; the batch says it was interrupted
-                    print(f"batch: could not stop job {entry['job_id']}: {exc}")
+                if entry["job_id"] not in stopped:
+                    stopped.add(entry["job_id"])
+                    try:
+                        self.jobs.cancel_and_wait(entry["job_id"], timeout=10)
+                    except Exception as exc:  # stopping the others goes on; the batch says it was interrupted
+                        print(f"batch: could not stop job {entry['job_id']}: {exc}")
                 entry["state"] = "cancelled"
 
     def _close(self, report: BatchReport, tracking_uri: str, status: str, started: float) -> None:

@@ -38,8 +38,12 @@ def shard_done(output: str, shard: int, plan_id: str, **options: Any) -> dict[st
     return marker if marker is not None and marker.get("plan_id") == plan_id else None
 
 
-def run_shard(output: str, shard: int) -> dict[str, Any]:
-    """Predict every file of one shard and write its outputs, quarantine and marker; returns the marker."""
+def run_shard(output: str, shard: int, *, indexed: bool = False) -> dict[str, Any]:
+    """Predict every file of one shard and write its outputs, quarantine and marker; returns the marker.
+
+    ``indexed``: the shard is one pod of an Indexed Job whose pods share one MLflow run, so its
+    numbers go there as ``shard_N/rows`` (not ``rows``, which the pods of other shards write too).
+    """
     plan = load_plan(output)
     if not 0 <= shard < len(plan.shards):
         raise JMKUsageError(f"The plan under {output} has shards 0 to {len(plan.shards) - 1}; there is no {shard}.")
@@ -79,7 +83,7 @@ def run_shard(output: str, shard: int) -> dict[str, Any]:
         "finished": time.time(),
     }
     files.write_json(output, marker_name(shard), marker)
-    _log_to_run(marker)
+    _log_to_run(marker, prefix=f"shard_{shard}/" if indexed else "")
     print(f"shard {shard}: done, {rows} rows ({errors} bad) in {seconds:.2f}s", flush=True)
     return marker
 
@@ -88,17 +92,25 @@ def run_indexed_shard(output: str) -> dict[str, Any]:
     """Run the shard of this pod of an Indexed batch Job: its ``JOB_COMPLETION_INDEX`` in the Job's shard list."""
     from ..backends.kubernetes.manifests import BATCH_SHARDS_ENV, shard_of_index
 
+    index, shards = os.environ.get("JOB_COMPLETION_INDEX"), os.environ.get(BATCH_SHARDS_ENV)
+    if index is None and shards:
+        raise JMKUsageError(
+            f"This pod was to run one of shards {shards} of the batch prediction under {output}, but it has no "
+            "JOB_COMPLETION_INDEX: the cluster's API server dropped the Job's completionMode: Indexed (Kubernetes "
+            "before 1.21, or its IndexedJob feature gate off). Set c.KubernetesBackend.distributed_form = 'auto' "
+            "(or 'jobs') to run one Job per shard there, and run the same batch-predict command again."
+        )
     try:
-        shard = shard_of_index(os.environ.get("JOB_COMPLETION_INDEX"), os.environ.get(BATCH_SHARDS_ENV))
+        shard = shard_of_index(index, shards)
     except ValueError as exc:
         raise JMKUsageError(f"{exc}; run one shard with run_shard({output!r}, SHARD) instead.") from None
-    return run_shard(output, shard)
+    return run_shard(output, shard, indexed=True)
 
 
-def _log_to_run(marker: dict[str, Any]) -> None:
-    """The shard's numbers on its own job run too (a job's runner gives it ``MLFLOW_RUN_ID``)."""
+def _log_to_run(marker: dict[str, Any], prefix: str = "") -> None:
+    """The shard's numbers on its job's run too (a job's runner gives it ``MLFLOW_RUN_ID``), named ``PREFIXrows``."""
     if not os.environ.get("MLFLOW_RUN_ID"):
         return
     import mlflow
 
-    mlflow.log_metrics({"rows": marker["rows"], "errors": marker["errors"], "rows_per_s": marker["rows_per_s"]})
+    mlflow.log_metrics({f"{prefix}{key}": marker[key] for key in ("rows", "errors", "rows_per_s")})

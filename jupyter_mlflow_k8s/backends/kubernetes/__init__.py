@@ -54,7 +54,7 @@ from ...payload import Payload
 from ...storage import get_storage, read_url
 from ...util.identity import current_user
 from ..base import Backend
-from .diagnosis import EVENT_WAIT_SECONDS, Verdict, diagnose
+from .diagnosis import EVENT_WAIT_SECONDS, Verdict, batch_failure, batch_running, diagnose
 from .gang import (
     diagnose_gang,
     failed_pods,
@@ -74,6 +74,7 @@ from .manifests import (
     JOBS,
     RECORD_ANNOTATION,
     USER_LABEL,
+    build_batch_job,
     build_env_secret,
     build_gang,
     build_gang_service,
@@ -319,6 +320,17 @@ class KubernetesBackend(Backend):
                 f"c.KubernetesBackend.distributed_form = {self.distributed_form!r} is not one of 'auto', "
                 f"'{INDEXED}', '{JOBS}'. Use 'auto' unless the cluster needs one form, e.g. 'jobs'."
             )
+        if spec.batch_shards and spec.distributed:
+            raise JMKUsageError(
+                "A batch prediction's Indexed Job runs one pod per shard; it cannot also be a distributed job "
+                "(--nodes/--procs). Leave those out."
+            )
+        if spec.batch_shards and self.distributed_form == JOBS:
+            raise JMKUsageError(
+                f"c.KubernetesBackend.distributed_form = '{JOBS}' runs no Indexed Job, and this job runs batch "
+                f"shards {', '.join(map(str, spec.batch_shards))} as one. Run jmk batch-predict again (it runs one "
+                f"Job per shard with that setting), or set distributed_form = 'auto'."
+            )
         settings = self.pod_settings(spec)
         self.check_cluster(settings, nodes=spec.nodes)
 
@@ -442,8 +454,15 @@ class KubernetesBackend(Backend):
             job_args.update(payload_url=payload_path, payload_secret=f"{name}-payload", payload_files=list(files))
             settings = replace(settings, env={**settings.env, PAYLOAD_ROOT_ENV: PAYLOAD_MOUNT})
         form = self.gang_form(settings) if distributed else ""
-        manifests = (build_gang(record, settings, user=user, form=form, cluster_domain=self.cluster_domain, **job_args)
-                     if distributed else [build_job(record, settings, user=user, **job_args)])
+        shards = record.spec.batch_shards
+        per_index = bool(shards) and self.job_features(settings, per_index=True).per_index
+        if distributed:
+            manifests = build_gang(record, settings, user=user, form=form, cluster_domain=self.cluster_domain,
+                                   **job_args)
+        elif shards:
+            manifests = [build_batch_job(record, settings, user=user, shards=shards, per_index=per_index, **job_args)]
+        else:
+            manifests = [build_job(record, settings, user=user, **job_args)]
         first = manifests[0]["metadata"]["name"]
         created_secrets: list[str] = []
         try:
@@ -473,6 +492,13 @@ class KubernetesBackend(Backend):
             what = "an Indexed Job" if form == INDEXED else f"{len(manifests)} Jobs"
             message = (f"submitted {record.spec.nodes} pods as {what} ({settings.namespace}/{first}"
                        f"{' ...' if len(manifests) > 1 else ''}) with Service {name}")
+        elif shards:  # no "form" here: that key means a gang (refresh_gang)
+            backend_ref |= {"batch": INDEXED, "per_index": "true" if per_index else "false",
+                            "shards": ",".join(map(str, shards))}
+            message = f"submitted shard(s) {backend_ref['shards']} as one Indexed Job {settings.namespace}/{first}"
+            if created.get("spec", {}).get("completionMode") != "Indexed":
+                message += (" (the API server dropped its completionMode: its pods get no completion index and "
+                            "will fail; c.KubernetesBackend.distributed_form = 'auto' runs one Job per shard)")
         log_path = str(self.store.job_dir(record.job_id) / "output.log")
         Path(log_path).touch()
         self.watch()  # start watching now: the first events come while the cell sets up its view
@@ -577,6 +603,8 @@ class KubernetesBackend(Backend):
             record.backend_ref = {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}
             if GANG_ANNOTATION in annotations:  # the first Job of a gang: its Service and the other ranks' Jobs
                 record.backend_ref |= {k: str(v) for k, v in json.loads(annotations[GANG_ANNOTATION]).items()}
+            if record.spec.batch_shards:  # a batch prediction's Indexed Job
+                record.backend_ref |= {"batch": INDEXED, "shards": ",".join(map(str, record.spec.batch_shards))}
             record.message = f"found on the cluster: Job {meta['namespace']}/{meta['name']}"
             Path(record.log_path).touch()
             self.store.save(record)
@@ -615,6 +643,13 @@ class KubernetesBackend(Backend):
         verdict = diagnose(job, pods, self.image_pull_failure_seconds)
         if verdict.needs_events:
             verdict = diagnose(job, pods, self.image_pull_failure_seconds, self.pod_events(verdict.needs_events))
+        shards = record.spec.batch_shards
+        if shards:  # a batch prediction's Indexed Job: its failure names the shards; it runs while any pod does
+            failure = batch_failure(job, shards)
+            if failure and verdict.state is JobState.FAILED:
+                verdict.message = f"{failure}; {verdict.message}"
+            elif not verdict.state.terminal:
+                verdict = batch_running(pods, shards, self.image_pull_failure_seconds) or verdict
         if verdict.state.terminal:
             if verdict.state is not JobState.SUCCEEDED:
                 tail = self.save_log(record)

@@ -200,3 +200,57 @@ def _container_started(pod: Mapping[str, Any]) -> bool:
 
 def _container_done(pod: Mapping[str, Any]) -> bool:
     return "terminated" in _container_state(pod)
+
+
+# -- the Indexed Job of a batch prediction's shards ----------------------------------------------
+
+
+def parse_indexes(text: str | None) -> list[int]:
+    """The completion indexes a Job status field lists (``completedIndexes``, ``failedIndexes``): "1,3-5" -> 1,3,4,5."""
+    found: list[int] = []
+    for part in (text or "").split(","):
+        first, _, last = part.strip().partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            found.extend(range(int(first), int(last or first) + 1))
+    return found
+
+
+def batch_failure(job: Mapping[str, Any], shards: Sequence[int]) -> str:
+    """Why a batch prediction's Indexed Job failed, naming its shards: ``""`` while it has not failed.
+
+    Where the status has ``failedIndexes`` (1.28+, with ``backoffLimitPerIndex``) the failed shards
+    are named (index I runs ``shards[I]``), with those that completed; else the Failed condition's
+    reason and message (e.g. ``BackoffLimitExceeded``: all the Job's retries used up).
+    """
+    status = job.get("status", {})
+    failed_condition = next((c for c in status.get("conditions") or []
+                             if c.get("type") == "Failed" and c.get("status") == "True"), None)
+    if failed_condition is None:
+        return ""
+
+    def named(indexes: list[int]) -> str:
+        return ", ".join(str(shards[i]) if i < len(shards) else f"index {i}" for i in indexes)
+
+    failed = parse_indexes(status.get("failedIndexes"))
+    if failed:
+        completed = parse_indexes(status.get("completedIndexes"))
+        done = f"; shard(s) {named(completed)} completed" if completed else ""
+        return (f"the Indexed Job's shard(s) {named(failed)} failed (completion index(es) "
+                f"{status['failedIndexes']}){done}")
+    reason = failed_condition.get("reason", "")
+    return f"the Indexed Job failed: {reason}: {failed_condition.get('message', '')}".rstrip(": ")
+
+
+def batch_running(pods: Sequence[Mapping[str, Any]], shards: Sequence[int], pull_grace: float) -> Verdict | None:
+    """A batch Indexed Job with some pod running: RUNNING, saying how many of its shards' pods run (else None).
+
+    :func:`diagnose` looks at the newest pod, which may be one index's retry waiting while the others run.
+    """
+    running = [p for p in pods if not p["metadata"].get("deletionTimestamp")
+               and pod_verdict(p, pull_grace).state is JobState.RUNNING]
+    if not running:
+        return None
+    first = min(running, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+    verdict = pod_verdict(first, pull_grace)
+    verdict.message = f"running: {len(running)} pod(s) of the Indexed Job of {len(shards)} shard(s)"
+    return verdict

@@ -23,7 +23,7 @@ from ...logchannel import FrameCollector
 from ...models import JobRecord
 from ...storage import get_storage
 from .diagnosis import _container_done, _container_started, _time, node_outage
-from .manifests import JOB_ID_LABEL
+from .manifests import COMPLETION_INDEX_ANNOTATION, JOB_ID_LABEL
 
 if TYPE_CHECKING:
     from . import KubernetesBackend
@@ -212,6 +212,11 @@ class LogPump:
     pod's log would otherwise wait for the pods before it to end), writing whole lines under one lock:
     lines of different ranks interleave, never their characters. Each line already says its rank
     (``[rank 1] ...``), so no pod headers are written for a gang.
+
+    A batch prediction's Indexed Job (its spec's ``batch_shards``) runs its shards' pods at once too,
+    each retried in a new pod: the pump follows each as it does a gang's, writes a header for each
+    pod (its name, its completion index and the shard that index runs) and puts ``[shard S]`` (or,
+    where the cluster gave no index, ``[pod NAME]``) before each of its lines.
     """
 
     def __init__(self, backend: KubernetesBackend, record: JobRecord) -> None:
@@ -222,6 +227,7 @@ class LogPump:
         self._lock = threading.Lock()  # one line, or the position file, written at a time
         self._responses: set[Any] = set()
         self.gang = bool(record.backend_ref.get("form"))
+        self.shards = record.spec.batch_shards  # a batch Indexed Job: every pod followed at once, like a gang's
         self._followers: dict[str, threading.Thread] = {}  # gang pod name -> the thread following its log
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"jmk-k8s-log-{record.job_id}")
         try:
@@ -259,7 +265,7 @@ class LogPump:
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
 
     def _run(self) -> None:
-        if self.gang:
+        if self.gang or self.shards:
             self._run_gang()
             return
         backoff = 0.2
@@ -318,6 +324,17 @@ class LogPump:
                 return
             backoff = min(backoff * 2, LOG_RETRY_MAX_SECONDS)
 
+    def _batch_pod(self, pod: dict[str, Any]) -> tuple[str, bytes]:
+        """A batch Indexed Job's pod: its header (name, completion index, shard) and the prefix of its lines."""
+        meta = pod["metadata"]
+        index = (meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION) or (meta.get("labels") or {}).get(
+            COMPLETION_INDEX_ANNOTATION)
+        if index is not None and index.isdigit() and int(index) < len(self.shards):
+            shard = self.shards[int(index)]
+            return f"pod {meta['name']}: completion index {index}, shard {shard}", f"[shard {shard}] ".encode()
+        return (f"pod {meta['name']}: no completion index (the cluster dropped the Job's completionMode)",
+                f"[pod {meta['name']}] ".encode())
+
     def _tell_outage(self, pod: dict[str, Any]) -> None:
         """Say once in the log that the pod's node is NotReady (the stream stays broken until it is back)."""
         outage = node_outage(pod)
@@ -339,11 +356,18 @@ class LogPump:
         watch.requests += 1
         response = self.backend.read_pod_log(name, self.record.backend_ref["namespace"], **kwargs)
         self._responses.add(response)
-        header = not self.gang and name not in self.position and len(self._pods()) > 1
+        header = not self.gang and name not in self.position and (bool(self.shards) or len(self._pods()) > 1)
+        prefix = b""
         written = 0
         try:
             with self.path.open("ab") as out:
-                if header:
+                if self.shards:
+                    title, prefix = self._batch_pod(pod)
+                    if header:
+                        with self._lock:
+                            out.write(f"[jmk] {title}\n".encode())
+                            out.flush()
+                elif header:
                     out.write(f"[jmk] pod {name}\n".encode())
                 self.position.setdefault(name, "")
                 for line in iter_resp_lines(response):
@@ -356,7 +380,7 @@ class LogPump:
                             out.write(f"[jmk] node {node} answers again: the log goes on\n".encode())
                             self.outage = ""
                         if self.frames is None or not self.frames.feed(_RANK_PREFIX.sub("", text, count=1)):
-                            out.write(text.encode() + b"\n")
+                            out.write(prefix + text.encode() + b"\n")
                         out.flush()
                     last = self.position[name] = stamp
                     written += 1

@@ -31,6 +31,29 @@ def stop_jobs(state_dir: Path, config: object = None) -> None:
             service.cancel_and_wait(record.job_id, timeout=15)
 
 
+@contextlib.contextmanager
+def mlflow_tracking(uri: str) -> Iterator[None]:
+    """Point this process's MLflow at ``uri`` for a while, then back to exactly what it was.
+
+    ``mlflow.set_tracking_uri(mlflow.get_tracking_uri())`` is no way back: when nothing was set,
+    ``get_tracking_uri()`` answers the default (``sqlite:///mlflow.db``, in the current folder), and
+    setting it pins that default over ``$MLFLOW_TRACKING_URI`` for every later test of the process.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    before, environment = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None: unset, so the environment decides again
+        if environment is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.time() + timeout

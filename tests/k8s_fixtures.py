@@ -213,12 +213,9 @@ def k8s_mlflow_server_s3(
 @pytest.fixture(scope="session")
 def k8s_served_model(k8s_mlflow_server: str) -> Iterator[Any]:
     """``iris-serving`` (versions 1 and 2, ``@prod`` on 1) registered in ``k8s_mlflow_server``, for endpoint pods."""
-    import mlflow
+    from helpers import mlflow_tracking
     from serving_fixtures import make_served
 
-    before = mlflow.get_tracking_uri()
-    try:
+    with mlflow_tracking(k8s_mlflow_server):  # make_served points this process at the server: not for later tests
         served = make_served("iris-serving", k8s_mlflow_server)
-    finally:
-        mlflow.set_tracking_uri(before)  # make_served points this process at the server: not for later tests
     yield served

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import stop_jobs
+from helpers import mlflow_tracking, stop_jobs
 from k8s_fixtures import KubeTarget
 from test_batch import ROWS, frames
 
@@ -58,9 +58,7 @@ def k8s_batch_model(k8s_mlflow_server: str) -> Iterator[str]:
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    before = mlflow.get_tracking_uri()
-    try:
-        mlflow.set_tracking_uri(k8s_mlflow_server)
+    with mlflow_tracking(k8s_mlflow_server):
         mlflow.set_experiment("batch-tests")
         example = pd.DataFrame({"a": [1.0, 2.0], "b": [0.5, 0.25]})
         with mlflow.start_run():
@@ -68,8 +66,6 @@ def k8s_batch_model(k8s_mlflow_server: str) -> Iterator[str]:
                                            input_example=example, registered_model_name="batch-twice")
         MlflowClient(k8s_mlflow_server).set_registered_model_alias("batch-twice", "champion",
                                                                    str(info.registered_model_version))
-    finally:
-        mlflow.set_tracking_uri(before)
     yield "models:/batch-twice@champion"
 
 
@@ -80,7 +76,7 @@ def test_two_shards_as_jobs_on_the_node_equal_the_models_predict_and_rerun_skips
     import pandas as pd
     import s3fs
 
-    fs = s3fs.S3FileSystem()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # this test's AWS variables
     frame = k8s_served_model.frame.assign(id=range(len(k8s_served_model.frame)))
     for number in range(4):
         fs.pipe(f"{k8s_s3_bucket}/in/f{number}.parquet", frame.iloc[number::4].to_parquet(index=False))
@@ -93,8 +89,8 @@ def test_two_shards_as_jobs_on_the_node_equal_the_models_predict_and_rerun_skips
     fs.invalidate_cache()
     got = pd.concat([pd.read_parquet(fs.open(p)) for p in sorted(fs.glob(f"{k8s_s3_bucket}/out/part-*.parquet"))])
     assert sorted(got["id"]) == list(range(len(frame)))
-    mlflow.set_tracking_uri(k8s_mlflow_server)
-    want = mlflow.pyfunc.load_model(uri).predict(frame[list(k8s_served_model.frame.columns)])
+    with mlflow_tracking(k8s_mlflow_server):
+        want = mlflow.pyfunc.load_model(uri).predict(frame[list(k8s_served_model.frame.columns)])
     assert got.set_index("id")["prediction"].sort_index().tolist() == list(want)
     again = k8s_batch.run(request, say=print)
     assert [s["state"] for s in again.shards] == ["skipped", "skipped"]
@@ -113,7 +109,7 @@ def test_bad_rows_past_the_threshold_fail_with_the_count_on_the_node(
 ) -> None:
     import s3fs
 
-    fs = s3fs.S3FileSystem()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # this test's AWS variables
     frame = k8s_served_model.frame.head(200).copy()
     frame.loc[frame.index[:10], "petal_width"] = None  # 5%
     for number in range(4):
@@ -135,7 +131,7 @@ def test_a_shard_whose_pod_is_deleted_half_way_then_a_rerun_skips_the_finished_o
 
     from jupyter_mlflow_k8s.magics.common import service_for
 
-    fs = s3fs.S3FileSystem()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # this test's AWS variables
     parts = frames(hang_in_last=True)  # f3.csv holds a == 777: its shard hangs there while the pod has the variable
     for number, frame in enumerate(parts):
         fs.pipe(f"{k8s_s3_bucket}/in/f{number}.csv", frame.to_csv(index=False).encode())
@@ -210,7 +206,7 @@ def test_the_indexed_form_forced_on_the_node_is_one_job_of_the_unfinished_shards
     minor = int(kubernetes.client.VersionApi(k8s_api).get_code().minor.rstrip("+"))
     if minor >= 21:
         pytest.skip("this API server keeps completionMode: its pods would run their shards")
-    fs = s3fs.S3FileSystem()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)  # this test's AWS variables
     frame = k8s_served_model.frame.assign(id=range(len(k8s_served_model.frame)))
     for number in range(4):
         fs.pipe(f"{k8s_s3_bucket}/in/f{number}.parquet", frame.iloc[number::4].to_parquet(index=False))

@@ -21,7 +21,12 @@ GLOB_CHARACTERS = "*?["
 
 
 def filesystem(url: str, **options: Any) -> tuple[Any, str]:
-    """The fsspec filesystem of ``url`` and the path in it."""
+    """The fsspec filesystem of ``url`` and the path in it (S3: the one of the current AWS variables)."""
+    if url.startswith("s3://"):
+        from ..storage.s3 import s3_filesystem
+
+        fs = s3_filesystem(dict(options))
+        return fs, fs._strip_protocol(url)
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
 

@@ -69,8 +69,12 @@ _CREDENTIAL_ERRORS = {
 _filesystems: dict[tuple[Any, ...], S3FileSystem] = {}
 
 
-def _filesystem(options: dict[str, Any]) -> S3FileSystem:
-    """An s3fs filesystem for these options and the current AWS variables, made once per process."""
+def s3_filesystem(options: dict[str, Any]) -> S3FileSystem:
+    """An s3fs filesystem for these options and the current AWS variables, made once per process.
+
+    Not s3fs' own instance cache, which is keyed by the arguments alone: a process whose AWS variables
+    change (another endpoint, other credentials) would be given the filesystem made for the old ones.
+    """
     import s3fs
 
     key = (os.getpid(), repr(sorted(options.items())), tuple(os.environ.get(v) for v in _AWS_VARIABLES))
@@ -90,7 +94,7 @@ class S3Storage(Storage):
         fs_options: dict[str, Any] = {"default_block_size": DEFAULT_PART_SIZE, "max_concurrency": DEFAULT_CONCURRENCY}
         fs_options.update(storage_options)
         self._fs_options = fs_options
-        self.fs = _filesystem(fs_options)
+        self.fs = s3_filesystem(fs_options)
         self.root = str(self.fs._strip_protocol(self.url)).rstrip("/")
         self.bucket, _, self.prefix = self.root.partition("/")
         if not self.bucket:
@@ -266,7 +270,7 @@ class S3Storage(Storage):
         config = dict(probe_options.get("config_kwargs") or {})
         config["retries"] = {"max_attempts": 2, "mode": "standard"}
         probe_options["config_kwargs"] = config
-        probe_fs = _filesystem(probe_options)
+        probe_fs = s3_filesystem(probe_options)
         prefix = f"{self.prefix}/" if self.prefix else ""
 
         async def probe() -> None:

@@ -11,7 +11,6 @@ from typing import Any, NoReturn
 from IPython.core.magic import Magics, line_magic, magics_class
 
 from ..exceptions import JMKUsageError
-from ..util.pairs import parse_pairs
 from .common import split_words, user_errors
 
 USAGE = (
@@ -29,24 +28,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_parser() -> _Parser:
+    from ..pipelines.triggers.flags import add_flags
+
     parser = _Parser(prog="%trigger add", add_help=False)
-    parser.add_argument("name")
-    parser.add_argument("--pipeline", required=True)
-    for flag in (
-        "--on-new-objects",
-        "--pattern",
-        "--min-new",
-        "--debounce",
-        "--param-name",
-        "--on-drift",
-        "--psi-above",
-        "--cooldown",
-    ):
-        parser.add_argument(flag)
-    parser.add_argument("--for", dest="hold")
-    parser.add_argument("--mode", default="run")
-    parser.add_argument("-p", "--param", action="append")
-    parser.add_argument("--replace", action="store_true")
+    add_flags(parser)
     return parser
 
 
@@ -72,7 +57,8 @@ class TriggerMagics(Magics):
         ``add`` returns the stored trigger, ``history`` its entries (a list of dicts); ``jmk scheduler``
         evaluates the triggers.
         """
-        from ..pipelines.triggers import add_trigger, build_trigger, read_history, remove_trigger
+        from ..pipelines.triggers import add_trigger, read_history, remove_trigger
+        from ..pipelines.triggers.flags import trigger_from_args
         from ..pipelines.triggers.status import trigger_rows
 
         words = split_words(line)
@@ -81,21 +67,7 @@ class TriggerMagics(Magics):
         command, rest = words[0], words[1:]
         if command == "add":
             args = _add_parser().parse_args(rest)
-            trigger = build_trigger(
-                args.pipeline,
-                name=args.name,
-                on_new_objects=args.on_new_objects,
-                pattern=args.pattern,
-                min_new=args.min_new,
-                debounce=args.debounce,
-                param=args.param_name,
-                on_drift=args.on_drift,
-                psi_above=args.psi_above,
-                hold=args.hold,
-                cooldown=args.cooldown,
-                mode=args.mode,
-                overrides=parse_pairs(args.param, "-p"),
-            )
+            trigger = trigger_from_args(args)
             add_trigger(trigger, replace=args.replace)
             print(f"added trigger {trigger.name}: {trigger.mode} {trigger.pipeline} on {trigger.condition}")
             return trigger

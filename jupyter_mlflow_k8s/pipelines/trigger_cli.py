@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from ..util.pairs import parse_pairs
+from .triggers.flags import add_flags
 
 
 def _when(moment: datetime | None) -> str:
@@ -20,24 +20,11 @@ def _when(moment: datetime | None) -> str:
 
 def _cmd_add(args: argparse.Namespace) -> int:
     from .schedule import scheduler_pid
-    from .triggers import add_trigger, build_trigger
+    from .triggers import add_trigger
+    from .triggers.flags import trigger_from_args
     from .triggers.store import span
 
-    trigger = build_trigger(
-        args.pipeline,
-        name=args.name,
-        on_new_objects=args.on_new_objects,
-        pattern=args.pattern,
-        min_new=args.min_new,
-        debounce=args.debounce,
-        param=args.param_name,
-        on_drift=args.on_drift,
-        psi_above=args.psi_above,
-        hold=args.hold,
-        cooldown=args.cooldown,
-        mode=args.mode,
-        overrides=parse_pairs(args.param, "-p"),
-    )
+    trigger = trigger_from_args(args)
     add_trigger(trigger, replace=args.replace)
     cooldown = f", cooldown {span(trigger.cooldown)}" if trigger.cooldown else ""
     print(f"added trigger {trigger.name}: {trigger.mode} {trigger.pipeline} on {trigger.condition}{cooldown}")
@@ -124,30 +111,7 @@ def add_trigger_commands(sub: Any) -> None:
     parser = sub.add_parser("trigger", help="run a pipeline when new objects land in S3 or a served model drifts")
     commands = parser.add_subparsers(dest="trigger_command", required=True)
     add = commands.add_parser("add", help="add a trigger (`jmk scheduler` evaluates it)")
-    add.add_argument("name", help="the trigger's name (lowercase letters, digits and '-', at most 52)")
-    add.add_argument("--pipeline", required=True, help="path of pipeline.yaml")
-    add.add_argument("--on-new-objects", metavar="S3_URL", help="fire on new objects under s3://bucket/prefix/")
-    add.add_argument("--pattern", help="with --on-new-objects: a glob of object names, e.g. '*.parquet'")
-    add.add_argument("--min-new", metavar="N", help="with --on-new-objects: fire once at least N are new (default 1)")
-    add.add_argument(
-        "--debounce",
-        metavar="DURATION",
-        help="with --on-new-objects: wait until no new object came for this long, e.g. 10m",
-    )
-    add.add_argument(
-        "--param-name",
-        metavar="NAME",
-        help="with --on-new-objects: the pipeline parameter that gets the new objects' URLs (default new_objects)",
-    )
-    add.add_argument("--on-drift", metavar="MODEL@ALIAS", help="fire when the served model's inputs drift")
-    add.add_argument("--psi-above", metavar="PSI", help="with --on-drift: the PSI that counts as drift, e.g. 0.2")
-    add.add_argument(
-        "--for", dest="hold", metavar="DURATION", help="with --on-drift: how long PSI must stay above, e.g. 15m"
-    )
-    add.add_argument("--cooldown", metavar="DURATION", help="at least this long between two fires, e.g. 6h")
-    add.add_argument("--mode", default="run", help="run (default): run the pipeline; suggest: record and notify only")
-    add.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help="a parameter of each run")
-    add.add_argument("--replace", action="store_true", help="replace a trigger of the same name (fresh cursor)")
+    add_flags(add)
     add.set_defaults(func=_cmd_add)
     listing = commands.add_parser("list", help="the triggers: last check, last fire, next eligible time, state")
     listing.set_defaults(func=_cmd_list)

@@ -18,8 +18,9 @@ from typing import IO, Any, Protocol
 from ...config import JMKSettings, load_settings
 from ...exceptions import JMKError
 from ...util.processes import process_alive, process_started
+from ...util.times import iso
 from .cron import UTC, _following, _slot_within, _utc, next_fire
-from .store import SKIP_GRACE_SECONDS, Schedule, _iso, _path, _save, get_schedule, list_schedules, schedules_dir
+from .store import SKIP_GRACE_SECONDS, Schedule, _path, _save, get_schedule, list_schedules, schedules_dir
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +249,12 @@ class Scheduler:
             if (schedule.name, schedule.log) not in self._waiting:
                 self._waiting.add((schedule.name, schedule.log))
                 log.info("%s: due since %s, waits: its previous run (pid %s) is still running",
-                         schedule.name, _iso(due), schedule.pid or "?")
+                         schedule.name, iso(due), schedule.pid or "?")
             return False
         upcoming = _following(schedule.cron, due, now)
         if schedule.missed == "skip" and not _slot_within(schedule.cron, due, now, self.grace_seconds):
             log.info("%s: missed its slots since %s, skipped (missed=skip); next at %s",
-                     schedule.name, _iso(due), _iso(upcoming))
+                     schedule.name, iso(due), iso(upcoming))
         else:
             self._fire(schedule, now)
             fired.append(schedule.name)

@@ -17,6 +17,7 @@ from ...config import JMKSettings, load_settings
 from ...exceptions import JMKUsageError
 from ...k8s.validation import check_cron, check_dns1123_label
 from ...util.names import dns_slug
+from ...util.times import from_iso, iso
 from ..model import Pipeline
 from .cron import UTC, _utc, next_fire
 
@@ -28,16 +29,6 @@ NAME_MAX = 52  # a CronJob's name: the controller appends 11 characters to name 
 
 
 # -- schedules on disk -----------------------------------------------------------------------
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else _utc(moment).isoformat().replace("+00:00", "Z")
-
-
-def _from_iso(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
 @dataclass
@@ -68,7 +59,7 @@ class Schedule:
         """The schedule as JSON data (times as ISO 8601 UTC strings)."""
         data = dataclasses.asdict(self)
         for key in ("created", "last_fire", "next_fire"):
-            data[key] = _iso(getattr(self, key))
+            data[key] = iso(getattr(self, key))
         return data
 
     @classmethod
@@ -77,7 +68,7 @@ class Schedule:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         for key in ("created", "last_fire", "next_fire"):
-            values[key] = _from_iso(values.get(key))
+            values[key] = from_iso(values.get(key))
         return cls(**values)
 
 

@@ -36,12 +36,12 @@ from typing import Any
 from ...config import JMKSettings, load_settings
 from ...exceptions import JMKError
 from ...util.processes import process_alive, process_started
+from ...util.times import iso
 from .sources import DriftReader, DriftReading, list_objects
 from .store import (
     Cursor,
     Trigger,
     append_history,
-    iso,
     list_triggers,
     load_cursor,
     save_cursor,

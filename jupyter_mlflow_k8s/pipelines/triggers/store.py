@@ -26,6 +26,7 @@ from ...exceptions import JMKUsageError
 from ...k8s.validation import check_dns1123_label
 from ...util.durations import duration_seconds
 from ...util.names import dns_slug
+from ...util.times import from_iso, iso, utc
 from ..model import Pipeline
 
 log = logging.getLogger(__name__)
@@ -47,24 +48,6 @@ def span(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
-
-
-def iso(moment: datetime | None) -> str | None:
-    """``2026-12-06T13:59:34Z`` (UTC), or None."""
-    return None if moment is None else _utc(moment).isoformat().replace("+00:00", "Z")
-
-
-def from_iso(text: object) -> datetime | None:
-    """The moment an :func:`iso` string names; None for anything else."""
-    if not isinstance(text, str) or not text:
-        return None
-    return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
-
-
-def _utc(moment: datetime) -> datetime:
-    from datetime import timezone
-
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 @dataclass
@@ -426,7 +409,7 @@ def build_trigger(
         mode=mode,
         cooldown=cool,
         overrides=texts,
-        created=_utc(now or datetime.now().astimezone()),
+        created=utc(now or datetime.now().astimezone()),
         **fields,
     )
 

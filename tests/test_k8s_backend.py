@@ -403,13 +403,22 @@ def test_a_silent_api_server_ends_the_wait_not_the_job(k8s_shell: Any, k8s_clust
                              "time.sleep(25)\nanswer = 1")
     record = only_record(k8s_shell)
     wait_for(lambda: service(k8s_shell).get(record.job_id).state.value == "running", timeout=30)
-    outage = threading.Thread(target=k8s_cluster.cluster.restart_apiserver, kwargs={"down_for": 8})
-    outage.start()
+    failed: list[BaseException] = []
+
+    def outage() -> None:
+        try:
+            k8s_cluster.cluster.restart_apiserver(down_for=8)
+        except BaseException as exc:  # said below: a thread's exception would otherwise only be printed
+            failed.append(exc)
+
+    thread = threading.Thread(target=outage)
+    thread.start()
     try:
         with pytest.raises(Exception, match=r"No answer from the Kubernetes API for \d+ s .*%job attach"):
             k8s_shell.run_line_magic("job", f"attach {record.job_id}")
     finally:
-        outage.join()
+        thread.join()
+        assert not failed, f"the API server did not restart: {failed[0]}"
     k8s_shell.config.KubernetesBackend.api_patience_seconds = 300.0
     k8s_shell.__dict__.pop("_jmk_service", None)
     k8s_shell.run_line_magic("job", f"attach {record.job_id}")  # the job ran on meanwhile

@@ -74,6 +74,8 @@ REAL_NODE_STOP_STAGES: tuple[tuple[str, ...], ...] = (
     ("etcd",),
 )
 TERM_GRACE = 5.0
+# Records without start ticks (older cluster.json): create times agree to this many seconds.
+CREATE_TIME_SLACK = 1.5
 # Readiness deadlines (seconds); generous for a loaded 2-core machine, all bounded.
 ETCD_TIMEOUT = 20.0
 APISERVER_TIMEOUT = 60.0
@@ -160,17 +162,28 @@ class _Component:
     argv: list[str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
+    start_ticks: int | None = None  # field 22 of /proc/<pid>/stat: the start, in ticks since boot
 
     def record(self) -> dict[str, Any]:
-        return {"pid": self.pid, "create_time": self.create_time, "argv": self.argv, "log": str(self.log)}
+        return {"pid": self.pid, "create_time": self.create_time, "start_ticks": self.start_ticks,
+                "argv": self.argv, "log": str(self.log)}
 
     def process(self) -> psutil.Process | None:
-        """The live process, or None when it is gone (or its pid now belongs to another process)."""
+        """The live process, or None when it is gone (or its pid now belongs to another process).
+
+        The identity is the pid with its start in clock ticks since boot, which never changes. psutil's
+        ``create_time()`` adds /proc/stat's ``btime``, a whole second that moves by one when the clock
+        is adjusted across a second: compared exactly, a running API server once read as gone (and a
+        second cluster then took the machine from under the first).
+        """
         try:
             proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.05 or proc.status() == psutil.STATUS_ZOMBIE:
+            if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
-            return proc
+            ticks = _start_ticks(self.pid)
+            if self.start_ticks is not None and ticks is not None:
+                return proc if ticks == self.start_ticks else None
+            return proc if abs(proc.create_time() - self.create_time) <= CREATE_TIME_SLACK else None
         except psutil.Error:
             return None
 
@@ -256,6 +269,7 @@ class Cluster:
                 create_time=float(info["create_time"]),
                 argv=[str(a) for a in info.get("argv", [])],
                 log=Path(info.get("log", self.logs_dir / f"{name}.log")),
+                start_ticks=None if info.get("start_ticks") is None else int(info["start_ticks"]),
             )
 
     def _write_record(self) -> None:
@@ -381,7 +395,8 @@ class Cluster:
             create_time = psutil.Process(popen.pid).create_time()
         except psutil.Error:
             create_time = 0.0  # already gone: the readiness wait reports its log
-        comp = _Component(name=name, pid=popen.pid, create_time=create_time, argv=argv, log=log, popen=popen)
+        comp = _Component(name=name, pid=popen.pid, create_time=create_time, argv=argv, log=log, popen=popen,
+                          start_ticks=_start_ticks(popen.pid))
         self._components[name] = comp
         self._write_record()
         return comp
@@ -744,6 +759,16 @@ class Cluster:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (None: no such process, or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": the comm may hold spaces
+    return int(fields[19])  # field 22 of the line; fields[0] is field 3
 
 
 def _terminate(procs: list[psutil.Process], grace: float) -> None:

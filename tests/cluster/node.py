@@ -334,9 +334,11 @@ class RealNode:
             from .control import Cluster
 
             previous = Cluster(Path(other["state_dir"]))
-            if previous.running().get("kube-apiserver"):
+            alive = sorted(name for name, running in previous.running().items() if running)
+            if alive:  # any of its processes: a cluster whose API server is down for a moment is not stale
                 raise RuntimeError(
-                    f"a real-node test cluster already runs from {other['state_dir']} (one per machine: kube-proxy "
+                    f"a real-node test cluster already runs from {other['state_dir']} ({', '.join(alive)} "
+                    "running; one per machine: kube-proxy "
                     f"owns the host's KUBE-* iptables chains); stop it with `tests/cluster/cluster down --state "
                     f"{other['state_dir']}`, or set JMK_TEST_NODE=agent for a cluster with the node agent"
                 )

@@ -208,9 +208,9 @@ class PrometheusServer:
             raise PrometheusError(f"{path} {params}: {answer.get('errorType')}: {answer.get('error')}")
         return answer["data"]
 
-    def query(self, expr: str) -> list[Sample]:
-        """The samples of an instant query (now): ``[(labels, value), ...]``, sorted by labels."""
-        data = self.api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[Sample]:
+        """The samples of an instant query at ``at`` (a Unix time; now by default), sorted by labels."""
+        data = self.api("query", query=expr, **({"time": f"{at:.3f}"} if at is not None else {}))
         if data["resultType"] == "scalar":
             return [({}, float(data["result"][1]))]
         if data["resultType"] != "vector":
@@ -218,10 +218,10 @@ class PrometheusServer:
         samples = [(dict(item["metric"]), float(item["value"][1])) for item in data["result"]]
         return sorted(samples, key=lambda sample: sorted(sample[0].items()))
 
-    def value(self, expr: str, **labels: str) -> float | None:
+    def value(self, expr: str, at: float | None = None, **labels: str) -> float | None:
         """The one sample of ``expr`` whose labels include ``labels`` (None when none); fails when several match."""
         wanted = set(labels.items())
-        matching = [v for ls, v in self.query(expr) if wanted <= set(ls.items())]
+        matching = [v for ls, v in self.query(expr, at) if wanted <= set(ls.items())]
         if len(matching) > 1:
             raise PrometheusError(f"{expr} has {len(matching)} series with {labels}, not one")
         return matching[0] if matching else None

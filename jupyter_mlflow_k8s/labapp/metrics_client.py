@@ -1,10 +1,11 @@
 """Live numbers for a serving endpoint, from two scrapes of its Prometheus ``/metrics``.
 
-Owns: reading the Prometheus text format (prometheus_client's parser) into samples, the :class:`Snapshot` the sidebar draws
-(requests/s, error rate, p50/p99 latency, in-flight requests, drift; in total and per model
-version) and :class:`MetricsTracker`, which keeps the previous scrape of each endpoint so that
-rates and quantiles cover the interval since then (quantiles from the histogram buckets' deltas,
-interpolated as Prometheus' ``histogram_quantile`` does). It does not start, list or stop
+Owns: the samples of a page of the Prometheus text format (read by prometheus_client's parser,
+``serving.metrics.read_samples``), the :class:`Snapshot` the sidebar draws (requests/s, error rate,
+p50/p99 latency, in-flight requests, drift; in total and per model version) and
+:class:`MetricsTracker`, which keeps the previous scrape of each endpoint so that rates and
+quantiles cover the interval since then (quantiles from the histogram buckets' deltas, interpolated
+as Prometheus' ``histogram_quantile`` does). It does not start, list or stop
 endpoints (``serving/manager.py``) and does not know about HTTP handlers.
 
 A counter that went down between two scrapes was reset (the server restarted): the interval then

@@ -2,10 +2,10 @@
 
 Exit codes: 0 after SIGTERM/SIGINT, 1 when ``--workers`` processes keep dying as soon as they start,
 2 for bad arguments or a model that cannot be found or loaded, 3 when the port is taken, 4 when the
-tracking server does not answer (a later try may work). With
-``--workers N`` (N > 1) this process loads the model and supervises N forked workers, replacing any
-that dies (:mod:`.workers`), with their metrics in one prometheus_client multiprocess directory. The line ``jmk-serve: listening on http://HOST:PORT`` is
-printed once requests are accepted (``jmk serve`` waits for it).
+tracking server does not answer (a later try may work). With ``--workers N`` (N > 1) this process
+loads the model and supervises N forked workers, replacing any that dies (:mod:`.workers`), with
+their metrics in one prometheus_client multiprocess directory. The line ``jmk-serve: listening on
+http://HOST:PORT`` is printed once requests are accepted (``jmk serve`` waits for it).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def serve(argv: Sequence[str] | None = None) -> int:
         restarts = restarts_counter()
 
         def replaced(pid: int) -> None:
-            mark_process_dead(pid, directory)  # its live gauges go; its counters stay in the sums
+            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # its live gauges go, its counts stay
             restarts.inc()
 
         supervisor = Supervisor(args.workers, lambda ready: _run(server(), sock, on_ready=ready), announce,

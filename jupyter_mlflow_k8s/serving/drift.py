@@ -3,7 +3,8 @@
 The baseline is the dict that :func:`jupyter_mlflow_k8s.tracking.baseline.feature_summary` wrote
 at registration (``{"features": {name: {"bin_edges": [...], "bin_fractions": [...], ...}}}``),
 already loaded by the caller. :class:`DriftMonitor` keeps the last ``window`` values of each
-baseline feature in a numpy ring buffer and computes, when asked (a ``/metrics`` scrape, or a worker's timer with ``--workers N``),
+baseline feature in a numpy ring buffer and computes, when asked (a ``/metrics`` scrape, or each
+worker's timer with ``--workers N``),
 
     PSI = sum over bins of (a - e) * ln(a / e)
 

@@ -3,8 +3,9 @@
 What a drift trigger watches (``jmk trigger add --on-drift MODEL@ALIAS``): every running endpoint
 whose model URI is ``models:/MODEL@ALIAS`` (local processes, and Kubernetes Deployments when a
 cluster is configured) is scraped through its target's ``metrics_text`` (each scrape recomputes PSI
-over the server's current window), and the highest PSI of any feature of that model is the value.
-It does not decide anything: holding above a threshold is the trigger evaluator's business.
+over the server's current window; with ``--workers N`` it is the largest of the workers' PSIs), and
+the highest PSI of any feature of that model is the value. It does not decide anything: holding
+above a threshold is the trigger evaluator's business.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class _Exposed:
             yield from _without_created(self.registry.collect())
             return
         merged = CollectorRegistry()  # a fresh one per scrape, as prometheus_client's multiprocess docs do
-        MultiProcessCollector(merged, path=directory)
+        MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
         yield from merged.collect()
 
 

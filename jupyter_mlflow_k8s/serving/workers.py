@@ -51,7 +51,7 @@ def multiprocess_metrics(enabled: bool = True) -> Iterator[str | None]:
     directory = tempfile.mkdtemp(prefix="jmk-metrics-") if enabled else None
     if directory is not None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    values.ValueClass = values.get_value_class()  # type: ignore[misc]
+    values.ValueClass = values.get_value_class()  # type: ignore[misc,no-untyped-call]
     try:
         yield directory
     finally:

@@ -32,7 +32,7 @@ def test_quickstart_trains_returns_and_records(state_dir: Path, tmp_path: Path) 
     assert "training on cpu" in text and "epoch 14 loss" in text
     assert "held-out accuracy" in text and "run status FINISHED" in text
     assert "served predictions match the returned model: True" in text
-    assert 'jmk_requests_total{model="quickstart-mlp",version="1",code="200"} 1' in text
+    assert 'jmk_requests_total{code="200",model="quickstart-mlp",version="1"} 1.0' in text
     jobs = list((state_dir / "jobs").iterdir())
     assert len(jobs) == 1
 

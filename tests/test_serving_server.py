@@ -189,7 +189,7 @@ def test_metrics_after_a_known_sequence(served_model: Served, server: Server) ->
     assert value(samples, "jmk_request_duration_seconds_count", **labels) == 4
     assert value(samples, "jmk_batch_size_count", **labels) == 3  # the 400 never reached the model
     assert value(samples, "jmk_batch_size_sum", **labels) == 6
-    assert value(samples, "jmk_batch_size_bucket", le="2", **labels) == 2
+    assert value(samples, "jmk_batch_size_bucket", le="2.0", **labels) == 2
     assert value(samples, "jmk_requests_in_flight", **labels) == 0
     assert value(samples, "jmk_model_info", role="primary", uri=f"models:/{served_model.name}@prod", **labels) == 1
     assert value(samples, "jmk_input_feature_count_total", feature="petal_length", **labels) == 6

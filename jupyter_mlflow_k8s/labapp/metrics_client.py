@@ -1,15 +1,16 @@
 """Live numbers for a serving endpoint, from two scrapes of its Prometheus ``/metrics``.
 
-Owns: a small parser of the Prometheus text format 0.0.4, the :class:`Snapshot` the sidebar draws
-(requests/s, error rate, p50/p99 latency, in-flight requests, drift; in total and per model
-version) and :class:`MetricsTracker`, which keeps the previous scrape of each endpoint so that
-rates and quantiles cover the interval since then (quantiles from the histogram buckets' deltas,
-interpolated as Prometheus' ``histogram_quantile`` does). It does not start, list or stop
+Owns: the samples of a page of the Prometheus text format (read by prometheus_client's parser,
+``serving.metrics.read_samples``), the :class:`Snapshot` the sidebar draws (requests/s, error rate,
+p50/p99 latency, in-flight requests, drift; in total and per model version) and
+:class:`MetricsTracker`, which keeps the previous scrape of each endpoint so that rates and
+quantiles cover the interval since then (quantiles from the histogram buckets' deltas, interpolated
+as Prometheus' ``histogram_quantile`` does). It does not start, list or stop
 endpoints (``serving/manager.py``) and does not know about HTTP handlers.
 
-A counter that went down between two scrapes was reset (the server restarted, or with
-``--workers N`` another worker answered the scrape): the interval then counts from zero, as
-Prometheus' ``rate`` does.
+A counter that went down between two scrapes was reset (the server restarted): the interval then
+counts from zero, as Prometheus' ``rate`` does. With ``--workers N`` every scrape reads the sums
+over all workers (the server's multiprocess mode), so their counters only go up.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnavailableError
+from ..serving.metrics import MetricsTextError, read_samples
 
 # Names the inference server exposes (jupyter_mlflow_k8s/serving/server.py ServerMetrics, docs/serving.md).
 REQUESTS = "jmk_requests_total"
@@ -48,78 +50,17 @@ class ParseError(ScrapeError):
 
 # -- parsing -------------------------------------------------------------------------------------
 
-_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
-
-
-def _parse_value(text: str) -> float:
-    lowered = text.lower()
-    if lowered in ("+inf", "inf"):
-        return math.inf
-    if lowered == "-inf":
-        return -math.inf
-    if lowered == "nan":
-        return math.nan
-    return float(text)
-
-
-def _parse_labels(line: str, start: int, number: int) -> tuple[dict[str, str], int]:
-    """The labels of ``{a="x",b="y"}`` starting at ``line[start] == "{"``; returns them and the index after ``}``."""
-    labels: dict[str, str] = {}
-    i = start + 1
-    while True:
-        while i < len(line) and line[i] in " \t,":
-            i += 1
-        if i < len(line) and line[i] == "}":
-            return labels, i + 1
-        eq = line.find("=", i)
-        if eq < 0 or eq + 1 >= len(line) or line[eq + 1] != '"':
-            raise ParseError(f'line {number}: a label without ="value": {line}')
-        name = line[i:eq].strip()
-        i, chars = eq + 2, []
-        while True:
-            if i >= len(line):
-                raise ParseError(f"line {number}: unterminated label value: {line}")
-            char = line[i]
-            if char == "\\" and i + 1 < len(line):
-                chars.append(_ESCAPES.get(line[i + 1], "\\" + line[i + 1]))
-                i += 2
-            elif char == '"':
-                i += 1
-                break
-            else:
-                chars.append(char)
-                i += 1
-        labels[name] = "".join(chars)
-
 
 def parse_prometheus(text: str) -> dict[str, list[Sample]]:
-    """``{sample name: [(labels, value), ...]}`` from the text format; comments and timestamps are skipped.
+    """``{sample name: [(labels, value), ...]}`` from the text format, read by prometheus_client's parser.
 
-    A histogram appears under its sample names (``x_bucket`` with an ``le`` label, ``x_sum``, ``x_count``).
+    Comments and timestamps are left out. A histogram appears under its sample names (``x_bucket``
+    with an ``le`` label, ``x_sum``, ``x_count``). Raises :class:`ParseError` naming the first bad line.
     """
-    samples: dict[str, list[Sample]] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        brace = line.find("{")
-        space = min((p for p in (line.find(" "), line.find("\t")) if p >= 0), default=-1)
-        if brace >= 0 and (space < 0 or brace < space):
-            name = line[:brace]
-            labels, rest_at = _parse_labels(line, brace, number)
-            rest = line[rest_at:].split()
-        else:
-            if space < 0:
-                raise ParseError(f"line {number}: a sample without a value: {line}")
-            name, labels, rest = line[:space], {}, line[space:].split()
-        if not name or not rest:
-            raise ParseError(f"line {number}: a sample without a name or value: {line}")
-        try:
-            value = _parse_value(rest[0])
-        except ValueError:
-            raise ParseError(f"line {number}: {rest[0]!r} is not a number: {line}") from None
-        samples.setdefault(name, []).append((labels, value))
-    return samples
+    try:
+        return read_samples(text)
+    except MetricsTextError as exc:
+        raise ParseError(str(exc)) from None
 
 
 # -- arithmetic over scrapes ---------------------------------------------------------------------
@@ -189,7 +130,7 @@ def _series(samples: dict[str, list[Sample]]) -> dict[tuple[str, str], _Series]:
             series.errors += value
     for labels, value in samples.get(f"{DURATION}_bucket", []):
         try:
-            upper = _parse_value(labels.get("le", ""))
+            upper = float(labels.get("le", ""))  # "0.5", "1.0", "+Inf"
         except ValueError:
             continue
         buckets = get(labels).buckets

@@ -2,10 +2,10 @@
 
 Exit codes: 0 after SIGTERM/SIGINT, 1 when ``--workers`` processes keep dying as soon as they start,
 2 for bad arguments or a model that cannot be found or loaded, 3 when the port is taken, 4 when the
-tracking server does not answer (a later try may work). With
-``--workers N`` (N > 1) this process loads the model and supervises N forked workers, replacing any
-that dies (:mod:`.workers`). The line ``jmk-serve: listening on http://HOST:PORT`` is
-printed once requests are accepted (``jmk serve`` waits for it).
+tracking server does not answer (a later try may work). With ``--workers N`` (N > 1) this process
+loads the model and supervises N forked workers, replacing any that dies (:mod:`.workers`), with
+their metrics in one prometheus_client multiprocess directory. The line ``jmk-serve: listening on
+http://HOST:PORT`` is printed once requests are accepted (``jmk serve`` waits for it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .model_loading import ServerStartupError, load
 from .options import add_server_arguments, settings_values
 from .server import ServerSettings
-from .workers import SharedCount, Supervisor
+from .workers import Supervisor, multiprocess_metrics
 
 if TYPE_CHECKING:
     from .server import InferenceServer
@@ -88,7 +88,6 @@ def serve(argv: Sequence[str] | None = None) -> int:
     except ServerStartupError as exc:
         print(f"jmk-serve: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
-    restarts = SharedCount()
 
     def server() -> InferenceServer:
         return InferenceServer(primary, settings, canary, shadow)
@@ -96,12 +95,23 @@ def serve(argv: Sequence[str] | None = None) -> int:
     def announce() -> None:
         print(f"jmk-serve: listening on http://{_address(sock)}", flush=True)
 
-    if args.workers == 1:  # one process: no supervisor, nothing forked
-        _run(server(), sock, restarts, on_ready=announce)
-        return 0
-    supervisor = Supervisor(args.workers, lambda ready: _run(server(), sock, restarts, on_ready=ready),
-                            announce, restarts)
-    return supervisor.run()
+    with multiprocess_metrics(enabled=args.workers > 1) as directory:  # before any metric is created
+        if directory is None:  # one process: no supervisor, nothing forked
+            _run(server(), sock, on_ready=announce)
+            return 0
+        from prometheus_client.multiprocess import mark_process_dead
+
+        from .metrics import restarts_counter
+
+        restarts = restarts_counter()
+
+        def replaced(pid: int) -> None:
+            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # its live gauges go, its counts stay
+            restarts.inc()
+
+        supervisor = Supervisor(args.workers, lambda ready: _run(server(), sock, on_ready=ready), announce,
+                                replaced)
+        return supervisor.run()
 
 
 def _address(sock: socket.socket) -> str:
@@ -109,14 +119,11 @@ def _address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _run(server: InferenceServer, sock: socket.socket, restarts: SharedCount, on_ready: Callable[[], object]) -> None:
+def _run(server: InferenceServer, sock: socket.socket, on_ready: Callable[[], object]) -> None:
     """Serve on ``sock`` until SIGTERM/SIGINT; ``on_ready`` once requests are accepted."""
     from aiohttp import web
 
     app = server.app()
-    server.metrics.registry.counter(
-        "jmk_worker_restarts_total", "Server processes (--workers) started in place of one that died.",
-    ).labels().set_function(lambda: restarts.value)
 
     async def ready(_: object) -> None:
         on_ready()

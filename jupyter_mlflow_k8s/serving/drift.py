@@ -3,7 +3,8 @@
 The baseline is the dict that :func:`jupyter_mlflow_k8s.tracking.baseline.feature_summary` wrote
 at registration (``{"features": {name: {"bin_edges": [...], "bin_fractions": [...], ...}}}``),
 already loaded by the caller. :class:`DriftMonitor` keeps the last ``window`` values of each
-baseline feature in a numpy ring buffer and computes, when asked (a ``/metrics`` scrape),
+baseline feature in a numpy ring buffer and computes, when asked (a ``/metrics`` scrape, or each
+worker's timer with ``--workers N``),
 
     PSI = sum over bins of (a - e) * ln(a / e)
 
@@ -82,11 +83,14 @@ class DriftMonitor:
                     self._bins[str(name)] = bins
         self.available: bool = bool(self._bins)
         self.features: tuple[str, ...] = tuple(self._bins)
+        self._updates = 0  # batches added; publish recomputes PSI only when it moved
+        self._published: tuple[int, dict[str, float]] = (-1, {})
 
     def update(self, columns: Mapping[str, Any]) -> None:
         """Add a batch: ``{feature: 1-d array of its values}``; non-baseline and non-numeric columns are skipped."""
         if self._bins:
             self.window.extend({f: c for f, c in columns.items() if f in self._bins})
+            self._updates += 1
 
     def psi(self) -> dict[str, float]:
         """``{feature: PSI}`` for each baseline feature with at least one value in the window."""
@@ -105,7 +109,8 @@ class DriftMonitor:
     def publish(self, registry: Registry, model: str, version: str) -> dict[str, float]:
         """Set ``jmk_feature_drift_psi``, ``jmk_drift_window_rows`` and ``jmk_drift_baseline_available``.
 
-        Call it before rendering the registry; returns the PSI values it set.
+        Call it before rendering the registry (and, with ``--workers N``, from each worker's timer);
+        PSI is recomputed only when a batch came in since the last call. Returns the PSI values set.
         """
         labels = {"model": model, "version": version}
         available = registry.gauge(
@@ -120,7 +125,10 @@ class DriftMonitor:
             "Population stability index of the feature over the drift window against the baseline.",
             ("model", "version", "feature"),
         )
-        values = self.psi()
+        updates = self._updates
+        if self._published[0] != updates:
+            self._published = (updates, self.psi())
+        values = self._published[1]
         for feature, value in values.items():
             gauge.labels(feature=feature, **labels).set(value)
         return values

@@ -3,28 +3,27 @@
 What a drift trigger watches (``jmk trigger add --on-drift MODEL@ALIAS``): every running endpoint
 whose model URI is ``models:/MODEL@ALIAS`` (local processes, and Kubernetes Deployments when a
 cluster is configured) is scraped through its target's ``metrics_text`` (each scrape recomputes PSI
-over the server's current window), and the highest PSI of any feature of that model is the value.
-It does not decide anything: holding above a threshold is the trigger evaluator's business.
+over the server's current window; with ``--workers N`` it is the largest of the workers' PSIs), and
+the highest PSI of any feature of that model is the value. It does not decide anything: holding
+above a threshold is the trigger evaluator's business.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import JMKSettings, load_settings
 from ..errors import JMKError
+from .metrics import MetricsTextError, read_samples
 from .targets.base import EndpointSummary, EndpointTarget
 from .targets.listing import list_all
 from .targets.registry import get_target
 
 #: The gauge the inference server publishes (drift.py ``DriftMonitor.publish``).
 PSI_GAUGE = "jmk_feature_drift_psi"
-_SAMPLE = re.compile(rf"^{PSI_GAUGE}\{{(?P<labels>.*)\}}\s+(?P<value>\S+)")
-_LABEL = re.compile(r'(?P<name>[A-Za-z_][A-Za-z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
@@ -37,22 +36,11 @@ class ModelDrift:
 
 
 def psi_samples(text: str) -> list[tuple[dict[str, str], float]]:
-    """The ``jmk_feature_drift_psi`` samples of a Prometheus text page: their labels and values."""
-    samples = []
-    for line in text.splitlines():
-        match = _SAMPLE.match(line.strip())
-        if match is None:
-            continue
-        labels = {
-            m["name"]: m["value"].replace('\\"', '"').replace("\\\\", "\\") for m in _LABEL.finditer(match["labels"])
-        }
-        try:
-            value = float(match["value"])
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            samples.append((labels, value))
-    return samples
+    """The finite ``jmk_feature_drift_psi`` samples of a Prometheus text page: their labels and values.
+
+    Raises :class:`~.metrics.MetricsTextError` (naming the line) when the page is not Prometheus text.
+    """
+    return [(labels, value) for labels, value in read_samples(text).get(PSI_GAUGE, []) if math.isfinite(value)]
 
 
 def serving_endpoints(
@@ -108,11 +96,11 @@ class DriftReader:
         problems = []
         for target, endpoint in endpoints:
             try:
-                text = target.metrics_text(endpoint.name, self.timeout)
-            except JMKError as exc:
+                samples = psi_samples(target.metrics_text(endpoint.name, self.timeout))
+            except (JMKError, MetricsTextError) as exc:
                 problems.append(f"{endpoint.name}: {exc}")
                 continue
-            for labels, value in psi_samples(text):
+            for labels, value in samples:
                 if labels.get("model") == model and (best is None or value > best[0]):
                     best = (value, f"{labels.get('feature', '?')} on {endpoint.name} (version {labels.get('version')})")
         names = tuple(endpoint.name for _, endpoint in endpoints)

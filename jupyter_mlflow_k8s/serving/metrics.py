@@ -1,381 +1,218 @@
-"""Prometheus metrics for the inference server: counters, gauges, histograms and their text format.
+"""Prometheus metrics of the inference server, on ``prometheus_client``, and its per-feature statistics.
 
-A :class:`Registry` creates metrics and renders them in the Prometheus text exposition format
-0.0.4 (what ``GET /metrics`` answers). Each metric has label names; ``metric.labels(**values)``
-returns the child for one tuple of label values, and the hot path (``inc``, ``observe``, ``set``)
-is a lock and an addition on that child: no string formatting, buckets found by bisection. Keep a
-child you use on every request instead of calling ``labels`` each time.
+A :class:`Registry` is a private ``prometheus_client.CollectorRegistry`` per server (never the
+global one) with get-or-create counters, gauges and histograms, and the text exposition format
+0.0.4 without the ``_created`` series (names stay those of docs/serving.md). In multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR`` set before the metrics are created: ``--workers N``, see
+:mod:`.workers`), every worker writes its values to its own files in that directory and
+:meth:`Registry.render` reads all of them, so one scrape sees every worker: counters and histograms
+are summed, and each gauge is merged by its mode in :data:`GAUGE_MODES`.
 
 :class:`FeatureStats` keeps the per-feature input statistics (count, sum, sum of squares, and the
-min/max over a sliding window). Pure Python and numpy: no HTTP server, no MLflow.
+min/max over a sliding window); :func:`read_samples` reads a page of the text format back (the
+sidebar and the drift triggers). No HTTP server, no MLflow.
 """
 
 from __future__ import annotations
 
 import math
-import re
+import os
 import threading
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 from .window import SlidingWindow, numeric_values
 
 #: Prometheus' default latency buckets, in seconds.
 DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+#: How ``--workers N`` merges each gauge over the workers (prometheus_client's multiprocess modes).
+#: ``live*`` modes drop a dead worker's value; the others keep it (a sum that only a live worker
+#: could lower, or a constant). Every gauge of the server is listed here (docs/serving.md).
+GAUGE_MODES: dict[str, str] = {
+    "jmk_requests_in_flight": "livesum",
+    "jmk_model_info": "max",
+    "jmk_drift_baseline_available": "max",
+    "jmk_drift_window_rows": "livesum",
+    "jmk_feature_drift_psi": "livemax",
+    "jmk_input_feature_sum": "sum",
+    "jmk_input_feature_sum_squares": "sum",
+    "jmk_input_feature_min": "livemin",
+    "jmk_input_feature_max": "livemax",
+}
 
 #: What ``collect()`` gives per metric: (labels, value) for counters and gauges, (labels, histogram dict).
 Sample = tuple[dict[str, str], Any]
 
 
-def format_value(value: float) -> str:
-    """A sample value as Prometheus parses it: ``+Inf``, ``-Inf``, ``NaN``, ``3`` (not ``3.0``), ``0.25``."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 2**53:  # exact integers print without ".0" or an exponent
-        return str(int(value))
-    return repr(float(value))
+def multiprocess_directory() -> str | None:
+    """The directory of multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), or ``None`` in a single process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def escape_label_value(value: str) -> str:
-    """A label value escaped for the text format: backslash, double quote and newline."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+_RESTARTS = ("jmk_worker_restarts_total", "Server processes (--workers) started in place of one that died.")
 
 
-def escape_help(text: str) -> str:
-    """A HELP text escaped for the text format: backslash and newline."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+def restarts_counter(registry: Registry | None = None) -> Counter:
+    """``jmk_worker_restarts_total``: a worker's (in ``registry``) stays 0; the supervisor's (no registry) counts.
+
+    In multiprocess mode the supervisor's count is in the directory like the workers' values, so
+    every scrape reads it.
+    """
+    if registry is None:
+        return Counter(*_RESTARTS, registry=None)
+    return registry.counter(*_RESTARTS)
 
 
-def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
-    """``a="x",b="y"`` (no braces), computed once per child."""
-    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
+def _without_created(metrics: Iterable[Metric]) -> Iterator[Metric]:
+    """The metrics without their ``_created`` samples (the names stay those of the text format 0.0.4)."""
+    for metric in metrics:
+        if metric.type in ("counter", "histogram", "summary"):
+            created = f"{metric.name}_created"
+            metric.samples = [s for s in metric.samples if s.name != created]
+        yield metric
 
 
-class CounterChild:
-    """One series of a counter: a value that only goes up (or one read from a function that only goes up)."""
+class _Exposed:
+    """What a scrape renders: this server's registry, or every worker's files in multiprocess mode."""
 
-    __slots__ = ("_function", "_lock", "_value", "label_text")
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
 
-    def __init__(self, label_text: str) -> None:
-        self.label_text = label_text
-        self._lock = threading.Lock()
-        self._value = 0.0
-        self._function: Callable[[], float] | None = None
-
-    def inc(self, n: float = 1) -> None:
-        """Add ``n`` (>= 0)."""
-        if n < 0:
-            raise ValueError(f"a counter only goes up; inc({n}) is negative")
-        with self._lock:
-            self._value += n
-
-    def set_function(self, function: Callable[[], float] | None) -> None:
-        """Read the total from ``function()`` at each render/collect (a count kept elsewhere, e.g. shared memory)."""
-        self._function = function
-
-    @property
-    def value(self) -> float:
-        """The current total (the function's, where one is set)."""
-        function = self._function
-        return float(function()) if function is not None else self._value
-
-
-class GaugeChild:
-    """One series of a gauge: a value that is set, raised or lowered, or read from a function."""
-
-    __slots__ = ("_function", "_lock", "_value", "label_text")
-
-    def __init__(self, label_text: str) -> None:
-        self.label_text = label_text
-        self._lock = threading.Lock()
-        self._value = 0.0
-        self._function: Callable[[], float] | None = None
-
-    def set(self, value: float) -> None:
-        """Set the value."""
-        with self._lock:
-            self._value = float(value)
-
-    def inc(self, n: float = 1) -> None:
-        """Add ``n``."""
-        with self._lock:
-            self._value += n
-
-    def dec(self, n: float = 1) -> None:
-        """Subtract ``n``."""
-        with self._lock:
-            self._value -= n
-
-    def set_function(self, function: Callable[[], float] | None) -> None:
-        """Read the value from ``function()`` at each render/collect instead (``None`` goes back to ``set``)."""
-        self._function = function
-
-    @property
-    def value(self) -> float:
-        """The current value (the function's, where one is set)."""
-        function = self._function
-        return float(function()) if function is not None else self._value
-
-
-class HistogramChild:
-    """One series of a histogram: counts per bucket, a sum and a count."""
-
-    __slots__ = ("_counts", "_lock", "_sum", "_upper", "label_text")
-
-    def __init__(self, label_text: str, upper: tuple[float, ...]) -> None:
-        self.label_text = label_text
-        self._upper = upper
-        self._lock = threading.Lock()
-        self._counts = [0] * len(upper)  # per bucket, not cumulative; cumulated when read
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        """Count ``value`` in the first bucket whose upper bound is >= it."""
-        index = bisect_left(self._upper, value)
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
-
-    def snapshot(self) -> tuple[list[int], float, int]:
-        """Cumulative bucket counts (one per upper bound, the last for +Inf), the sum and the count."""
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, running = [], 0
-        for c in counts:
-            running += c
-            cumulative.append(running)
-        return cumulative, total, running
-
-
-ChildT = TypeVar("ChildT", CounterChild, GaugeChild, HistogramChild)
-
-
-class Metric(Generic[ChildT]):
-    """A named metric with label names; one child per tuple of label values."""
-
-    kind = "untyped"
-
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()) -> None:
-        if not _METRIC_NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}: use letters, digits, '_' and ':'")
-        self.name = name
-        self.help = help
-        self.label_names: tuple[str, ...] = tuple(labels)
-        for label in self.label_names:
-            if not _LABEL_NAME.match(label) or label.startswith("__"):
-                raise ValueError(f"invalid label name {label!r} for {name}")
-        if len(set(self.label_names)) != len(self.label_names):
-            raise ValueError(f"repeated label name in {self.label_names} for {name}")
-        self._children: dict[tuple[str, ...], ChildT] = {}
-        self._lock = threading.Lock()
-
-    def _new_child(self, label_text: str) -> ChildT:
-        raise NotImplementedError
-
-    def labels(self, **values: object) -> ChildT:
-        """The child for these label values (all label names, nothing else), created on first use."""
-        try:
-            key = tuple(str(values[n]) for n in self.label_names)
-        except KeyError as missing:
-            raise ValueError(f"{self.name} needs labels {self.label_names}, got {tuple(values)}") from missing
-        if len(values) != len(key):
-            raise ValueError(f"{self.name} needs labels {self.label_names}, got {tuple(values)}")
-        child = self._children.get(key)
-        if child is None:
-            with self._lock:
-                child = self._children.get(key)
-                if child is None:
-                    child = self._children[key] = self._new_child(_label_text(self.label_names, key))
-        return child
-
-    def children(self) -> list[tuple[dict[str, str], ChildT]]:
-        """Each child with its labels, in creation order."""
-        with self._lock:
-            items = list(self._children.items())
-        return [(dict(zip(self.label_names, key, strict=True)), child) for key, child in items]
-
-    def _unlabelled(self) -> ChildT:
-        if self.label_names:
-            raise ValueError(f"{self.name} has labels {self.label_names}: use .labels(...) first")
-        return self.labels()
-
-
-class Counter(Metric[CounterChild]):
-    """A counter; by Prometheus' convention its name ends in ``_total`` (the name is exposed as given)."""
-
-    kind = "counter"
-
-    def _new_child(self, label_text: str) -> CounterChild:
-        return CounterChild(label_text)
-
-    def inc(self, n: float = 1) -> None:
-        """``inc`` on a counter without labels."""
-        self._unlabelled().inc(n)
-
-
-class Gauge(Metric[GaugeChild]):
-    """A gauge."""
-
-    kind = "gauge"
-
-    def _new_child(self, label_text: str) -> GaugeChild:
-        return GaugeChild(label_text)
-
-    def set(self, value: float) -> None:
-        """``set`` on a gauge without labels."""
-        self._unlabelled().set(value)
-
-    def inc(self, n: float = 1) -> None:
-        """``inc`` on a gauge without labels."""
-        self._unlabelled().inc(n)
-
-    def dec(self, n: float = 1) -> None:
-        """``dec`` on a gauge without labels."""
-        self._unlabelled().dec(n)
-
-
-class Histogram(Metric[HistogramChild]):
-    """A histogram with fixed upper bounds; ``+Inf`` is always the last bucket."""
-
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help: str, labels: Iterable[str] = (), buckets: Iterable[float] = DEFAULT_BUCKETS
-    ) -> None:
-        super().__init__(name, help, labels)
-        if "le" in self.label_names:
-            raise ValueError(f"{name}: 'le' is the bucket label of a histogram, not a label name of your own")
-        upper = sorted({float(b) for b in buckets})
-        if any(math.isnan(b) for b in upper):
-            raise ValueError(f"{name}: NaN is not a bucket bound")
-        if not upper or upper[-1] != math.inf:
-            upper.append(math.inf)
-        self.buckets: tuple[float, ...] = tuple(upper)
-        self._le = tuple(format_value(b) for b in upper)
-
-    def _new_child(self, label_text: str) -> HistogramChild:
-        return HistogramChild(label_text, self.buckets)
-
-    def observe(self, value: float) -> None:
-        """``observe`` on a histogram without labels."""
-        self._unlabelled().observe(value)
+    def collect(self) -> Iterator[Metric]:
+        directory = multiprocess_directory()
+        if directory is None:
+            yield from _without_created(self.registry.collect())
+            return
+        merged = CollectorRegistry()  # a fresh one per scrape, as prometheus_client's multiprocess docs do
+        MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+        yield from merged.collect()
 
 
 class Registry:
-    """The metrics of one server, rendered together; creating a metric twice returns the first one."""
+    """The metrics of one server: a private ``CollectorRegistry``; creating a metric twice returns the first one."""
 
     def __init__(self) -> None:
-        self._metrics: dict[str, Metric[Any]] = {}
+        self.registry = CollectorRegistry()
+        self._metrics: dict[str, tuple[MetricWrapperBase, tuple[str, ...], Any]] = {}
         self._lock = threading.Lock()
 
-    def _get_or_add(self, metric: Metric[Any]) -> Metric[Any]:
+    def _get_or_add(self, kind: type[MetricWrapperBase], name: str, labels: Iterable[str], extra: Any,
+                    make: Any) -> Any:
+        label_names = tuple(labels)
         with self._lock:
-            existing = self._metrics.get(metric.name)
+            existing = self._metrics.get(name)
             if existing is None:
-                self._metrics[metric.name] = metric
+                metric = make(label_names)
+                self._metrics[name] = (metric, label_names, extra)
                 return metric
-        same = type(existing) is type(metric) and existing.label_names == metric.label_names
-        if isinstance(metric, Histogram) and isinstance(existing, Histogram):
-            same = same and existing.buckets == metric.buckets
-        if not same:
-            raise ValueError(
-                f"metric {metric.name} already exists as a {existing.kind} with labels {existing.label_names}"
-            )
-        return existing
+        metric, known_labels, known_extra = existing
+        if type(metric) is not kind or known_labels != label_names or known_extra != extra:
+            raise ValueError(f"metric {name} already exists as a {type(metric).__name__.lower()} with labels "
+                             f"{known_labels}")
+        return metric
 
     def counter(self, name: str, help: str, labels: Iterable[str] = ()) -> Counter:
-        """The counter ``name`` (created on the first call)."""
-        metric = self._get_or_add(Counter(name, help, labels))
-        assert isinstance(metric, Counter)
-        return metric
+        """The counter ``name`` (created on the first call); by convention its name ends in ``_total``."""
+        return self._get_or_add(Counter, name, labels, None,  # type: ignore[no-any-return]
+                                lambda names: Counter(name, help, names, registry=self.registry))
 
     def gauge(self, name: str, help: str, labels: Iterable[str] = ()) -> Gauge:
-        """The gauge ``name`` (created on the first call)."""
-        metric = self._get_or_add(Gauge(name, help, labels))
-        assert isinstance(metric, Gauge)
-        return metric
+        """The gauge ``name`` (created on the first call), merged over workers by its mode in :data:`GAUGE_MODES`."""
+        mode = GAUGE_MODES.get(name)
+        if mode is None:
+            raise ValueError(f"gauge {name} has no multiprocess mode: add it to GAUGE_MODES (and docs/serving.md)")
+        return self._get_or_add(Gauge, name, labels, mode,  # type: ignore[no-any-return]
+                                lambda names: Gauge(name, help, names, registry=self.registry,
+                                                    multiprocess_mode=mode))  # type: ignore[arg-type]
 
-    def histogram(
-        self, name: str, help: str, labels: Iterable[str] = (), buckets: Iterable[float] = DEFAULT_BUCKETS
-    ) -> Histogram:
-        """The histogram ``name`` (created on the first call)."""
-        metric = self._get_or_add(Histogram(name, help, labels, buckets))
-        assert isinstance(metric, Histogram)
-        return metric
+    def histogram(self, name: str, help: str, labels: Iterable[str] = (),
+                  buckets: Iterable[float] = DEFAULT_BUCKETS) -> Histogram:
+        """The histogram ``name`` (created on the first call); ``+Inf`` is always the last bucket."""
+        bounds = tuple(sorted({float(b) for b in buckets}))
+        return self._get_or_add(Histogram, name, labels, bounds,  # type: ignore[no-any-return]
+                                lambda names: Histogram(name, help, names, registry=self.registry, buckets=bounds))
 
-    def metrics(self) -> list[Metric[Any]]:
-        """The metrics in creation order."""
-        with self._lock:
-            return list(self._metrics.values())
-
-    def render(self) -> str:
-        """All metrics in the Prometheus text exposition format 0.0.4 (``text/plain; version=0.0.4``)."""
-        lines: list[str] = []
-        for metric in self.metrics():
-            lines.append(f"# HELP {metric.name} {escape_help(metric.help)}")
-            lines.append(f"# TYPE {metric.name} {metric.kind}")
-            children = metric.children()
-            if not children and not metric.label_names:
-                children = [({}, metric.labels())]
-            name = metric.name
-            for _, child in children:
-                text = child.label_text
-                if isinstance(child, HistogramChild):
-                    assert isinstance(metric, Histogram)
-                    cumulative, total, count = child.snapshot()
-                    prefix = f"{text}," if text else ""
-                    for le, c in zip(metric._le, cumulative, strict=True):
-                        lines.append(f'{name}_bucket{{{prefix}le="{le}"}} {c}')
-                    braces = f"{{{text}}}" if text else ""
-                    lines.append(f"{name}_sum{braces} {format_value(total)}")
-                    lines.append(f"{name}_count{braces} {count}")
-                else:
-                    braces = f"{{{text}}}" if text else ""
-                    lines.append(f"{name}{braces} {format_value(child.value)}")
-        return "\n".join(lines) + "\n" if lines else ""
+    def render(self) -> bytes:
+        """The text exposition format 0.0.4 (``text/plain; version=0.0.4``): every worker's, in multiprocess mode."""
+        return generate_latest(_Exposed(self.registry))  # type: ignore[arg-type]
 
     def collect(self) -> dict[str, list[Sample]]:
         """``{name: [(labels, value), ...]}``; a histogram's value is ``{"buckets": {le: cumulative}, "sum", "count"}``.
 
-        The bucket keys are the ``le`` strings of the text format (``"0.5"``, ``"+Inf"``), so the
-        result also serializes to JSON as is (tuples become lists).
+        The names are those of the text format (a counter's ends in ``_total``), the bucket keys the
+        ``le`` strings (``"0.5"``, ``"+Inf"``); the result serializes to JSON as is.
         """
         result: dict[str, list[Sample]] = {}
-        for metric in self.metrics():
-            children = metric.children()
-            if not children and not metric.label_names:
-                children = [({}, metric.labels())]
-            samples: list[Sample] = []
-            for labels, child in children:
-                if isinstance(child, HistogramChild):
-                    assert isinstance(metric, Histogram)
-                    cumulative, total, count = child.snapshot()
-                    buckets = dict(zip(metric._le, cumulative, strict=True))
-                    samples.append((labels, {"buckets": buckets, "sum": total, "count": count}))
-                else:
-                    samples.append((labels, child.value))
-            result[metric.name] = samples
+        for metric in _Exposed(self.registry).collect():
+            if metric.type == "histogram":
+                series: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+                for sample in metric.samples:
+                    labels = {k: v for k, v in sample.labels.items() if k != "le"}
+                    entry = series.setdefault(tuple(labels.items()), {"buckets": {}, "sum": 0.0, "count": 0})
+                    if sample.name.endswith("_bucket"):
+                        entry["buckets"][sample.labels["le"]] = sample.value
+                    elif sample.name.endswith("_sum"):
+                        entry["sum"] = sample.value
+                    else:
+                        entry["count"] = sample.value
+                result[metric.name] = [(dict(key), entry) for key, entry in series.items()]
+            else:
+                name = f"{metric.name}_total" if metric.type == "counter" else metric.name
+                result[name] = [(dict(s.labels), s.value) for s in metric.samples]
         return result
+
+
+class MetricsTextError(ValueError):
+    """Text that is not the Prometheus text format; the message names the first bad line."""
+
+
+def read_samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """``{sample name: [(labels, value), ...]}`` of a Prometheus text page (prometheus_client's parser).
+
+    Comments and timestamps are left out; a histogram appears under its sample names (``x_bucket``
+    with an ``le`` label, ``x_sum``, ``x_count``). Raises :class:`MetricsTextError`.
+    """
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise MetricsTextError(_bad_line(text) or f"not Prometheus text: {exc or type(exc).__name__}") from None
+    return samples
+
+
+def _bad_line(text: str) -> str | None:
+    """``line N ...`` for the first line that the parser refuses on its own."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            list(text_string_to_metric_families(line))
+        except (ValueError, IndexError, KeyError, TypeError):
+            return f"line {number} is not a Prometheus sample (name{{labels}} value): {line}"
+    return None
 
 
 class FeatureStats:
     """Per-feature input statistics of one model version, as ``jmk_input_feature_*`` metrics.
 
-    ``jmk_input_feature_count_total`` and ``jmk_input_feature_sum_squares`` are counters;
-    ``jmk_input_feature_sum`` is a gauge because a sum of negative inputs goes down, which a
-    Prometheus counter must not (mean = sum / count, std from the sum of squares).
+    ``jmk_input_feature_count_total`` is a counter; ``jmk_input_feature_sum`` and
+    ``jmk_input_feature_sum_squares`` are gauges (mode ``sum``: a sum of negative inputs goes down,
+    which a Prometheus counter must not; mean = sum / count, std from the sum of squares).
     ``jmk_input_feature_min`` / ``_max`` are gauges over the last ``window`` finite values of the
-    feature (read at render time; NaN before any value). Non-finite values are left out of every
-    statistic; non-numeric columns are ignored; at most ``max_features`` distinct features are
-    tracked, so a stream of new column names cannot grow the metrics without bound.
+    feature, set by :meth:`publish` (a scrape, and each worker's timer with ``--workers N``).
+    Non-finite values are left out of every statistic; non-numeric columns are ignored; at most
+    ``max_features`` distinct features are tracked, so a stream of new column names cannot grow the
+    metrics without bound.
     """
 
     def __init__(
@@ -386,7 +223,7 @@ class FeatureStats:
             "jmk_input_feature_count_total", "Finite input values seen, per feature.", labels
         )
         self._sum = registry.gauge("jmk_input_feature_sum", "Sum of the finite input values, per feature.", labels)
-        self._squares = registry.counter(
+        self._squares = registry.gauge(
             "jmk_input_feature_sum_squares", "Sum of the squares of the finite input values, per feature.", labels
         )
         self._min = registry.gauge("jmk_input_feature_min", "Smallest input value in the window, per feature.", labels)
@@ -394,10 +231,10 @@ class FeatureStats:
         self.model, self.version = model, version
         self.window = SlidingWindow(window)
         self.max_features = max_features
-        self._features: dict[str, tuple[CounterChild, GaugeChild, CounterChild]] = {}
+        self._features: dict[str, tuple[Any, Any, Any]] = {}
         self._lock = threading.Lock()
 
-    def _children(self, feature: str) -> tuple[CounterChild, GaugeChild, CounterChild] | None:
+    def _children(self, feature: str) -> tuple[Any, Any, Any] | None:
         children = self._features.get(feature)
         if children is not None:
             return children
@@ -407,8 +244,6 @@ class FeatureStats:
             if len(self._features) >= self.max_features:
                 return None
             values = {"model": self.model, "version": self.version, "feature": feature}
-            self._min.labels(**values).set_function(lambda: self.window.minimum(feature))
-            self._max.labels(**values).set_function(lambda: self.window.maximum(feature))
             children = self._features[feature] = (
                 self._count.labels(**values),
                 self._sum.labels(**values),
@@ -432,3 +267,19 @@ class FeatureStats:
             squares.inc(float(np.dot(values, values)))
             finite[feature] = values
         self.window.extend(finite, finite=True)
+
+    def publish(self) -> None:
+        """Set the min/max gauges from the window (a feature without values yet has none)."""
+        with self._lock:
+            features = list(self._features)
+        for feature in features:
+            low, high = self.window.minimum(feature), self.window.maximum(feature)
+            if math.isnan(low):
+                continue
+            values = {"model": self.model, "version": self.version, "feature": feature}
+            self._min.labels(**values).set(low)
+            self._max.labels(**values).set(high)
+
+
+__all__ = ["DEFAULT_BUCKETS", "GAUGE_MODES", "FeatureStats", "MetricsTextError", "Registry", "multiprocess_directory",
+           "read_samples", "restarts_counter"]

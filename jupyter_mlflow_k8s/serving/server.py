@@ -35,13 +35,16 @@ from typing import Any
 
 from ..version import __version__
 from .batching import BadRequest, Batcher, Item, batchable, error_body
-from .metrics import Registry
+from .metrics import Registry, multiprocess_directory, restarts_counter
 from .model_loading import LoadedModel, ServerStartupError
 
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: With ``--workers N``, how often each worker recomputes its drift and window gauges (other workers' values
+#: in a scrape are at most this old).
+REFRESH_SECONDS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +84,7 @@ class ServerSettings:
 
 
 class ServerMetrics:
-    """The server's Prometheus metrics (names in docs/serving.md)."""
+    """The server's Prometheus metrics (names in docs/serving.md) in a private registry."""
 
     def __init__(self) -> None:
         self.registry = Registry()
@@ -96,15 +99,25 @@ class ServerMetrics:
                                                   buckets=BATCH_BUCKETS)
         self.info = self.registry.gauge("jmk_model_info", "The model versions this server answers with.",
                                         labels=(*labels, "uri", "role"))
+        self.restarts = restarts_counter(self.registry)
+
+    def serving(self, model: LoadedModel) -> None:
+        """Announce a served version: its info gauge, and its series at 0 (``rate()`` works from the first scrape)."""
+        labels = {"model": model.name, "version": model.version}
+        self.info.labels(**labels, uri=model.uri, role=model.role).set(1)
+        self.requests.labels(**labels, code="200")
+        self.in_flight.labels(**labels)
+        self.duration.labels(**labels)
 
     def batch(self, labels: Mapping[str, str], rows: int) -> None:
         """Count one model call of ``rows`` rows."""
         self.batch_size.labels(**labels).observe(rows)
 
-    def refresh_drift(self, batchers: Sequence[Batcher]) -> None:
-        """Recompute the drift gauges (on each scrape: PSI over the current window)."""
+    def refresh(self, batchers: Sequence[Batcher]) -> None:
+        """Recompute this process's drift and window gauges (PSI over the current window, min/max per feature)."""
         for batcher in batchers:
             batcher.drift.publish(self.registry, batcher.model.name, batcher.model.version)
+            batcher.features.publish()
 
 
 # -- the HTTP app ----------------------------------------------------------------------------------
@@ -122,8 +135,9 @@ class InferenceServer:
         self.batchers: dict[str, Batcher] = {}
         self.started = time.time()
         self.shadow_tasks: set[asyncio.Task[Any]] = set()
+        self.refresher: asyncio.Task[None] | None = None
         for model in self.models:
-            self.metrics.info.labels(model=model.name, version=model.version, uri=model.uri, role=model.role).set(1)
+            self.metrics.serving(model)
 
     def app(self) -> Any:
         """The aiohttp application (its batchers start with it)."""
@@ -144,8 +158,17 @@ class InferenceServer:
             batcher = Batcher(model, self.settings, self.metrics)
             batcher.start()
             self.batchers[model.role] = batcher
+        if multiprocess_directory() is not None:  # a scrape reaches one worker: every worker keeps its own current
+            self.refresher = asyncio.get_running_loop().create_task(self._refresh_every(REFRESH_SECONDS))
+
+    async def _refresh_every(self, seconds: float) -> None:
+        while True:
+            self.metrics.refresh(list(self.batchers.values()))
+            await asyncio.sleep(seconds)
 
     async def _stop_batchers(self, app: Any) -> None:
+        if self.refresher is not None:
+            self.refresher.cancel()
         for batcher in self.batchers.values():
             batcher.close()
 
@@ -255,14 +278,14 @@ class InferenceServer:
         return web.json_response(body)
 
     async def prometheus(self, request: Any) -> Any:
-        """``GET /metrics``: Prometheus text, drift recomputed over the current window."""
+        """``GET /metrics``: Prometheus text (every worker's with ``--workers N``), this process's drift recomputed."""
         from aiohttp import web
 
-        self.metrics.refresh_drift(list(self.batchers.values()))
-        response = web.Response(body=self.metrics.registry.render().encode())
+        self.metrics.refresh(list(self.batchers.values()))
+        response = web.Response(body=self.metrics.registry.render())
         response.headers["Content-Type"] = PROMETHEUS
         return response
 
 
-__all__ = ["BATCH_BUCKETS", "DURATION_BUCKETS", "JSON", "PROMETHEUS", "InferenceServer", "ServerMetrics",
-           "ServerSettings"]
+__all__ = ["BATCH_BUCKETS", "DURATION_BUCKETS", "JSON", "PROMETHEUS", "REFRESH_SECONDS", "InferenceServer",
+           "ServerMetrics", "ServerSettings"]

@@ -2,8 +2,10 @@
 
 With ``--workers N`` (N > 1) the process that loaded the model only supervises: it forks N workers
 that share its listening socket, forks a new one in place of each that dies (by a signal or an
-exit), so nothing is loaded again, and counts each replacement in a number every worker reads on
-``/metrics`` (``jmk_worker_restarts_total``). SIGTERM or SIGINT to the supervisor stops every
+exit), so nothing is loaded again, and tells ``replaced(pid)`` about each replacement (the caller
+counts it in ``jmk_worker_restarts_total`` and marks the dead worker's metrics).
+:func:`multiprocess_metrics` gives the workers one ``prometheus_client`` multiprocess directory, so
+a scrape of any worker reads every worker's metrics. SIGTERM or SIGINT to the supervisor stops every
 worker before it exits, and each worker is told by the kernel to stop when the supervisor dies
 (``PR_SET_PDEATHSIG``), so no worker outlives it. The supervisor runs no event loop and no threads
 of its own, so forking from it is safe. This module does not load models or answer requests.
@@ -13,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import mmap
 import os
 import select
+import shutil
 import signal
-import struct
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 #: Seconds the workers have to finish their requests after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 8.0
@@ -32,20 +34,33 @@ _PR_SET_PDEATHSIG = 1
 _HANDLED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
 
 
-class SharedCount:
-    """A number in memory shared across ``fork``: the supervisor adds to it, every worker reads it."""
+@contextlib.contextmanager
+def multiprocess_metrics(enabled: bool = True) -> Iterator[str | None]:
+    """A private ``PROMETHEUS_MULTIPROC_DIR`` for the workers forked inside, removed afterwards.
 
-    def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, 8)  # anonymous and MAP_SHARED: the same page in every child
+    prometheus_client picks its value class (in memory, or in files of that directory) when
+    ``prometheus_client.values`` is imported, which the server's modules have already done: so the
+    class is picked again here, before any metric is created, and put back on the way out. With
+    ``enabled=False`` (one process) it yields ``None`` and hides a directory inherited from the
+    environment, so a lone server keeps its metrics in memory.
+    """
+    from prometheus_client import values
 
-    def add(self, n: float = 1) -> None:
-        """Add ``n`` (one writer: the supervisor)."""
-        self._memory[:8] = struct.pack("d", self.value + n)
-
-    @property
-    def value(self) -> float:
-        """The current number."""
-        return float(struct.unpack("d", self._memory[:8])[0])
+    before = os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    value_class = values.ValueClass
+    directory = tempfile.mkdtemp(prefix="jmk-metrics-") if enabled else None
+    if directory is not None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.get_value_class()  # type: ignore[misc,no-untyped-call]
+    try:
+        yield directory
+    finally:
+        values.ValueClass = value_class  # type: ignore[misc]
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if before is not None:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = before
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def signal_name(status: int) -> str:
@@ -62,12 +77,14 @@ class Supervisor:
     """Forks ``count`` workers running ``work(ready)`` and keeps ``count`` of them alive until told to stop.
 
     ``work`` runs in the worker and calls ``ready()`` once it accepts requests; ``announce`` is
-    called in the supervisor once every first worker is ready. ``restarts`` counts replacements.
+    called in the supervisor once every first worker is ready; ``replaced(pid)`` after a worker
+    ``pid`` died, before its replacement is forked. ``restarts`` counts replacements.
     """
 
     def __init__(self, count: int, work: Callable[[Callable[[], None]], None], announce: Callable[[], None],
-                 restarts: SharedCount, grace: float = STOP_GRACE_SECONDS) -> None:
-        self.count, self.work, self.announce, self.restarts, self.grace = count, work, announce, restarts, grace
+                 replaced: Callable[[int], None] = lambda pid: None, grace: float = STOP_GRACE_SECONDS) -> None:
+        self.count, self.work, self.announce, self.replaced, self.grace = count, work, announce, replaced, grace
+        self.restarts = 0
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
         self.stopping = False
         self.quick_deaths = 0
@@ -124,9 +141,10 @@ class Supervisor:
                 _say(f"worker {slot} (pid {pid}) {signal_name(status)}; {self.quick_deaths} workers in a row died "
                      f"within {QUICK_DEATH_SECONDS:g} s of starting, so the server stops. See the lines above.")
                 return False
-            self.restarts.add()
+            self.restarts += 1
+            self.replaced(pid)
             _say(f"worker {slot} (pid {pid}) {signal_name(status)} after {lived:.1f} s; starting a new one "
-                 f"(restart {self.restarts.value:g})")
+                 f"(restart {self.restarts})")
             self._fork(slot)
         return True
 
@@ -205,4 +223,4 @@ def _say(line: str) -> None:
     print(f"jmk-serve: {line}", file=sys.stderr, flush=True)
 
 
-__all__ = ["SharedCount", "Supervisor", "signal_name"]
+__all__ = ["Supervisor", "multiprocess_metrics", "signal_name"]

@@ -39,10 +39,10 @@ def test_the_parser_reads_what_the_servers_registry_renders() -> None:
     duration.labels(model="m", version="1").observe(0.05)
     duration.labels(model="m", version="1").observe(5)
     registry.gauge("jmk_requests_in_flight", "In flight.").set(float("nan"))
-    samples = parse_prometheus(registry.render())
+    samples = parse_prometheus(registry.render().decode())
     assert samples["jmk_requests_total"] == [({"model": 'we"ird\\name\nx', "version": "1", "code": "200"}, 3.0)]
     assert [(s[0]["le"], s[1]) for s in samples["jmk_request_duration_seconds_bucket"]] == [
-        ("0.1", 1.0), ("1", 1.0), ("+Inf", 2.0)]
+        ("0.1", 1.0), ("1.0", 1.0), ("+Inf", 2.0)]
     assert samples["jmk_request_duration_seconds_count"] == [({"model": "m", "version": "1"}, 2.0)]
     assert math.isnan(samples["jmk_requests_in_flight"][0][1])
     assert parse_prometheus('# HELP x y\n\nx{a="1",} 2 1700000000000\ny -Inf\n') == {"x": [({"a": "1"}, 2.0)],

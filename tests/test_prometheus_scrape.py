@@ -14,7 +14,10 @@ Prometheus' HTTP API, evaluated at one instant, and each answer is checked:
   lies within that factor of the raw ratio; a quantile lies in the buckets such a factor can reach;
 - PSI equals, exactly, the PSI of the rows each worker's drift window holds (the window is
   ``len(frame)`` rows and the drift traffic is whole shifted copies of the training frame, so a
-  worker that got one holds exactly one) and the value the server's own ``/metrics`` shows.
+  worker that got one holds exactly one) and the value the server's own ``/metrics`` shows. Each
+  worker keeps its own window, so each must get at least one whole frame (300 rows; 600 in all
+  with two workers): frames are sent ``workers`` at a time until ``jmk_drift_window_rows``, summed
+  over the workers, says every window is full (the small requests hold fewer rows than a window).
 
 Before the measured traffic one good and one bad request are sent and scraped, so every series
 (each status code, each histogram) is already in Prometheus: a series that first appears with its

@@ -40,7 +40,9 @@ concurrency: requests/s (200 answers in the window / duration), p50 and p99 late
 sees it, failed requests (non-200 answers and connection errors), the CPU the server used per
 second (1.0 = one core saturated), the load generator's CPU per second, and the CPU other processes
 of the machine used meanwhile (the machine may be shared). For ours with batching, the mean batch
-size comes from its ``/metrics`` (``jmk_batch_size`` sum / count).
+size comes from its ``/metrics`` (``jmk_batch_size`` sum / count); with several workers that is
+only meaningful where one scrape sums every worker (prometheus_client's multiprocess mode), with
+per-worker metrics it is the batch size of whichever worker answered the scrape.
 
 With ``--rounds N`` each server (kind, tree, worker count) is started once per round; a round goes
 through all of them, every other round in the reverse order, so that a drift of the machine hits the
@@ -592,7 +594,7 @@ def run(args: argparse.Namespace, tmp: Path, baseline: Tree | None = None) -> in
     estimate = (points * (args.duration + args.warmup + 0.5) + len(variants) * args.rounds * START_S
                 + len(args.concurrency) * (args.duration + args.warmup + 1) + 4 * args.ceiling_seconds + 20)
     print(f"plan: {args.rounds} round(s) of {len(variants)} servers x {len(args.concurrency)} concurrencies = "
-          f"{points} load points, about {estimate / 60:.0f} min")
+          f"{points} load points, about {estimate / 60:.0f} min on an idle machine")
     model = register_model(tmp)
     print(f"\nmodel: {model.uri} in {model.tracking_uri} (store created and 2 versions registered in "
           f"{model.seconds:.1f} s)")

@@ -3,37 +3,55 @@
 Usage::
 
     .venv/bin/python benchmarks/serving.py [--duration 10] [--warmup 2] [--concurrency 1 16 64] [--rows 1]
-                                           [--rounds 1] [--server-cpu 0] [--load-cpu 1] [--keep]
+                                           [--rounds 1] [--workers 1 2] [--baseline TREE]
+                                           [--servers mlflow ours ours-nb] [--server-cpu 0] [--load-cpu 1] [--keep]
 
 The model: an iris-like scikit-learn ``LogisticRegression`` (4 float64 features, 3 classes) logged
 with a signature and registered as version 1 of ``iris-bench`` in a new SQLite tracking store in a
 temporary folder, by ``make_served`` from ``tests/serving_fixtures.py`` (the fixture the serving
 tests use; it also registers a version 2, not used here). Every server loads ``models:/iris-bench/1``
-from that store (``MLFLOW_TRACKING_URI``) with one worker:
+from that store (``MLFLOW_TRACKING_URI``) with ``W`` workers, for each ``W`` of ``--workers`` (1 by
+default):
 
-- **mlflow**: ``mlflow models serve -m models:/iris-bench/1 --env-manager local --port P --workers 1``
+- **mlflow**: ``mlflow models serve -m models:/iris-bench/1 --env-manager local --port P --workers W``
   (MLflow 3: uvicorn + FastAPI, as shipped: its access log on, written to a file here);
-- **ours, batching**: ``python -m jupyter_mlflow_k8s.serving models:/iris-bench/1 --port P --workers 1``
+- **ours, batching**: ``python -m jupyter_mlflow_k8s.serving models:/iris-bench/1 --port P --workers W``
   (dynamic batching on with the server's defaults for ``--max-batch-size`` and ``--max-wait-ms``,
   printed by the run);
 - **ours, no batching**: the same with ``--no-batching`` (one model call per request).
 
-Each server runs pinned to CPU ``--server-cpu`` (``taskset -c``; its children inherit it), the load
-generator (``benchmarks/loadgen.py``, a separate process) to CPU ``--load-cpu``. The load is closed
-loop: ``--concurrency`` virtual users, each with one keep-alive HTTP/1.1 connection, each sending
-its next request when the answer to the previous one arrived; ``--warmup`` seconds not counted,
-then ``--duration`` seconds measured. Every request is the same ``POST /invocations`` with a JSON
-``dataframe_split`` body of ``--rows`` rows (1 by default: single-row requests, the usual online
-case). Reported per server and concurrency: requests/s (200 answers in the window / duration), p50
-and p99 latency as the client sees it, failed requests (non-200 answers and connection errors),
-the CPU the server used per second (1.0 = its core saturated), the load generator's CPU per second,
-and the CPU other processes of the machine used meanwhile (the machine may be shared). For ours
-with batching, the mean batch size comes from its ``/metrics`` (``jmk_batch_size`` sum / count).
-With ``--rounds N`` each server is started once per round (rounds interleave the servers) and the
-median round is reported per point.
+Ours runs the package of this checkout (``PYTHONPATH`` set to it, whatever the virtual environment
+has installed). With ``--baseline TREE`` (a commit, branch or tag of this repository) ours is also run
+from ``TREE``: its ``jupyter_mlflow_k8s/`` is exported with ``git archive`` into a temporary folder,
+put first on ``PYTHONPATH`` of those servers, and removed at the end; same model, same load, same
+pinning. The peer ``mlflow models serve`` is measured beside both.
 
-Before any load, the same requests (1 row, and 64 rows of the training frame) are sent to every
-server; their answers must be the same JSON, and match ``pyfunc_model.predict`` in this process.
+Pinning: with one worker a server runs on CPU ``--server-cpu`` (``taskset -c``; its children
+inherit it), the load generator (``benchmarks/loadgen.py``, a separate process) on CPU
+``--load-cpu``. With ``W`` workers a server gets ``W`` CPUs: ``--server-cpu`` and the next usable
+ones, the load generator's CPU last; on a 2-core machine ``--workers 2`` therefore runs on CPUs 0,1
+and shares CPU 1 with the load generator (the run prints the CPU set of each worker count, and the
+load generator's own CPU use per point). The load is closed loop: ``--concurrency`` virtual users,
+each with one keep-alive HTTP/1.1 connection, each sending its next request when the answer to the
+previous one arrived; ``--warmup`` seconds not counted, then ``--duration`` seconds measured. Every
+request is the same ``POST /invocations`` with a JSON ``dataframe_split`` body of ``--rows`` rows (1
+by default: single-row requests, the usual online case). Reported per server, workers and
+concurrency: requests/s (200 answers in the window / duration), p50 and p99 latency as the client
+sees it, failed requests (non-200 answers and connection errors), the CPU the server used per
+second (1.0 = one core saturated), the load generator's CPU per second, and the CPU other processes
+of the machine used meanwhile (the machine may be shared). For ours with batching, the mean batch
+size comes from its ``/metrics`` (``jmk_batch_size`` sum / count); with several workers that is
+only meaningful where one scrape sums every worker (prometheus_client's multiprocess mode), with
+per-worker metrics it is the batch size of whichever worker answered the scrape.
+
+With ``--rounds N`` each server (kind, tree, worker count) is started once per round; a round goes
+through all of them, every other round in the reverse order, so that a drift of the machine hits the
+baseline and the current tree (and both worker counts) alike. The median round is reported per
+point; the ratio tables add the ratio of each round's pair.
+
+When a server is first started, the same requests (``--rows`` rows, and 64 rows of the training
+frame) are sent to it; its answers must match ``pyfunc_model.predict`` in this process, so all the
+servers answer the same.
 
 Also measured, so that the reader can place the numbers:
 
@@ -43,16 +61,18 @@ Also measured, so that the reader can place the numbers:
 - **the in-process ceiling**: ``pyfunc_model.predict`` called in a loop in this process (pinned to
   the server CPU) on the same one-row DataFrame (calls/s), and on a 64-row frame (calls/s and
   rows/s); the scikit-learn estimator's own ``predict`` next to it. No server can answer single-row
-  requests faster than the one-row rate without batching.
+  requests faster than the one-row rate without batching (per worker).
 
 Nothing is asserted about timings; the script exits with 1 when a server fails to start or exits,
-the servers' answers differ, or a request failed.
+a server's answers differ, or a request failed, and with 2 for bad arguments (an unknown
+``--baseline``, a CPU this process may not use).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import platform
@@ -60,6 +80,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -84,9 +105,11 @@ from machine import os_name as machine_os_name
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+PACKAGE = "jupyter_mlflow_k8s"
 MODEL_NAME = "iris-bench"
 GOAL_THROUGHPUT = 3.0
 CHECK_ROWS = 64
+START_S = 6.0  # about how long a server takes to answer /ping here (for the time estimate only)
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -96,24 +119,52 @@ def s(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (all of ``os.cpu_count()`` where affinity is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
+def server_cpus(workers: int, server_cpu: int, load_cpu: int | None) -> list[int]:
+    """The CPUs a server with ``workers`` workers is pinned to: ``server_cpu``, then the next usable
+    ones, the load generator's CPU only when no other is left (fewer than ``workers`` on a small machine)."""
+    usable = usable_cpus()
+    after = sorted(usable, key=lambda cpu: (cpu - server_cpu) % (max(usable) + 1))
+    chosen = [cpu for cpu in after if cpu != load_cpu][:workers]
+    if len(chosen) < workers and load_cpu in usable and load_cpu not in chosen:
+        chosen.append(load_cpu)
+    return sorted(chosen)
 
 
+def describe_cpus(workers: int, server_cpu: int, load_cpu: int | None) -> str:
+    """The CPUs of :func:`server_cpus` for the reader, saying when the load generator's is among them."""
+    cpus = server_cpus(workers, server_cpu, load_cpu)
+    text = f"CPU{'s' if len(cpus) > 1 else ''} {','.join(map(str, cpus))}"
+    if load_cpu in cpus and workers > 1:
+        text += " (shared with the load generator)"
+    if len(cpus) < workers:
+        text += f" ({workers} workers share {len(cpus)})"
+    return text
 
 
-def machine_description(tmp: Path, server_cpu: int, load_cpu: int) -> list[tuple[str, str]]:
-    versions = package_versions(("jupyter_mlflow_k8s", "mlflow", "uvicorn", "fastapi", "scikit-learn", "pandas",
-                                 "numpy", "psutil"))
-    tree = code_state(ROOT)
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    pinning = (f"servers on CPU {server_cpu} (taskset -c {server_cpu}), load generator on CPU {load_cpu}"
-               if shutil.which("taskset") else "not pinned (no taskset)")
+def pinning_description(workers: Sequence[int], server_cpu: int, load_cpu: int) -> str:
+    if not shutil.which("taskset"):
+        return "not pinned (no taskset)"
+    per_count = "; ".join(f"{w} worker{'s' if w > 1 else ''}: {describe_cpus(w, server_cpu, load_cpu)}"
+                          for w in workers)
+    return f"servers with taskset -c ({per_count}), load generator on CPU {load_cpu}"
+
+
+def machine_description(tmp: Path, server_cpu: int, load_cpu: int,
+                        workers: Sequence[int] = (1,)) -> list[tuple[str, str]]:
+    versions = package_versions((PACKAGE, "mlflow", "uvicorn", "fastapi", "scikit-learn", "pandas", "numpy",
+                                 "psutil", "prometheus_client"))
     return [
         ("date", datetime.now().astimezone().isoformat(timespec="seconds")),
-        ("code", tree),
-        ("CPU", f"{cpu_model()}, {os.cpu_count()} logical cores, {usable} usable"),
-        ("pinning", pinning),
+        ("code", code_state(ROOT)),
+        ("CPU", f"{cpu_model()}, {os.cpu_count()} logical cores, {len(usable_cpus())} usable"),
+        ("pinning", pinning_description(workers, server_cpu, load_cpu)),
         ("memory", memory_total()),
         ("OS", machine_os_name()),
         ("Python", f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})"),
@@ -121,6 +172,43 @@ def machine_description(tmp: Path, server_cpu: int, load_cpu: int) -> list[tuple
         ("temporary folder", str(tmp)),
         ("load average at start", " ".join(f"{x:.2f}" for x in os.getloadavg())),
     ]
+
+
+# ----------------------------------------------------------------------------- the code under test
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Where the served package comes from: this checkout, or an export of ``--baseline``."""
+
+    name: str  # "current" or "baseline"
+    path: Path  # the folder that holds jupyter_mlflow_k8s/, put first on PYTHONPATH
+    what: str  # for the reader: the commit and how the code got there
+
+
+def current_tree() -> Tree:
+    return Tree("current", ROOT, f"{code_state(ROOT)}, from {ROOT}")
+
+
+def resolve_commit(ref: str) -> str:
+    """The full commit id of ``ref`` in this repository; ValueError with git's answer when there is none."""
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"--baseline {ref}: not a commit, branch or tag of {ROOT} "
+                         f"(try `git -C {ROOT} log --oneline` for one)")
+    return done.stdout.strip()
+
+
+def export_tree(ref: str, into: Path) -> Tree:
+    """``jupyter_mlflow_k8s/`` of ``ref`` in a new folder ``into`` (``git archive``, no worktree left behind)."""
+    commit = resolve_commit(ref)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit, PACKAGE],
+                             capture_output=True, check=True).stdout
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return Tree("baseline", into, f"{ref} = {commit[:7]}, exported with git archive to {into} (removed at the end)")
 
 
 # ----------------------------------------------------------------------------- the model and the requests
@@ -159,34 +247,57 @@ def split_body(frame: Any) -> bytes:
 class ServerKind:
     key: str
     label: str
-    command: Callable[[str, int], list[str]]
+    command: Callable[[str, int, int], list[str]]  # (model URI, port, workers) -> argv
+    ours: bool = True  # runs this repository's package (so --baseline applies)
 
 
 def python_bin() -> Path:
     return Path(sys.executable).parent
 
 
-def mlflow_command(uri: str, port: int) -> list[str]:
+def mlflow_command(uri: str, port: int, workers: int = 1) -> list[str]:
     return [str(python_bin() / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
 
 
-def ours_command(uri: str, port: int, batching: bool = True) -> list[str]:
-    command = [sys.executable, "-m", "jupyter_mlflow_k8s.serving", uri, "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1"]
+def ours_command(uri: str, port: int, workers: int = 1, batching: bool = True) -> list[str]:
+    command = [sys.executable, "-m", f"{PACKAGE}.serving", uri, "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers)]
     return command if batching else [*command, "--no-batching"]
 
 
 SERVERS = (
-    ServerKind("mlflow", "mlflow models serve", mlflow_command),
+    ServerKind("mlflow", "mlflow models serve", mlflow_command, ours=False),
     ServerKind("ours", "ours, batching", ours_command),
-    ServerKind("ours-nb", "ours, no batching", lambda uri, port: ours_command(uri, port, batching=False)),
+    ServerKind("ours-nb", "ours, no batching",
+               lambda uri, port, workers: ours_command(uri, port, workers, batching=False)),
 )
+SERVERS_BY_KEY = {kind.key: kind for kind in SERVERS}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server as measured: its kind, its worker count and (for ours) the tree its code comes from."""
+
+    kind: ServerKind
+    workers: int
+    tree: Tree | None  # None: not our code (mlflow)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.kind.key, self.tree.name if self.tree else "", self.workers
+
+    @property
+    def label(self) -> str:
+        return self.kind.label + (", baseline" if self.tree and self.tree.name == "baseline" else "")
+
+    def describe(self) -> str:
+        return f"{self.label}, {self.workers} worker{'s' if self.workers > 1 else ''}"
 
 
 @dataclass
 class Server:
-    """A started server process (its own process group), pinned to a CPU."""
+    """A started server process (its own process group), pinned to its CPUs."""
 
     kind: ServerKind
     port: int
@@ -252,15 +363,21 @@ def http(method: str, url: str, body: bytes | None = None, timeout: float = 10.0
         return error.code, error.read()
 
 
-def start_server(kind: ServerKind, model: Model, tmp: Path, cpu: int | None, timeout: float = 180.0) -> Server:
-    """Start ``kind`` on a free port, pinned to ``cpu``; return once ``GET /ping`` answers 200."""
+def start_server(kind: ServerKind, model: Model, tmp: Path, cpu: int | Sequence[int] | None, timeout: float = 180.0,
+                 *, workers: int = 1, tree: Tree | None = None) -> Server:
+    """Start ``kind`` with ``workers`` on a free port, pinned to ``cpu`` (one or several), our package from
+    ``tree`` (this checkout by default); return once ``GET /ping`` answers 200."""
     port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=model.tracking_uri,
                PATH=f"{python_bin()}{os.pathsep}{os.environ.get('PATH', '')}",  # mlflow runs ``uvicorn`` from PATH
                JMK_STATE_DIR=str(tmp / "state"))
-    command = kind.command(model.uri, port)
-    if cpu is not None and shutil.which("taskset"):
-        command = ["taskset", "-c", str(cpu), *command]
+    if kind.ours:  # this tree's package, not the one the virtual environment was installed from
+        source = (tree or current_tree()).path
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source), os.environ.get("PYTHONPATH", "")) if p)
+    command = kind.command(model.uri, port, workers)
+    cpus = [cpu] if isinstance(cpu, int) else list(cpu or [])
+    if cpus and shutil.which("taskset"):
+        command = ["taskset", "-c", ",".join(map(str, cpus)), *command]
     log = tmp / f"{kind.key}-{port}.log"
     started = time.perf_counter()
     with log.open("wb") as out:
@@ -281,8 +398,8 @@ def start_server(kind: ServerKind, model: Model, tmp: Path, cpu: int | None, tim
 
 
 @contextlib.contextmanager
-def running(kind: ServerKind, model: Model, tmp: Path, cpu: int | None) -> Iterator[Server]:
-    server = start_server(kind, model, tmp, cpu)
+def running(variant: Variant, model: Model, tmp: Path, cpus: Sequence[int]) -> Iterator[Server]:
+    server = start_server(variant.kind, model, tmp, cpus, workers=variant.workers, tree=variant.tree)
     try:
         yield server
     finally:
@@ -401,38 +518,83 @@ def in_process_ceiling(model: Model, rows: int, seconds: float, cpu: int | None)
 # ----------------------------------------------------------------------------- the run
 
 
+Results = dict[tuple[tuple[str, str, int], int], list[dict[str, Any]]]  # (variant key, concurrency) -> rounds
+
+
 def median_round(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median throughput (the lower middle one for an even count)."""
     ordered = sorted(results, key=lambda r: r["throughput"])
     return ordered[(len(ordered) - 1) // 2]
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: use 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per load point")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measured window")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--rows", type=int, default=1, help="rows per request")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--rows", type=positive_int, default=1, help="rows per request")
+    parser.add_argument("--rounds", type=positive_int, default=1)
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1],
+                        help="run every server with each of these worker counts, e.g. --workers 1 2")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="also run ours from this commit, branch or tag (e.g. --baseline main), same run")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--ceiling-seconds", type=float, default=3.0, help="per in-process measurement")
     parser.add_argument("--servers", nargs="+", default=[k.key for k in SERVERS], choices=[k.key for k in SERVERS])
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (store, server logs)")
     args = parser.parse_args(argv)
+    args.workers = sorted(set(args.workers))
+    for option in ("server_cpu", "load_cpu"):
+        if getattr(args, option) not in usable_cpus():
+            parser.error(f"--{option.replace('_', '-')} {getattr(args, option)}: this process may use CPUs "
+                         f"{','.join(map(str, usable_cpus()))} only")
+    if args.baseline is not None:
+        if not any(SERVERS_BY_KEY[key].ours for key in args.servers):
+            parser.error("--baseline compares ours: add ours or ours-nb to --servers")
+        try:
+            resolve_commit(args.baseline)
+        except ValueError as error:
+            parser.error(str(error))
     tmp = Path(tempfile.mkdtemp(prefix="jmk-bench-serving-"))
+    baseline_dir = tmp / "baseline"
     try:
-        return run(args, tmp)
+        return run(args, tmp, export_tree(args.baseline, baseline_dir) if args.baseline is not None else None)
     finally:
+        shutil.rmtree(baseline_dir, ignore_errors=True)  # the exported tree goes, --keep or not
         if args.keep:
             print(f"\nkept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, tmp: Path) -> int:
+def plan(args: argparse.Namespace, baseline: Tree | None) -> list[Variant]:
+    """Every server to measure in one round, in the order of the first round."""
+    trees = [current_tree(), *([baseline] if baseline else [])]
+    kinds = [SERVERS_BY_KEY[key] for key in args.servers]
+    return [Variant(kind, workers, tree) for workers in args.workers for kind in kinds
+            for tree in (trees if kind.ours else [None])]
+
+
+def run(args: argparse.Namespace, tmp: Path, baseline: Tree | None = None) -> int:
     wall_start = time.perf_counter()
-    print(table("Machine", ["what", "value"], machine_description(tmp, args.server_cpu, args.load_cpu)))
+    print(table("Machine", ["what", "value"], machine_description(tmp, args.server_cpu, args.load_cpu, args.workers)))
+    variants = plan(args, baseline)
+    trees = {v.tree.name: v.tree for v in variants if v.tree}
+    for tree in trees.values():
+        print(f"{tree.name}: {tree.what}")
+    points = len(variants) * len(args.concurrency) * args.rounds
+    estimate = (points * (args.duration + args.warmup + 0.5) + len(variants) * args.rounds * START_S
+                + len(args.concurrency) * (args.duration + args.warmup + 1) + 4 * args.ceiling_seconds + 20)
+    print(f"plan: {args.rounds} round(s) of {len(variants)} servers x {len(args.concurrency)} concurrencies = "
+          f"{points} load points, about {estimate / 60:.0f} min on an idle machine")
     model = register_model(tmp)
     print(f"\nmodel: {model.uri} in {model.tracking_uri} (store created and 2 versions registered in "
           f"{model.seconds:.1f} s)")
@@ -447,7 +609,6 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     pyfunc_model = mlflow.pyfunc.load_model(model.uri)
     check_bodies = [body, split_body(model.frame.iloc[:CHECK_ROWS])]
     expected = [pyfunc_model.predict(model.frame.iloc[:n]).tolist() for n in (args.rows, CHECK_ROWS)]
-    kinds = [k for k in SERVERS if k.key in args.servers]
     with contextlib.suppress(ImportError, AttributeError):
         from jupyter_mlflow_k8s.serving.__main__ import parser as serving_parser
 
@@ -455,38 +616,11 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         print(f"ours: batching defaults --max-batch-size {defaults.max_batch_size}, "
               f"--max-wait-ms {defaults.max_wait_ms:g}")
 
-    problems: list[str] = []
-    servers: list[Server] = []
-    try:
-        for kind in kinds:
-            servers.append(start_server(kind, model, tmp, args.server_cpu))
-        problems += check_answers(servers, check_bodies, expected)
-        print(f"\nsame answers from {', '.join(k.label for k in kinds)} and in-process predict "
-              f"({len(check_bodies)} requests: {args.rows} and {CHECK_ROWS} rows): "
-              + ("yes" if not problems else "NO"))
-        print("time to the first 200 on /ping: " + ", ".join(f"{x.kind.label} {x.ready_s:.1f} s" for x in servers))
-    except RuntimeError as error:
-        problems.append(str(error))
-    finally:
-        for server in servers:
-            server.stop()
-    if problems:
+    results: Results = {}
+    problems = measure_rounds(args, variants, model, tmp, body_file, (check_bodies, expected), results)
+    if any(p.startswith("stopped:") for p in problems):
         print("\nproblems:\n  " + "\n  ".join(problems))
         return 1
-
-    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for round_index in range(args.rounds):
-        for kind in kinds:
-            with running(kind, model, tmp, args.server_cpu) as server:
-                for concurrency in args.concurrency:
-                    result = measure_point(server, body_file, concurrency, args)
-                    results.setdefault((kind.key, concurrency), []).append(result)
-                    print(f"round {round_index + 1}, {kind.label}, concurrency {concurrency}: "
-                          f"{result['throughput']:.0f} req/s, p50 {s(result['p50_ms'], 2)} ms, "
-                          f"p99 {s(result['p99_ms'], 2)} ms, failed {result['failed']}, "
-                          f"server CPU {result['server_cpu_s_per_s']:.2f}/s, others {s(result['other_cpu_s'])} CPU-s",
-                          flush=True)
-                problems += [f"{kind.label}: {p}" for p in server.problems]
 
     ceiling = {}
     for concurrency in args.concurrency:
@@ -500,13 +634,14 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
             problems.append(f"load generator ceiling at concurrency {concurrency}: {done.stderr[-500:]}")
     in_process = in_process_ceiling(model, args.rows, args.ceiling_seconds, args.server_cpu)
 
-    report(args, kinds, results, ceiling, in_process)
-    for (key, concurrency), runs in results.items():
-        for r in runs:
-            if r["failed"]:
-                problems.append(f"{key} at concurrency {concurrency}: {r['failed']} failed requests "
-                                f"({r['statuses']}, connection errors {r['connection_errors']}): "
-                                f"{'; '.join(r['error_samples'])}")
+    report(args, variants, results, ceiling, in_process)
+    for variant in variants:
+        for concurrency in args.concurrency:
+            for r in results[(variant.key, concurrency)]:
+                if r["failed"]:
+                    problems.append(f"{variant.describe()} at concurrency {concurrency}: {r['failed']} failed requests "
+                                    f"({r['statuses']}, connection errors {r['connection_errors']}): "
+                                    f"{'; '.join(r['error_samples'])}")
     elapsed = time.perf_counter() - wall_start
     print(f"\nwhole benchmark: {elapsed:.0f} s; load average at the end: "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
@@ -516,38 +651,124 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     return 1 if problems else 0
 
 
-def report(args: argparse.Namespace, kinds: Sequence[ServerKind], results: dict[tuple[str, int], list[dict[str, Any]]],
+def measure_rounds(args: argparse.Namespace, variants: Sequence[Variant], model: Model, tmp: Path, body_file: Path,
+                   checks: tuple[Sequence[bytes], Sequence[Any]], results: Results) -> list[str]:
+    """Every round over every server, reversed every other round; problems found (``stopped:`` first when the
+    run cannot go on: a server that did not start or answered differently)."""
+    problems: list[str] = []
+    for round_index in range(args.rounds):
+        for variant in variants if round_index % 2 == 0 else variants[::-1]:
+            cpus = server_cpus(variant.workers, args.server_cpu, args.load_cpu)
+            try:
+                with running(variant, model, tmp, cpus) as server:
+                    if round_index == 0:  # each server's answers once, before its first load
+                        wrong = check_answers([server], *checks)
+                        where = describe_cpus(variant.workers, args.server_cpu, args.load_cpu)
+                        print(f"\n{variant.describe()} on {where}: "
+                              f"first 200 on /ping after {server.ready_s:.1f} s; answers ({len(checks[0])} requests: "
+                              f"{args.rows} and {CHECK_ROWS} rows) as in-process predict: {'no' if wrong else 'yes'}",
+                              flush=True)
+                        if wrong:
+                            return [f"stopped: {variant.describe()}: {p}" for p in wrong]
+                    for concurrency in args.concurrency:
+                        result = measure_point(server, body_file, concurrency, args)
+                        results.setdefault((variant.key, concurrency), []).append(result)
+                        print(f"round {round_index + 1}, {variant.describe()}, concurrency {concurrency}: "
+                              f"{result['throughput']:.0f} req/s, p50 {s(result['p50_ms'], 2)} ms, "
+                              f"p99 {s(result['p99_ms'], 2)} ms, failed {result['failed']}, "
+                              f"server CPU {result['server_cpu_s_per_s']:.2f}/s, "
+                              f"others {s(result['other_cpu_s'])} CPU-s", flush=True)
+                    problems += [f"{variant.describe()}: {p}" for p in server.problems]
+            except RuntimeError as error:
+                return [*problems, f"stopped: {variant.describe()}: {error}"]
+    return problems
+
+
+# ----------------------------------------------------------------------------- the tables
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def paired_ratios(ours: Sequence[dict[str, Any]], peer: Sequence[dict[str, Any]]) -> str:
+    """The throughput ratio of each round's pair (the rounds interleave, so a pair saw the same machine)."""
+    return " ".join(s(ratio(a["throughput"], b["throughput"]), 2) for a, b in zip(ours, peer, strict=True))
+
+
+def report(args: argparse.Namespace, variants: Sequence[Variant], results: Results,
            ceiling: dict[int, dict[str, Any]], in_process: list[list[str]]) -> None:
     rounds = "one round" if args.rounds == 1 else f"median of {args.rounds} rounds by req/s" + (
         ", the lower middle one" if args.rounds % 2 == 0 else "")
+    load = (f"{args.rows}-row dataframe_split requests, closed loop, {args.duration:g} s measured after "
+            f"{args.warmup:g} s warm-up")
+    ordered = sorted(variants, key=lambda v: (SERVERS.index(v.kind), v.tree.name if v.tree else "", v.workers))
     rows = []
-    for kind in kinds:
+    for variant in ordered:
         for concurrency in args.concurrency:
-            r = median_round(results[(kind.key, concurrency)])
-            rows.append([kind.label, str(concurrency), s(r["throughput"]), s(r["p50_ms"], 2), s(r["p99_ms"], 2),
-                         str(r["failed"]), s(r["mean_batch"], 1), s(r["server_cpu_s_per_s"], 2),
+            r = median_round(results[(variant.key, concurrency)])
+            rows.append([variant.label, str(variant.workers), str(concurrency), s(r["throughput"]), s(r["p50_ms"], 2),
+                         s(r["p99_ms"], 2), str(r["failed"]), s(r["mean_batch"], 1), s(r["server_cpu_s_per_s"], 2),
                          s(r["loadgen_cpu_s_per_s"], 2), s(r["other_cpu_s"], 1)])
     print()
-    print(table(f"Throughput and latency ({rounds}; {args.rows}-row dataframe_split requests, closed loop, "
-                f"{args.duration:g} s measured after {args.warmup:g} s warm-up, 1 worker each)",
-                ["server", "concurrency", "req/s", "p50 ms", "p99 ms", "failed", "mean batch", "server CPU/s",
-                 "loadgen CPU/s", "others CPU-s"], rows))
+    print(table(f"Throughput and latency ({rounds}; {load})",
+                ["server", "workers", "concurrency", "req/s", "p50 ms", "p99 ms", "failed", "mean batch",
+                 "server CPU/s", "loadgen CPU/s", "others CPU-s"], rows))
 
-    if any(k.key == "mlflow" for k in kinds):
+    def median(variant: Variant, concurrency: int) -> dict[str, Any]:
+        return median_round(results[(variant.key, concurrency)])
+
+    by_key = {v.key: v for v in variants}
+    current = [v for v in ordered if v.tree and v.tree.name == "current"]
+    if any(v.kind.key == "mlflow" for v in variants):
         rows = []
-        for kind in kinds:
-            if kind.key == "mlflow":
-                continue
+        for variant in current:
+            peer = by_key[("mlflow", "", variant.workers)]
             for concurrency in args.concurrency:
-                ours = median_round(results[(kind.key, concurrency)])
-                peer = median_round(results[("mlflow", concurrency)])
-                ratio = ours["throughput"] / peer["throughput"] if peer["throughput"] else None
-                p99 = ours["p99_ms"] / peer["p99_ms"] if ours["p99_ms"] and peer["p99_ms"] else None
-                met = ratio is not None and p99 is not None and ratio >= GOAL_THROUGHPUT and p99 <= 1.0
-                rows.append([kind.label, str(concurrency), s(ratio, 2), s(p99, 2), "yes" if met else "no"])
+                ours, theirs = median(variant, concurrency), median(peer, concurrency)
+                throughput = ratio(ours["throughput"], theirs["throughput"])
+                p99 = ratio(ours["p99_ms"], theirs["p99_ms"])
+                met = throughput is not None and p99 is not None and throughput >= GOAL_THROUGHPUT and p99 <= 1.0
+                rows.append([variant.label, str(variant.workers), str(concurrency), s(throughput, 2), s(p99, 2),
+                             "yes" if met else "no"])
         print()
-        print(table(f"Ratios ours / mlflow models serve (goal: throughput >= {GOAL_THROUGHPUT:g}x at p99 ratio <= 1)",
-                    ["server", "concurrency", "throughput ratio", "p99 ratio", "goal met"], rows))
+        print(table(f"Ratios ours / mlflow models serve, same worker count (goal: throughput >= {GOAL_THROUGHPUT:g}x "
+                    "at p99 ratio <= 1)",
+                    ["server", "workers", "concurrency", "throughput ratio", "p99 ratio", "goal met"], rows))
+
+    if any(v.tree and v.tree.name == "baseline" for v in variants):
+        rows = []
+        for variant in current:
+            base = by_key[(variant.kind.key, "baseline", variant.workers)]
+            for concurrency in args.concurrency:
+                now, before = median(variant, concurrency), median(base, concurrency)
+                rows.append([variant.label, str(variant.workers), str(concurrency), s(now["throughput"]),
+                             s(before["throughput"]), s(ratio(now["throughput"], before["throughput"]), 2),
+                             paired_ratios(results[(variant.key, concurrency)], results[(base.key, concurrency)]),
+                             s(ratio(now["p99_ms"], before["p99_ms"]), 2)])
+        print()
+        print(table(f"Current / baseline ({next(v.tree.what for v in variants if v.tree and v.tree.name == 'baseline')}"
+                    "; > 1: current faster)",
+                    ["server", "workers", "concurrency", "req/s current", "req/s baseline", "throughput ratio",
+                     "ratio per round", "p99 ratio"], rows))
+
+    if len(args.workers) > 1:
+        fewest = args.workers[0]
+        rows = []
+        for variant in (v for v in ordered if v.workers != fewest):
+            single = by_key[(variant.kind.key, variant.key[1], fewest)]
+            for concurrency in args.concurrency:
+                many, one = median(variant, concurrency), median(single, concurrency)
+                rows.append([variant.label, str(concurrency), f"{variant.workers} / {fewest}", s(many["throughput"]),
+                             s(one["throughput"]), s(ratio(many["throughput"], one["throughput"]), 2),
+                             paired_ratios(results[(variant.key, concurrency)], results[(single.key, concurrency)]),
+                             s(ratio(many["p99_ms"], one["p99_ms"]), 2)])
+        cpus = "; ".join(f"{w}: {describe_cpus(w, args.server_cpu, args.load_cpu)}" for w in args.workers)
+        print()
+        print(table(f"Workers: more / {fewest} worker{'s' if fewest > 1 else ''}, same server and tree (CPUs per "
+                    f"worker count {cpus}; load generator on CPU {args.load_cpu})",
+                    ["server", "concurrency", "workers", "req/s more", f"req/s {fewest}", "throughput ratio",
+                     "ratio per round", "p99 ratio"], rows))
 
     rows = []
     for concurrency, r in sorted(ceiling.items()):

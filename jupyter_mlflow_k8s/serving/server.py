@@ -29,6 +29,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -162,8 +163,14 @@ class InferenceServer:
             self.refresher = asyncio.get_running_loop().create_task(self._refresh_every(REFRESH_SECONDS))
 
     async def _refresh_every(self, seconds: float) -> None:
+        said = ""
         while True:
-            self.metrics.refresh(list(self.batchers.values()))
+            try:
+                self.metrics.refresh(list(self.batchers.values()))
+            except Exception as exc:  # a failed refresh leaves the last values; the next second tries again
+                if repr(exc) != said:  # once per distinct failure, not every second
+                    said = repr(exc)
+                    print(f"jmk-serve: refreshing the drift metrics failed: {said}", file=sys.stderr, flush=True)
             await asyncio.sleep(seconds)
 
     async def _stop_batchers(self, app: Any) -> None:

@@ -37,7 +37,9 @@ CLIENT_TIMEOUT = 20.0
 
 @pytest.fixture
 def env(mlflow_uri: str, tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "JMK_STATE_DIR": str(tmp_path / "state")}
+    # TMPDIR: a server with workers keeps its metrics in a directory made there, so a killed one's stays in tmp_path
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "JMK_STATE_DIR": str(tmp_path / "state"),
+            "TMPDIR": str(tmp_path)}
 
 
 @pytest.fixture
@@ -149,13 +151,15 @@ def test_a_worker_killed_under_load_is_replaced_counted_and_logged(served_model:
     assert f"(pid {victim}) killed by SIGKILL" in log and "starting a new one (restart 1)" in log, log
 
 
-def test_workers_do_not_outlive_a_killed_supervisor(workers: Server) -> None:
+def test_workers_do_not_outlive_a_killed_supervisor(workers: Server, tmp_path: Path) -> None:
     pids = all_workers(workers)
     workers.process.kill()  # nothing can forward a SIGKILL: the kernel tells each worker (PR_SET_PDEATHSIG)
     workers.process.wait(timeout=10)
     wait_for(lambda: all(process_gone(pid) for pid in pids), timeout=20)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{workers.url}/ping", timeout=5)
+    # the documented limit: nothing is left to remove the workers' metrics directory after a SIGKILL
+    assert [path.name.startswith("jmk-metrics-") for path in tmp_path.iterdir() if path.is_dir()].count(True) == 1
 
 
 def test_workers_that_keep_dying_at_once_stop_the_server_with_a_reason(served_model: Served,

@@ -107,7 +107,7 @@ def parse_config(config: Mapping[str, Any] | None, target: str) -> dict[str, Any
         try:
             parsed[key] = _BY_KEY[key].parse(value)
         except JMKUsageError as exc:
-            problems.append(str(exc))
+            problems.append(str(exc).rstrip("."))
     if problems:
         raise JMKUsageError(f"{'; '.join(problems)}. Valid keys for {_target_uri(target)}: {', '.join(valid)} "
                             f"(`mlflow deployments help -t {_target_uri(target)}` says what each does).")

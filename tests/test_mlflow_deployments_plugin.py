@@ -129,14 +129,18 @@ def test_create_list_get_predict_update_delete(cli: MlflowCli, plugin_model: Ser
         assert json.loads(response.read())["version"] == plugin_model.versions[1]
 
     bad_update = cli("deployments", "update", "-t", "jmk", "--name", "iris-mlflow", "-C", "workers=0", ok=False)
-    assert "--workers must be a whole number of at least 1" in bad_update.stderr
-    assert predictions(cli, "iris-mlflow", rows_file) == second  # still serving
+    assert "--workers must be a whole number of at least 1" in bad_update.stderr  # refused before it stopped
+    failed = cli("deployments", "update", "-t", "jmk", "--name", "iris-mlflow", "-m", "runs:/0123456789abcdef/model",
+                 ok=False)  # the new server cannot start: the old one is put back
+    assert f"Deployment 'iris-mlflow' was not updated, and serves {plugin_model.uri('2')} again" in failed.stderr
+    assert described(cli("deployments", "get", "-t", "jmk", "--name", "iris-mlflow"))["url"] == got["url"]
+    assert predictions(cli, "iris-mlflow", rows_file) == second
 
     assert "Deployment iris-mlflow is deleted" in cli("deployments", "delete", "-t", "jmk", "--name",
                                                       "iris-mlflow").stdout
     assert "List of all deployments:\n[]" in cli("deployments", "list", "-t", "jmk").stdout
     gone = cli("deployments", "get", "-t", "jmk", "--name", "iris-mlflow", ok=False)
-    assert "No endpoint 'iris-mlflow' on jmk. There are none yet." in gone.stderr
+    assert "No endpoint 'iris-mlflow' on jmk. There are none. Create it with `mlflow deployments create" in gone.stderr
     assert not ServingManager().get("iris-mlflow").running
 
 

@@ -30,7 +30,7 @@ from mlflow.protos.databricks_pb2 import (
 
 from ..errors import ConflictError, JMKError, JMKUsageError, NotFoundError, UnavailableError
 from .errors import EndpointNotFound
-from .options import OPTIONS
+from .options import OPTIONS, SERVER_FLAGS, server_arguments
 from .targets import EndpointSummary, EndpointTarget, get_target, target_names
 
 __all__ = ["CONFIG_KEYS", "PluginDeploymentClient", "run_local", "target_help"]
@@ -112,6 +112,11 @@ def parse_config(config: Mapping[str, Any] | None, target: str) -> dict[str, Any
         raise JMKUsageError(f"{'; '.join(problems)}. Valid keys for {_target_uri(target)}: {', '.join(valid)} "
                             f"(`mlflow deployments help -t {_target_uri(target)}` says what each does).")
     return parsed
+
+
+def check_flags(flags: Mapping[str, Any]) -> None:
+    """The server's checks of its flags together (ranges, a canary fraction needs a canary, ...), before any start."""
+    server_arguments({key: value for key, value in flags.items() if key in SERVER_FLAGS})
 
 
 def check_flavor(flavor: str | None) -> None:
@@ -247,6 +252,7 @@ class PluginDeploymentClient(BaseDeploymentClient):
         with mlflow_errors():
             check_flavor(flavor)
             flags = parse_config(config, self.target_name)
+            check_flags(flags)
             check_name(name)
             model_uri = check_model_uri(model_uri, self._tracking_uri())
             existing = self._find(name)
@@ -271,17 +277,19 @@ class PluginDeploymentClient(BaseDeploymentClient):
             new_uri = found.model_uri if model_uri is None else check_model_uri(model_uri, self._tracking_uri())
             old = {**found.flags, "port": _port_of(found)}
             flags = {**old, **given}  # a switch given false is taken off
+            check_flags(flags)  # before the old one stops
             if found.backend != "local":
                 return self._deploy(name, new_uri, flags)
             self.target.stop(name)
             try:
                 return self._deploy(name, new_uri, flags)
             except JMKError as failed:
-                with contextlib.suppress(JMKError):
+                try:
                     self._deploy(name, found.model_uri, old)
-                    raise JMKUsageError(f"Deployment {name!r} was not updated, and serves {found.model_uri} "
-                                        f"again: {failed}") from failed
-                raise
+                except JMKError:
+                    raise failed from None
+                raise JMKUsageError(f"Deployment {name!r} was not updated, and serves {found.model_uri} again: "
+                                    f"{failed}") from failed
 
     def delete_deployment(self, name: str, config: Mapping[str, Any] | None = None,
                           endpoint: str | None = None) -> None:
@@ -334,6 +342,7 @@ def run_local(name: str, model_uri: str, flavor: str | None = None, config: Mapp
     with mlflow_errors():
         check_flavor(flavor)
         flags = parse_config(config, "local")
+        check_flags(flags)
         check_name(name)
         manager = ServingManager()
         model_uri = check_model_uri(model_uri, manager.settings.tracking_uri)

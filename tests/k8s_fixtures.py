@@ -210,6 +210,21 @@ def k8s_mlflow_server_s3(
     yield from mlflow_with_s3_artifacts(tmp_path_factory, k8s_s3_server, host=k8s_cluster.host_ip)
 
 
+@pytest.fixture
+def cluster_env(k8s_cluster: KubeTarget, k8s_namespace: str, k8s_mlflow_server: str, state_dir: Path,
+                monkeypatch: pytest.MonkeyPatch) -> str:
+    """This process configured as a user's would be: a kubeconfig, a namespace, the pods' image and tracking.
+
+    Set in the environment, so a command it starts (``jmk``, ``mlflow deployments``) is configured the same.
+    Returns the namespace.
+    """
+    monkeypatch.setenv("KUBECONFIG", str(k8s_cluster.kubeconfig))
+    monkeypatch.setenv("JMK_K8S_NAMESPACE", k8s_namespace)
+    monkeypatch.setenv("JUPYTER_IMAGE_SPEC", k8s_cluster.pod_image)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", k8s_mlflow_server)
+    return k8s_namespace
+
+
 @pytest.fixture(scope="session")
 def k8s_served_model(k8s_mlflow_server: str) -> Iterator[Any]:
     """``iris-serving`` (versions 1 and 2, ``@prod`` on 1) registered in ``k8s_mlflow_server``, for endpoint pods."""

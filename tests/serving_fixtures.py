@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 
@@ -101,3 +105,62 @@ def make_broken(name: str, tracking_uri: str, served: Served, damage: str = "cor
             mlflow.log_artifacts(str(model_dir), "model")
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
     return f"models:/{name}/{version.version}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def entry_points_folder(folder: Path) -> Path:
+    """``folder`` holding a ``*.dist-info`` with this checkout's ``mlflow.deployments`` entry points (pyproject.toml).
+
+    On ``PYTHONPATH`` it makes MLflow find the plugin whether or not the package was installed again
+    since the entry point was declared (an editable install of another checkout, say).
+    """
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["entry-points"]["mlflow.deployments"]
+    info = folder / "jmk_checkout_plugins-0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: jmk-checkout-plugins\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(
+        "[mlflow.deployments]\n" + "".join(f"{name} = {value}\n" for name, value in declared.items()))
+    return folder
+
+
+@dataclass(frozen=True)
+class MlflowCli:
+    """The real ``mlflow`` command line of this environment, seeing this checkout and its plugin.
+
+    Each call takes this process's environment as it is then (the state directory, the tracking URI,
+    a kubeconfig that fixtures set), with the plugin's entry points and this checkout first on ``PYTHONPATH``.
+    """
+
+    plugins: Path
+
+    def env(self) -> dict[str, str]:
+        path = os.pathsep.join(p for p in (str(self.plugins), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        return {**os.environ, "PYTHONPATH": path}
+
+    def argv(self, *args: str) -> list[str]:
+        from servers import BIN
+
+        return [str(BIN / "mlflow"), *args]
+
+    def __call__(self, *args: str, ok: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run ``mlflow ARGS``; with ``ok``, a non-zero exit fails the test with what it printed."""
+        result = subprocess.run(self.argv(*args), env=self.env(), capture_output=True, text=True, timeout=timeout)
+        if ok and result.returncode != 0:
+            raise AssertionError(f"mlflow {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n"
+                                 f"{result.stderr[-4000:]}")
+        return result
+
+
+@pytest.fixture
+def mlflow_cli(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowCli]:
+    """``mlflow`` as a subprocess on the test's state directory; local endpoints it left running are stopped."""
+    from jupyter_mlflow_k8s.serving.manager import ServingManager
+
+    yield MlflowCli(entry_points_folder(tmp_path_factory.mktemp("mlflow-plugins")))
+    manager = ServingManager()
+    for endpoint in manager.list():
+        if endpoint.running:
+            manager.stop(endpoint.name)

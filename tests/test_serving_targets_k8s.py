@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_fixtures import KubeTarget, pod_processes
+from k8s_fixtures import pod_processes
 from serving_fixtures import FEATURES, Served
 
 from jupyter_mlflow_k8s.cli import main
@@ -22,17 +21,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def cluster_env(k8s_cluster: KubeTarget, k8s_namespace: str, k8s_mlflow_server: str, state_dir: Path,
-                monkeypatch: pytest.MonkeyPatch) -> str:
-    """This process configured as a user's would be: a kubeconfig, a namespace, the pods' image and tracking."""
-    monkeypatch.setenv("KUBECONFIG", str(k8s_cluster.kubeconfig))
-    monkeypatch.setenv("JMK_K8S_NAMESPACE", k8s_namespace)
-    monkeypatch.setenv("JUPYTER_IMAGE_SPEC", k8s_cluster.pod_image)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", k8s_mlflow_server)
-    return k8s_namespace
 
 
 def test_jmk_serve_lists_predicts_and_stops_a_kubernetes_endpoint(

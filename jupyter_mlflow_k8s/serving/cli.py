@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return _cmd_stop(targets, rest[0]) if target == "stop" else _cmd_predict(targets, rest[0], rest[1])
     if rest:
         raise JMKUsageError(f"Unexpected {' '.join(rest)}: jmk serve takes one MODEL_URI.\nUsage: {USAGE}")
-    from .manager import check_name, default_name, free_port
+    from .manager import check_name
 
     flags = given_flags(args)
     server_arguments(flags)  # every flag checked before anything starts
@@ -106,13 +105,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 0
     manager = get_target("local").manager  # type: ignore[attr-defined]  # the local target's process manager
     if args.foreground:
-        port = args.port or free_port(flags.get("host") or "127.0.0.1")
-        argv = manager.command(target, args.name or default_name(target), port, **flags)
-        process = subprocess.Popen(argv, env=manager.environment())
-        try:
-            return process.wait()
-        except KeyboardInterrupt:  # the server got the same SIGINT: let it finish
-            return process.wait()
+        return int(manager.run_foreground(target, args.name, args.port, **flags))
     endpoint = manager.start(target, name=args.name, port=args.port, **flags)
     print(started_message(endpoint))
     print(f"  query: jmk serve predict {endpoint.name} '[[...]]'   stop: jmk serve stop {endpoint.name}")

@@ -211,6 +211,20 @@ class ServingManager:
         """The server's environment: this one, with the configured tracking URI and unbuffered output."""
         return {**os.environ, "MLFLOW_TRACKING_URI": self.settings.tracking_uri, "PYTHONUNBUFFERED": "1"}
 
+    def run_foreground(self, model_uri: str, name: str | None = None, port: int | None = None,
+                       **server_flags: Any) -> int:
+        """Run a server in this terminal until it exits or Ctrl-C (not recorded); its exit code.
+
+        ``name`` defaults as for :meth:`start`, ``port`` to a free one; flags are checked first.
+        """
+        port = port or free_port(server_flags.get("host") or DEFAULT_HOST)
+        argv = self.command(model_uri, name or default_name(model_uri), port, **server_flags)
+        process = subprocess.Popen(argv, env=self.environment())
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # the server got the same SIGINT: let it finish
+            return process.wait()
+
     def start(self, model_uri: str, name: str | None = None, port: int | None = None, **server_flags: Any) -> Endpoint:
         """Start a server for ``model_uri`` in the background and return its endpoint once it listens.
 

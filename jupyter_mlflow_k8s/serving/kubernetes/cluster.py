@@ -21,7 +21,7 @@ from ...errors import JMKError, NotFoundError
 from ...k8s import apply, delete_owned, ensure_owned, read, translated
 from ...k8s.pods import WAITING_FAILURES, PodSettings
 from ..errors import EndpointNotFound
-from .objects import credential_environment, endpoint_manifests, rollout_patch
+from .objects import command_flags, credential_environment, endpoint_manifests, rollout_patch
 from .spec import (
     CONTAINER,
     CRASH_RESTARTS,
@@ -182,12 +182,15 @@ def _endpoint(deployment: Mapping[str, Any]) -> Endpoint:
     status = deployment.get("status", {})
     labels, annotations = meta.get("labels", {}), meta.get("annotations", {})
     current = status.get("observedGeneration", 0) >= meta.get("generation", 0)
+    containers = spec.get("template", {}).get("spec", {}).get("containers") or []
+    command = next((c.get("command") or [] for c in containers if c.get("name") == CONTAINER), [])
+    port, flags = command_flags(command)
     return Endpoint(
         name=meta["name"], namespace=meta["namespace"], model_uri=annotations.get(MODEL_URI_ANNOTATION, ""),
         model=labels.get(MODEL_LABEL, ""), version=labels.get(VERSION_LABEL, ""),
         replicas=int(spec.get("replicas", 1)), available=int(status.get("availableReplicas") or 0),
         updated=int(status.get("updatedReplicas") or 0) if current else 0,
-        autoscaled=False,
+        autoscaled=False, port=port, flags=flags,
     )
 
 

@@ -8,6 +8,7 @@ passed :func:`jupyter_mlflow_k8s.k8s.ensure_valid`. The pod is placed as every p
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,9 +17,10 @@ from urllib.parse import urlsplit
 from ...k8s.pods import CREDENTIAL_VARIABLES, PodSettings, compact, pod_spec, pvc_volumes, resources, shm_volume
 from ...k8s.presets import layered_settings
 from ...k8s.validation import ensure_valid
-from ..options import server_arguments, spec_flags
+from ..options import OPTIONS, add_server_arguments, server_arguments, spec_flags
 from .spec import (
     CONTAINER,
+    DEFAULT_PORT,
     MODEL_URI_ANNOTATION,
     SERVICE_PORT,
     SERVING_MODULE,
@@ -44,6 +46,26 @@ def server_command(spec: EndpointSpec, python: str = "python") -> list[str]:
     command = [python, "-m", SERVING_MODULE, spec.model_uri, "--host", "0.0.0.0", "--port", str(spec.port),  # noqa: S104
                "--name", spec.name]
     return command + server_arguments(spec_flags(spec)) + list(spec.extra_args)
+
+
+def command_flags(command: Sequence[str]) -> tuple[int, dict[str, Any]]:
+    """The port and the server flags (``start``'s keywords) of a command :func:`server_command` made.
+
+    Its inverse, for reading an endpoint back: a flag at the server's default is left out, as
+    :func:`~jupyter_mlflow_k8s.serving.options.spec_flags` leaves it out. A command that is not the
+    server's (edited by hand) reads as the default port and no flags.
+    """
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("model_uri")
+    add_server_arguments(parser)
+    try:
+        parsed, _ = parser.parse_known_args(list(command[3:]))
+    except (argparse.ArgumentError, SystemExit):
+        return DEFAULT_PORT, {}
+    flags = {option.key: value for option in OPTIONS
+             if option.start_flag and option.on_kubernetes and (value := getattr(parsed, option.key)) is not None
+             and value is not False and value != option.default}
+    return int(parsed.port), flags
 
 
 def _tracking_in_secret(uri: str | None) -> bool:

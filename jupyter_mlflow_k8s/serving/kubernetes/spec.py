@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...exceptions import JMKUsageError
@@ -99,6 +99,9 @@ class Endpoint:
     available: int
     updated: int
     autoscaled: bool
+    port: int = DEFAULT_PORT
+    #: The server flags its pods run with (``ServingManager.start``'s keywords), read back from their command.
+    flags: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def url(self) -> str:

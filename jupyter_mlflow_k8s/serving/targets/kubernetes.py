@@ -74,7 +74,7 @@ def summary(endpoint: k8s.Endpoint) -> EndpointSummary:
         status = "updating" if endpoint.available else "starting"
     return EndpointSummary(name=endpoint.name, backend="kubernetes", status=status, url=endpoint.url,
                            model_uri=endpoint.model_uri, namespace=endpoint.namespace,
-                           replicas=f"{endpoint.available}/{endpoint.replicas}",
+                           replicas=f"{endpoint.available}/{endpoint.replicas}", flags=dict(endpoint.flags),
                            identity=("kubernetes", endpoint.namespace, endpoint.name), source=endpoint)
 
 

@@ -29,7 +29,6 @@ from .monitoring import (
     Monitoring,
     alert_rules,
     check_monitoring,
-    duration_problem,
     monitoring_manifests,
     owned_by,
     pod_monitor_manifest,
@@ -78,9 +77,9 @@ __all__ = [
     "MODEL_LABEL", "MODEL_URI_ANNOTATION", "MONITORING_ANNOTATION", "MONITOR_KINDS", "SELECTOR", "SERVICE_PORT",
     "SERVING_MODULE", "TERMINATION_GRACE_SECONDS", "UNDEPLOY_WAIT_SECONDS", "VERSION_LABEL", "Autoscale", "Endpoint",
     "EndpointError", "EndpointNotFound", "EndpointNotReady", "EndpointSpec", "Monitoring", "alert_rules",
-    "check_monitoring", "check_spec", "credential_environment", "deploy", "deployment_manifest", "duration_problem",
+    "check_monitoring", "check_spec", "credential_environment", "deploy", "deployment_manifest",
     "endpoint_labels", "endpoint_manifests", "endpoint_selector", "endpoint_settings", "env_secret_manifest",
     "env_secret_name", "hpa_manifest", "list_endpoints", "model_identity", "monitoring_manifests", "owned_by",
     "pod_monitor_manifest", "prometheus_rule_manifest", "resolve_alias", "rollout_patch", "server_command",
-    "service_manifest", "undeploy", "wait_ready"
+    "service_manifest", "undeploy", "wait_ready",
 ]

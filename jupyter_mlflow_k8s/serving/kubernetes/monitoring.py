@@ -12,13 +12,12 @@ the Deployment deletes them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...k8s.pods import PodSettings
-from ...k8s.validation import ensure_valid
+from ...k8s.validation import check_prometheus_duration, ensure_valid
 from ..promql import ALERTS, scoped
 from .spec import ENDPOINT_LABEL, EndpointError, EndpointSpec, _labels, _metadata, check_spec, endpoint_selector
 
@@ -29,8 +28,6 @@ API_VERSION = "monitoring.coreos.com/v1"
 #: The label every scraped series of an endpoint gets: its name (from the pod label ``jmk.io/endpoint``).
 ENDPOINT_SERIES_LABEL = "jmk_io_endpoint"
 DEFAULT_INTERVAL = "30s"
-# A Prometheus duration, as the CRDs' schemas write it (e.g. 30s, 1m30s, 2h); "0" is refused here: no scrapes.
-_DURATION = re.compile(r"(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?")
 
 
 @dataclass(frozen=True)
@@ -45,23 +42,16 @@ class Monitoring:
     interval: str = DEFAULT_INTERVAL
 
 
-def duration_problem(value: object) -> str | None:
-    """Why ``value`` is not a Prometheus duration above zero (``30s``, ``1m30s``, ``2h``), or None."""
-    if isinstance(value, str) and value and _DURATION.fullmatch(value) and any(c in "123456789" for c in value):
-        return None
-    return (f"{value!r} is not a Prometheus duration: use a number and a unit among y, w, d, h, m, s, ms, "
-            "largest first, such as '30s', '1m30s' or '2h'")
-
-
 def check_monitoring(monitoring: Monitoring) -> None:
     """Refuse a scrape interval Prometheus would not read, before anything is built.
 
     Raises:
         EndpointError: Saying what to write instead.
     """
-    problem = duration_problem(monitoring.interval)
-    if problem:
-        raise EndpointError(f"Scrape interval {problem} (c.KubernetesBackend.monitoring_interval).")
+    problems = check_prometheus_duration(monitoring.interval, "the scrape interval (c.KubernetesBackend."
+                                                              "monitoring_interval)")
+    if problems:
+        raise EndpointError(problems[0][0].upper() + problems[0][1:] + ".")
 
 
 def _monitor_metadata(spec: EndpointSpec, settings: PodSettings, monitoring: Monitoring) -> dict[str, Any]:

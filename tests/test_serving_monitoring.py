@@ -69,7 +69,7 @@ def strict(schema: Any) -> Any:
 
 @functools.cache
 def crd(kind: str) -> dict[str, Any]:
-    group, version, plural = CUSTOM_KINDS[kind]
+    group, _, plural = CUSTOM_KINDS[kind]
     loaded = yaml.safe_load((SCHEMAS / f"{group}_{plural}.yaml").read_text())
     assert loaded["spec"]["group"] == group and loaded["spec"]["names"]["kind"] == kind
     assert isinstance(loaded, dict)
@@ -240,7 +240,7 @@ def test_scoped_adds_the_matchers_to_every_selector_of_ours(expr: str, expected:
 def test_scoped_quotes_values_and_refuses_bad_label_names() -> None:
     assert promql.scoped("jmk_a", {"n": 'say "hi"\\'}) == 'jmk_a{n="say \\"hi\\"\\\\"}'
     assert promql.scoped("jmk_a", {}) == "jmk_a"
-    with pytest.raises(ValueError, match="'jmk.io/endpoint'"):
+    with pytest.raises(ValueError, match=r"'jmk\.io/endpoint'"):
         promql.scoped("jmk_a", {"jmk.io/endpoint": "churn"})
 
 
@@ -271,9 +271,9 @@ def test_monitor_in_the_magic_says_the_same(shell: Any) -> None:
 def test_a_bad_scrape_interval_is_refused(interval: str) -> None:
     config = Config()
     config.KubernetesBackend.monitoring_interval = interval
-    with pytest.raises(TraitError, match="monitoring_interval: .* is not a Prometheus duration.*'1m30s'"):
+    with pytest.raises(TraitError, match=r"monitoring_interval: .* is not a Prometheus duration.*'1m30s'"):
         KubernetesBackend(None, config=config)
-    with pytest.raises(EndpointError, match="The scrape interval .*is not a Prometheus duration"):
+    with pytest.raises(EndpointError, match=r"The scrape interval .*is not a Prometheus duration"):
         pod_monitor_manifest(SPEC, SETTINGS, Monitoring(interval=interval))
 
 
@@ -284,5 +284,5 @@ def test_the_monitoring_settings_and_their_defaults() -> None:
     config.KubernetesBackend.monitoring_interval = "1m30s"
     config.KubernetesBackend.monitoring_labels = {"release": "kube-prometheus-stack"}
     assert KubernetesBackend(None, config=config).monitoring_interval == "1m30s"
-    with pytest.raises(InvalidManifest, match="metadata.labels"):
+    with pytest.raises(InvalidManifest, match=r"metadata\.labels"):
         pod_monitor_manifest(SPEC, SETTINGS, Monitoring(labels={"not a label!": "x"}))

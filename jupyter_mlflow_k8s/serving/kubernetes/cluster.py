@@ -49,9 +49,25 @@ ROLLBACK_WAIT_SECONDS = 120.0
 
 
 def _objects(name: str) -> list[tuple[str, str]]:
-    """The (kind, name) of everything an endpoint may be, in the order it is taken down."""
-    return [*((kind, name) for kind in MONITOR_KINDS), (HPA, name), ("Service", name), ("Deployment", name),
-            ("Secret", env_secret_name(name))]
+    """The (kind, name) of everything an endpoint may be, in the order it is taken down (monitoring aside)."""
+    return [(HPA, name), ("Service", name), ("Deployment", name), ("Secret", env_secret_name(name))]
+
+
+def _monitored(deployment: Mapping[str, Any] | None) -> bool:
+    annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+    return bool(annotations.get(MONITORING_ANNOTATION) == "true")
+
+
+def _monitoring_objects(api: Any, name: str, namespace: str,
+                        found: dict[tuple[str, str], dict[str, Any] | None]) -> dict[tuple[str, str], Any]:
+    """The endpoint's PodMonitor and PrometheusRule as they are (checked to be ours), or None each.
+
+    They are read only when its Deployment says it is monitored: a user without rights on them, or a
+    cluster without their CRDs, is never asked otherwise.
+    """
+    if not _monitored(found[("Deployment", name)]):
+        return dict.fromkeys(((kind, name) for kind in MONITOR_KINDS), None)
+    return ensure_owned(api, [(kind, name) for kind in MONITOR_KINDS], namespace)
 
 
 def resolve_alias(model_uri: str, tracking_uri: str | None) -> str:
@@ -124,6 +140,10 @@ def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
         _check_monitoring_served(api, spec.name, namespace)
     found = ensure_owned(api, _objects(spec.name), namespace)
     previous = found[("Deployment", spec.name)]
+    if monitors:  # replaced only if ours
+        found |= ensure_owned(api, [(kind, spec.name) for kind in MONITOR_KINDS], namespace)
+    else:
+        found |= _monitoring_objects(api, spec.name, namespace, found)
     apply(api, secret)
     _, deployed = apply(api, deployment, patch=rollout_patch(deployment, keep_replicas=hpa is not None))
     apply(api, service, patch=[
@@ -218,7 +238,7 @@ def _endpoint(deployment: Mapping[str, Any]) -> Endpoint:
         model=labels.get(MODEL_LABEL, ""), version=labels.get(VERSION_LABEL, ""),
         replicas=int(spec.get("replicas", 1)), available=int(status.get("availableReplicas") or 0),
         updated=int(status.get("updatedReplicas") or 0) if current else 0,
-        autoscaled=False, monitor=annotations.get(MONITORING_ANNOTATION) == "true",
+        autoscaled=False, monitor=_monitored(deployment),
     )
 
 
@@ -370,7 +390,8 @@ def undeploy(api: Any, name: str, namespace: str, *, wait: float | None = UNDEPL
     if found[("Service", name)] is None and found[("Deployment", name)] is None:
         raise EndpointNotFound(name, namespace=namespace, hint=" List them with list_endpoints(api, namespace) "
                                "(or `jmk serve list`).")
-    for kind, object_name in _objects(name):
+    found |= _monitoring_objects(api, name, namespace, found)
+    for kind, object_name in [*((kind, name) for kind in MONITOR_KINDS), *_objects(name)]:
         if found[(kind, object_name)] is not None:
             delete_owned(api, kind, object_name, namespace)
     deadline = time.monotonic() + (wait or 0)

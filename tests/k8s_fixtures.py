@@ -14,6 +14,7 @@ When the cluster cannot be built on a machine, every such test skips with the re
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -23,8 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import psutil
 import pytest
+import yaml
+from helpers import wait_for
+
+from jupyter_mlflow_k8s.k8s import CUSTOM_KINDS, missing_kinds
+from jupyter_mlflow_k8s.serving.kubernetes import MONITOR_KINDS
 
 # The node agent ignores images (it runs the command with this test environment's python).
 AGENT_POD_IMAGE = "python:3.11-slim"
@@ -234,3 +241,52 @@ def k8s_served_model(k8s_mlflow_server: str) -> Iterator[Any]:
     with mlflow_tracking(k8s_mlflow_server):  # make_served points this process at the server: not for later tests
         served = make_served("iris-serving", k8s_mlflow_server)
     yield served
+
+
+# -- the prometheus-operator's CRDs (tests/schemas/prometheus-operator) ------------------------------
+
+MONITORING_SCHEMAS = Path(__file__).parent / "schemas" / "prometheus-operator"
+
+
+def installable(definition: Any) -> Any:
+    """The CRD as the test cluster's 1.20 API server takes it: without its ``default: ""`` entries.
+
+    That server reads an empty default as null and refuses the whole CRD (``...properties[name].default:
+    Invalid value: "null": in body must be of type string``); later servers take it. A default only fills a
+    field we do not send, so the schema checks what we send all the same.
+    """
+    if isinstance(definition, dict):
+        return {key: installable(value) for key, value in definition.items() if not (key == "default" and value == "")}
+    if isinstance(definition, list):
+        return [installable(item) for item in definition]
+    return definition
+
+
+def custom(api: Any, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    group, version, plural = CUSTOM_KINDS[kind]
+    try:
+        answer = kubernetes.client.CustomObjectsApi(api).get_namespaced_custom_object(
+            group, version, namespace, plural, name, _preload_content=False)
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(json.loads(answer.data))
+
+
+@pytest.fixture
+def monitoring_crds(k8s_api: Any) -> Iterator[None]:
+    """The prometheus-operator's PodMonitor and PrometheusRule CRDs, installed for one test, then removed."""
+    extensions = kubernetes.client.ApiextensionsV1Api(k8s_api)
+    names = []
+    for path in sorted(MONITORING_SCHEMAS.glob("*.yaml")):
+        definition = installable(yaml.safe_load(path.read_text()))
+        extensions.create_custom_resource_definition(definition)
+        names.append(definition["metadata"]["name"])
+    try:
+        wait_for(lambda: not missing_kinds(k8s_api, MONITOR_KINDS), timeout=60, interval=0.5)
+        yield
+    finally:
+        for name in names:
+            extensions.delete_custom_resource_definition(name)
+        wait_for(lambda: missing_kinds(k8s_api, MONITOR_KINDS) == list(MONITOR_KINDS), timeout=60, interval=0.5)

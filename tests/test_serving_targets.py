@@ -41,7 +41,7 @@ def test_every_server_flag_is_offered_by_jmk_serve_and_serve_magic_with_the_same
     magic = {a.dest for a in ServingMagics.serve.parser._actions if a.option_strings}  # type: ignore[attr-defined]
     assert server == {option.key for option in options.OPTIONS}
     assert server <= front and server <= magic
-    assert front - server == {"help", "backend", "foreground"} and magic - server == {"backend"}
+    assert front - server == {"help", "backend", "monitor", "foreground"} and magic - server == {"backend", "monitor"}
 
 
 def test_server_defaults_become_its_settings_and_front_doors_default_to_not_given() -> None:

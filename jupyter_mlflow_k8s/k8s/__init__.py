@@ -12,7 +12,19 @@ from __future__ import annotations
 from .client import api_client, context_namespace, in_cluster, kubeconfig_path
 from .names import MANAGED_BY, MANAGED_BY_LABEL, dns_slug, label_value
 from .namespace import SERVICE_ACCOUNT_NAMESPACE, resolve_namespace, service_account_namespace
-from .objects import KINDS, api_error, apply, create, delete_owned, ensure_owned, is_managed, read, translated
+from .objects import (
+    CUSTOM_KINDS,
+    KINDS,
+    api_error,
+    apply,
+    create,
+    delete_owned,
+    ensure_owned,
+    is_managed,
+    missing_kinds,
+    read,
+    translated,
+)
 from .pods import (
     CREDENTIAL_VARIABLES,
     PAYLOAD_MOUNT,
@@ -33,10 +45,11 @@ from .presets import PRESET_KEYS, apply_preset, check_image, layered_settings, p
 from .validation import check_manifest, ensure_valid
 
 __all__ = [
-    "CREDENTIAL_VARIABLES", "KINDS", "MANAGED_BY", "MANAGED_BY_LABEL", "PAYLOAD_MOUNT", "PRESET_KEYS",
+    "CREDENTIAL_VARIABLES", "CUSTOM_KINDS", "KINDS", "MANAGED_BY", "MANAGED_BY_LABEL", "PAYLOAD_MOUNT", "PRESET_KEYS",
     "SERVICE_ACCOUNT_NAMESPACE", "SHM_MOUNT", "WAITING_FAILURES", "PVCMount", "PodSettings", "api_client", "api_error",
     "apply", "apply_preset", "check_image", "check_manifest", "compact", "context_namespace", "create", "delete_owned",
     "dns_slug", "ensure_owned", "ensure_valid", "in_cluster", "is_managed", "kubeconfig_path", "label_value",
-    "layered_settings", "parse_secret", "parse_volume", "placement", "plain", "pod_spec", "pvc_volumes", "read",
+    "layered_settings", "missing_kinds", "parse_secret", "parse_volume", "placement", "plain", "pod_spec",
+    "pvc_volumes", "read",
     "resolve_namespace", "resources", "service_account_namespace", "shm_volume", "tolerations", "translated",
 ]

@@ -3,7 +3,9 @@
 :func:`apply` creates an object, or updates the one of that name when it is ours (labelled
 ``app.kubernetes.io/managed-by=jupyter-mlflow-k8s``); :func:`delete_owned` deletes only ours. Both
 refuse anything else with a :class:`ConflictError`, so a name clash never replaces or deletes
-someone's Deployment or CronJob. Kubernetes API errors leave here as the error families of
+someone's Deployment or CronJob. Custom resources (:data:`CUSTOM_KINDS`, e.g. the prometheus-operator's
+PodMonitor) go the same way, through ``CustomObjectsApi``; :func:`missing_kinds` asks API discovery
+whether a cluster serves them at all. Kubernetes API errors leave here as the error families of
 :mod:`jupyter_mlflow_k8s.errors`, with what was being done in their message. Builders stay pure:
 they hand their manifests (plain JSON data) to these functions.
 """
@@ -30,6 +32,12 @@ KINDS: dict[str, tuple[str, str]] = {
     "ServiceAccount": ("CoreV1Api", "service_account"),
     "Role": ("RbacAuthorizationV1Api", "role"),
     "RoleBinding": ("RbacAuthorizationV1Api", "role_binding"),
+}
+
+# kind -> (API group, version, plural) of the custom resources we make, through CustomObjectsApi
+CUSTOM_KINDS: dict[str, tuple[str, str, str]] = {
+    "PodMonitor": ("monitoring.coreos.com", "v1", "podmonitors"),
+    "PrometheusRule": ("monitoring.coreos.com", "v1", "prometheusrules"),
 }
 
 
@@ -78,10 +86,24 @@ def translated(what: str) -> Iterator[None]:
 
 
 def _method(api: Any, kind: str, verb: str) -> Any:
+    """The client's ``{verb}_namespaced_...`` method for ``kind``, called as the typed ones are.
+
+    ``create(namespace, body)``, ``read(name, namespace)``, ``replace|patch(name, namespace, body)`` and
+    ``delete(name, namespace)``, with the client's keywords; a custom kind's group, version and plural are
+    filled in.
+    """
     import kubernetes
 
+    if kind in CUSTOM_KINDS:
+        group, version, plural = CUSTOM_KINDS[kind]
+        call = getattr(kubernetes.client.CustomObjectsApi(api),
+                       f"{'get' if verb == 'read' else verb}_namespaced_custom_object")
+        if verb == "create":
+            return lambda namespace, body, **options: call(group, version, namespace, plural, body, **options)
+        return lambda name, namespace, *body, **options: call(group, version, namespace, plural, name, *body,
+                                                              **options)
     if kind not in KINDS:
-        raise ValueError(f"kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(sorted([*KINDS, *CUSTOM_KINDS]))}")
     api_class, suffix = KINDS[kind]
     return getattr(getattr(kubernetes.client, api_class)(api), f"{verb}_namespaced_{suffix}")
 
@@ -201,3 +223,31 @@ def delete_owned(api: Any, kind: str, name: str, namespace: str, *, propagation:
             raise
         raise api_error(exc, f"delete {kind} {namespace}/{name}") from exc
     return True
+
+
+def missing_kinds(api: Any, kinds: Iterable[str]) -> list[str]:
+    """The kinds of :data:`CUSTOM_KINDS` among ``kinds`` that the cluster does not serve (no CRD), by API discovery.
+
+    Raises:
+        JMKError: The API refused discovery, or did not answer, in its family.
+    """
+    import kubernetes
+
+    served: dict[tuple[str, str], set[str]] = {}
+    missing = []
+    for kind in kinds:
+        group, version, plural = CUSTOM_KINDS[kind]
+        if (group, version) not in served:
+            try:
+                listed = kubernetes.client.CustomObjectsApi(api).get_api_resources(group, version,
+                                                                                    _preload_content=False)
+                served[(group, version)] = {resource["name"] for resource in _data(listed).get("resources") or []}
+            except Exception as exc:
+                if _status(exc) != 404:  # 404: the API group and version are not served at all
+                    if translate(exc) is None:
+                        raise
+                    raise api_error(exc, f"ask which resources {group}/{version} serves") from exc
+                served[(group, version)] = set()
+        if plural not in served[(group, version)]:
+            missing.append(kind)
+    return missing

@@ -15,7 +15,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import JMKUsageError
-from ..serving.options import front_arguments, given_flags, given_options
+from ..serving.options import deploy_options, front_arguments, given_flags, given_options
 from ..serving.targets import EndpointTarget, get_target
 from ..serving.targets.listing import find, list_all, started_message
 from ..widgets.endpoints import EndpointTable
@@ -85,6 +85,7 @@ class ServingMagics(Magics):
             %serve list
             %serve stop churn-prod
             %serve models:/churn@prod --backend kubernetes      # a Deployment and a Service
+            %serve models:/churn@prod --backend kubernetes --monitor   # and a PodMonitor, a PrometheusRule
             %serve list --backend kubernetes
             %serve stop churn-prod --backend kubernetes
         """
@@ -94,7 +95,7 @@ class ServingMagics(Magics):
         target, rest = args.target, args.rest
         flags = given_flags(args)
         if target in ("list", "stop"):
-            given = given_options(args, ("name", "port", *flags))
+            given = given_options(args, ("name", "port", *flags, "monitor"))
             if given:
                 raise JMKUsageError(f"%serve {target} takes no {', '.join(given)}.\n{SERVE_USAGE}")
             if target == "list":
@@ -111,12 +112,14 @@ class ServingMagics(Magics):
             return None
         if rest:
             raise JMKUsageError(f"Unexpected {' '.join(rest)}: %serve takes one MODEL_URI.\n{SERVE_USAGE}")
+        deploying = deploy_options(args)
         if args.backend not in (None, "local"):
             from ..serving.manager import check_name
 
             if args.name is not None:
                 check_name(args.name)
-            return self._targets(args.backend)[0].deploy(target, name=args.name, port=args.port, **flags)
+            return self._targets(args.backend)[0].deploy(target, name=args.name, port=args.port, **flags,
+                                                         **deploying)
         endpoint = self._manager().start(target, name=args.name, port=args.port, **flags)
         print(f"[jmk] {started_message(endpoint)}")
         print(f"[jmk] query it with %predict {endpoint.name} DATA; stop it with %serve stop {endpoint.name}")

@@ -17,13 +17,14 @@ from typing import Any
 
 from ..errors import JMKUsageError
 from ..widgets.endpoints import EndpointTable
-from .options import front_arguments, given_flags, given_options, server_arguments
+from .options import deploy_options, front_arguments, given_flags, given_options, server_arguments
 from .targets import EndpointTarget, get_target
 from .targets.listing import find, list_all, started_message
 
 __all__ = ["add_serve_command", "read_data"]
 
-USAGE = """jmk serve MODEL_URI [--name NAME] [--port PORT] [server flags] [--backend local|kubernetes] [--foreground]
+USAGE = """jmk serve MODEL_URI [--name NAME] [--port PORT] [server flags] [--backend local|kubernetes [--monitor]]
+                [--foreground]
        jmk serve list [--backend local|kubernetes]
        jmk serve stop NAME [--backend local|kubernetes]
        jmk serve predict NAME JSON_OR_@FILE [--backend local|kubernetes]"""
@@ -37,6 +38,7 @@ EXAMPLES = """examples:
   jmk serve predict churn @rows.json                 (or @rows.csv, sent as text/csv)
   jmk serve stop churn
   jmk serve models:/churn@prod --backend kubernetes  a Deployment and a Service in the backend's namespace
+  jmk serve models:/churn@prod --backend kubernetes --monitor   and a PodMonitor and a PrometheusRule
   jmk serve list --backend kubernetes
   jmk serve stop churn-prod --backend kubernetes"""
 
@@ -93,13 +95,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     flags = given_flags(args)
     server_arguments(flags)  # every flag checked before anything starts
+    deploying = deploy_options(args)
     if args.name is not None:
         check_name(args.name)
     if args.backend not in (None, "local"):
         if args.foreground:
             raise JMKUsageError(f"--foreground runs the server in this terminal: it does not go with --backend "
                                 f"{args.backend}.")
-        deployed = get_target(args.backend).deploy(target, name=args.name, port=args.port, **flags)
+        deployed = get_target(args.backend).deploy(target, name=args.name, port=args.port, **flags, **deploying)
         print(f"deployed {deployed.name} in namespace {deployed.namespace}: {deployed.model_uri}, "
               f"{deployed.available}/{deployed.replicas} replicas available, at {deployed.url} (inside the cluster)")
         return 0

@@ -80,11 +80,13 @@ class ConfigKey:
 
 
 #: Every ``-C`` key, in the order ``mlflow deployments help -t jmk`` lists them. A target's own key is one
-#: more line here, a keyword its ``deploy`` takes, e.g. ``ConfigKey("monitor", bool, "...", ("kubernetes",))``.
+#: more line here, a keyword its ``deploy`` takes.
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
     *(ConfigKey(option.key, option.kind, option.front_help or option.help,
                 None if option.on_kubernetes else ("local",))
       for option in OPTIONS if option.key != "name"),  # the deployment's name is --name
+    ConfigKey("monitor", bool, "a PodMonitor and a PrometheusRule (prometheus-operator) beside the endpoint; "
+              "kept by an update until -C monitor=false", ("kubernetes",)),
 )
 _BY_KEY = {entry.key: entry for entry in CONFIG_KEYS}
 

@@ -110,12 +110,34 @@ BACKEND_ARGUMENT: tuple[tuple[str, ...], dict[str, Any]] = (
                                                   "and predict: only that backend's endpoints"})
 
 
+#: ``--monitor``: a Kubernetes endpoint's PodMonitor and PrometheusRule. Not a server flag: the server never sees it.
+MONITOR_ARGUMENT: tuple[tuple[str, ...], dict[str, Any]] = (
+    ("--monitor",), {"action": "store_true", "help": "with --backend kubernetes: a PodMonitor and a PrometheusRule "
+                                                     "(prometheus-operator) beside the Deployment"})
+
+
 def front_arguments() -> list[tuple[tuple[str, ...], dict[str, Any]]]:
     """``(option strings, add_argument keywords)`` of ``jmk serve`` and ``%serve``, ``--backend`` last.
 
     Every value defaults to ``None`` (a switch to ``False``): "not given", so the server's own default holds.
     """
-    return [((option.flag,), option.argparse_keywords(front=True)) for option in OPTIONS] + [BACKEND_ARGUMENT]
+    return [((option.flag,), option.argparse_keywords(front=True)) for option in OPTIONS] + [MONITOR_ARGUMENT,
+                                                                                               BACKEND_ARGUMENT]
+
+
+def deploy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What a front door's command line asks of the deployment beyond the server's flags: ``{"monitor": True}``.
+
+    Raises:
+        JMKUsageError: ``--monitor`` without ``--backend kubernetes`` (checked before anything starts).
+    """
+    if not getattr(args, "monitor", False):
+        return {}
+    if getattr(args, "backend", None) != "kubernetes":
+        raise JMKUsageError("--monitor puts a PodMonitor and a PrometheusRule (prometheus-operator) beside a "
+                            "Kubernetes endpoint: add --backend kubernetes, or drop --monitor (a local server's "
+                            "/metrics is scraped by pointing Prometheus at it).")
+    return {"monitor": True}
 
 
 #: The front doors' flags as a list (``SERVE_OPTIONS`` of ``serving/cli.py`` before this table).
@@ -134,7 +156,7 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def given_options(args: argparse.Namespace,
-                  keys: tuple[str, ...] = ("name", "port", *FLAG_KEYS, "backend")) -> list[str]:
+                  keys: tuple[str, ...] = ("name", "port", *FLAG_KEYS, "monitor", "backend")) -> list[str]:
     """The spellings (``--port``) of the options given on a command line, for "takes no --port" errors."""
     return [f"--{key.replace('_', '-')}" for key in keys
             if getattr(args, key, None) is not None and getattr(args, key, None) is not False]

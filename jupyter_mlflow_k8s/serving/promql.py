@@ -11,6 +11,8 @@ and its primary read apart.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: The labels every query keeps.
@@ -88,3 +90,41 @@ ALERTS: tuple[Alert, ...] = (
         "(PSI {{ $value }})",
     ),
 )
+
+
+# A quoted string (left as it is), or one of our metrics with the selector that follows it, if any.
+_SELECTORS = re.compile(r'"(?:[^"\\]|\\.)*"'
+                        r'|(?<![\w:])(?P<metric>jmk_[\w:]*)\s*(?P<braces>\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\})?')
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def scoped(expr: str, matchers: Mapping[str, str]) -> str:
+    """``expr`` with ``name="value"`` matchers added to the selector of every ``jmk_...`` metric in it.
+
+    ``scoped('rate(jmk_requests_total{code!~"2.."}[5m])', {"namespace": "ml"})`` is
+    ``'rate(jmk_requests_total{code!~"2..",namespace="ml"}[5m])'``: a metric without a selector gets one,
+    one with a selector keeps its matchers; strings and other names are left alone. An alert of one
+    endpoint reads only that endpoint's series this way.
+
+    Raises:
+        ValueError: A matcher's name is not a Prometheus label name.
+    """
+    bad = [name for name in matchers if not _LABEL_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"Not Prometheus label names: {', '.join(map(repr, bad))} (letters, digits and '_', "
+                         "not starting with a digit).")
+    added = ",".join(f'{name}="{_quoted(value)}"' for name, value in matchers.items())
+    if not added:
+        return expr
+
+    def insert(match: re.Match[str]) -> str:
+        if match.group("metric") is None:  # a string
+            return match.group(0)
+        inside = (match.group("braces") or "{}")[1:-1].strip().rstrip(",")
+        return f"{match.group('metric')}{{{inside + ',' if inside else ''}{added}}}"
+
+    return _SELECTORS.sub(insert, expr)
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Int, List, Unicode, default
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, default, validate
 
 from ...exceptions import JMKError, JMKUsageError
 from ...k8s import (
@@ -47,6 +47,7 @@ from ...k8s import (
     resolve_namespace,
     translated,
 )
+from ...k8s.validation import check_prometheus_duration
 from ...lifecycle import end_job
 from ...logchannel import PAYLOAD_ROOT_ENV
 from ...models import JobRecord, JobSpec, JobState
@@ -218,6 +219,28 @@ class KubernetesBackend(Backend):
         30.0, help="A job whose image cannot be pulled for this long fails (the kubelet would retry forever). "
         "Example: c.KubernetesBackend.image_pull_failure_seconds = 120",
     ).tag(config=True)
+
+    endpoint_monitoring = Bool(
+        False, help="Every Kubernetes endpoint gets a PodMonitor and a PrometheusRule of the prometheus-operator "
+        "(as with --monitor); the cluster must serve their CRDs. "
+        "Example: c.KubernetesBackend.endpoint_monitoring = True",
+    ).tag(config=True)
+    monitoring_labels = Dict(
+        value_trait=Unicode(), help="Extra labels on a monitored endpoint's PodMonitor and PrometheusRule, so that "
+        "the operator's Prometheus picks them (its podMonitorSelector and ruleSelector). "
+        "Example: c.KubernetesBackend.monitoring_labels = {'release': 'kube-prometheus-stack'}",
+    ).tag(config=True)
+    monitoring_interval = Unicode(
+        "30s", help="How often Prometheus scrapes a monitored endpoint's pods (a Prometheus duration). "
+        "Example: c.KubernetesBackend.monitoring_interval = '15s'",
+    ).tag(config=True)
+
+    @validate("monitoring_interval")
+    def _check_monitoring_interval(self, proposal: Any) -> str:
+        problems = check_prometheus_duration(proposal["value"], "c.KubernetesBackend.monitoring_interval")
+        if problems:
+            raise TraitError(problems[0])
+        return str(proposal["value"])
 
     @default("namespace")
     def _default_namespace(self) -> str:

@@ -16,6 +16,7 @@ which declares quantities as ``str``, does not. Nothing from Kubernetes is impor
 from __future__ import annotations
 
 from .cron import check_cron
+from .durations import check_prometheus_duration
 from .kinds import check_manifest, ensure_valid
 from .paths import check_dns1035_label, check_dns1123_label, check_dns1123_subdomain, json_path
 from .quantities import check_quantity
@@ -26,6 +27,7 @@ __all__ = [
     "check_dns1123_label",
     "check_dns1123_subdomain",
     "check_manifest",
+    "check_prometheus_duration",
     "check_quantity",
     "ensure_valid",
     "json_path",

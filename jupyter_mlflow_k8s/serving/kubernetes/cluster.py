@@ -5,7 +5,9 @@ Every object is created or updated with :func:`jupyter_mlflow_k8s.k8s.apply` and
 make (a Deployment, a Service, a Secret) is refused with a :class:`ConflictError` before anything changes,
 and Kubernetes API errors reach the user as the error families, saying what to do. A second deploy of an
 endpoint is a rolling update: only the Deployment's pod template (and its labels) is patched, so the
-selector stays and the old pods keep serving until the new ones are ready.
+selector stays and the old pods keep serving until the new ones are ready. A monitored endpoint
+(``spec.monitor``) also has a PodMonitor and a PrometheusRule (:mod:`.monitoring`), owned by its Deployment;
+they are made only on a cluster that serves the prometheus-operator's kinds, else nothing is made at all.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from dataclasses import replace
 from typing import Any
 
 from ...errors import JMKError, NotFoundError
-from ...k8s import apply, delete_owned, ensure_owned, read, translated
+from ...k8s import apply, delete_owned, ensure_owned, missing_kinds, read, translated
 from ...k8s.pods import WAITING_FAILURES, PodSettings
 from ..errors import EndpointNotFound
+from .monitoring import MONITOR_KINDS, Monitoring, monitoring_manifests, owned_by
 from .objects import command_flags, credential_environment, endpoint_manifests, rollout_patch
 from .spec import (
     CONTAINER,
     CRASH_RESTARTS,
     MODEL_LABEL,
     MODEL_URI_ANNOTATION,
+    MONITORING_ANNOTATION,
     SELECTOR,
     UNDEPLOY_WAIT_SECONDS,
     VERSION_LABEL,
@@ -45,8 +49,25 @@ ROLLBACK_WAIT_SECONDS = 120.0
 
 
 def _objects(name: str) -> list[tuple[str, str]]:
-    """The (kind, name) of everything an endpoint may be, in the order it is taken down."""
+    """The (kind, name) of everything an endpoint may be, in the order it is taken down (monitoring aside)."""
     return [(HPA, name), ("Service", name), ("Deployment", name), ("Secret", env_secret_name(name))]
+
+
+def _monitored(deployment: Mapping[str, Any] | None) -> bool:
+    annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+    return bool(annotations.get(MONITORING_ANNOTATION) == "true")
+
+
+def _monitoring_objects(api: Any, name: str, namespace: str,
+                        found: dict[tuple[str, str], dict[str, Any] | None]) -> dict[tuple[str, str], Any]:
+    """The endpoint's PodMonitor and PrometheusRule as they are (checked to be ours), or None each.
+
+    They are read only when its Deployment says it is monitored: a user without rights on them, or a
+    cluster without their CRDs, is never asked otherwise.
+    """
+    if not _monitored(found[("Deployment", name)]):
+        return dict.fromkeys(((kind, name) for kind in MONITOR_KINDS), None)
+    return ensure_owned(api, [(kind, name) for kind in MONITOR_KINDS], namespace)
 
 
 def resolve_alias(model_uri: str, tracking_uri: str | None) -> str:
@@ -70,13 +91,15 @@ def resolve_alias(model_uri: str, tracking_uri: str | None) -> str:
 
 def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
            credentials: Mapping[str, str] | None = None, pin_alias: bool = True,
-           wait: float | None = None) -> Endpoint:
+           wait: float | None = None, monitoring: Monitoring | None = None) -> Endpoint:
     """Create an endpoint, or roll an existing one to ``spec`` (a new model version, flags or resources).
 
     Every manifest is built and checked, and every object of the endpoint's names that exists checked to
     be ours, before the first change. Then its Secret of credentials is created or replaced, the
     Deployment created or patched (:func:`rollout_patch`), the Service created or patched, and the
-    autoscaler created, replaced, or deleted when no longer asked for.
+    autoscaler created, replaced, or deleted when no longer asked for; so are the PodMonitor and the
+    PrometheusRule of a monitored endpoint (``spec.monitor``), owned by the Deployment. A monitored endpoint
+    on a cluster without the prometheus-operator's CRDs is refused before anything is made.
 
     When waiting, a rollout of an endpoint that was serving and whose new pods do not come up (a model
     that cannot load fails at its first exit) is undone: the Deployment goes back to its old pod template,
@@ -90,15 +113,17 @@ def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
         credentials: Variables for the pods' Secret; default :func:`credential_environment`.
         pin_alias: Resolve an alias in the registry first (needs the tracking store here).
         wait: Seconds to wait for every replica to be available (:func:`wait_ready`); None: do not wait.
+        monitoring: The labels and scrape interval of a monitored endpoint's objects; default ``Monitoring()``.
 
     Returns:
         The endpoint as the API answered (after waiting, when asked).
 
     Raises:
-        EndpointError: A bad spec, an unknown alias, a cluster without autoscaling/v2, or (when waiting)
-            pods that did not come up (:class:`EndpointNotReady`, after undoing the rollout).
-        ConflictError: A Deployment, Service, autoscaler or Secret of the endpoint's names exists that
-            this package did not make.
+        EndpointError: A bad spec, an unknown alias, a cluster without autoscaling/v2, a monitored endpoint
+            on a cluster without the prometheus-operator's CRDs, or (when waiting) pods that did not come up
+            (:class:`EndpointNotReady`, after undoing the rollout).
+        ConflictError: A Deployment, Service, autoscaler, Secret, PodMonitor or PrometheusRule of the
+            endpoint's names exists that this package did not make.
         InvalidManifest: Settings the API server would refuse.
         JMKError: Another refusal of the Kubernetes API, in its family.
     """
@@ -108,16 +133,30 @@ def deploy(api: Any, spec: EndpointSpec, settings: PodSettings | None = None, *,
     env = credential_environment() if credentials is None else dict(credentials)
     secret, deployment, service, *autoscaler = endpoint_manifests(spec, settings, env)
     hpa = autoscaler[0] if autoscaler else None
+    monitors = monitoring_manifests(spec, settings, monitoring or Monitoring()) if spec.monitor else []
 
     namespace = settings.namespace
-    previous = ensure_owned(api, _objects(spec.name), namespace)[("Deployment", spec.name)]
+    if monitors:
+        _check_monitoring_served(api, spec.name, namespace)
+    found = ensure_owned(api, _objects(spec.name), namespace)
+    previous = found[("Deployment", spec.name)]
+    if monitors:  # replaced only if ours
+        found |= ensure_owned(api, [(kind, spec.name) for kind in MONITOR_KINDS], namespace)
+    else:
+        found |= _monitoring_objects(api, spec.name, namespace, found)
     apply(api, secret)
-    apply(api, deployment, patch=rollout_patch(deployment, keep_replicas=hpa is not None))
+    _, deployed = apply(api, deployment, patch=rollout_patch(deployment, keep_replicas=hpa is not None))
     apply(api, service, patch=[
         {"op": "add", "path": "/metadata/labels", "value": service["metadata"]["labels"]},
         {"op": "add", "path": "/spec/selector", "value": service["spec"]["selector"]},
         {"op": "add", "path": "/spec/ports", "value": service["spec"]["ports"]}])
     _apply_autoscaler(api, spec.name, namespace, hpa)
+    for monitor in monitors:
+        apply(api, owned_by(monitor, deployed))
+    if not monitors:  # no longer asked for
+        for kind in MONITOR_KINDS:
+            if found[(kind, spec.name)] is not None:
+                delete_owned(api, kind, spec.name, namespace)
     if wait is None:
         return _endpoint(_deployment(api, spec.name, namespace))
     try:
@@ -157,6 +196,18 @@ def _roll_back(api: Any, previous: Mapping[str, Any], spec: EndpointSpec, failed
                             failed.problems)
 
 
+def _check_monitoring_served(api: Any, name: str, namespace: str) -> None:
+    """Refuse a monitored endpoint on a cluster whose API serves no PodMonitor or PrometheusRule (no CRDs)."""
+    missing = missing_kinds(api, MONITOR_KINDS)
+    if missing:
+        raise EndpointError(
+            f"Endpoint {namespace}/{name} asks for monitoring, but the cluster has no prometheus-operator CRDs "
+            f"for {', '.join(missing)} (monitoring.coreos.com/v1); nothing was made. Install them (the "
+            "prometheus-operator or kube-prometheus-stack does), or drop --monitor (and "
+            "c.KubernetesBackend.endpoint_monitoring)."
+        )
+
+
 def _apply_autoscaler(api: Any, name: str, namespace: str, hpa: dict[str, Any] | None) -> None:
     try:
         if hpa is None:
@@ -190,7 +241,7 @@ def _endpoint(deployment: Mapping[str, Any]) -> Endpoint:
         model=labels.get(MODEL_LABEL, ""), version=labels.get(VERSION_LABEL, ""),
         replicas=int(spec.get("replicas", 1)), available=int(status.get("availableReplicas") or 0),
         updated=int(status.get("updatedReplicas") or 0) if current else 0,
-        autoscaled=False, port=port, flags=flags,
+        autoscaled=False, port=port, flags=flags, monitor=_monitored(deployment),
     )
 
 
@@ -324,7 +375,7 @@ def _log_tail(api: Any, pod: Mapping[str, Any], previous: bool, lines: int = 15)
 
 
 def undeploy(api: Any, name: str, namespace: str, *, wait: float | None = UNDEPLOY_WAIT_SECONDS) -> None:
-    """Delete an endpoint: its autoscaler, Service, Deployment (with its pods) and Secret.
+    """Delete an endpoint: its PodMonitor, PrometheusRule, autoscaler, Service, Deployment (and pods), Secret.
 
     Args:
         api: An ``ApiClient`` of the official client.
@@ -342,7 +393,8 @@ def undeploy(api: Any, name: str, namespace: str, *, wait: float | None = UNDEPL
     if found[("Service", name)] is None and found[("Deployment", name)] is None:
         raise EndpointNotFound(name, namespace=namespace, hint=" List them with list_endpoints(api, namespace) "
                                "(or `jmk serve list`).")
-    for kind, object_name in _objects(name):
+    found |= _monitoring_objects(api, name, namespace, found)
+    for kind, object_name in [*((kind, name) for kind in MONITOR_KINDS), *_objects(name)]:
         if found[(kind, object_name)] is not None:
             delete_owned(api, kind, object_name, namespace)
     deadline = time.monotonic() + (wait or 0)

@@ -22,6 +22,7 @@ from .spec import (
     CONTAINER,
     DEFAULT_PORT,
     MODEL_URI_ANNOTATION,
+    MONITORING_ANNOTATION,
     SERVICE_PORT,
     SERVING_MODULE,
     TERMINATION_GRACE_SECONDS,
@@ -117,7 +118,8 @@ def deployment_manifest(spec: EndpointSpec, settings: PodSettings, *, env_secret
     (credentials, see :func:`env_secret_manifest`). CPU and memory are requested as much as limited,
     GPUs limited as ``settings.gpu_resource`` with a toleration of that taint. Pods are labelled with
     the endpoint, model and version and annotated for Prometheus to scrape ``/metrics``. With an
-    autoscaler the Deployment starts at its ``min_replicas``.
+    autoscaler the Deployment starts at its ``min_replicas``. A monitored endpoint (``spec.monitor``) is
+    annotated ``jmk.io/monitoring: "true"``, so that reading it back tells.
 
     Raises:
         EndpointError: A bad name, port, count or autoscaler.
@@ -126,11 +128,12 @@ def deployment_manifest(spec: EndpointSpec, settings: PodSettings, *, env_secret
     check_spec(spec, settings)
     replicas = spec.autoscale.min_replicas if spec.autoscale else spec.replicas
     labels = _labels(spec, settings)
+    annotations = {**settings.annotations, MODEL_URI_ANNOTATION: spec.model_uri,
+                   **({MONITORING_ANNOTATION: "true"} if spec.monitor else {})}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(spec.name, settings, labels, {**settings.annotations,
-                                                            MODEL_URI_ANNOTATION: spec.model_uri}),
+        "metadata": _metadata(spec.name, settings, labels, annotations),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": endpoint_selector(spec.name)},

@@ -25,6 +25,8 @@ ENDPOINT_LABEL = "jmk.io/endpoint"
 MODEL_LABEL = "jmk.io/model"
 VERSION_LABEL = "jmk.io/model-version"
 MODEL_URI_ANNOTATION = "jmk.io/model-uri"
+#: On the Deployment: the endpoint has its PodMonitor and PrometheusRule (``--monitor``, see :mod:`.monitoring`).
+MONITORING_ANNOTATION = "jmk.io/monitoring"
 SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT}"
 # A pod restarting this often (CrashLoopBackOff) will not come up by waiting: wait_ready says why.
 CRASH_RESTARTS = 3
@@ -64,7 +66,8 @@ class EndpointSpec:
     digits and '-', starting with a letter, at most 63 characters) and the autoscaler. ``port`` is the
     container's; the Service answers on port 80. ``max_surge`` and ``max_unavailable`` shape rolling
     updates: by default a new pod comes up before an old one goes, so capacity never drops. The liveness
-    probe starts ``load_seconds`` after the container, time enough to load the model.
+    probe starts ``load_seconds`` after the container, time enough to load the model. ``monitor`` puts a
+    PodMonitor and a PrometheusRule of the prometheus-operator beside the Deployment (:mod:`.monitoring`).
     """
 
     name: str
@@ -84,6 +87,7 @@ class EndpointSpec:
     max_unavailable: int | str = 0
     load_seconds: int = 60
     extra_args: tuple[str, ...] = ()
+    monitor: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class Endpoint:
     port: int = DEFAULT_PORT
     #: The server flags its pods run with (``ServingManager.start``'s keywords), read back from their command.
     flags: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: Whether a PodMonitor and a PrometheusRule stand beside it (the Deployment's ``jmk.io/monitoring`` annotation).
+    monitor: bool = False
 
     @property
     def url(self) -> str:

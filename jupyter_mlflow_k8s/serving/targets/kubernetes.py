@@ -74,7 +74,8 @@ def summary(endpoint: k8s.Endpoint) -> EndpointSummary:
         status = "updating" if endpoint.available else "starting"
     return EndpointSummary(name=endpoint.name, backend="kubernetes", status=status, url=endpoint.url,
                            model_uri=endpoint.model_uri, namespace=endpoint.namespace,
-                           replicas=f"{endpoint.available}/{endpoint.replicas}", flags=dict(endpoint.flags),
+                           replicas=f"{endpoint.available}/{endpoint.replicas}",
+                           flags={**endpoint.flags, **({"monitor": True} if endpoint.monitor else {})},
                            identity=("kubernetes", endpoint.namespace, endpoint.name), source=endpoint)
 
 
@@ -120,17 +121,21 @@ class KubernetesTarget(EndpointTarget):
     # -- deploy, list, stop ----------------------------------------------------------------------
 
     def deploy(self, model_uri: str, name: str | None = None, port: int | None = None,
-               wait: float | None = DEPLOY_WAIT_SECONDS, **flags: Any) -> k8s.Endpoint:
+               wait: float | None = DEPLOY_WAIT_SECONDS, monitor: bool = False, **flags: Any) -> k8s.Endpoint:
         """A Deployment and a Service (``serving.kubernetes.deploy``); waits ``wait`` s for the replicas.
 
         The server flags become the ``EndpointSpec``'s (options.py); pods get the backend's settings.
+        ``monitor`` (or ``c.KubernetesBackend.endpoint_monitoring``) adds a PodMonitor and a PrometheusRule,
+        labelled with ``monitoring_labels``, scraping every ``monitoring_interval``.
         """
         server_arguments(flags)  # every flag checked before anything is sent
         fields = endpoint_spec_fields(flags, name or default_name(model_uri), port)
-        spec = k8s.EndpointSpec(model_uri=model_uri, tracking_uri=self.settings.tracking_uri, **fields)
         backend = self.backend
+        spec = k8s.EndpointSpec(model_uri=model_uri, tracking_uri=self.settings.tracking_uri,
+                                monitor=bool(monitor or backend.endpoint_monitoring), **fields)
+        monitoring = k8s.Monitoring(labels=dict(backend.monitoring_labels), interval=backend.monitoring_interval)
         try:
-            return k8s.deploy(backend.api, spec, k8s.endpoint_settings(backend), wait=wait)
+            return k8s.deploy(backend.api, spec, k8s.endpoint_settings(backend), wait=wait, monitoring=monitoring)
         except JMKError:
             raise
         except Exception as exc:

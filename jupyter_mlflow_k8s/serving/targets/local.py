@@ -7,6 +7,7 @@ import urllib.request
 from typing import Any
 
 from ...config import JMKSettings, load_settings
+from ...errors import JMKUsageError
 from ..manager import Endpoint, ServingError, ServingManager
 from .base import EndpointSummary, EndpointTarget
 
@@ -28,8 +29,16 @@ class LocalTarget(EndpointTarget):
                  manager: ServingManager | None = None) -> None:
         self.manager = manager or ServingManager(settings or load_settings(config))
 
-    def deploy(self, model_uri: str, name: str | None = None, port: int | None = None, **flags: Any) -> Endpoint:
-        """Start a server process (``ServingManager.start``); its :class:`Endpoint` once it listens."""
+    def deploy(self, model_uri: str, name: str | None = None, port: int | None = None, monitor: bool = False,
+               **flags: Any) -> Endpoint:
+        """Start a server process (``ServingManager.start``); its :class:`Endpoint` once it listens.
+
+        Raises:
+            JMKUsageError: ``monitor``: a PodMonitor needs a Kubernetes endpoint.
+        """
+        if monitor:
+            raise JMKUsageError("monitor=True puts a PodMonitor and a PrometheusRule beside a Kubernetes endpoint: "
+                                "deploy with the kubernetes target (--backend kubernetes), or leave it out.")
         return self.manager.start(model_uri, name=name, port=port, **flags)
 
     def list(self) -> list[EndpointSummary]:

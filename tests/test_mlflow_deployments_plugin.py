@@ -52,7 +52,10 @@ def predictions(cli: MlflowCli, name: str, rows_file: Path) -> list[int]:
 
 
 def test_config_keys_are_the_server_flags_and_values_are_typed() -> None:
-    assert [entry.key for entry in CONFIG_KEYS] == [o.key for o in OPTIONS if o.key != "name"]
+    assert [entry.key for entry in CONFIG_KEYS] == [*(o.key for o in OPTIONS if o.key != "name"), "monitor"]
+    assert parse_config({"monitor": "true"}, "kubernetes") == {"monitor": True}
+    with pytest.raises(ValueError, match=r"unknown config key 'monitor' \(it is for kubernetes only\)"):
+        parse_config({"monitor": "true"}, "local")
     assert parse_config({"workers": "2", "max-batch-size": "8", "no_batching": "true", "max_wait_ms": 5}, "local") \
         == {"workers": 2, "max_batch_size": 8, "no_batching": True, "max_wait_ms": 5.0}
     with pytest.raises(ValueError, match=r"unknown config key 'wrokers'; -C workers='two': workers takes int "

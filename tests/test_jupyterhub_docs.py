@@ -37,7 +37,8 @@ FOLDER = ROOT / "docs" / "jupyterhub"
 VALUES = FOLDER / "values.yaml"
 DOC = ROOT / "docs" / "jupyterhub.md"
 DOCKERFILE = ROOT / "docker" / "singleuser" / "Dockerfile"
-RBAC_FILES = sorted(FOLDER.glob("rbac-*.yaml"))
+# The users' Role, in both layouts (rbac-hub-user-namespaces.yaml is the hub's, for the per-user layout).
+RBAC_FILES = [FOLDER / "rbac-per-user-namespace.yaml", FOLDER / "rbac-shared-namespace.yaml"]
 
 Request = tuple[str, str, str]  # (apiGroup, resource, verb), as RBAC sees a request; "update|patch": either will do
 
@@ -64,7 +65,7 @@ def manifests() -> list[tuple[str, dict[str, Any]]]:
     """Every Kubernetes object in docs/jupyterhub/*.yaml except the Helm values."""
     found = []
     for path in sorted(FOLDER.glob("*.yaml")):
-        if path != VALUES:
+        if not path.name.startswith("values"):
             found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
     return found
 

@@ -37,6 +37,7 @@ FOLDER = ROOT / "docs" / "jupyterhub"
 VALUES = FOLDER / "values.yaml"
 DOC = ROOT / "docs" / "jupyterhub.md"
 DOCKERFILE = ROOT / "docker" / "singleuser" / "Dockerfile"
+MLFLOW_DOCKERFILE = ROOT / "docker" / "mlflow" / "Dockerfile"
 # The users' Role, in both layouts (rbac-hub-user-namespaces.yaml is the hub's, for the per-user layout).
 RBAC_FILES = [FOLDER / "rbac-per-user-namespace.yaml", FOLDER / "rbac-shared-namespace.yaml"]
 
@@ -213,6 +214,20 @@ def test_the_dockerfile_pins_torch_and_installs_the_s3_extra() -> None:
     assert re.search(rf"ARG TORCH_VERSION={re.escape(pins['torch'])}\n", text)
     assert re.search(r'pip install [^\n]*-c /tmp/jmk/constraints.txt "\$\{wheel\}\[s3\]"', text)
     assert "FROM ${BASE_IMAGE}" in text and "USER ${NB_UID}" in text
+
+
+def test_the_mlflow_server_image_pins_mlflow_as_the_clients_do() -> None:
+    text = MLFLOW_DOCKERFILE.read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "constraints.txt").read_text(), re.M))
+    assert re.search(rf"ARG MLFLOW_VERSION={re.escape(pins['mlflow'])}\n", text)
+    assert re.search(r'pip install -c /tmp/jmk/constraints.txt[\s\\]+"mlflow==\$\{MLFLOW_VERSION\}"', text)
+    assert "USER 1000\n" in text
+    # The manifest's image and the guide's build command carry the same version as their tag.
+    deployment = next(doc for doc in yaml.safe_load_all((FOLDER / "mlflow.yaml").read_text())
+                      if doc["kind"] == "Deployment")  # fmt: skip
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(f"/mlflow:{pins['mlflow']}")
+    build_command = f"docker build -f docker/mlflow/Dockerfile -t registry.example.com/team/mlflow:{pins['mlflow']} ."
+    assert build_command in DOC.read_text()
 
 
 # -- on the test control plane ------------------------------------------------------------------

@@ -987,7 +987,7 @@ def _cmd_prepare() -> int:
     def build_images() -> None:
         t0 = time.monotonic()
         try:
-            outcome["images"] = images.build(("runner", "singleuser"))
+            outcome["images"] = images.build(("runner", "singleuser", "mlflow"))
         except (images.ImagesUnavailable, images.BuildFailed) as exc:
             outcome["error"] = exc
         outcome["seconds"] = time.monotonic() - t0
@@ -1011,7 +1011,7 @@ def _cmd_prepare() -> int:
     if isinstance(error, images.BuildFailed):
         print(f"cluster: building the images failed: {error}\n{error.tail()}", file=sys.stderr)
         return 1
-    images.build(("runner", "singleuser"), pause=bin_dir / "pause")  # the pause image: seconds
+    images.build(("runner", "singleuser", "mlflow"), pause=bin_dir / "pause")  # the pause image: seconds
     print(f"cluster: images ready in {outcome['seconds']:.0f} s: {outcome['images']}", file=sys.stderr)
     return 0
 

@@ -8,8 +8,10 @@ Dockerfiles start FROM are built here too:
   ``nvidia/cuda`` for ``docker/runner/Dockerfile`` (``--build-arg CUDA_IMAGE``);
 - ``localhost/jmk/singleuser-base:<key>``: that plus what ``docker/singleuser/Dockerfile`` expects of
   a Jupyter Docker Stacks image (``containerfiles/singleuser-base.Containerfile``, ``--build-arg BASE_IMAGE``);
-- ``localhost/jmk/runner:<key>`` and ``localhost/jmk/singleuser:<key>``: the two Dockerfiles, unchanged,
-  with ``buildah bud --layers`` and the repository root as context;
+- ``localhost/jmk/runner:<key>``, ``localhost/jmk/singleuser:<key>`` and ``localhost/jmk/mlflow:<key>``:
+  the three Dockerfiles, unchanged, with ``buildah bud --layers`` and the repository root as context; the
+  MLflow server's (``docker/mlflow/Dockerfile``, ``python:3.11-slim`` for users) is built on the single-user
+  base, whose ``python`` with pip is first on PATH too (``--build-arg BASE_IMAGE``);
 - ``localhost/jmk/pause:3.4.1-<key>``: a given static ``pause`` binary alone (:func:`build_pause`).
 
 Every tag is a digest of what the image is made of (Dockerfile, the files its COPY steps take from the
@@ -25,7 +27,7 @@ npm registry at ``/root/.yarnrc.yml`` (for jlpm in the single-user wheel stage),
 bundle, all in one directory mounted at ``/mnt``. Mount points that do not exist in an image are left
 behind in the layer of the step that mounted them, so the Debian base carries them, empty, itself.
 
-Command line (from ``tests/``): ``python -m cluster.images build [runner] [singleuser] [--pause BINARY]``
+Command line (from ``tests/``): ``python -m cluster.images build [runner] [singleuser] [mlflow] [--pause BINARY]``
 prints the image references as JSON on the last line of stdout; exit status 3 means building is
 impossible on this machine (the reason is one line on stderr), 1 a failed build (with the tail of its
 log). ``push REF... --registry 127.0.0.1:PORT``, ``list`` and ``prune`` also exist.
@@ -113,16 +115,18 @@ PIP_LOCAL_SETTINGS = ("index-url", "extra-index-url", "find-links")
 
 @dataclass(frozen=True)
 class DockerfileImage:
-    """One of the repository's Dockerfiles and the build argument that names its base."""
+    """One of the repository's Dockerfiles, the build argument that names its base, and which base we give it."""
 
     name: str
     dockerfile: str
     base_arg: str
+    on_singleuser_base: bool = False  # else Debian's minbase
 
 
 IMAGES = {
     "runner": DockerfileImage("runner", "docker/runner/Dockerfile", "CUDA_IMAGE"),
-    "singleuser": DockerfileImage("singleuser", "docker/singleuser/Dockerfile", "BASE_IMAGE"),
+    "singleuser": DockerfileImage("singleuser", "docker/singleuser/Dockerfile", "BASE_IMAGE", on_singleuser_base=True),
+    "mlflow": DockerfileImage("mlflow", "docker/mlflow/Dockerfile", "BASE_IMAGE", on_singleuser_base=True),
 }
 
 
@@ -719,8 +723,12 @@ def build(
     with build_lock(), build_config() as config:
         base = build_base(config)
         bases = {base}
+        singleuser_base = ""
         for name in names:
-            image_base = build_singleuser_base(base, config, root) if name == "singleuser" else base
+            image_base = base
+            if IMAGES[name].on_singleuser_base:
+                singleuser_base = singleuser_base or build_singleuser_base(base, config, root)
+                image_base = singleuser_base
             bases.add(image_base)
             refs[name] = build_image(name, image_base, config, root)
         if pause is not None:

@@ -1,19 +1,22 @@
-# A KubeSpawner pre_spawn_hook for one namespace per user (docs/jupyterhub.md, "One namespace per user").
-# Before each spawn it makes what the user's namespace needs, from the template
-# docs/jupyterhub/rbac-per-user-namespace.yaml (written for the user jane in jhub-jane): the Namespace,
-# the ServiceAccount jupyterhub-user, the Role and its RoleBinding, the ResourceQuota; and it copies
-# into the namespace the hub namespace's Secrets that user pods read (the S3 key pair jmk-s3 and the
-# chart's Secret `singleuser`, which holds singleuser.extraFiles), since a pod reads Secrets of its own
-# namespace only (copies are replaced on every spawn, so a rotated key reaches them). Other objects that
-# exist already are left as they are.
-#
-# With Zero to JupyterHub, in values-user-namespaces.yaml's terms:
-#   helm upgrade --install jhub jupyterhub/jupyterhub --namespace jhub \
-#     --values docs/jupyterhub/values.yaml --values docs/jupyterhub/values-user-namespaces.yaml \
-#     --set-file hub.extraConfig.jmkUserNamespaces=docs/jupyterhub/user_namespace_hook.py \
-#     --set-file hub.extraFiles.jmk-user-namespace.stringData=docs/jupyterhub/rbac-per-user-namespace.yaml
-# The hub's service account needs docs/jupyterhub/rbac-hub-user-namespaces.yaml.
-# It runs in the hub's configuration, where `c` is defined; it uses KubeSpawner's own asyncio client.
+r"""A KubeSpawner pre_spawn_hook for one namespace per user (docs/jupyterhub.md, "One namespace per user").
+
+Before each spawn it makes what the user's namespace needs, from the template
+docs/jupyterhub/rbac-per-user-namespace.yaml (written for the user jane in jhub-jane): the Namespace,
+the ServiceAccount jupyterhub-user, the Role and its RoleBinding, the ResourceQuota; and it copies
+into the namespace the hub namespace's Secrets that user pods read (the S3 key pair jmk-s3 and the
+chart's Secret `singleuser`, which holds singleuser.extraFiles), since a pod reads Secrets of its own
+namespace only (copies are replaced on every spawn, so a rotated key reaches them). Other objects that
+exist already are left as they are.
+
+With Zero to JupyterHub, in values-user-namespaces.yaml's terms:
+  helm upgrade --install jhub jupyterhub/jupyterhub --namespace jhub \
+    --values docs/jupyterhub/values.yaml --values docs/jupyterhub/values-user-namespaces.yaml \
+    --set-file hub.extraConfig.jmkUserNamespaces=docs/jupyterhub/user_namespace_hook.py \
+    --set-file hub.extraFiles.jmk-user-namespace.stringData=docs/jupyterhub/rbac-per-user-namespace.yaml
+The hub's service account needs docs/jupyterhub/rbac-hub-user-namespaces.yaml.
+It runs in the hub's configuration, where `c` is defined; it uses KubeSpawner's own asyncio client.
+"""
+
 import copy
 import os
 
@@ -68,6 +71,7 @@ async def _jmk_create(call, namespace, body, replace=None):
 
 
 async def jmk_user_namespace(spawner):
+    """KubeSpawner's pre_spawn_hook: the user's namespace, its account, rights and quota, the Secrets pods read."""
     namespace = spawner.namespace
     hub_namespace = jmk_hub_namespace()
     core = spawner.api
@@ -100,7 +104,8 @@ async def jmk_user_namespace(spawner):
                 continue
             raise
         copied = {
-            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "jupyter-mlflow-k8s"}},
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/name": "jupyter-mlflow-k8s"}},
             "type": secret.type,
             "data": secret.data,
         }

@@ -274,7 +274,7 @@ class Hub:
 
     # -- the REST API
 
-    def api(self, method: str, path: str, json: Any = None, token: str | None = None,  # noqa: A002 - the brief's name
+    def api(self, method: str, path: str, json: Any = None, token: str | None = None,
             ok: tuple[int, ...] = (200, 201, 202, 204)) -> Any:
         """``method /hub/api/<path>`` with the admin token (or ``token``), through the proxy: the JSON answer.
 
@@ -331,12 +331,11 @@ class Hub:
                                      headers={"Authorization": f"token {self.token}",
                                               "Accept": "text/event-stream"})
         events: list[dict[str, Any]] = []
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with _OPENER.open(req, timeout=wait) as stream:
-                for line in stream:
-                    if line.startswith(b"data:"):
-                        with contextlib.suppress(ValueError):
-                            events.append(json.loads(line[5:]))
+        with contextlib.suppress(OSError, urllib.error.URLError), _OPENER.open(req, timeout=wait) as stream:
+            for line in stream:
+                if line.startswith(b"data:"):
+                    with contextlib.suppress(ValueError):
+                        events.append(json.loads(line[5:]))
         return events
 
     def stop_server(self, name: str, timeout: float = 60.0) -> None:

@@ -264,7 +264,7 @@ class Hub:
         return [child.pid for child in self._spawned if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
 
     def __enter__(self) -> Hub:
-        return self.start()
+        return self if self.process is not None else self.start()  # `with Hub(...).start(timeout=...)` as well
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:

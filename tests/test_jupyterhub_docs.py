@@ -208,6 +208,69 @@ def test_the_guide_names_every_file_and_request() -> None:
         LocalBackend.refresh)
 
 
+HOOK = FOLDER / "user_namespace_hook.py"
+
+
+def _hook() -> dict[str, Any]:
+    """The hook file run as the hub's configuration runs it (``c`` defined): its names."""
+    names: dict[str, Any] = {"c": Config(), "__name__": "jupyterhub_config"}
+    exec(compile(HOOK.read_text(), str(HOOK), "exec"), names)
+    return names
+
+
+def test_the_hook_moves_the_template_into_the_users_namespace() -> None:
+    names = _hook()
+    assert names["c"].KubeSpawner.pre_spawn_hook is names["jmk_user_namespace"]
+    template = (FOLDER / "rbac-per-user-namespace.yaml").read_text()
+    objects = names["jmk_user_namespace_objects"](template, "jhub-bob", "bob")
+    assert sorted(o["kind"] for o in objects) == ["Namespace", "ResourceQuota", "Role", "RoleBinding", "ServiceAccount"]
+    assert "jane" not in yaml.safe_dump_all(objects)
+    for doc in objects:
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == "jhub-bob"
+            assert doc["metadata"]["labels"]["hub.jupyter.org/username"] == "bob"
+        else:
+            assert doc["metadata"]["namespace"] == "jhub-bob"
+    assert all(s["namespace"] == "jhub-bob" for o in objects for s in o.get("subjects", []))
+    assert yaml.safe_load_all(template) and "jane" in template  # the template itself is unchanged
+
+
+def test_the_hubs_cluster_role_grants_what_the_hook_and_kubespawner_ask() -> None:
+    rules = next(d for d in yaml.safe_load_all((FOLDER / "rbac-hub-user-namespaces.yaml").read_text())
+                 if d["kind"] == "ClusterRole")["rules"]  # fmt: skip
+    source = HOOK.read_text()
+    plural = {"service_account": "serviceaccounts", "resource_quota": "resourcequotas", "secret": "secrets",
+              "role": "roles", "role_binding": "rolebindings"}
+    group = {"roles": "rbac.authorization.k8s.io", "rolebindings": "rbac.authorization.k8s.io"}
+    asked = {("", "namespaces", "create")}
+    for verb, kind in re.findall(r"\b(create|read|replace)_namespaced_(\w+)\b", source):
+        resource = plural[kind]
+        asked.add((group.get(resource, ""), resource, VERBS[verb]))
+    # KubeSpawner with enable_user_namespaces: the namespace, the pod and PVC, watches in every namespace.
+    asked |= {("", "namespaces", "get"), ("", "pods", "create"), ("", "pods", "delete"), ("", "pods", "watch"),
+              ("", "persistentvolumeclaims", "create"), ("", "events", "watch")}
+    assert not [request for request in asked if not granted(rules, request)]
+    assert granted(rules, ("rbac.authorization.k8s.io", "roles", "escalate"))
+
+
+def test_the_values_as_the_chart_applies_them_to_kubespawner() -> None:
+    """tests/z2jh.py, which the real hub's test configures KubeSpawner with: both layouts."""
+    from z2jh import hub_settings, merge
+
+    shared = hub_settings(values())
+    spawner = shared.settings["KubeSpawner"]
+    assert spawner["service_account"] == "jupyterhub-user" and spawner["environment"]["JMK_K8S_NAMESPACE"] == "jmk-jobs"
+    assert spawner["environment"]["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "jmk-s3"
+    mounts = {m["mountPath"]: m for m in spawner["volume_mounts"]}
+    assert mounts["/home/jovyan"]["name"] == "home" and mounts["/etc/ipython/ipython_config.py"]["subPath"]
+    assert set(shared.secrets["singleuser"]) == set(values()["singleuser"]["extraFiles"])
+    assert "c.JupyterHub.authenticator_class = 'dummy'" in shared.config_text()
+    overlay = yaml.safe_load((FOLDER / "values-user-namespaces.yaml").read_text())
+    per_user = hub_settings(merge(values(), overlay)).settings["KubeSpawner"]
+    assert per_user["enable_user_namespaces"] is True and "JMK_K8S_NAMESPACE" not in per_user["environment"]
+    assert per_user["environment"]["JMK_BACKEND"] == "kubernetes"
+
+
 def test_the_dockerfile_pins_torch_and_installs_the_s3_extra() -> None:
     text = DOCKERFILE.read_text()
     pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "constraints.txt").read_text(), re.M))

@@ -64,9 +64,8 @@ class Site:
     """What both layouts share: the cluster, the images, MLflow and S3 in the cluster, the users' volumes."""
 
     api: Any
-    cluster: Any
+    cluster: Any  # the KubeTarget
     singleuser_image: str
-    mlflow_url: str  # the in-cluster MLflow Service, as this machine reaches it (its ClusterIP)
     s3: Any
     folder: Path
 
@@ -131,7 +130,7 @@ def _token_kubeconfig(site: Site, namespace: str, account: str) -> Path:
     answer = core.create_namespaced_service_account_token(account, namespace, {"spec": {"expirationSeconds": 3600}},
                                                           _preload_content=False)
     token = json.loads(answer.data)["status"]["token"]
-    admin = yaml.safe_load(Path(site.cluster.kubeconfig).read_text())
+    admin = yaml.safe_load(Path(site.cluster.kubeconfig).read_text())  # a KubeTarget
     cluster = admin["clusters"][0]
     path = site.folder / f"kubeconfig-{namespace}-{account}"
     path.write_text(yaml.safe_dump({
@@ -144,7 +143,7 @@ def _token_kubeconfig(site: Site, namespace: str, account: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def site(real_node: Any, k8s_api: Any, k8s_s3_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def site(k8s_cluster: Any, k8s_api: Any, k8s_s3_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The shared part: namespaces, S3 behind ``minio.storage``, MLflow from mlflow.yaml, the users' volumes."""
     import kubernetes
     from cluster import images
@@ -154,24 +153,29 @@ def site(real_node: Any, k8s_api: Any, k8s_s3_server: Any, tmp_path_factory: pyt
         chp_binary()
     except Unavailable as exc:
         pytest.skip(f"configurable-http-proxy cannot be installed here: {exc}")
-    cluster = real_node.cluster
-    if cluster is None:
-        pytest.skip("the hub test needs this machine's test cluster (pod addresses, its registry, hostPath volumes)")
-    registry = f"127.0.0.1:{cluster.ports['registry']}"
-    built = images.build(("singleuser", "mlflow"))  # cached by `cluster prepare`
-    refs = {name: images.push(ref, registry) for name, ref in built.items()}
-    for ref in refs.values():  # pull once, as the node does for the runner image at start
-        pulled = RealNode(cluster).ctr("images", "pull", "--plain-http", ref, timeout=900)
-        assert pulled.returncode == 0, pulled.stderr
+    if not k8s_cluster.real_node:
+        pytest.skip(f"needs a real node; pods run under the node agent: {k8s_cluster.cluster.node_fallback_reason}")
+    cluster = k8s_cluster.cluster
+    if cluster is None:  # a given cluster (docs/jupyterhub.md: "To run the same test on a real cluster")
+        refs = {name: os.environ.get(f"JMK_TEST_{name.upper()}_IMAGE", "") for name in ("singleuser", "mlflow")}
+        if not all(refs.values()):
+            pytest.skip("on a given cluster, set JMK_TEST_SINGLEUSER_IMAGE and JMK_TEST_MLFLOW_IMAGE")
+    else:
+        registry = f"127.0.0.1:{cluster.ports['registry']}"
+        built = images.build(("singleuser", "mlflow"))  # cached by `cluster prepare`
+        refs = {name: images.push(ref, registry) for name, ref in built.items()}
+        for ref in refs.values():  # pull once, as the node does for the runner image at start
+            pulled = RealNode(cluster).ctr("images", "pull", "--plain-http", ref, timeout=900)
+            assert pulled.returncode == 0, pulled.stderr
     folder = tmp_path_factory.mktemp("jupyterhub")
-    site = Site(k8s_api, cluster, refs["singleuser"], "", k8s_s3_server, folder)
+    site = Site(k8s_api, k8s_cluster, refs["singleuser"], k8s_s3_server, folder)
     core = site.core()
     created_volumes: list[str] = []
     try:
         for name in ("jmk-jobs", "mlflow", "storage", HUB_NAMESPACE):
             _namespace(k8s_api, name)
         # S3: the manifests' minio.storage.svc.cluster.local:9000 is moto on this machine.
-        host, port = re.match(r"http://([^:/]+):(\d+)", k8s_s3_server.endpoint).groups()  # type: ignore[union-attr]
+        host, port = re.match(r"http://([^:/]+):(\d+)", k8s_s3_server.endpoint_url).groups()  # type: ignore[union-attr]
         core.create_namespaced_service("storage", {"metadata": {"name": "minio"}, "spec": {
             "ports": [{"name": "s3", "port": 9000, "targetPort": int(port)}]}})
         core.create_namespaced_endpoints("storage", {"metadata": {"name": "minio"}, "subsets": [
@@ -191,10 +195,8 @@ def site(real_node: Any, k8s_api: Any, k8s_s3_server: Any, tmp_path_factory: pyt
         apps = kubernetes.client.AppsV1Api(k8s_api)
         wait_for(lambda: (apps.read_namespaced_deployment("mlflow", "mlflow").status.ready_replicas or 0) >= 1,
                  timeout=180, interval=1)
-        ip = core.read_namespaced_service("mlflow", "mlflow").spec.cluster_ip
-        site.mlflow_url = f"http://{ip}:5000"
         # The users' home volumes (no provisioner on the test node): bound in advance to each claim.
-        for namespace, user in ((HUB_NAMESPACE, "a"), ("jhub-a", "a"), ("jhub-b", "b")):
+        for namespace, user in ((HUB_NAMESPACE, "a"), ("jhub-a", "a"), ("jhub-b", "b")) if cluster else ():
             home = folder / f"home-{namespace}-{user}"
             home.mkdir()
             os.chown(home, 1000, 100)
@@ -241,9 +243,7 @@ def _hub(site: Site, values: dict[str, Any], name: str, extra: str = "", env: di
         "AWS_ACCESS_KEY_ID": site.s3.key, "AWS_SECRET_ACCESS_KEY": site.s3.secret})
     process_env = {**os.environ, "KUBECONFIG": str(_token_kubeconfig(site, HUB_NAMESPACE, "hub")),
                    "POD_NAMESPACE": HUB_NAMESPACE, **(env or {})}
-    from cluster.node import NODE_IP
-
-    return Hub(settings.config_text() + extra, site.folder / name, ip=NODE_IP, env=process_env)
+    return Hub(settings.config_text() + extra, site.folder / name, ip=site.cluster.host_ip, env=process_env)
 
 
 def _hub_account(site: Site, rules: list[dict[str, Any]] | None) -> None:
@@ -284,10 +284,16 @@ def _identity(kernel: KernelSession) -> dict[str, Any]:
     return json.loads(_ok(kernel.execute(code, timeout=60)).stdout.strip().splitlines()[-1])
 
 
-def _run(site: Site, run_id: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(site.mlflow_url).get_run(run_id)
+def _run(kernel: KernelSession, run_id: str) -> dict[str, Any]:
+    """The run as the in-cluster MLflow server has it, asked from the user's kernel (MLFLOW_TRACKING_URI of the
+    values; the server's ``--allowed-hosts`` admits only its Service's names)."""
+    code = (
+        "import json, mlflow\n"
+        f"run = mlflow.MlflowClient().get_run({run_id!r})\n"
+        "print(json.dumps({'status': run.info.status, 'user': run.data.tags.get('mlflow.user'),\n"
+        "                  'job': run.data.tags.get('jmk.job_id')}))\n"
+    )
+    return json.loads(_ok(kernel.execute(code, timeout=60)).stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def _job(site: Site, namespace: str, user: str) -> Any:
@@ -297,7 +303,7 @@ def _job(site: Site, namespace: str, user: str) -> Any:
 
 TRAIN = """%%train --backend kubernetes --memory 1Gi
 import os
-seen_user = os.environ.get("JUPYTERHUB_USER")
+pod = os.environ["HOSTNAME"]
 answer = base * 6
 """
 
@@ -317,13 +323,13 @@ def test_shared_namespace(site: Site) -> None:
         assert identity["in_cluster"] and identity["kubeconfig"] is None, identity
         _ok(kernel.execute("base = 7", timeout=30))
         cell = _ok(kernel.execute(TRAIN, timeout=300))
-        assert "jmk-jobs/jmk-a-" in cell.stdout + cell.stderr, cell.stdout + cell.stderr
-        values = _ok(kernel.execute("print(answer, seen_user)", timeout=30)).stdout.split()
-        assert values == ["42", "a"], values
+        assert re.search(r"job \w+ succeeded .*returned pod, answer", cell.stdout), cell.stdout + cell.stderr
+        answer, pod = _ok(kernel.execute("print(answer, pod)", timeout=30)).stdout.split()
+        assert answer == "42" and pod.startswith("jmk-a-"), (answer, pod)  # from the Job's pod
         job = _job(site, "jmk-jobs", "a")
         assert job is not None and job.metadata.name.startswith("jmk-a-")
-        run = _run(site, job.metadata.labels["jmk.io/mlflow-run-id"])
-        assert run.data.tags["mlflow.user"] == "a" and run.info.status == "FINISHED", run.data.tags
+        run = _run(kernel, job.metadata.labels["jmk.io/mlflow-run-id"])
+        assert run == {"status": "FINISHED", "user": "a", "job": job.metadata.labels["jmk.io/job-id"]}, run
         kernel.close()
         hub.stop_server("a", timeout=120)
 
@@ -396,11 +402,10 @@ def test_namespace_per_user(site: Site) -> None:
         listed = request("GET", sidebar, tokens["a"])
         assert listed.status == 200 and job_id in listed.body, listed.body[:2000]
         _ok(kernel_a.execute(f"%job attach {job_id}", timeout=300))
-        values_back = _ok(kernel_a.execute("print(answer, seen_user)", timeout=30)).stdout.split()
-        assert values_back == ["42", "a"], values_back
-        run = _run(site, job.metadata.labels["jmk.io/mlflow-run-id"])
-        assert run.data.tags["mlflow.user"] == "a", run.data.tags
-        assert wait_for(lambda: _run(site, run.info.run_id).info.status == "FINISHED", timeout=60, interval=1)
+        answer, pod = _ok(kernel_a.execute("print(answer, pod)", timeout=30)).stdout.split()
+        assert answer == "42" and pod.startswith(job.metadata.name), (answer, pod)
+        run = _run(kernel_a, job.metadata.labels["jmk.io/mlflow-run-id"])
+        assert run == {"status": "FINISHED", "user": "a", "job": job_id}, run
         kernel_a.close()
         for user in ("a", "b"):
             hub.stop_server(user, timeout=120)

@@ -21,7 +21,6 @@ This module must not know about Kubernetes: the spawner is whatever the configur
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -35,7 +34,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +42,7 @@ from typing import Any
 import psutil
 import websocket
 from cluster.images import cache_dir
-from servers import ServerProcess, free_port
+from servers import ServerProcess, cache_lock, free_port
 
 CHP_VERSION = "5.3.0"
 SERVICE = "jmk-harness"
@@ -68,7 +66,7 @@ def chp_binary(version: str = CHP_VERSION) -> Path:
     """The ``configurable-http-proxy`` executable of npm's package ``version``, installed once into the cache."""
     folder = cache_dir() / f"configurable-http-proxy-{version}"
     binary = folder / "node_modules" / ".bin" / "configurable-http-proxy"
-    with _cache_lock("configurable-http-proxy"):
+    with cache_lock("configurable-http-proxy"):
         if os.access(binary, os.X_OK):
             return binary
         for tool in ("node", "npm"):
@@ -89,18 +87,6 @@ def chp_binary(version: str = CHP_VERSION) -> Path:
             shutil.rmtree(folder, ignore_errors=True)  # a tree without its binary: an older, broken install
             tree.rename(folder)  # same file system: the whole tree appears at once
     return binary
-
-
-@contextlib.contextmanager
-def _cache_lock(name: str) -> Iterator[None]:
-    path = cache_dir() / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # another process installing: wait for it, then reuse its tree
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _last_lines(text: str, count: int = 5) -> str:
@@ -312,7 +298,15 @@ class Hub:
         On timeout (or a failed spawn) raises :class:`HubError` with the spawn's progress events and
         the end of the hub's log.
         """
+        self.spawn(name, options)
+        return self.wait_ready(name, timeout)
+
+    def spawn(self, name: str, options: dict[str, Any] | None = None) -> None:
+        """Ask for ``name``'s default server and return at once (several users spawn together)."""
         self.api("POST", f"users/{name}/server", options)
+
+    def wait_ready(self, name: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until ``name``'s server (being spawned) is ready: its server model; see :meth:`start_server`."""
         deadline = time.monotonic() + timeout
         server: dict[str, Any] | None = None
         while time.monotonic() < deadline:

@@ -14,8 +14,6 @@ A test that fails inside it prints Prometheus' log.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
@@ -26,14 +24,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import pytest
 from cluster.images import cache_dir
-from servers import ServerProcess, free_port
+from servers import ServerProcess, cache_lock, free_port
 
 PACKAGE = "prometheus"
 #: One query's answer: (labels, value) per series of an instant vector; a scalar is one sample without labels.
@@ -53,18 +51,6 @@ def prometheus_binaries() -> tuple[Path, Path]:
     return prometheus, promtool
 
 
-@contextlib.contextmanager
-def _cache_lock() -> Iterator[None]:
-    path = cache_dir() / "prometheus.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # another process unpacking: wait for it, then reuse its tree
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _folder(version: str) -> Path:
     """The cache folder of one Debian version (an epoch's ``:`` made safe for file names)."""
     return cache_dir() / f"{PACKAGE}-{re.sub(r'[^A-Za-z0-9.+~_-]', '_', version)}"
@@ -81,7 +67,7 @@ def _candidate_version() -> str | None:
 
 def _unpacked() -> Path:
     """The unpacked package's root folder (``usr/bin/prometheus`` inside); skips the test when apt cannot get it."""
-    with _cache_lock():
+    with cache_lock("prometheus"):
         version = _candidate_version()
         if version is not None and (_folder(version) / "usr" / "bin" / "prometheus").exists():
             return _folder(version)

@@ -15,6 +15,8 @@ group, then kills what is left, so no server outlives the session.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -46,6 +48,21 @@ AWS_VARIABLES = (
     "AWS_ENDPOINT_URL_S3",
     "MLFLOW_S3_ENDPOINT_URL",
 )
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold ``~/.cache/jupyter_mlflow_k8s/<name>.lock``: one process installs a cached tool, the others wait for it."""
+    from cluster.images import cache_dir
+
+    path = cache_dir() / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # another process installing: wait for it, then reuse its tree
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

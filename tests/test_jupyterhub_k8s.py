@@ -349,9 +349,10 @@ def test_namespace_per_user(site: Site) -> None:
         for user in ("a", "b"):
             hub.add_user(user)
         tokens = {user: hub.user_token(user) for user in ("a", "b")}
-        hub.api("POST", "/users/b/server")  # B spawns while A does
-        hub.start_server("a", timeout=240)
-        hub.start_server("b", timeout=240)
+        for user in ("a", "b"):  # both spawn at once
+            hub.spawn(user)
+        for user in ("a", "b"):
+            hub.wait_ready(user, timeout=240)
         core = site.core()
         assert core.read_namespace("jhub-a").metadata.labels["hub.jupyter.org/username"] == "a"
         assert core.read_namespaced_secret("jmk-s3", "jhub-a").data  # copied by the hook
@@ -387,7 +388,7 @@ def test_namespace_per_user(site: Site) -> None:
         sidebar = f"{hub.user_url('a')}jmk/api/jobs"
         assert request("GET", sidebar, tokens["b"]).status == 403
         listed = request("GET", sidebar, tokens["a"])
-        assert listed.status == 200 and job_id in listed.body, listed.body[:2000]
+        assert listed.status == 200 and job_id in listed.body.decode(), listed.body[:2000]
         kernel_b.close()
 
         # Culling: the hub stops A's server (the idle culler's DELETE); the Job runs on.
@@ -400,7 +401,7 @@ def test_namespace_per_user(site: Site) -> None:
         jobs = _ok(kernel_a.execute("%jobs", timeout=120))
         assert job_id in jobs.stdout + jobs.text, jobs.stdout + jobs.text
         listed = request("GET", sidebar, tokens["a"])
-        assert listed.status == 200 and job_id in listed.body, listed.body[:2000]
+        assert listed.status == 200 and job_id in listed.body.decode(), listed.body[:2000]
         _ok(kernel_a.execute(f"%job attach {job_id}", timeout=300))
         answer, pod = _ok(kernel_a.execute("print(answer, pod)", timeout=30)).stdout.split()
         assert answer == "42" and pod.startswith(job.metadata.name), (answer, pod)

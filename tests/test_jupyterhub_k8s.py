@@ -26,6 +26,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,7 @@ def site(k8s_cluster: Any, k8s_api: Any, k8s_s3_server: Any, tmp_path_factory: p
     if not k8s_cluster.real_node:
         pytest.skip(f"needs a real node; pods run under the node agent: {k8s_cluster.cluster.node_fallback_reason}")
     cluster = k8s_cluster.cluster
+    pool, pulling = ThreadPoolExecutor(1), None
     if cluster is None:  # a given cluster (docs/jupyterhub.md: "To run the same test on a real cluster")
         refs = {name: os.environ.get(f"JMK_TEST_{name.upper()}_IMAGE", "") for name in ("singleuser", "mlflow")}
         if not all(refs.values()):
@@ -164,9 +166,9 @@ def site(k8s_cluster: Any, k8s_api: Any, k8s_s3_server: Any, tmp_path_factory: p
         registry = f"127.0.0.1:{cluster.ports['registry']}"
         built = images.build(("singleuser", "mlflow"))  # cached by `cluster prepare`
         refs = {name: images.push(ref, registry) for name, ref in built.items()}
-        for ref in refs.values():  # pull once, as the node does for the runner image at start
-            pulled = RealNode(cluster).ctr("images", "pull", "--plain-http", ref, timeout=900)
-            assert pulled.returncode == 0, pulled.stderr
+        # The node pulls the single-user image once, now (as it does the runner image at start), while the
+        # MLflow Deployment below pulls its own: two gigabytes to unpack, in parallel.
+        pulling = pool.submit(RealNode(cluster).ctr, "images", "pull", "--plain-http", refs["singleuser"], timeout=900)
     folder = tmp_path_factory.mktemp("jupyterhub")
     site = Site(k8s_api, k8s_cluster, refs["singleuser"], k8s_s3_server, folder)
     core = site.core()
@@ -195,6 +197,9 @@ def site(k8s_cluster: Any, k8s_api: Any, k8s_s3_server: Any, tmp_path_factory: p
         apps = kubernetes.client.AppsV1Api(k8s_api)
         wait_for(lambda: (apps.read_namespaced_deployment("mlflow", "mlflow").status.ready_replicas or 0) >= 1,
                  timeout=180, interval=1)
+        if pulling is not None:
+            pulled = pulling.result()
+            assert pulled.returncode == 0, pulled.stderr
         # The users' home volumes (no provisioner on the test node): bound in advance to each claim.
         for namespace, user in ((HUB_NAMESPACE, "a"), ("jhub-a", "a"), ("jhub-b", "b")) if cluster else ():
             home = folder / f"home-{namespace}-{user}"
@@ -209,8 +214,10 @@ def site(k8s_cluster: Any, k8s_api: Any, k8s_s3_server: Any, tmp_path_factory: p
             created_volumes.append(name)
         yield site
     finally:
+        pool.shutdown(wait=True)
         for name in NAMESPACES:
             try:
+                core.delete_collection_namespaced_pod(name, grace_period_seconds=0)  # MLflow: no 30 s grace
                 core.delete_namespace(name)
             except Exception as exc:
                 if getattr(exc, "status", None) != 404:

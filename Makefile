@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -b html docs build/docs
 	tests/cluster/cluster prepare || [ $$? -eq 3 ]
 	tests/ui/ensure_chromium.sh >/dev/null || [ $$? -eq 3 ]
-	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -ra --durations=30 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dispatch.py

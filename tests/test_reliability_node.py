@@ -12,7 +12,9 @@ The API server restart is ``test_k8s_backend.py::test_api_server_restart_loses_n
 
 from __future__ import annotations
 
+import calendar
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import kubernetes
 import pytest
 from helpers import wait_for
 from k8s_fixtures import KubeTarget, pod_processes
+from test_batch_indexed import Response
 from test_k8s_backend import k8s_shell, only_record, service  # noqa: F401  (the shell on the test cluster)
 
 
@@ -88,6 +91,49 @@ def test_log_timestamps_are_ordered_as_times_not_as_strings() -> None:
               "2026-12-06T04:40:05.12Z", "2026-12-06T04:40:05.123456789Z", "2026-12-06T04:40:06.01Z"]
     assert sorted(stamps, key=_stamp_key) == stamps
     assert sorted(stamps) != stamps
+
+
+def test_a_reconnect_answered_late_still_asks_from_the_last_line_written(tmp_path: Path) -> None:
+    """A restarting API server answers a reconnect seconds after it was made (the client retries it meanwhile).
+    The kubelet counts ``sinceSeconds`` back from when the request reaches it, so a reconnect asking for "the
+    last N seconds" loses the lines of the delay; the pump asks from the last line's time (``sinceTime``)."""
+    from jupyter_mlflow_k8s.backends.kubernetes import LogPump
+    from jupyter_mlflow_k8s.models import JobRecord, JobSpec
+
+    def stamp(moment: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{int(moment % 1 * 1e9):09d}Z"
+
+    now = time.time()
+    lines = [(now - 7.5 + 0.5 * i, f"line {i}") for i in range(16)]  # line 15 printed just now
+    late = 5.0  # seconds until the reconnect reaches the kubelet
+    asked: dict[str, Any] = {}
+
+    class Node:
+        """What the kubelet returns for the request, as it filters by time when the request arrives."""
+
+        requests = 0
+
+        def watch_of(self, record: Any) -> Any:
+            return self
+
+        def read_pod_log(self, pod: str, namespace: str, **options: Any) -> Any:
+            asked.update(options)
+            if "since_seconds" in options:
+                since = now + late - options["since_seconds"]
+            else:
+                since = calendar.timegm(time.strptime(options["since_time"], "%Y-%m-%dT%H:%M:%SZ"))
+            return Response([f"{stamp(moment)} {text}" for moment, text in lines if moment >= since])
+
+    log = tmp_path / "output.log"
+    log.write_text("".join(f"{text}\n" for _, text in lines[:14]))
+    record = JobRecord(job_id="1a2b3c4d", spec=JobSpec(code="", backend="kubernetes"), log_path=str(log),
+                       backend_ref={"namespace": "team-a", "name": "jmk-ada-1a2b3c4d"})
+    pump = LogPump(Node(), record)  # type: ignore[arg-type]
+    pump.position = {"jmk-ada-1a2b3c4d-x": stamp(lines[13][0])}  # line 13 was the last written before the break
+
+    assert pump._copy({"metadata": {"name": "jmk-ada-1a2b3c4d-x"}}, follow=False) == 2
+    assert numbered(log.read_text()) == [f"line {i}" for i in range(16)]
+    assert asked["since_time"] == stamp(lines[13][0])[:19] + "Z" and "since_seconds" not in asked
 
 
 def test_only_the_node_controllers_mark_reads_as_a_node_outage() -> None:

@@ -9,7 +9,7 @@ It is a lower layer: it imports ``errors`` and nothing of the backends, serving,
 
 from __future__ import annotations
 
-from .client import api_client, context_namespace, in_cluster, kubeconfig_path
+from .client import api_client, context_namespace, in_cluster, kubeconfig_path, raw_request
 from .names import MANAGED_BY, MANAGED_BY_LABEL, dns_slug, label_value
 from .namespace import SERVICE_ACCOUNT_NAMESPACE, resolve_namespace, service_account_namespace
 from .objects import (
@@ -50,6 +50,6 @@ __all__ = [
     "apply", "apply_preset", "check_image", "check_manifest", "compact", "context_namespace", "create", "delete_owned",
     "dns_slug", "ensure_owned", "ensure_valid", "in_cluster", "is_managed", "kubeconfig_path", "label_value",
     "layered_settings", "missing_kinds", "parse_secret", "parse_volume", "placement", "plain", "pod_spec",
-    "pvc_volumes", "read",
+    "pvc_volumes", "raw_request", "read",
     "resolve_namespace", "resources", "service_account_namespace", "shm_volume", "tolerations", "translated",
 ]

@@ -9,6 +9,7 @@ service account. The client is imported only when a client is made, never at imp
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,27 @@ def context_namespace(kubeconfig: str | None = None, context: str | None = None)
     chosen = next((c for c in contexts or [] if c.get("name") == context), None) if context else current
     namespace = ((chosen or {}).get("context") or {}).get("namespace")
     return str(namespace) if namespace else None
+
+
+def raw_request(api: Any, method: str, path: str, *, query: Sequence[tuple[str, Any]] = (),
+                headers: Mapping[str, str] | None = None, body: Any = None, timeout: float | None = None) -> Any:
+    """One request to the API server with ``api``'s credentials; its urllib3 response, the body not read yet.
+
+    For what the generated methods cannot ask: a query parameter they leave out (``sinceTime`` of a
+    pod's log), or a path of the API server's proxy. A status that is not 2xx raises
+    ``kubernetes.client.ApiException`` (with the status and the body), with every client version.
+    """
+    import kubernetes
+
+    if hasattr(api, "param_serialize"):  # kubernetes >= 32: serialize, then send; no status raises
+        method, url, sent_headers, body, post = api.param_serialize(
+            method, path, query_params=list(query), header_params=dict(headers or {}), body=body,
+            auth_settings=["BearerToken"])
+        response = api.call_api(method, url, header_params=sent_headers, body=body, post_params=post,
+                                _request_timeout=timeout).response
+        if not 200 <= response.status < 300:
+            raise kubernetes.client.ApiException(http_resp=response)
+        return response
+    return api.call_api(path, method, query_params=list(query), header_params=dict(headers or {}), body=body,
+                        auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+                        _request_timeout=timeout)

@@ -44,6 +44,7 @@ from ...k8s import (
     label_value,
     layered_settings,
     parse_secret,
+    raw_request,
     resolve_namespace,
     translated,
 )
@@ -294,11 +295,16 @@ class KubernetesBackend(Backend):
             namespace, label_selector=SELECTOR, _preload_content=False, **options)
 
     def read_pod_log(self, pod: str, namespace: str, **options: Any) -> Any:
-        """A job pod's log (``follow``, ``timestamps``, ``since_seconds`` ...): the raw, streaming response."""
-        import kubernetes
+        """A job pod's log: the raw, streaming response.
 
-        return kubernetes.client.CoreV1Api(self.api).read_namespaced_pod_log(
-            pod, namespace, _preload_content=False, **options)
+        ``options`` are the API's ``PodLogOptions`` in snake case (``follow``, ``timestamps``, ``tail_lines``,
+        ``since_time`` ...). ``since_time`` (RFC 3339) is sent, though the generated client leaves it out:
+        ``since_seconds`` counts back from when the kubelet gets the request, and one retried while the API
+        server restarts gets there seconds after it was made.
+        """
+        query = [(_camel(key), str(value).lower() if isinstance(value, bool) else value)
+                 for key, value in options.items() if value is not None]
+        return raw_request(self.api, "GET", f"/api/v1/namespaces/{namespace}/pods/{pod}/log", query=query)
 
     # -- settings -----------------------------------------------------------------------------
 
@@ -857,3 +863,9 @@ def payload_files(record: JobRecord) -> dict[str, bytes]:
     for entry in payload.inputs:
         files[entry.key] = storage.get_bytes(entry.key)
     return files
+
+
+def _camel(name: str) -> str:
+    """A snake-case option as the API's query parameter: ``tail_lines`` -> ``tailLines``."""
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ...logchannel import FrameCollector
 from ...models import JobRecord
 from ...storage import get_storage
-from .diagnosis import _container_done, _container_started, _time, node_outage
+from .diagnosis import _container_done, _container_started, node_outage
 from .manifests import COMPLETION_INDEX_ANNOTATION, JOB_ID_LABEL
 
 if TYPE_CHECKING:
@@ -350,8 +350,8 @@ class LogPump:
         name = pod["metadata"]["name"]
         last = self.position.get(name, "")
         kwargs: dict[str, Any] = {"container": CONTAINER, "follow": follow, "timestamps": True}
-        if last:  # the client has no sinceTime: ask from a second before, skip what was written
-            kwargs["since_seconds"] = max(1, int(time.time() - (_time(last) or time.time())) + 2)
+        if last:  # from the start of the last line's second (the API's sinceTime is in seconds); skip what was written
+            kwargs["since_time"] = last[:19] + "Z"
         watch = self.backend.watch_of(self.record)
         watch.requests += 1
         response = self.backend.read_pod_log(name, self.record.backend_ref["namespace"], **kwargs)

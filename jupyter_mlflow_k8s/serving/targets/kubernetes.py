@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ...config import JMKSettings, load_settings
 from ...errors import JMKError, UnavailableError, translate
-from ...k8s.client import cluster_configured
+from ...k8s.client import cluster_configured, raw_request
 from .. import kubernetes as k8s
 from ..errors import EndpointNotFound
 from ..manager import PREDICT_TIMEOUT_SECONDS, ServingError, answer_error, answer_of, default_name, invoke, request_body
@@ -246,18 +246,12 @@ class KubernetesTarget(EndpointTarget):
         namespace = self.namespace
 
         def send(api: Any) -> tuple[int, bytes] | None:
-            import kubernetes
-
             headers = {"Accept": "*/*", **({"Content-Type": content_type} if content_type else {})}
             payload: Any = None
             if body is not None:
                 payload = json.loads(body) if content_type == "application/json" else body.decode()
-            try:
-                status, answer = _raw_request(api, method, f"/api/v1/namespaces/{namespace}/{resource}/proxy/{path}",
-                                              headers, payload, timeout)
-            except kubernetes.client.ApiException as exc:  # an older client raises for a status that is not 2xx
-                status = int(exc.status)
-                answer = exc.body.encode() if isinstance(exc.body, str) else bytes(exc.body or b"")
+            status, answer = _raw_request(api, method, f"/api/v1/namespaces/{namespace}/{resource}/proxy/{path}",
+                                          headers, payload, timeout)
             if 200 <= status < 300 or not _api_server_status(answer):
                 return status, answer
             return None
@@ -271,15 +265,13 @@ class KubernetesTarget(EndpointTarget):
 def _raw_request(api: Any, method: str, path: str, headers: dict[str, str], body: Any,
                  timeout: float) -> tuple[int, bytes]:
     """One request to the API server with the client's credentials: ``(status, body)``, whatever the status."""
-    if hasattr(api, "param_serialize"):  # kubernetes >= 32: serialize, then send
-        method, url, headers, body, post = api.param_serialize(method, path, header_params=headers, body=body,
-                                                               auth_settings=["BearerToken"])
-        response = api.call_api(method, url, header_params=headers, body=body, post_params=post,
-                                _request_timeout=timeout)
-        return int(response.status), bytes(response.read() or b"")
-    response = api.call_api(path, method, header_params=headers, body=body, auth_settings=["BearerToken"],
-                            _preload_content=False, _return_http_data_only=True, _request_timeout=timeout)
-    return int(response.status), bytes(response.data)
+    import kubernetes
+
+    try:
+        response = raw_request(api, method, path, headers=headers, body=body, timeout=timeout)
+    except kubernetes.client.ApiException as exc:
+        return int(exc.status), exc.body.encode() if isinstance(exc.body, str) else bytes(exc.body or b"")
+    return int(response.status), bytes(response.data or b"")
 
 
 def _api_server_status(body: bytes) -> bool:

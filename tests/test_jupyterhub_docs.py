@@ -82,7 +82,8 @@ def _sources(package: Any) -> list[tuple[str, str]]:
 def code_requests() -> set[Request]:
     """What the serving, scheduling and job code asks the API for, read from their source.
 
-    Direct client calls (``create_namespaced_job``), and for every kind of object the code builds and
+    Direct client calls (``create_namespaced_job``) and raw GETs of a subresource (``k8s.raw_request``
+    of ``.../pods/{pod}/log``), and for every kind of object the code builds and
     hands to the shared layer (``k8s.apply`` / ``delete_owned``), what that layer may ask: read it,
     create it, replace or patch it (whichever it was told: ``"update|patch"`` asks for one of them), delete it.
     And what the endpoint targets send through the API server's service and pod proxies.
@@ -94,6 +95,9 @@ def code_requests() -> set[Request]:
                 assert resource in RESOURCES, f"{name} calls {verb}_namespaced_{resource}: add it to RESOURCES"
                 group, plural = RESOURCES[resource]
                 requests.add((group, plural, VERBS[verb]))
+            for method, plural, sub in re.findall(
+                    r'raw_request\([\w.]+, "(GET)", f"/api/v1/namespaces/\{\w+\}/(\w+)/\{\w+\}/(\w+)"', source):
+                requests.add(("", f"{plural}/{sub}", PROXY_VERBS[method]))
             if re.search(r"\b(apply|delete_owned|ensure_owned)\(", source):
                 built = set(re.findall(r"\"kind\": \"(\w+)\"", "".join(text for _, text in _sources(module))))
                 for kind in built & set(KINDS):

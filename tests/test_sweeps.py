@@ -161,6 +161,8 @@ def test_prune_stops_a_poor_trial_early(shell: Any) -> None:
     frame = shell.user_ns["sweep"]
     assert frame["state"].tolist() == ["succeeded", "succeeded", "succeeded", "pruned"]
     record = sweeps_for(shell).list()[0]
+    # a completed trial gave the pruner every step, not only those seen while it ran: trial 2 is compared with both
+    assert [trial["step"] for trial in record["trials"][:3]] == [11, 11, 11]
     pruned = record["trials"][3]
     assert pruned["step"] < 11 and "pruned at step" in pruned["error"]
     job = service_for(shell).get(pruned["job_id"])

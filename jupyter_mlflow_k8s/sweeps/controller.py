@@ -215,20 +215,32 @@ class SweepController:
         if now - self._observed.get(trial["index"], 0.0) < OBSERVE_SECONDS or not job.run_id:
             return
         self._observed[trial["index"]] = now
+        if self._report(trial, job) and self.search.should_prune(trial["optuna"]):
+            trial["pruning"] = True
+            self.service.cancel(trial["job_id"])
+
+    def _report(self, trial: dict[str, Any], job: JobRecord) -> bool:
+        """Give the pruner the objective's values the trial logged since the last report; whether it has any.
+
+        Also once a trial has succeeded, before it is told complete: the pruner compares a running
+        trial at a step with the completed trials' values at that step, so a completed trial must
+        have all of them (not only those seen while it ran, a poll every ``OBSERVE_SECONDS``).
+        """
+        assert self.search is not None
+        seen = trial["step"] if trial["step"] is not None else -1
+        if not job.run_id or not job.tracking_uri:
+            return seen >= 0
         try:
             history = tracking.metric_history(job.tracking_uri, job.run_id, self.objective.metric)
         except JMKError:
-            return  # MLflow does not answer now: no pruning this round
-        seen = trial["step"] if trial["step"] is not None else -1
+            return seen >= 0  # MLflow does not answer now: what was reported stays
         for point in sorted(history, key=lambda m: (m.step, m.timestamp)):
             if point.step > seen and math.isfinite(point.value):
                 self.search.report(trial["optuna"], int(point.step), float(point.value))
                 trial.update(step=int(point.step), value=float(point.value))
                 seen = point.step
                 self._dirty = True
-        if seen >= 0 and self.search.should_prune(trial["optuna"]):
-            trial["pruning"] = True
-            self.service.cancel(trial["job_id"])
+        return seen >= 0
 
     def _finish(self, trial: dict[str, Any], job: JobRecord) -> None:
         job = self.service.closed(job)  # the trial's run ends (FINISHED, FAILED, KILLED) before the sweep moves on
@@ -242,6 +254,8 @@ class SweepController:
                     f"({self.objective.metric!r}, value)) nor assigned as a number in the cell"
                 ))  # fmt: skip
             else:
+                if self.search and trial.get("optuna") is not None:
+                    self._report(trial, job)
                 self._close(trial, "succeeded", objective=value)
         elif job.state is JobState.CANCELLED and trial.get("pruning"):
             last = f"{self.objective.metric}={trial['value']:.6g}"
